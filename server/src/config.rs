@@ -1,0 +1,254 @@
+//! Typed configuration, read once from the environment at start-up.
+//!
+//! Every variable is checked here, so that a bad value stops the process before it binds a port,
+//! with one line that names the variable and what it accepts. Nothing later re-reads the
+//! environment.
+
+use std::net::IpAddr;
+
+use poc_routing_placement::{IndexMode, Placement, PlacementError};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One JSON object per line: for containers and log shippers.
+    #[default]
+    Json,
+    /// Human-readable, coloured when on a terminal.
+    Pretty,
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The placement rule; its port is also the port the server listens on.
+    pub placement: Placement,
+    /// The address to bind, `0.0.0.0` by default.
+    pub bind_addr: IpAddr,
+    /// `INSTANCE_INDEX`, when the deployment states the identity explicitly.
+    pub instance_index: Option<u64>,
+    pub log_format: LogFormat,
+    /// How many client ids the in-memory registry keeps before it forgets the oldest.
+    pub registry_capacity: usize,
+}
+
+/// A configuration value that cannot be used. Displayed as the one line printed at start-up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {var}={value:?}: {accepts}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub accepts: String,
+}
+
+const DEFAULT_PREFIX: &str = "poc-routing-server";
+const DEFAULT_REPLICAS: u32 = 2;
+const DEFAULT_BASE: u32 = 1;
+const DEFAULT_PORT: u16 = 8081;
+const DEFAULT_REGISTRY_CAPACITY: usize = 100_000;
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup`, so tests need not touch the process environment.
+    /// An empty value counts as unset, except for `SERVICE_SUFFIX`, whose default is empty.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
+
+        let prefix = get("SERVICE_PREFIX").unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
+        let suffix = lookup("SERVICE_SUFFIX").unwrap_or_default();
+        let replicas = parse(
+            "REPLICAS",
+            get("REPLICAS"),
+            DEFAULT_REPLICAS,
+            "an integer from 1 to 4294967295",
+            |v: &u32| *v >= 1,
+        )?;
+        let mode = match get("INDEX_MODE") {
+            None => IndexMode::default(),
+            Some(v) => v.parse().map_err(|_| ConfigError {
+                var: "INDEX_MODE",
+                value: v,
+                accepts: "expected one of hash, numeric, jump".into(),
+            })?,
+        };
+        let base = parse(
+            "INDEX_BASE",
+            get("INDEX_BASE"),
+            DEFAULT_BASE,
+            "an integer from 0 to 4294967295",
+            |_| true,
+        )?;
+        let port = parse(
+            "PORT",
+            get("PORT"),
+            DEFAULT_PORT,
+            "a TCP port from 1 to 65535",
+            |v: &u16| *v >= 1,
+        )?;
+        let bind_addr = parse(
+            "BIND_ADDR",
+            get("BIND_ADDR"),
+            IpAddr::from([0, 0, 0, 0]),
+            "an IPv4 or IPv6 address such as 0.0.0.0",
+            |_| true,
+        )?;
+        let instance_index = match get("INSTANCE_INDEX") {
+            None => None,
+            Some(v) => Some(v.parse::<u64>().map_err(|_| ConfigError {
+                var: "INSTANCE_INDEX",
+                value: v,
+                accepts: "expected a non-negative integer".into(),
+            })?),
+        };
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None | Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => {
+                return Err(ConfigError {
+                    var: "LOG_FORMAT",
+                    value: other.to_owned(),
+                    accepts: "expected json or pretty".into(),
+                })
+            }
+        };
+        let registry_capacity = parse(
+            "REGISTRY_CAPACITY",
+            get("REGISTRY_CAPACITY"),
+            DEFAULT_REGISTRY_CAPACITY,
+            "an integer of at least 1",
+            |v: &usize| *v >= 1,
+        )?;
+
+        let placement = Placement::new(mode, replicas, base, prefix.clone(), suffix.clone(), port)
+            .map_err(|e| match e {
+                PlacementError::BadPrefix(_) => ConfigError {
+                    var: "SERVICE_PREFIX",
+                    value: prefix,
+                    accepts: "expected a DNS label: letters, digits and '-', not starting or ending with '-'".into(),
+                },
+                PlacementError::BadSuffix(_) => ConfigError {
+                    var: "SERVICE_SUFFIX",
+                    value: suffix,
+                    accepts: "expected empty or DNS labels each preceded by '.', such as .svc.cluster.local".into(),
+                },
+                // Ruled out above; kept explicit so a new variant cannot slip through silently.
+                PlacementError::NoReplicas | PlacementError::ZeroPort => ConfigError {
+                    var: "REPLICAS",
+                    value: replicas.to_string(),
+                    accepts: e.to_string(),
+                },
+            })?;
+
+        Ok(Self {
+            placement,
+            bind_addr,
+            instance_index,
+            log_format,
+            registry_capacity,
+        })
+    }
+}
+
+/// Parses an optional value with `FromStr`, applies `ok`, and explains `accepts` on failure.
+fn parse<T: std::str::FromStr>(
+    var: &'static str,
+    raw: Option<String>,
+    default: T,
+    accepts: &str,
+    ok: impl Fn(&T) -> bool,
+) -> Result<T, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(default);
+    };
+    match raw.trim().parse::<T>() {
+        Ok(v) if ok(&v) => Ok(v),
+        _ => Err(ConfigError {
+            var,
+            value: raw,
+            accepts: format!("expected {accepts}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn defaults_match_the_compose_deployment() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.placement.prefix(), "poc-routing-server");
+        assert_eq!(c.placement.suffix(), "");
+        assert_eq!(c.placement.replicas(), 2);
+        assert_eq!(c.placement.base(), 1);
+        assert_eq!(c.placement.port(), 8081);
+        assert_eq!(c.placement.mode(), IndexMode::Hash);
+        assert_eq!(c.bind_addr.to_string(), "0.0.0.0");
+        assert_eq!(c.instance_index, None);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn kubernetes_settings() {
+        let c = config(&[
+            ("SERVICE_PREFIX", "server"),
+            ("SERVICE_SUFFIX", ".server-headless.poc-routing.svc.cluster.local"),
+            ("REPLICAS", "3"),
+            ("INDEX_BASE", "0"),
+            ("INDEX_MODE", "jump"),
+            ("PORT", "9000"),
+            ("BIND_ADDR", "127.0.0.11"),
+            ("INSTANCE_INDEX", "2"),
+            ("LOG_FORMAT", "pretty"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.placement.hostport(2),
+            "server-2.server-headless.poc-routing.svc.cluster.local:9000"
+        );
+        assert_eq!(c.placement.mode(), IndexMode::Jump);
+        assert_eq!(c.instance_index, Some(2));
+        assert_eq!(c.log_format, LogFormat::Pretty);
+        assert_eq!(c.bind_addr.to_string(), "127.0.0.11");
+    }
+
+    #[test]
+    fn every_bad_value_names_its_variable() {
+        let cases = [
+            ("REPLICAS", "0"),
+            ("REPLICAS", "-1"),
+            ("REPLICAS", "two"),
+            ("REPLICAS", "4294967296"),
+            ("INDEX_MODE", "modulo"),
+            ("INDEX_BASE", "-1"),
+            ("PORT", "0"),
+            ("PORT", "65536"),
+            ("BIND_ADDR", "localhost"),
+            ("INSTANCE_INDEX", "x"),
+            ("LOG_FORMAT", "xml"),
+            ("SERVICE_PREFIX", "bad_prefix"),
+            ("SERVICE_SUFFIX", "no-dot"),
+            ("REGISTRY_CAPACITY", "0"),
+        ];
+        for (var, value) in cases {
+            let err = config(&[(var, value)]).unwrap_err();
+            assert_eq!(err.var, var, "{var}={value}");
+            let line = err.to_string();
+            assert!(line.starts_with(&format!("invalid {var}=")), "{line}");
+            assert!(line.contains("expected"), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+    }
+}

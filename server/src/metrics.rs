@@ -1,0 +1,77 @@
+//! Prometheus metrics, one registry per application (no globals, so tests can run many apps in
+//! one process).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+fn duration_histogram() -> Histogram {
+    // 50 µs .. ~1.6 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub joins: Counter,
+    pub misdirected: Counter,
+    pub wheres: Counter,
+    pub errors: Family<CodeLabel, Counter>,
+    pub durations: Family<RequestLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("poc");
+        let joins = Counter::default();
+        let misdirected = Counter::default();
+        let wheres = Counter::default();
+        let errors = Family::<CodeLabel, Counter>::default();
+        let durations =
+            Family::<RequestLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
+        registry.register("joins", "Clients joined on this instance", joins.clone());
+        registry.register(
+            "misdirected",
+            "Join requests refused because another instance owns the client",
+            misdirected.clone(),
+        );
+        registry.register("where", "Placement look-ups answered", wheres.clone());
+        registry.register("errors", "Error responses by machine code", errors.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer a request",
+            durations.clone(),
+        );
+        Self {
+            registry,
+            joins,
+            misdirected,
+            wheres,
+            errors,
+            durations,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

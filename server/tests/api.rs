@@ -1,0 +1,225 @@
+//! The HTTP API, served in process on port 0 and called over real TCP.
+
+use std::sync::Arc;
+
+use poc_routing_placement::{client_id_from_query, IndexMode, Placement};
+use poc_routing_server::identity::Identity;
+use poc_routing_server::{run, AppState};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+struct TestApp {
+    base: String,
+    placement: Placement,
+    client: reqwest::Client,
+    _stop: oneshot::Sender<()>,
+}
+
+impl TestApp {
+    async fn get(&self, path_and_query: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{}", self.base, path_and_query))
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = r.text().await.unwrap();
+        if path_and_query.starts_with("/metrics") {
+            return (status, Value::String(body));
+        }
+        assert!(ct.starts_with("application/json"), "{path_and_query}: content-type {ct:?}");
+        (status, serde_json::from_str(&body).expect("JSON body"))
+    }
+
+    /// An id owned by `index`, found by trying candidates.
+    fn id_owned_by(&self, index: u64) -> String {
+        (0..)
+            .map(|i| format!("user-{i}"))
+            .find(|id| {
+                let q = format!("client_id={id}");
+                let cid = client_id_from_query(Some(&q)).unwrap();
+                self.placement.index(&cid).unwrap() == index
+            })
+            .unwrap()
+    }
+}
+
+/// Starts a server in process with `instance` as its identity (None: unknown).
+async fn spawn_app(mode: IndexMode, instance: Option<u64>) -> TestApp {
+    let placement = Placement::new(mode, 3, 1, "poc-routing-server", "", 8081).unwrap();
+    let identity = Arc::new(instance.map(Identity::known).unwrap_or_default());
+    let state = Arc::new(AppState::new(placement.clone(), identity, 1000));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(run(listener, state, async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        base,
+        placement,
+        client: reqwest::Client::new(),
+        _stop: stop,
+    }
+}
+
+#[tokio::test]
+async fn where_names_the_owner() {
+    let app = spawn_app(IndexMode::Hash, Some(1)).await;
+    let (status, body) = app.get("/where?client_id=123").await;
+    assert_eq!(status, 200);
+    // fnv1a32("123") = 1916298011; 1916298011 mod 3 = 2; base 1 => 3.
+    assert_eq!(body["index"], 3);
+    assert_eq!(body["hostport"], "poc-routing-server-3:8081");
+    assert_eq!(body["client_id"], "123");
+    assert_eq!(body["mode"], "hash");
+    assert_eq!(body["replicas"], 3);
+
+    let (_, body) = app.get("/where?client_id=Zo%C3%AB+x").await;
+    assert_eq!(body["client_id"], "Zoë x");
+}
+
+#[tokio::test]
+async fn join_on_the_owner_is_recorded() {
+    let app = spawn_app(IndexMode::Hash, Some(2)).await;
+    let id = app.id_owned_by(2);
+    let (status, body) = app.get(&format!("/join?client_id={id}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "joined");
+    assert_eq!(body["instance"], 2);
+    assert_eq!(body["owner"], 2);
+    assert_eq!(body["client_id"], id.as_str());
+
+    let r = app
+        .client
+        .post(format!("{}/join?client_id={id}", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let (status, body) = app.get("/clients").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["total"], 1);
+    assert_eq!(body["clients"], serde_json::json!([id]));
+    assert_eq!(body["instance"], 2);
+}
+
+#[tokio::test]
+async fn join_elsewhere_is_misdirected_and_not_recorded() {
+    let app = spawn_app(IndexMode::Hash, Some(2)).await;
+    let id = app.id_owned_by(3);
+    let (status, body) = app.get(&format!("/join?client_id={id}")).await;
+    assert_eq!(status, 421, "{body}");
+    assert_eq!(body["error"], "misdirected");
+    assert_eq!(body["instance"], 2);
+    assert_eq!(body["owner"], 3);
+    assert_eq!(body["client_id"], id.as_str());
+    assert!(body["message"].as_str().unwrap().contains("owned by instance 3"));
+
+    let (_, clients) = app.get("/clients").await;
+    assert_eq!(clients["total"], 0);
+}
+
+#[tokio::test]
+async fn unknown_identity_refuses_joins() {
+    let app = spawn_app(IndexMode::Hash, None).await;
+    let (status, body) = app.get("/join?client_id=a").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"], "identity_unknown");
+    let (status, body) = app.get("/health").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["instance"], Value::Null);
+    assert_eq!(body["status"], "ok");
+}
+
+#[tokio::test]
+async fn bad_ids_are_rejected_with_codes() {
+    let app = spawn_app(IndexMode::Numeric, Some(1)).await;
+    let long = "x".repeat(257);
+    let cases = [
+        ("/where", "missing_client_id"),
+        ("/where?other=1", "missing_client_id"),
+        ("/where?client_id=", "invalid_client_id"),
+        ("/where?client_id=1&client_id=1", "duplicate_client_id"),
+        ("/where?client_id=%FF", "invalid_client_id"),
+        ("/where?client_id=%01", "invalid_client_id"),
+        ("/where?client_id=abc", "invalid_client_id"),
+        ("/where?client_id=18446744073709551616", "invalid_client_id"),
+        ("/join?client_id=-5", "invalid_client_id"),
+        ("/join", "missing_client_id"),
+    ];
+    for (path, code) in cases {
+        let (status, body) = app.get(path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(body["error"], code, "{path}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    let (status, body) = app.get(&format!("/where?client_id={long}")).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_client_id")));
+    let (status, body) = app.get("/where?client_id=00042").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["index"], 1 + 42 % 3);
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_answer_json() {
+    let app = spawn_app(IndexMode::Hash, Some(1)).await;
+    let (status, body) = app.get("/nope").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"], "not_found");
+    let r = app
+        .client
+        .delete(format!("{}/where?client_id=1", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn placement_is_published() {
+    let app = spawn_app(IndexMode::Jump, Some(1)).await;
+    let (status, body) = app.get("/placement").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        serde_json::json!({"mode":"jump","replicas":3,"base":1,"prefix":"poc-routing-server","suffix":"","port":8081})
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    let app = spawn_app(IndexMode::Hash, Some(2)).await;
+    let mine = app.id_owned_by(2);
+    let other = app.id_owned_by(1);
+    app.get(&format!("/join?client_id={mine}")).await;
+    app.get(&format!("/join?client_id={other}")).await;
+    app.get("/where?client_id=x").await;
+    app.get("/where").await;
+    app.get("/nope").await;
+    let (status, text) = app.get("/metrics").await;
+    assert_eq!(status, 200);
+    let text = text.as_str().unwrap();
+    for line in [
+        "poc_joins_total 1",
+        "poc_misdirected_total 1",
+        "poc_where_total 1",
+        "poc_errors_total{code=\"missing_client_id\"} 1",
+        "poc_errors_total{code=\"misdirected\"} 1",
+        "poc_errors_total{code=\"not_found\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+    }
+    assert!(text.contains("poc_request_duration_seconds_bucket{"), "{text}");
+    assert!(text.contains("route=\"/join\""), "{text}");
+}
