@@ -119,9 +119,11 @@ impl Placement {
         if !is_dns_label(&prefix) {
             return Err(PlacementError::BadPrefix(prefix));
         }
-        if !suffix.is_empty()
-            && !(suffix.starts_with('.') && suffix[1..].split('.').all(is_dns_label))
-        {
+        let suffix_ok = suffix.is_empty()
+            || suffix
+                .strip_prefix('.')
+                .is_some_and(|rest| rest.split('.').all(is_dns_label));
+        if !suffix_ok {
             return Err(PlacementError::BadSuffix(suffix));
         }
         Ok(Self {
@@ -167,10 +169,9 @@ impl Placement {
         let slot = match self.mode {
             IndexMode::Hash => u64::from(fnv1a32(id.as_bytes())) % replicas,
             IndexMode::Numeric => id::parse_decimal_u64(id.as_str())? % replicas,
-            IndexMode::Jump => u64::from(jump_consistent_hash(
-                fnv1a64(id.as_bytes()),
-                self.replicas,
-            )),
+            IndexMode::Jump => {
+                u64::from(jump_consistent_hash(fnv1a64(id.as_bytes()), self.replicas))
+            }
         };
         Ok(u64::from(self.base) + slot)
     }
@@ -203,7 +204,9 @@ fn is_dns_label(label: &str) -> bool {
         && label.len() <= 63
         && !label.starts_with('-')
         && !label.ends_with('-')
-        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 #[cfg(test)]
@@ -243,7 +246,13 @@ mod tests {
             (1, "p_q", "", 1, PlacementError::BadPrefix("p_q".into())),
             (1, "p", "x.y", 1, PlacementError::BadSuffix("x.y".into())),
             (1, "p", ".", 1, PlacementError::BadSuffix(".".into())),
-            (1, "p", ".a..b", 1, PlacementError::BadSuffix(".a..b".into())),
+            (
+                1,
+                "p",
+                ".a..b",
+                1,
+                PlacementError::BadSuffix(".a..b".into()),
+            ),
         ];
         for (replicas, prefix, suffix, port, want) in cases {
             let got = Placement::new(IndexMode::Hash, replicas, 0, prefix, suffix, port);

@@ -46,8 +46,18 @@ fn fnv_vectors() {
     let v = vectors();
     assert!(v.fnv.len() > 100);
     for case in &v.fnv {
-        assert_eq!(fnv1a32(case.input.as_bytes()), case.fnv1a32, "{:?}", case.input);
-        assert_eq!(fnv1a64(case.input.as_bytes()), case.fnv1a64, "{:?}", case.input);
+        assert_eq!(
+            fnv1a32(case.input.as_bytes()),
+            case.fnv1a32,
+            "{:?}",
+            case.input
+        );
+        assert_eq!(
+            fnv1a64(case.input.as_bytes()),
+            case.fnv1a64,
+            "{:?}",
+            case.input
+        );
     }
 }
 

@@ -204,7 +204,10 @@ mod tests {
     fn kubernetes_settings() {
         let c = config(&[
             ("SERVICE_PREFIX", "server"),
-            ("SERVICE_SUFFIX", ".server-headless.poc-routing.svc.cluster.local"),
+            (
+                "SERVICE_SUFFIX",
+                ".server-headless.poc-routing.svc.cluster.local",
+            ),
             ("REPLICAS", "3"),
             ("INDEX_BASE", "0"),
             ("INDEX_MODE", "jump"),

@@ -68,7 +68,11 @@ pub async fn system_resolve(host: String) -> Vec<IpAddr> {
 }
 
 /// One DNS pass: the index whose name resolves to one of `own` addresses, if exactly one does.
-pub async fn from_dns<F, Fut>(placement: &Placement, own: &HashSet<IpAddr>, resolve: F) -> Option<u64>
+pub async fn from_dns<F, Fut>(
+    placement: &Placement,
+    own: &HashSet<IpAddr>,
+    resolve: F,
+) -> Option<u64>
 where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = Vec<IpAddr>>,
@@ -84,7 +88,10 @@ where
         [index] => Some(*index),
         [] => None,
         several => {
-            tracing::warn!(?several, "several instance names resolve to this host; identity left unknown");
+            tracing::warn!(
+                ?several,
+                "several instance names resolve to this host; identity left unknown"
+            );
             None
         }
     }
@@ -138,8 +145,14 @@ mod tests {
     #[test]
     fn env_wins_over_hostname() {
         let p = placement();
-        assert_eq!(from_env_or_hostname(&p, Some(2), "server-1"), Some((2, Source::Env)));
-        assert_eq!(from_env_or_hostname(&p, None, "server-1"), Some((1, Source::Hostname)));
+        assert_eq!(
+            from_env_or_hostname(&p, Some(2), "server-1"),
+            Some((2, Source::Env))
+        );
+        assert_eq!(
+            from_env_or_hostname(&p, None, "server-1"),
+            Some((1, Source::Hostname))
+        );
         assert_eq!(from_env_or_hostname(&p, None, "3f2a9c0b1d2e"), None);
     }
 

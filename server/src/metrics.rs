@@ -40,8 +40,9 @@ impl Default for Metrics {
         let misdirected = Counter::default();
         let wheres = Counter::default();
         let errors = Family::<CodeLabel, Counter>::default();
-        let durations =
-            Family::<RequestLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let durations = Family::<RequestLabels, Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
         registry.register("joins", "Clients joined on this instance", joins.clone());
         registry.register(
             "misdirected",

@@ -35,5 +35,6 @@ where
 
 /// Installs `subscriber` for the whole process. Call once.
 pub fn init(subscriber: Box<dyn Subscriber + Send + Sync>) {
-    tracing::subscriber::set_global_default(subscriber).expect("a tracing subscriber was already set");
+    tracing::subscriber::set_global_default(subscriber)
+        .expect("a tracing subscriber was already set");
 }
