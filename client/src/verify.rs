@@ -170,8 +170,8 @@ pub async fn verify(
     on_done: impl Fn(&IdResult),
 ) -> Report {
     let started = Instant::now();
-    let mut where_h = Histogram::<u64>::new(3).expect("valid precision");
-    let mut join_h = Histogram::<u64>::new(3).expect("valid precision");
+    let mut where_h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+    let mut join_h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
     let mut results = Vec::with_capacity(ids.len());
     let mut stream = futures::stream::iter(ids)
         .map(|id| async move { check(api, &id).await })

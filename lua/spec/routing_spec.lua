@@ -1,0 +1,86 @@
+-- Unit tests for lua/routing.lua's pure helpers, outside Envoy: `make test-lua` (busted).
+-- The id rules must match the Rust placement crate's (placement/src/id.rs) case for case.
+
+local routing = dofile("lua/routing.lua")
+
+describe("extract_client_id", function()
+  local long = string.rep("x", 257)
+  local cases = {
+    -- path, raw value or nil, error code
+    { "/join", nil, "missing_client_id" },
+    { "/join?", nil, "missing_client_id" },
+    { "/join?other=1", nil, "missing_client_id" },
+    { "/join?client_ids=1", nil, "missing_client_id" },
+    { "/join?client_id=abc", "abc" },
+    { "/join?a=1&client_id=abc&b=2", "abc" },
+    { "/join?client_id=a+b", "a+b" },
+    { "/join?client_id=a%20b%26c", "a%20b%26c" },
+    { "/join?client%5Fid=x", "x" },
+    { "/join?client_id=100%", "100%" },
+    { "/join?&&client_id=x&&", "x" },
+    { "/join?client_id=", nil, "invalid_client_id" },
+    { "/join?client_id", nil, "invalid_client_id" },
+    { "/join?client_id=a&client_id=a", nil, "duplicate_client_id" },
+    { "/join?client_id=&client_id=b", nil, "duplicate_client_id" },
+    { "/join?client_id=" .. long, nil, "invalid_client_id" },
+    { "/join?client_id=" .. string.rep("%C3%A9", 128), string.rep("%C3%A9", 128) },
+    { "/join?client_id=" .. string.rep("%C3%A9", 129), nil, "invalid_client_id" },
+  }
+  for _, case in ipairs(cases) do
+    it(case[1]:sub(1, 60), function()
+      local raw, code = routing.extract_client_id(case[1])
+      assert.are.equal(case[2], raw)
+      assert.are.equal(case[3], code)
+    end)
+  end
+end)
+
+describe("form_decode", function()
+  it("decodes like an HTML form", function()
+    assert.are.equal("a b", routing.form_decode("a+b"))
+    assert.are.equal("a+b", routing.form_decode("a%2Bb"))
+    assert.are.equal("日本", routing.form_decode("%E6%97%A5%E6%9C%AC"))
+    assert.are.equal("%zz", routing.form_decode("%zz"))
+    assert.are.equal("100%", routing.form_decode("100%"))
+  end)
+end)
+
+describe("valid_hostport", function()
+  local good = {
+    "poc-routing-server-1:8081",
+    "poc-routing-server-12:8081",
+    "server-0.server-headless.poc-routing.svc.cluster.local:8081",
+  }
+  local bad = {
+    "127.0.0.1:9901", "localhost:9901", "evil.example:80", "example.com:80",
+    "poc-routing-server-1", "poc-routing-server-1:", "poc-routing-server-1:0",
+    "poc-routing-server-1:65536", "poc-routing-server-1:08081", "-1:8081",
+    "poc-routing-server-1:8081/x", "poc-routing-server-1:8081 x", "a..b-1:80",
+    "poc-routing-server-1.:8081", "", nil, 42,
+  }
+  for _, h in ipairs(good) do
+    it("accepts " .. h, function() assert.is_true(routing.valid_hostport(h)) end)
+  end
+  for _, h in ipairs(bad) do
+    it("refuses " .. tostring(h), function() assert.is_false(routing.valid_hostport(h)) end)
+  end
+end)
+
+describe("hostport_from_answer", function()
+  it("reads the hostport of a /where answer", function()
+    local body = '{"client_id":"a","index":2,"hostport":"poc-routing-server-2:8081","mode":"hash","replicas":3}'
+    assert.are.equal("poc-routing-server-2:8081", routing.hostport_from_answer(body))
+  end)
+  it("refuses what is not one", function()
+    assert.is_nil(routing.hostport_from_answer("garbage"))
+    assert.is_nil(routing.hostport_from_answer(""))
+    assert.is_nil(routing.hostport_from_answer(nil))
+    assert.is_nil(routing.hostport_from_answer('{"hostport":"a\\"b:1"}'))
+  end)
+end)
+
+describe("json_string", function()
+  it("escapes quotes, backslashes and control characters", function()
+    assert.are.equal('"a\\"b\\\\c\\u000a"', routing.json_string('a"b\\c\n'))
+  end)
+end)

@@ -1,0 +1,265 @@
+//! Attacks on route A with the real Envoy. None may reach a host the client or a bad resolver
+//! chose, and none may ever return Envoy's admin interface.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
+use common::*;
+use poc_routing_placement::IndexMode;
+use poc_routing_stack::{wait_for, Naming, SERVER_PORT};
+
+#[tokio::test]
+async fn a_host_header_never_chooses_the_upstream() {
+    let _turn = serial().await;
+    let stack = start(config("host-header", 3, Naming::Compose, IndexMode::Hash)).await;
+    let admin = stack.admin().to_string();
+    let id = id_owned_by(&stack, 2);
+    for host in [
+        admin.as_str(),
+        "example.com",
+        "poc-routing-server-1:8081",
+        "localhost:9901",
+    ] {
+        // A valid id: served by its owner, whatever the Host header says.
+        let (status, body) = raw_get(&stack, &format!("/join?client_id={id}"), Some(host)).await;
+        assert_not_admin(&body);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        assert!(
+            status == 200 && json["instance"] == 2,
+            "Host {host}: EXPECTED 200 from the owner (instance 2)\nRECEIVED {status} {body}"
+        );
+        // Invalid ids: refused, never forwarded.
+        for query in [
+            "",
+            "?client_id=",
+            "?client_id=a&client_id=b",
+            "?client_id=%FF",
+        ] {
+            let (status, body) = raw_get(&stack, &format!("/join{query}"), Some(host)).await;
+            assert_not_admin(&body);
+            assert_eq!(status, 400, "Host {host}, /join{query}: {body}");
+        }
+        // /joinx is route B: proxied to an instance, never dialled by name.
+        let (status, body) = raw_get(&stack, "/joinx?client_id=1", Some(host)).await;
+        assert_not_admin(&body);
+        json_error(status, &body, 404, "not_found");
+    }
+}
+
+/// A resolver that answers /where with whatever the test sets, and /health with 200.
+#[derive(Clone)]
+struct FakeResolver {
+    answer: Arc<Mutex<(u16, String, Duration)>>,
+}
+
+async fn fake_where(State(fake): State<FakeResolver>) -> (axum::http::StatusCode, String) {
+    let (status, body, delay) = fake.answer.lock().unwrap().clone();
+    tokio::time::sleep(delay).await;
+    (axum::http::StatusCode::from_u16(status).unwrap(), body)
+}
+
+async fn start_fake_resolver(ip: Ipv4Addr) -> FakeResolver {
+    let fake = FakeResolver {
+        answer: Arc::new(Mutex::new((200, "{\"fake\":true}".into(), Duration::ZERO))),
+    };
+    let app = Router::new()
+        .route("/where", get(fake_where))
+        .route("/health", get(|| async { "{\"status\":\"ok\"}" }))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from((ip, SERVER_PORT)))
+        .await
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    fake
+}
+
+#[tokio::test]
+async fn a_bad_resolver_answer_is_refused() {
+    let _turn = serial().await;
+    let mut stack = start(config("bad-resolver", 2, Naming::Compose, IndexMode::Hash)).await;
+    let [a, b, c] = stack.config().net;
+    let fake_ip = Ipv4Addr::new(a, b, c, 200);
+    let fake = start_fake_resolver(fake_ip).await;
+    // The real instances go away; `server` now names only the fake resolver.
+    for index in [1, 2] {
+        stack.stop_instance(index).unwrap();
+    }
+    stack.dns().set("server", vec![fake_ip]);
+    stack
+        .wait_resolver_hosts(&[SocketAddr::from((fake_ip, SERVER_PORT))])
+        .await
+        .unwrap();
+    // Health state reaches Envoy's workers a moment after its main thread: wait for route B.
+    wait_for(
+        "route B to reach the fake resolver",
+        Duration::from_secs(10),
+        || async {
+            raw_get(&stack, "/where?client_id=abc", None)
+                .await
+                .1
+                .contains("fake")
+        },
+    )
+    .await
+    .unwrap();
+    let admin = stack.admin().to_string();
+
+    let no_delay = Duration::ZERO;
+    let cases: Vec<(u16, String, Duration, u16, &str)> = vec![
+        (
+            200,
+            format!("{{\"hostport\":\"{admin}\"}}"),
+            no_delay,
+            502,
+            "bad_resolver_answer",
+        ),
+        (
+            200,
+            "{\"hostport\":\"evil.example:80\"}".into(),
+            no_delay,
+            502,
+            "bad_resolver_answer",
+        ),
+        (
+            200,
+            "{\"hostport\":\"evil-1.example:80\"}".into(),
+            no_delay,
+            403,
+            "route_refused",
+        ),
+        (
+            200,
+            "{\"hostport\":\"localhost:9901\"}".into(),
+            no_delay,
+            502,
+            "bad_resolver_answer",
+        ),
+        (
+            200,
+            "{\"hostport\":\"poc-routing-server-1:9901\"}".into(),
+            no_delay,
+            403,
+            "route_refused",
+        ),
+        (
+            200,
+            "{\"hostport\":\"poc-routing-server-1:8081\\\"x\"}".into(),
+            no_delay,
+            502,
+            "bad_resolver_answer",
+        ),
+        (
+            200,
+            "<html>garbage</html>".into(),
+            no_delay,
+            502,
+            "bad_resolver_answer",
+        ),
+        (200, String::new(), no_delay, 502, "bad_resolver_answer"),
+        (
+            500,
+            "{\"hostport\":\"poc-routing-server-1:8081\"}".into(),
+            no_delay,
+            502,
+            "bad_resolver_answer",
+        ),
+        (302, String::new(), no_delay, 502, "bad_resolver_answer"),
+        // A well-formed instance name that does not exist: the guard allows it, DNS has nothing.
+        (
+            200,
+            "{\"hostport\":\"poc-routing-server-9:8081\"}".into(),
+            no_delay,
+            503,
+            "owner_unavailable",
+        ),
+        // Too slow: the 1 s resolver timeout answers.
+        (
+            200,
+            "{\"hostport\":\"poc-routing-server-1:8081\"}".into(),
+            Duration::from_millis(1500),
+            504,
+            "resolver_timeout",
+        ),
+    ];
+    for (status, body, delay, want_status, want_code) in cases {
+        *fake.answer.lock().unwrap() = (status, body.clone(), delay);
+
+        // A timed-out resolver is ejected for a while (outlier detection), so ask the slow
+        // one only once.
+        let hosts = if delay.is_zero() {
+            vec![None, Some(admin.as_str()), Some("example.com")]
+        } else {
+            vec![Some(admin.as_str())]
+        };
+        for host in hosts {
+            let (got_status, got_body) = raw_get(&stack, "/join?client_id=abc", host).await;
+            assert_not_admin(&got_body);
+            let parsed: serde_json::Value = serde_json::from_str(&got_body).unwrap_or_default();
+            assert!(
+                got_status == want_status && parsed["error"] == want_code,
+                "resolver answered {status} {body:?}, Host {host:?}\nEXPECTED {want_status} {want_code}\nRECEIVED {got_status} {got_body}"
+            );
+        }
+    }
+}
+
+/// Starts a stack whose routing.lua is replaced by `script`.
+async fn with_script(name: &str, script: &str) -> poc_routing_stack::Stack {
+    let mut c = config(name, 2, Naming::Compose, IndexMode::Hash);
+    c.lua_override = Some(script.to_owned());
+    start(c).await
+}
+
+#[tokio::test]
+async fn a_broken_script_fails_closed() {
+    let _turn = serial().await;
+    let scripts = [
+        // Raises before doing anything: Envoy then lets the request continue unchanged.
+        ("script-error", "function envoy_on_request(handle) error('injected failure') end"),
+        // Picks the client's authority (as if the logic were wrong) without choosing an owner.
+        ("script-noop", "function envoy_on_request(handle) end"),
+        // Chooses the admin port as owner: the guard's name check must refuse it.
+        (
+            "script-admin",
+            "function envoy_on_request(handle)\n  handle:streamInfo():dynamicMetadata():set('poc.routing', 'owner', 'x')\n  handle:headers():replace(':authority', '127.0.0.1:9901')\nend",
+        ),
+    ];
+    for (name, script) in scripts {
+        let stack = with_script(name, script).await;
+        let admin = stack.admin().to_string();
+        for host in [admin.as_str(), "example.com", "poc-routing-server-1:8081"] {
+            let (status, body) = raw_get(&stack, "/join?client_id=abc", Some(host)).await;
+            assert_not_admin(&body);
+            json_error(status, &body, 403, "route_refused");
+        }
+        let log = stack.envoy_log();
+        if name == "script-error" {
+            assert!(
+                log.contains("injected failure"),
+                "the script error should be logged:\n{log}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_error_inside_the_routing_logic_answers_500() {
+    let _turn = serial().await;
+    // The real script with its resolver call broken: the script's own guard answers.
+    let real =
+        std::fs::read_to_string(poc_routing_stack::envoy::repo_root().join("lua/routing.lua"))
+            .unwrap();
+    let broken = real.replace("handle:httpCall(", "handle:noSuchMethod(");
+    assert_ne!(real, broken, "the fault injection must change the script");
+    let stack = with_script("script-internal-error", &broken).await;
+    let admin = stack.admin().to_string();
+    let (status, body) = raw_get(&stack, "/join?client_id=abc", Some(&admin)).await;
+    assert_not_admin(&body);
+    json_error(status, &body, 500, "routing_error");
+}

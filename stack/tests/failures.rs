@@ -1,0 +1,87 @@
+//! Failures with the real Envoy: an owner down, an owner back on a new address, no resolver.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use poc_routing_client::{verify, Outcome};
+use poc_routing_placement::IndexMode;
+use poc_routing_stack::Naming;
+
+#[tokio::test]
+async fn a_stopped_owner_fails_only_its_clients_and_recovers_on_a_new_address() {
+    let _turn = serial().await;
+    let mut stack = start(config("owner-down", 3, Naming::Compose, IndexMode::Hash)).await;
+    let api = api(&stack);
+    let ids = test_ids(600, IndexMode::Hash, 11);
+    let report = verify(&api, ids.clone(), 16, |_| {}).await;
+    assert!(report.all_correct(), "before: {}", report.render());
+
+    let old = stack.instance_addr(2).unwrap();
+    stack.stop_instance(2).unwrap();
+    let report = verify(&api, ids.clone(), 16, |_| {}).await;
+    let mut down = 0;
+    for r in &report.results {
+        let expected_owner = owner(&stack, &r.client_id);
+        if expected_owner == 2 {
+            down += 1;
+            assert!(
+                matches!(&r.outcome, Outcome::Error { kind, .. } if kind == "join:http_503_owner_unavailable"),
+                "EXPECTED join:http_503_owner_unavailable for {:?}\nRECEIVED {:?}",
+                r.client_id,
+                r.outcome
+            );
+        } else {
+            assert!(
+                matches!(r.outcome, Outcome::Correct { instance } if instance == expected_owner),
+                "EXPECTED {:?} served by {expected_owner} while instance 2 is down\nRECEIVED {:?}",
+                r.client_id,
+                r.outcome
+            );
+        }
+    }
+    assert!(
+        down > 100,
+        "instance 2 should own about a third of 600 ids, owns {down}"
+    );
+    let id = id_owned_by(&stack, 2);
+    let (status, body) = raw_get(&stack, &format!("/join?client_id={id}"), None).await;
+    let json = json_error(status, &body, 503, "owner_unavailable");
+    assert_eq!(json["owner"], "poc-routing-server-2:8081", "{body}");
+
+    // Back under the same name, on a different address; Envoy is not restarted.
+    let new = stack.restart_instance(2).await.unwrap();
+    assert_ne!(new.ip(), old.ip());
+    let restarted = Instant::now();
+    let mut served_after = None;
+    while restarted.elapsed() < Duration::from_secs(15) {
+        let (status, _) = raw_get(&stack, &format!("/join?client_id={id}"), None).await;
+        if status == 200 {
+            served_after = Some(restarted.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let served_after = served_after.expect("the restarted owner was never reached again");
+    assert!(
+        served_after <= Duration::from_secs(5),
+        "EXPECTED the restarted owner served within 5 s\nRECEIVED after {served_after:?}"
+    );
+    eprintln!("restarted owner served again after {served_after:?}");
+    let report = verify(&api, ids, 16, |_| {}).await;
+    assert!(report.all_correct(), "after restart: {}", report.render());
+}
+
+#[tokio::test]
+async fn with_every_instance_down_join_and_where_answer_503() {
+    let _turn = serial().await;
+    let mut stack = start(config("all-down", 2, Naming::Compose, IndexMode::Hash)).await;
+    for index in [1, 2] {
+        stack.stop_instance(index).unwrap();
+    }
+    for path in ["/join?client_id=abc", "/where?client_id=abc"] {
+        let (status, body) = raw_get(&stack, path, None).await;
+        json_error(status, &body, 503, "resolver_unavailable");
+    }
+}
