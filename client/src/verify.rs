@@ -114,8 +114,8 @@ pub struct Report {
     pub elapsed_s: f64,
     /// Up to 20 failed ids, to start debugging from.
     pub failures: Vec<IdResult>,
-    /// Every id's result; omitted from JSON output unless asked for.
-    #[serde(skip)]
+    /// Every id's result (`verify --json --results`); left out of JSON when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub results: Vec<IdResult>,
 }
 
