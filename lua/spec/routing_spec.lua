@@ -26,11 +26,19 @@ describe("extract_client_id", function()
     { "/join?client_id=" .. string.rep("%C3%A9", 128), string.rep("%C3%A9", 128) },
     { "/join?client_id=" .. string.rep("%C3%A9", 129), nil, "invalid_client_id" },
   }
+  -- Found invalid only after decoding, as the server does.
+  for _, bad in ipairs({ "%FF", "a%00b", "%7F", "%0A", "%C0%AF", "%ED%A0%80", "%F4%90%80%80", "%E6%97" }) do
+    table.insert(cases, { "/join?client_id=" .. bad, nil, "invalid_client_id" })
+  end
   for _, case in ipairs(cases) do
     it(case[1]:sub(1, 60), function()
-      local raw, code = routing.extract_client_id(case[1])
+      local raw, id_or_code = routing.extract_client_id(case[1])
       assert.are.equal(case[2], raw)
-      assert.are.equal(case[3], code)
+      if case[2] then
+        assert.are.equal(routing.form_decode(case[2]), id_or_code)
+      else
+        assert.are.equal(case[3], id_or_code)
+      end
     end)
   end
 end)
@@ -76,6 +84,38 @@ describe("hostport_from_answer", function()
     assert.is_nil(routing.hostport_from_answer(""))
     assert.is_nil(routing.hostport_from_answer(nil))
     assert.is_nil(routing.hostport_from_answer('{"hostport":"a\\"b:1"}'))
+  end)
+end)
+
+describe("valid_utf8", function()
+  it("accepts UTF-8 and refuses what is not", function()
+    for _, good in ipairs({ "", "abc", "Zoë", "日本語", "😀", "\u{10FFFF}" }) do
+      assert.is_true(routing.valid_utf8(good), good)
+    end
+    for _, bad in ipairs({ "\xff", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xe6\x97", "a\x80" }) do
+      assert.is_false(routing.valid_utf8(bad), bad)
+    end
+  end)
+end)
+
+describe("parse_placement", function()
+  it("reads the servers' rule", function()
+    local c = routing.parse_placement('{"mode":"jump","replicas":3,"base":0,"prefix":"server","suffix":".h.ns.svc","port":8081}')
+    assert.are.same({ mode = "jump", replicas = 3, base = 0, prefix = "server", suffix = ".h.ns.svc", port = 8081 }, c)
+    assert.are.equal("server-2.h.ns.svc:8081", routing.hostport(c, 2))
+  end)
+  it("refuses a rule it cannot trust", function()
+    for _, bad in ipairs({
+      "", "garbage",
+      '{"mode":"modulo","replicas":3,"base":0,"prefix":"s","suffix":"","port":1}',
+      '{"mode":"hash","replicas":0,"base":0,"prefix":"s","suffix":"","port":1}',
+      '{"mode":"hash","replicas":3,"base":0,"prefix":"127.0.0.1","suffix":"","port":1}',
+      '{"mode":"hash","replicas":3,"base":0,"prefix":"s","suffix":"x.y","port":1}',
+      '{"mode":"hash","replicas":3,"base":0,"prefix":"s","suffix":"","port":70000}',
+      '{"mode":"hash","replicas":3,"prefix":"s","suffix":"","port":1}',
+    }) do
+      assert.is_nil(routing.parse_placement(bad), bad)
+    end
   end)
 end)
 

@@ -77,14 +77,59 @@ fn set_dns_resolvers(value: &mut Value, dns: SocketAddr) -> usize {
     }
 }
 
-/// The repository's `envoy.yaml` with only bind addresses and DNS resolvers changed.
+/// How `routing.lua` finds the owner of a client id (route A's metadata in `envoy.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Flow {
+    /// Compute it from the servers' cached `/placement` rule (the default).
+    Placement,
+    /// Ask `/where` on every request (the seed's flow).
+    Resolver,
+}
+
+impl Flow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flow::Placement => "placement",
+            Flow::Resolver => "resolver",
+        }
+    }
+}
+
+/// Sets the flow in route A's metadata; fails if `envoy.yaml` has no such setting.
+fn set_flow(config: &mut Value, flow: Flow) -> Result<()> {
+    let routes = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+        .as_sequence_mut()
+        .ok_or_else(|| anyhow!("envoy.yaml has no routes where expected"))?;
+    let join = routes
+        .iter_mut()
+        .find(|r| r["name"] == "join")
+        .ok_or_else(|| anyhow!("envoy.yaml has no route named join"))?;
+    let slot = join
+        .get_mut("metadata")
+        .and_then(|m| m.get_mut("filter_metadata"))
+        .and_then(|m| m.get_mut("envoy.filters.http.lua"))
+        .and_then(|m| m.get_mut("flow"))
+        .ok_or_else(|| {
+            anyhow!("route join has no metadata.filter_metadata.envoy.filters.http.lua.flow")
+        })?;
+    *slot = flow.as_str().into();
+    Ok(())
+}
+
+/// The repository's `envoy.yaml` with only bind addresses and DNS resolvers changed, and the
+/// routing flow when `flow` is given.
 pub fn local_config(
     envoy_yaml: &str,
     listen: SocketAddr,
     admin: SocketAddr,
     dns: SocketAddr,
+    flow: Option<Flow>,
 ) -> Result<String> {
     let mut config: Value = serde_yaml::from_str(envoy_yaml).context("parse envoy.yaml")?;
+    if let Some(flow) = flow {
+        set_flow(&mut config, flow)?;
+    }
     *config
         .get_mut("admin")
         .and_then(|a| a.get_mut("address"))
@@ -116,6 +161,7 @@ pub fn prepare_run_dir(
     listen: SocketAddr,
     admin: SocketAddr,
     dns: SocketAddr,
+    flow: Option<Flow>,
     lua_override: Option<&str>,
 ) -> Result<()> {
     let root = repo_root();
@@ -123,7 +169,7 @@ pub fn prepare_run_dir(
     std::fs::create_dir_all(run_dir.join("lua"))?;
     std::fs::write(
         run_dir.join("envoy.yaml"),
-        local_config(&yaml, listen, admin, dns)?,
+        local_config(&yaml, listen, admin, dns, flow)?,
     )?;
     let lua = match lua_override {
         Some(source) => source.to_owned(),
@@ -161,7 +207,7 @@ mod tests {
         let admin: SocketAddr = "127.0.0.1:18001".parse().unwrap();
         let dns: SocketAddr = "127.0.0.1:15353".parse().unwrap();
         let out: Value =
-            serde_yaml::from_str(&local_config(&yaml, listen, admin, dns).unwrap()).unwrap();
+            serde_yaml::from_str(&local_config(&yaml, listen, admin, dns, None).unwrap()).unwrap();
         let mut original: Value = serde_yaml::from_str(&yaml).unwrap();
         assert_eq!(out["admin"]["address"], socket_address(admin));
         assert_eq!(
@@ -173,5 +219,20 @@ mod tests {
         original["static_resources"]["listeners"][0]["address"] = socket_address(listen);
         assert!(set_dns_resolvers(&mut original, dns) >= 2);
         assert_eq!(out, original);
+
+        let resolver: Value = serde_yaml::from_str(
+            &local_config(&yaml, listen, admin, dns, Some(Flow::Resolver)).unwrap(),
+        )
+        .unwrap();
+        let routes = &resolver["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+            [0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"];
+        assert_eq!(
+            routes[0]["metadata"]["filter_metadata"]["envoy.filters.http.lua"]["flow"],
+            "resolver"
+        );
+        assert!(
+            yaml.contains("flow: placement"),
+            "the default flow is placement"
+        );
     }
 }

@@ -77,6 +77,8 @@ pub struct StackConfig {
     pub run_dir: PathBuf,
     /// Replaces `lua/routing.lua`, to test what a broken script does.
     pub lua_override: Option<String>,
+    /// Overrides the routing flow set in `envoy.yaml` (default: as the file says).
+    pub flow: Option<envoy::Flow>,
     /// Envoy's `--component-log-level`, e.g. `lua:debug`.
     pub envoy_component_log_level: String,
 }
@@ -96,6 +98,7 @@ impl StackConfig {
             first_host: 11,
             run_dir,
             lua_override: None,
+            flow: None,
             envoy_component_log_level: "lua:info".into(),
         }
     }
@@ -199,6 +202,7 @@ impl Stack {
             stack.config.listen,
             stack.config.admin,
             stack.dns.addr(),
+            stack.config.flow,
             stack.config.lua_override.as_deref(),
         )?;
         let log = stack.config.run_dir.join("envoy.log");

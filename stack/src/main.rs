@@ -45,6 +45,9 @@ enum Cmd {
         /// The DNS responder's address (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         dns: SocketAddr,
+        /// How routing.lua finds owners (default: as envoy.yaml says, i.e. placement).
+        #[arg(long, value_enum)]
+        flow: Option<poc_routing_stack::envoy::Flow>,
         /// Envoy's --component-log-level, e.g. lua:debug.
         #[arg(long, default_value = "lua:info")]
         envoy_log_level: String,
@@ -194,6 +197,7 @@ async fn main() -> ExitCode {
             listen,
             admin,
             dns,
+            flow,
             envoy_log_level,
             run_dir,
             detach: false,
@@ -202,6 +206,7 @@ async fn main() -> ExitCode {
             config.listen = listen;
             config.admin = admin;
             config.dns = dns;
+            config.flow = flow;
             config.envoy_component_log_level = envoy_log_level;
             up(config).await
         }

@@ -52,10 +52,17 @@ async fn a_host_header_never_chooses_the_upstream() {
     }
 }
 
-/// A resolver that answers /where with whatever the test sets, and /health with 200.
+/// A resolver that answers /where and /placement with whatever the test sets, and /health
+/// with 200.
 #[derive(Clone)]
 struct FakeResolver {
     answer: Arc<Mutex<(u16, String, Duration)>>,
+    placement: Arc<Mutex<(u16, String)>>,
+}
+
+async fn fake_placement(State(fake): State<FakeResolver>) -> (axum::http::StatusCode, String) {
+    let (status, body) = fake.placement.lock().unwrap().clone();
+    (axum::http::StatusCode::from_u16(status).unwrap(), body)
 }
 
 async fn fake_where(State(fake): State<FakeResolver>) -> (axum::http::StatusCode, String) {
@@ -67,9 +74,12 @@ async fn fake_where(State(fake): State<FakeResolver>) -> (axum::http::StatusCode
 async fn start_fake_resolver(ip: Ipv4Addr) -> FakeResolver {
     let fake = FakeResolver {
         answer: Arc::new(Mutex::new((200, "{\"fake\":true}".into(), Duration::ZERO))),
+        // No rule by default: routing.lua falls back to asking /where.
+        placement: Arc::new(Mutex::new((404, String::new()))),
     };
     let app = Router::new()
         .route("/where", get(fake_where))
+        .route("/placement", get(fake_placement))
         .route("/health", get(|| async { "{\"status\":\"ok\"}" }))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((ip, SERVER_PORT)))
@@ -207,6 +217,158 @@ async fn a_bad_resolver_answer_is_refused() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_bad_placement_rule_is_refused_or_ignored() {
+    let _turn = serial().await;
+    let mut stack = start(config("bad-placement", 2, Naming::Compose, IndexMode::Hash)).await;
+    let [a, b, c] = stack.config().net;
+    let fake_ip = Ipv4Addr::new(a, b, c, 200);
+    let fake = start_fake_resolver(fake_ip).await;
+    for index in [1, 2] {
+        stack.stop_instance(index).unwrap();
+    }
+    stack.dns().set("server", vec![fake_ip]);
+    stack
+        .wait_resolver_hosts(&[SocketAddr::from((fake_ip, SERVER_PORT))])
+        .await
+        .unwrap();
+    wait_for(
+        "route B to reach the fake resolver",
+        Duration::from_secs(10),
+        || async {
+            raw_get(&stack, "/where?client_id=abc", None)
+                .await
+                .1
+                .contains("fake")
+        },
+    )
+    .await
+    .unwrap();
+    // /where names an instance that does not exist, so a fallback to /where is visible as 503.
+    *fake.answer.lock().unwrap() = (
+        200,
+        "{\"hostport\":\"poc-routing-server-9:8081\"}".into(),
+        Duration::ZERO,
+    );
+    let rule = |prefix: &str, suffix: &str, port: u16| {
+        format!("{{\"mode\":\"hash\",\"replicas\":3,\"base\":1,\"prefix\":\"{prefix}\",\"suffix\":\"{suffix}\",\"port\":{port}}}")
+    };
+    let admin = stack.admin().to_string();
+    let cases = [
+        // A well-formed rule naming hosts that are not ours: the guard refuses them.
+        (200, rule("evil", "", 8081), 403, "route_refused"),
+        (
+            200,
+            rule("poc-routing-server", "", 9901),
+            403,
+            "route_refused",
+        ),
+        (
+            200,
+            rule("poc-routing-server", ".evil.example", 8081),
+            403,
+            "route_refused",
+        ),
+        // A rule that cannot be trusted is not used: the request asks /where instead.
+        (200, rule("127.0.0.1", "", 9901), 503, "owner_unavailable"),
+        (200, "garbage".to_owned(), 503, "owner_unavailable"),
+        (
+            500,
+            rule("poc-routing-server", "", 8081),
+            503,
+            "owner_unavailable",
+        ),
+    ];
+    for (status, body, want_status, want_code) in cases {
+        *fake.placement.lock().unwrap() = (status, body.clone());
+        // The rule is cached for up to 2 s per worker: wait until the new one is in effect.
+        let deadline = std::time::Instant::now() + Duration::from_secs(8);
+        let (in_effect, last) = loop {
+            let got = raw_get(&stack, "/join?client_id=abc", Some(&admin)).await;
+            assert_not_admin(&got.1);
+            let parsed: serde_json::Value = serde_json::from_str(&got.1).unwrap_or_default();
+            if got.0 == want_status && parsed["error"] == want_code {
+                break (true, got);
+            }
+            if std::time::Instant::now() > deadline {
+                break (false, got);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            in_effect,
+            "/placement answered {status} {body:?}\nEXPECTED {want_status} {want_code}\nRECEIVED {} {}",
+            last.0,
+            last.1
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stale_placement_rule_is_caught_by_the_owner() {
+    let _turn = serial().await;
+    // Three real servers; a resolver that still publishes a two-replica rule.
+    let stack = start(config(
+        "stale-placement",
+        3,
+        Naming::Compose,
+        IndexMode::Hash,
+    ))
+    .await;
+    let [a, b, c] = stack.config().net;
+    let fake_ip = Ipv4Addr::new(a, b, c, 200);
+    let fake = start_fake_resolver(fake_ip).await;
+    *fake.placement.lock().unwrap() = (
+        200,
+        "{\"mode\":\"hash\",\"replicas\":2,\"base\":1,\"prefix\":\"poc-routing-server\",\"suffix\":\"\",\"port\":8081}".into(),
+    );
+    stack.dns().set("server", vec![fake_ip]);
+    stack
+        .wait_resolver_hosts(&[SocketAddr::from((fake_ip, SERVER_PORT))])
+        .await
+        .unwrap();
+    wait_for(
+        "route B to reach the fake resolver",
+        Duration::from_secs(10),
+        || async {
+            raw_get(&stack, "/where?client_id=abc", None)
+                .await
+                .1
+                .contains("fake")
+        },
+    )
+    .await
+    .unwrap();
+    let (mut served, mut refused) = (0, 0);
+    for i in 0..300 {
+        let id = format!("stale-{i}");
+        let (status, body) = raw_get(&stack, &format!("/join?client_id={id}"), None).await;
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let true_owner = owner(&stack, &id);
+        match status {
+            200 => {
+                served += 1;
+                assert_eq!(
+                    json["instance"], true_owner,
+                    "{id} joined away from its owner: {body}"
+                );
+            }
+            421 => {
+                refused += 1;
+                assert_eq!(json["error"], "misdirected", "{body}");
+                assert_eq!(json["owner"], true_owner, "{body}");
+            }
+            _ => panic!(
+                "{id}: EXPECTED 200 from the owner or 421 misdirected\nRECEIVED {status} {body}"
+            ),
+        }
+    }
+    assert!(
+        served > 50 && refused > 50,
+        "served {served}, refused {refused}"
+    );
 }
 
 /// Starts a stack whose routing.lua is replaced by `script`.

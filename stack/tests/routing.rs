@@ -8,7 +8,8 @@ use std::process::Command;
 use common::*;
 use poc_routing_client::verify;
 use poc_routing_placement::IndexMode;
-use poc_routing_stack::{envoy, Naming};
+use poc_routing_stack::envoy::{self, Flow};
+use poc_routing_stack::Naming;
 
 #[test]
 fn envoy_yaml_passes_validate_mode() {
@@ -32,12 +33,14 @@ fn envoy_yaml_passes_validate_mode() {
     );
 }
 
-async fn correctness(naming: Naming) {
+async fn correctness(naming: Naming, flow: Flow) {
     let _turn = serial().await;
     for replicas in [1, 2, 3, 5] {
         for mode in IndexMode::ALL {
-            let name = format!("correctness-{naming:?}-{replicas}-{mode}");
-            let stack = start(config(&name, replicas, naming, mode)).await;
+            let name = format!("correctness-{naming:?}-{flow:?}-{replicas}-{mode}");
+            let mut c = config(&name, replicas, naming, mode);
+            c.flow = Some(flow);
+            let stack = start(c).await;
             let ids = test_ids(1000, mode, u64::from(replicas));
             let report = verify(&api(&stack), ids, 32, |_| {}).await;
             assert!(
@@ -62,12 +65,22 @@ async fn correctness(naming: Naming) {
 
 #[tokio::test]
 async fn every_join_lands_on_its_owner_with_compose_naming() {
-    correctness(Naming::Compose).await;
+    correctness(Naming::Compose, Flow::Placement).await;
 }
 
 #[tokio::test]
 async fn every_join_lands_on_its_owner_with_kubernetes_naming() {
-    correctness(Naming::Kubernetes).await;
+    correctness(Naming::Kubernetes, Flow::Placement).await;
+}
+
+#[tokio::test]
+async fn every_join_lands_on_its_owner_in_the_resolver_flow_with_compose_naming() {
+    correctness(Naming::Compose, Flow::Resolver).await;
+}
+
+#[tokio::test]
+async fn every_join_lands_on_its_owner_in_the_resolver_flow_with_kubernetes_naming() {
+    correctness(Naming::Kubernetes, Flow::Resolver).await;
 }
 
 #[tokio::test]
