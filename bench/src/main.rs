@@ -1,0 +1,359 @@
+//! `poc-bench`: the benchmarks behind `make bench` and `make soak`.
+//!
+//! - `run`: every scenario against the local stack, one after another on this machine, plus
+//!   placement quality for 1M ids; writes `target/bench/report.json` and `docs/BENCHMARKS.md`.
+//! - `soak`: `/join` through Envoy at half the measured maximum for a long time, watching the
+//!   servers' memory; adds its result to the same report.
+//! - `hello`: the minimal hyper server of the `hello_world` scenario.
+#![forbid(unsafe_code)]
+
+mod load;
+mod quality;
+mod report;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use poc_routing_placement::IndexMode;
+use poc_routing_stack::envoy::{envoy_binary, Flow};
+use poc_routing_stack::{wait_for, Naming, Stack, StackConfig, SERVER_PORT};
+
+#[derive(Parser)]
+#[command(name = "poc-bench", about = "poc-routing benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every scenario and the placement-quality study; write the report.
+    Run {
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Seconds of warm-up per scenario (not measured).
+        #[arg(long, default_value_t = 3)]
+        warmup: u64,
+        /// Seconds measured per scenario.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 3)]
+        replicas: u32,
+        /// Ids for the placement-quality study.
+        #[arg(long, default_value_t = 1_000_000)]
+        quality_ids: usize,
+    },
+    /// /join through Envoy at a fixed rate (default: half of the measured maximum).
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 3)]
+        replicas: u32,
+    },
+    /// Serve "hello" on ADDR (the hello_world scenario's server).
+    Hello {
+        #[arg(long)]
+        addr: SocketAddr,
+    },
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Kills the child on drop.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn hello(addr: SocketAddr) -> Result<()> {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let service = service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"hello"))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn bench_dir() -> PathBuf {
+    poc_routing_stack::envoy::repo_root().join("target/bench")
+}
+
+fn stack_config(name: &str, replicas: u32, flow: Flow) -> StackConfig {
+    let mut c = StackConfig::new(replicas, Naming::Compose, IndexMode::Hash, bench_dir().join(name));
+    c.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    c.admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    c.net = [127, 0, 77];
+    c.flow = Some(flow);
+    c.envoy_component_log_level = "lua:warn".into();
+    c
+}
+
+/// The bench-only peer: Envoy's own consistent hashing (MAGLEV on the client_id query
+/// parameter) over the same instances, no Lua, no guard, no extra hop.
+fn native_hash_config(listen: SocketAddr, admin: SocketAddr, dns: SocketAddr, stack: &Stack) -> String {
+    let p = stack.placement();
+    let endpoints: String = p
+        .indexes()
+        .map(|i| {
+            format!(
+                "        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {SERVER_PORT} }} }} }}\n",
+                p.host(i)
+            )
+        })
+        .collect();
+    format!(
+        r#"# Bench-only: Envoy's native consistent hashing, the peer of the /join flows.
+admin:
+  address: {{ socket_address: {{ address: {admin_ip}, port_value: {admin_port} }} }}
+static_resources:
+  listeners:
+  - name: ingress
+    address: {{ socket_address: {{ address: {listen_ip}, port_value: {listen_port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: native
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: / }}
+                route:
+                  cluster: owners
+                  timeout: 5s
+                  hash_policy:
+                  - query_parameter: {{ name: client_id }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: owners
+    connect_timeout: 1s
+    lb_policy: MAGLEV
+    cluster_type:
+      name: envoy.cluster.dns
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster
+        dns_refresh_rate: 1s
+        dns_lookup_family: V4_ONLY
+        typed_dns_resolver_config:
+          name: envoy.network.dns_resolver.cares
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig
+            resolvers: [{{ socket_address: {{ address: {dns_ip}, port_value: {dns_port} }} }}]
+    load_assignment:
+      cluster_name: owners
+      endpoints:
+      - lb_endpoints:
+{endpoints}"#,
+        admin_ip = admin.ip(),
+        admin_port = admin.port(),
+        listen_ip = listen.ip(),
+        listen_port = listen.port(),
+        dns_ip = dns.ip(),
+        dns_port = dns.port(),
+    )
+}
+
+async fn start_native(stack: &Stack) -> Result<(Proc, String)> {
+    let dir = bench_dir().join("native");
+    std::fs::create_dir_all(&dir)?;
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    std::fs::write(dir.join("envoy.yaml"), native_hash_config(listen, admin, stack.dns().addr(), stack))?;
+    let log = std::fs::File::create(dir.join("envoy.log"))?;
+    let child = Command::new(envoy_binary()?)
+        .current_dir(&dir)
+        .args(["-c", "envoy.yaml", "--use-dynamic-base-id", "--concurrency", "2", "--log-level", "warn"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let proc = Proc(child);
+    let url = format!("http://{listen}");
+    let probe = format!("{url}/where?client_id=probe");
+    let http = reqwest_like_probe();
+    wait_for("the native-hash Envoy", Duration::from_secs(30), || async {
+        http(&probe).await
+    })
+    .await?;
+    Ok((proc, url))
+}
+
+/// A tiny GET-returns-2xx probe on hyper, to avoid another HTTP client dependency.
+fn reqwest_like_probe() -> impl Fn(&str) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + '_>> {
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    move |url: &str| {
+        let client = client.clone();
+        let uri: hyper::Uri = url.parse().expect("valid URI");
+        Box::pin(async move { matches!(client.get(uri).await, Ok(r) if r.status().is_success()) })
+    }
+}
+
+fn bench_ids() -> Vec<String> {
+    quality::random_ids(10_000, 42)
+        .into_iter()
+        .map(|id| id.into_string())
+        .collect()
+}
+
+async fn scenario(name: &str, urls: Arc<Vec<hyper::Uri>>, settings: &load::Load) -> load::Measured {
+    eprintln!("[bench] {name}: {} connections, {:?} warm-up, {:?} measured", settings.concurrency, settings.warmup, settings.duration);
+    let m = load::run(urls, settings).await;
+    eprintln!("[bench] {name}: {:.0} rps, p50 {:.2} ms, p99 {:.2} ms, {} errors", m.rps, m.p50_ms, m.p99_ms, m.errors);
+    m
+}
+
+async fn run(concurrency: usize, warmup: u64, duration: u64, replicas: u32, quality_ids: usize) -> Result<()> {
+    std::fs::create_dir_all(bench_dir())?;
+    let settings = load::Load {
+        concurrency,
+        warmup: Duration::from_secs(warmup),
+        duration: Duration::from_secs(duration),
+        rate: None,
+    };
+    let ids = bench_ids();
+    let mut scenarios = report::Scenarios::new();
+
+    // hello_world: the ceiling for a Rust HTTP server on this machine.
+    let hello_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let hello_proc = Proc(
+        Command::new(std::env::current_exe()?)
+            .args(["hello", "--addr", &hello_addr.to_string()])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let probe = reqwest_like_probe();
+    let hello_url = format!("http://{hello_addr}/");
+    wait_for("the hello server", Duration::from_secs(10), || async { probe(&hello_url).await }).await?;
+    scenarios.insert("hello_world".to_owned(), scenario("hello_world", load::urls(&format!("http://{hello_addr}"), "/", &ids), &settings).await);
+    drop(hello_proc);
+
+    // The default stack: placement flow.
+    let stack = Stack::start(stack_config("stack-placement", replicas, Flow::Placement)).await?;
+    let first = stack.instance_addr(stack.placement().base().into()).context("instance")?;
+    scenarios.insert("direct_where".to_owned(), scenario("direct_where", load::urls(&format!("http://{first}"), "/where", &ids), &settings).await);
+    scenarios.insert("envoy_where".to_owned(), scenario("envoy_where", load::urls(&stack.url(), "/where", &ids), &settings).await);
+    scenarios.insert("envoy_join".to_owned(), scenario("envoy_join", load::urls(&stack.url(), "/join", &ids), &settings).await);
+    let (native, native_url) = start_native(&stack).await?;
+    scenarios.insert("envoy_native_hash".to_owned(),
+        scenario("envoy_native_hash", load::urls(&native_url, "/where", &ids), &settings).await,
+    );
+    drop(native);
+    drop(stack);
+
+    // The seed's flow: one /where call per /join.
+    let stack = Stack::start(stack_config("stack-resolver", replicas, Flow::Resolver)).await?;
+    scenarios.insert("envoy_join_resolver".to_owned(),
+        scenario("envoy_join_resolver", load::urls(&stack.url(), "/join", &ids), &settings).await,
+    );
+    drop(stack);
+
+    eprintln!("[bench] placement quality: {quality_ids} ids, N = 2..64");
+    let started = Instant::now();
+    let qids = quality::random_ids(quality_ids, 7);
+    let hash = quality::measure(IndexMode::Hash, &qids, 2..=64);
+    let jump = quality::measure(IndexMode::Jump, &qids, 2..=64);
+    eprintln!("[bench] placement quality took {:.1}s", started.elapsed().as_secs_f64());
+    let docs = poc_routing_stack::envoy::repo_root().join("docs");
+    std::fs::create_dir_all(&docs)?;
+    quality::plot(&docs.join("placement-moves.svg"), &hash, &jump)?;
+
+    let report = report::Report::new(settings, replicas, scenarios, quality_ids, hash, jump);
+    report.save(&bench_dir().join("report.json"))?;
+    report::render(&bench_dir(), &docs.join("BENCHMARKS.md"))?;
+    eprintln!("[bench] wrote target/bench/report.json, docs/BENCHMARKS.md, docs/placement-moves.svg");
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+async fn soak(minutes: u64, rate: Option<f64>, replicas: u32) -> Result<()> {
+    let report_path = bench_dir().join("report.json");
+    let rate = match rate {
+        Some(r) => r,
+        None => {
+            let report = report::Report::load(&report_path)
+                .with_context(|| format!("no rate given and no {} (run `make bench` first)", report_path.display()))?;
+            report.scenarios["envoy_join"].rps / 2.0
+        }
+    };
+    let stack = Stack::start(stack_config("stack-soak", replicas, Flow::Placement)).await?;
+    let pids = stack.instance_pids();
+    let ids = bench_ids();
+    let urls = load::urls(&stack.url(), "/join", &ids);
+    let total = Duration::from_secs(minutes * 60);
+    // Ten slices, so that memory is sampled along the way; the first minute is warm-up.
+    let slices = 10u32;
+    let slice = total / slices;
+    let mut samples = Vec::new();
+    let mut measured = Vec::new();
+    eprintln!("[soak] {minutes} min of /join at {rate:.0} rps over {replicas} servers");
+    for i in 0..slices {
+        let settings = load::Load { concurrency: 32, warmup: Duration::ZERO, duration: slice, rate: Some(rate) };
+        let m = load::run(urls.clone(), &settings).await;
+        let rss: u64 = pids.iter().filter_map(|p| rss_kib(*p)).sum();
+        eprintln!("[soak] {}/{slices}: {:.0} rps, p99 {:.2} ms, {} errors, servers' RSS {} KiB", i + 1, m.rps, m.p99_ms, m.errors, rss);
+        samples.push(rss);
+        measured.push(m);
+    }
+    let soak = report::Soak::new(minutes, rate, replicas, samples, measured);
+    soak.save(&bench_dir().join("soak.json"))?;
+    report::render(&bench_dir(), &poc_routing_stack::envoy::repo_root().join("docs/BENCHMARKS.md"))?;
+    drop(stack);
+    if !soak.passed() {
+        bail!("soak failed: {} errors, RSS growth {:.1}%", soak.errors, soak.rss_growth_pct);
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Run { concurrency, warmup, duration, replicas, quality_ids } => {
+            run(concurrency, warmup, duration, replicas, quality_ids).await
+        }
+        Cmd::Soak { minutes, rate, replicas } => soak(minutes, rate, replicas).await,
+        Cmd::Hello { addr } => hello(addr).await,
+    }
+}
