@@ -15,8 +15,8 @@
 --   3. checks the hostport, records it as dynamic metadata poc.routing/owner (the RBAC guard in
 --      envoy.yaml requires it), and sets :authority to it, so the dynamic forward proxy dials
 --      exactly that instance.
--- The servers stay the single source of truth: the owner refuses a join it does not own (421),
--- which also ends a stale cached rule early (see envoy_on_response).
+-- The servers stay the single source of truth: a cached rule is at most PLACEMENT_TTL_S old,
+-- and while it is stale (REPLICAS just changed) the owner refuses a join it does not own (421).
 -- Fail closed: every error answers 4xx/5xx JSON, and a failure of this script itself answers 500.
 -- The request never goes on with the authority the client sent.
 
@@ -110,6 +110,21 @@ function M.hostport(config, index)
   return string.format("%s-%d%s:%d", config.prefix, index, config.suffix, config.port)
 end
 
+-- M.hostport, remembered per rule (a rule has at most `replicas` distinct hostports).
+local function cached_hostport(config, index)
+  local names = config.hostports
+  if not names then
+    names = {}
+    config.hostports = names
+  end
+  local hostport = names[index]
+  if not hostport then
+    hostport = M.hostport(config, index)
+    names[index] = hostport
+  end
+  return hostport
+end
+
 ---------------------------------------------------------------------------------------------
 -- Ids.
 
@@ -126,13 +141,23 @@ end
 
 -- application/x-www-form-urlencoded decoding: '+' is a space, %XX a byte; a '%' not followed
 -- by two hex digits stays as it is. The same rule as the Rust placement crate.
+local function hex_byte(hex)
+  return string.char(tonumber(hex, 16))
+end
+
 function M.form_decode(s)
+  if not s:find("[%%+]") then
+    return s -- the common case: nothing to decode
+  end
   s = s:gsub("+", " ")
-  return (s:gsub("%%(%x%x)", function(hex) return string.char(tonumber(hex, 16)) end))
+  return (s:gsub("%%(%x%x)", hex_byte))
 end
 
 -- Strict UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF.
 function M.valid_utf8(s)
+  if not s:find("[\128-\255]") then
+    return true -- ASCII
+  end
   local i, n = 1, #s
   while i <= n do
     local c = s:byte(i)
@@ -177,7 +202,7 @@ function M.extract_client_id(path)
       if not name then
         name, value = pair, ""
       end
-      if M.form_decode(name) == "client_id" then
+      if name == "client_id" or (name:find("[%%+]") and M.form_decode(name) == "client_id") then
         if found then
           return nil, "duplicate_client_id", "client_id is given more than once; exactly one is allowed"
         end
@@ -296,6 +321,9 @@ end
 
 -- Per worker (each Envoy worker has its own Lua state).
 local cache = { config = nil, expires = 0 }
+-- The route's flow, read once per worker: route metadata only changes with a new
+-- configuration, which starts new Lua states.
+local route_flow
 
 function M.forget_placement()
   cache.config, cache.expires = nil, 0
@@ -368,7 +396,10 @@ local function route(handle)
   if not raw_id then
     return reply(handle, 400, id_or_code, message)
   end
-  local flow = handle:metadata():get("flow") or "placement"
+  if not route_flow then
+    route_flow = handle:metadata():get("flow") or "placement"
+  end
+  local flow = route_flow
 
   local hostport
   local config = flow == "placement" and placement(handle) or nil
@@ -378,14 +409,14 @@ local function route(handle)
       return reply(handle, 400, "invalid_client_id",
         "client_id must be decimal digits with a value of at most 18446744073709551615 in numeric mode")
     end
-    hostport = M.hostport(config, index)
+    -- Built from a rule whose every field parse_placement checked: a valid hostport.
+    hostport = cached_hostport(config, index)
   else
     -- Answers the request itself (and never returns) when /where fails.
     hostport = owner_from_resolver(handle, raw_id)
-  end
-
-  if not M.valid_hostport(hostport) then
-    return reply(handle, 502, "bad_resolver_answer", "the resolver's answer has no usable hostport")
+    if not M.valid_hostport(hostport) then
+      return reply(handle, 502, "bad_resolver_answer", "the resolver's answer has no usable hostport")
+    end
   end
   handle:streamInfo():dynamicMetadata():set(METADATA_NAMESPACE, "owner", hostport)
   handle:headers():replace(":authority", hostport)
@@ -397,15 +428,6 @@ function envoy_on_request(handle)
   if not ok then
     handle:logErr("poc-routing: routing failed: " .. tostring(err))
     reply(handle, 500, "routing_error", "the routing filter failed; the request was not forwarded")
-  end
-end
-
-function envoy_on_response(handle)
-  -- The owner we computed says it is not the owner: the cached rule is stale (REPLICAS changed).
-  -- Forget it, so the next request fetches the servers' current rule.
-  if handle:headers():get(":status") == "421" then
-    M.forget_placement()
-    handle:logInfo("poc-routing: 421 from the chosen owner; placement rule dropped")
   end
 end
 

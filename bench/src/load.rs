@@ -30,6 +30,8 @@ pub struct Load {
     pub duration: Duration,
     /// Total requests per second; None: as fast as answers come (closed loop).
     pub rate: Option<f64>,
+    /// Count 421 answers as served (the native-hash peer, whose owner is not ours).
+    pub accept_421: bool,
 }
 
 /// Sends GETs to `urls` in turn (each connection starts at a different offset).
@@ -49,6 +51,7 @@ pub async fn run(urls: Arc<Vec<hyper::Uri>>, load: &Load) -> Measured {
         let urls = urls.clone();
         let recording = recording.clone();
         let stop = stop.clone();
+        let accept_421 = load.accept_421;
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
             let (mut ok, mut errors) = (0u64, 0u64);
@@ -68,7 +71,8 @@ pub async fn run(urls: Arc<Vec<hyper::Uri>>, load: &Load) -> Measured {
                 let good = match client.get(uri).await {
                     Ok(response) => {
                         let status = response.status();
-                        response.into_body().collect().await.is_ok() && status.is_success()
+                        response.into_body().collect().await.is_ok()
+                            && (status.is_success() || (accept_421 && status.as_u16() == 421))
                     }
                     Err(_) => false,
                 };

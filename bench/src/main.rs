@@ -91,7 +91,9 @@ async fn hello(addr: SocketAddr) -> Result<()> {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(async move {
             let service = service_fn(|_req| async {
-                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"hello"))))
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                    Bytes::from_static(b"hello"),
+                )))
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -105,7 +107,12 @@ fn bench_dir() -> PathBuf {
 }
 
 fn stack_config(name: &str, replicas: u32, flow: Flow) -> StackConfig {
-    let mut c = StackConfig::new(replicas, Naming::Compose, IndexMode::Hash, bench_dir().join(name));
+    let mut c = StackConfig::new(
+        replicas,
+        Naming::Compose,
+        IndexMode::Hash,
+        bench_dir().join(name),
+    );
     c.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     c.admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     c.net = [127, 0, 77];
@@ -116,7 +123,12 @@ fn stack_config(name: &str, replicas: u32, flow: Flow) -> StackConfig {
 
 /// The bench-only peer: Envoy's own consistent hashing (MAGLEV on the client_id query
 /// parameter) over the same instances, no Lua, no guard, no extra hop.
-fn native_hash_config(listen: SocketAddr, admin: SocketAddr, dns: SocketAddr, stack: &Stack) -> String {
+fn native_hash_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    dns: SocketAddr,
+    stack: &Stack,
+) -> String {
     let p = stack.placement();
     let endpoints: String = p
         .indexes()
@@ -190,11 +202,22 @@ async fn start_native(stack: &Stack) -> Result<(Proc, String)> {
     std::fs::create_dir_all(&dir)?;
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    std::fs::write(dir.join("envoy.yaml"), native_hash_config(listen, admin, stack.dns().addr(), stack))?;
+    std::fs::write(
+        dir.join("envoy.yaml"),
+        native_hash_config(listen, admin, stack.dns().addr(), stack),
+    )?;
     let log = std::fs::File::create(dir.join("envoy.log"))?;
     let child = Command::new(envoy_binary()?)
         .current_dir(&dir)
-        .args(["-c", "envoy.yaml", "--use-dynamic-base-id", "--concurrency", "2", "--log-level", "warn"])
+        .args([
+            "-c",
+            "envoy.yaml",
+            "--use-dynamic-base-id",
+            "--concurrency",
+            "2",
+            "--log-level",
+            "warn",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -211,7 +234,8 @@ async fn start_native(stack: &Stack) -> Result<(Proc, String)> {
 }
 
 /// A tiny GET-returns-2xx probe on hyper, to avoid another HTTP client dependency.
-fn reqwest_like_probe() -> impl Fn(&str) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + '_>> {
+fn reqwest_like_probe(
+) -> impl Fn(&str) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + '_>> {
     use http_body_util::Empty;
     use hyper::body::Bytes;
     use hyper_util::client::legacy::Client;
@@ -224,6 +248,14 @@ fn reqwest_like_probe() -> impl Fn(&str) -> std::pin::Pin<Box<dyn std::future::F
     }
 }
 
+/// The least a routing script can do: pick one owner for everyone (bench-only).
+const LUA_FLOOR: &str = r#"
+function envoy_on_request(handle)
+  handle:streamInfo():dynamicMetadata():set("poc.routing", "owner", "poc-routing-server-1:8081")
+  handle:headers():replace(":authority", "poc-routing-server-1:8081")
+end
+"#;
+
 fn bench_ids() -> Vec<String> {
     quality::random_ids(10_000, 42)
         .into_iter()
@@ -232,19 +264,32 @@ fn bench_ids() -> Vec<String> {
 }
 
 async fn scenario(name: &str, urls: Arc<Vec<hyper::Uri>>, settings: &load::Load) -> load::Measured {
-    eprintln!("[bench] {name}: {} connections, {:?} warm-up, {:?} measured", settings.concurrency, settings.warmup, settings.duration);
+    eprintln!(
+        "[bench] {name}: {} connections, {:?} warm-up, {:?} measured",
+        settings.concurrency, settings.warmup, settings.duration
+    );
     let m = load::run(urls, settings).await;
-    eprintln!("[bench] {name}: {:.0} rps, p50 {:.2} ms, p99 {:.2} ms, {} errors", m.rps, m.p50_ms, m.p99_ms, m.errors);
+    eprintln!(
+        "[bench] {name}: {:.0} rps, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+        m.rps, m.p50_ms, m.p99_ms, m.errors
+    );
     m
 }
 
-async fn run(concurrency: usize, warmup: u64, duration: u64, replicas: u32, quality_ids: usize) -> Result<()> {
+async fn run(
+    concurrency: usize,
+    warmup: u64,
+    duration: u64,
+    replicas: u32,
+    quality_ids: usize,
+) -> Result<()> {
     std::fs::create_dir_all(bench_dir())?;
     let settings = load::Load {
         concurrency,
         warmup: Duration::from_secs(warmup),
         duration: Duration::from_secs(duration),
         rate: None,
+        accept_421: false,
     };
     let ids = bench_ids();
     let mut scenarios = report::Scenarios::new();
@@ -259,27 +304,96 @@ async fn run(concurrency: usize, warmup: u64, duration: u64, replicas: u32, qual
     );
     let probe = reqwest_like_probe();
     let hello_url = format!("http://{hello_addr}/");
-    wait_for("the hello server", Duration::from_secs(10), || async { probe(&hello_url).await }).await?;
-    scenarios.insert("hello_world".to_owned(), scenario("hello_world", load::urls(&format!("http://{hello_addr}"), "/", &ids), &settings).await);
+    wait_for("the hello server", Duration::from_secs(10), || async {
+        probe(&hello_url).await
+    })
+    .await?;
+    scenarios.insert(
+        "hello_world".to_owned(),
+        scenario(
+            "hello_world",
+            load::urls(&format!("http://{hello_addr}"), "/", &ids),
+            &settings,
+        )
+        .await,
+    );
     drop(hello_proc);
 
     // The default stack: placement flow.
     let stack = Stack::start(stack_config("stack-placement", replicas, Flow::Placement)).await?;
-    let first = stack.instance_addr(stack.placement().base().into()).context("instance")?;
-    scenarios.insert("direct_where".to_owned(), scenario("direct_where", load::urls(&format!("http://{first}"), "/where", &ids), &settings).await);
-    scenarios.insert("envoy_where".to_owned(), scenario("envoy_where", load::urls(&stack.url(), "/where", &ids), &settings).await);
-    scenarios.insert("envoy_join".to_owned(), scenario("envoy_join", load::urls(&stack.url(), "/join", &ids), &settings).await);
+    let first = stack
+        .instance_addr(stack.placement().base().into())
+        .context("instance")?;
+    scenarios.insert(
+        "direct_where".to_owned(),
+        scenario(
+            "direct_where",
+            load::urls(&format!("http://{first}"), "/where", &ids),
+            &settings,
+        )
+        .await,
+    );
+    scenarios.insert(
+        "envoy_where".to_owned(),
+        scenario(
+            "envoy_where",
+            load::urls(&stack.url(), "/where", &ids),
+            &settings,
+        )
+        .await,
+    );
+    scenarios.insert(
+        "envoy_join".to_owned(),
+        scenario(
+            "envoy_join",
+            load::urls(&stack.url(), "/join", &ids),
+            &settings,
+        )
+        .await,
+    );
     let (native, native_url) = start_native(&stack).await?;
-    scenarios.insert("envoy_native_hash".to_owned(),
-        scenario("envoy_native_hash", load::urls(&native_url, "/where", &ids), &settings).await,
+    scenarios.insert(
+        "envoy_native_hash".to_owned(),
+        scenario(
+            "envoy_native_hash",
+            load::urls(&native_url, "/where", &ids),
+            &settings,
+        )
+        .await,
     );
     drop(native);
     drop(stack);
 
+    // Diagnostic: the same stack with a two-line routing script (no parsing, no placement): the
+    // fixed cost of running any Lua filter per request, which the native peer does not pay.
+    let mut floor = stack_config("stack-lua-floor", replicas, Flow::Placement);
+    floor.lua_override = Some(LUA_FLOOR.to_owned());
+    let stack = Stack::start(floor).await?;
+    let floor_settings = load::Load {
+        accept_421: true,
+        ..settings.clone()
+    };
+    scenarios.insert(
+        "envoy_lua_floor".to_owned(),
+        scenario(
+            "envoy_lua_floor",
+            load::urls(&stack.url(), "/join", &ids),
+            &floor_settings,
+        )
+        .await,
+    );
+    drop(stack);
+
     // The seed's flow: one /where call per /join.
     let stack = Stack::start(stack_config("stack-resolver", replicas, Flow::Resolver)).await?;
-    scenarios.insert("envoy_join_resolver".to_owned(),
-        scenario("envoy_join_resolver", load::urls(&stack.url(), "/join", &ids), &settings).await,
+    scenarios.insert(
+        "envoy_join_resolver".to_owned(),
+        scenario(
+            "envoy_join_resolver",
+            load::urls(&stack.url(), "/join", &ids),
+            &settings,
+        )
+        .await,
     );
     drop(stack);
 
@@ -288,7 +402,10 @@ async fn run(concurrency: usize, warmup: u64, duration: u64, replicas: u32, qual
     let qids = quality::random_ids(quality_ids, 7);
     let hash = quality::measure(IndexMode::Hash, &qids, 2..=64);
     let jump = quality::measure(IndexMode::Jump, &qids, 2..=64);
-    eprintln!("[bench] placement quality took {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "[bench] placement quality took {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     let docs = poc_routing_stack::envoy::repo_root().join("docs");
     std::fs::create_dir_all(&docs)?;
     quality::plot(&docs.join("placement-moves.svg"), &hash, &jump)?;
@@ -296,7 +413,9 @@ async fn run(concurrency: usize, warmup: u64, duration: u64, replicas: u32, qual
     let report = report::Report::new(settings, replicas, scenarios, quality_ids, hash, jump);
     report.save(&bench_dir().join("report.json"))?;
     report::render(&bench_dir(), &docs.join("BENCHMARKS.md"))?;
-    eprintln!("[bench] wrote target/bench/report.json, docs/BENCHMARKS.md, docs/placement-moves.svg");
+    eprintln!(
+        "[bench] wrote target/bench/report.json, docs/BENCHMARKS.md, docs/placement-moves.svg"
+    );
     Ok(())
 }
 
@@ -313,8 +432,12 @@ async fn soak(minutes: u64, rate: Option<f64>, replicas: u32) -> Result<()> {
     let rate = match rate {
         Some(r) => r,
         None => {
-            let report = report::Report::load(&report_path)
-                .with_context(|| format!("no rate given and no {} (run `make bench` first)", report_path.display()))?;
+            let report = report::Report::load(&report_path).with_context(|| {
+                format!(
+                    "no rate given and no {} (run `make bench` first)",
+                    report_path.display()
+                )
+            })?;
             report.scenarios["envoy_join"].rps / 2.0
         }
     };
@@ -330,19 +453,39 @@ async fn soak(minutes: u64, rate: Option<f64>, replicas: u32) -> Result<()> {
     let mut measured = Vec::new();
     eprintln!("[soak] {minutes} min of /join at {rate:.0} rps over {replicas} servers");
     for i in 0..slices {
-        let settings = load::Load { concurrency: 32, warmup: Duration::ZERO, duration: slice, rate: Some(rate) };
+        let settings = load::Load {
+            concurrency: 32,
+            warmup: Duration::ZERO,
+            duration: slice,
+            rate: Some(rate),
+            accept_421: false,
+        };
         let m = load::run(urls.clone(), &settings).await;
         let rss: u64 = pids.iter().filter_map(|p| rss_kib(*p)).sum();
-        eprintln!("[soak] {}/{slices}: {:.0} rps, p99 {:.2} ms, {} errors, servers' RSS {} KiB", i + 1, m.rps, m.p99_ms, m.errors, rss);
+        eprintln!(
+            "[soak] {}/{slices}: {:.0} rps, p99 {:.2} ms, {} errors, servers' RSS {} KiB",
+            i + 1,
+            m.rps,
+            m.p99_ms,
+            m.errors,
+            rss
+        );
         samples.push(rss);
         measured.push(m);
     }
     let soak = report::Soak::new(minutes, rate, replicas, samples, measured);
     soak.save(&bench_dir().join("soak.json"))?;
-    report::render(&bench_dir(), &poc_routing_stack::envoy::repo_root().join("docs/BENCHMARKS.md"))?;
+    report::render(
+        &bench_dir(),
+        &poc_routing_stack::envoy::repo_root().join("docs/BENCHMARKS.md"),
+    )?;
     drop(stack);
     if !soak.passed() {
-        bail!("soak failed: {} errors, RSS growth {:.1}%", soak.errors, soak.rss_growth_pct);
+        bail!(
+            "soak failed: {} errors, RSS growth {:.1}%",
+            soak.errors,
+            soak.rss_growth_pct
+        );
     }
     Ok(())
 }
@@ -350,10 +493,18 @@ async fn soak(minutes: u64, rate: Option<f64>, replicas: u32) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::Run { concurrency, warmup, duration, replicas, quality_ids } => {
-            run(concurrency, warmup, duration, replicas, quality_ids).await
-        }
-        Cmd::Soak { minutes, rate, replicas } => soak(minutes, rate, replicas).await,
+        Cmd::Run {
+            concurrency,
+            warmup,
+            duration,
+            replicas,
+            quality_ids,
+        } => run(concurrency, warmup, duration, replicas, quality_ids).await,
+        Cmd::Soak {
+            minutes,
+            rate,
+            replicas,
+        } => soak(minutes, rate, replicas).await,
         Cmd::Hello { addr } => hello(addr).await,
     }
 }

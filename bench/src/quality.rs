@@ -37,7 +37,11 @@ fn placement(mode: IndexMode, replicas: u32) -> Placement {
 }
 
 /// One row per N in `range`, for `mode`.
-pub fn measure(mode: IndexMode, ids: &[ClientId], range: std::ops::RangeInclusive<u32>) -> Vec<Row> {
+pub fn measure(
+    mode: IndexMode,
+    ids: &[ClientId],
+    range: std::ops::RangeInclusive<u32>,
+) -> Vec<Row> {
     range
         .map(|n| {
             let now = placement(mode, n);
@@ -68,7 +72,10 @@ pub fn plot(path: &std::path::Path, hash: &[Row], jump: &[Row]) -> anyhow::Resul
     root.fill(&WHITE)?;
     let max_n = hash.last().map_or(64, |r| r.replicas);
     let mut chart = ChartBuilder::on(&root)
-        .caption("Ids that move going from N to N+1 replicas", ("sans-serif", 20))
+        .caption(
+            "Ids that move going from N to N+1 replicas",
+            ("sans-serif", 20),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
@@ -84,7 +91,10 @@ pub fn plot(path: &std::path::Path, hash: &[Row], jump: &[Row]) -> anyhow::Resul
     ];
     for (label, rows, color) in series {
         chart
-            .draw_series(LineSeries::new(rows.iter().map(|r| (r.replicas, r.moved)), color))?
+            .draw_series(LineSeries::new(
+                rows.iter().map(|r| (r.replicas, r.moved)),
+                color,
+            ))?
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }

@@ -103,6 +103,10 @@ describe("parse_placement", function()
     local c = routing.parse_placement('{"mode":"jump","replicas":3,"base":0,"prefix":"server","suffix":".h.ns.svc","port":8081}')
     assert.are.same({ mode = "jump", replicas = 3, base = 0, prefix = "server", suffix = ".h.ns.svc", port = 8081 }, c)
     assert.are.equal("server-2.h.ns.svc:8081", routing.hostport(c, 2))
+    -- A hostport built from a checked rule is always one the guard's shape check accepts.
+    for _, index in ipairs({ 0, 1, 9, 4294967295 }) do
+      assert.is_true(routing.valid_hostport(routing.hostport(c, index)))
+    end
   end)
   it("refuses a rule it cannot trust", function()
     for _, bad in ipairs({

@@ -8,7 +8,8 @@ fn placement(c: &mut Criterion) {
     // A 12-byte id: numeric, so that every mode accepts it.
     let id = ClientId::try_from("487370041515").expect("valid id");
     for mode in IndexMode::ALL {
-        let p = Placement::new(mode, 5, 1, "poc-routing-server", "", 8081).expect("valid placement");
+        let p =
+            Placement::new(mode, 5, 1, "poc-routing-server", "", 8081).expect("valid placement");
         group.bench_function(mode.as_str(), |b| b.iter(|| p.index(black_box(&id))));
     }
     group.finish();
