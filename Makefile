@@ -14,6 +14,8 @@ CARGO ?= cargo
 REPLICAS ?= 3
 INDEX_MODE ?= hash
 NAMING ?= compose
+# placement (envoy.yaml's default) or resolver; empty: as envoy.yaml says
+FLOW ?=
 COUNT ?= 1000
 
 .DEFAULT_GOAL := help
@@ -80,7 +82,7 @@ fmt: ## Format the code
 	$(CARGO) fmt --all
 
 up: build envoy ## Start the local stack (REPLICAS servers, DNS, Envoy on 127.0.0.1:10000) and return when ready
-	target/release/poc-stack up --detach --replicas $(REPLICAS) --mode $(INDEX_MODE) --naming $(NAMING)
+	target/release/poc-stack up --detach --replicas $(REPLICAS) --mode $(INDEX_MODE) --naming $(NAMING) $(if $(FLOW),--flow $(FLOW),)
 
 down: ## Stop the local stack
 	@if [ -x target/release/poc-stack ]; then target/release/poc-stack down; else echo "nothing to stop"; fi

@@ -114,3 +114,44 @@ pub fn plot(path: &std::path::Path, hash: &[Row], jump: &[Row]) -> anyhow::Resul
     root.present()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jump_moves_about_the_optimum_and_hash_moves_most_ids() {
+        let ids = random_ids(20_000, 1);
+        for row in measure(IndexMode::Jump, &ids, 2..=6) {
+            let off = (row.moved - row.optimum).abs() / row.optimum;
+            assert!(
+                off < 0.1,
+                "jump N={}: moved {} vs {}",
+                row.replicas,
+                row.moved,
+                row.optimum
+            );
+            assert!(
+                row.max_over_mean < 1.1,
+                "jump N={}: {}",
+                row.replicas,
+                row.max_over_mean
+            );
+        }
+        for row in measure(IndexMode::Hash, &ids, 2..=6) {
+            let expected = f64::from(row.replicas) / f64::from(row.replicas + 1);
+            assert!(
+                (row.moved - expected).abs() < 0.05,
+                "hash N={}: moved {}",
+                row.replicas,
+                row.moved
+            );
+        }
+    }
+
+    #[test]
+    fn random_ids_are_reproducible() {
+        assert_eq!(random_ids(100, 3), random_ids(100, 3));
+        assert_ne!(random_ids(100, 3), random_ids(100, 4));
+    }
+}

@@ -71,7 +71,7 @@ async fn fake_where(State(fake): State<FakeResolver>) -> (axum::http::StatusCode
     (axum::http::StatusCode::from_u16(status).unwrap(), body)
 }
 
-async fn start_fake_resolver(ip: Ipv4Addr) -> FakeResolver {
+async fn spawn_fake_resolver(ip: Ipv4Addr) -> FakeResolver {
     let fake = FakeResolver {
         answer: Arc::new(Mutex::new((200, "{\"fake\":true}".into(), Duration::ZERO))),
         // No rule by default: routing.lua falls back to asking /where.
@@ -89,20 +89,15 @@ async fn start_fake_resolver(ip: Ipv4Addr) -> FakeResolver {
     fake
 }
 
-#[tokio::test]
-async fn a_bad_resolver_answer_is_refused() {
-    let _turn = serial().await;
-    let mut stack = start(config("bad-resolver", 2, Naming::Compose, IndexMode::Hash)).await;
+/// Starts a fake resolver on `<net>.200:8081` and makes it the only `server` Envoy asks, as
+/// DNS would after a swap; returns once requests through Envoy reach it.
+async fn use_fake_resolver(stack: &poc_routing_stack::Stack) -> FakeResolver {
     let [a, b, c] = stack.config().net;
-    let fake_ip = Ipv4Addr::new(a, b, c, 200);
-    let fake = start_fake_resolver(fake_ip).await;
-    // The real instances go away; `server` now names only the fake resolver.
-    for index in [1, 2] {
-        stack.stop_instance(index).unwrap();
-    }
-    stack.dns().set("server", vec![fake_ip]);
+    let ip = Ipv4Addr::new(a, b, c, 200);
+    let fake = spawn_fake_resolver(ip).await;
+    stack.dns().set("server", vec![ip]);
     stack
-        .wait_resolver_hosts(&[SocketAddr::from((fake_ip, SERVER_PORT))])
+        .wait_resolver_hosts(&[SocketAddr::from((ip, SERVER_PORT))])
         .await
         .unwrap();
     // Health state reaches Envoy's workers a moment after its main thread: wait for route B.
@@ -110,7 +105,7 @@ async fn a_bad_resolver_answer_is_refused() {
         "route B to reach the fake resolver",
         Duration::from_secs(10),
         || async {
-            raw_get(&stack, "/where?client_id=abc", None)
+            raw_get(stack, "/where?client_id=abc", None)
                 .await
                 .1
                 .contains("fake")
@@ -118,6 +113,18 @@ async fn a_bad_resolver_answer_is_refused() {
     )
     .await
     .unwrap();
+    fake
+}
+
+#[tokio::test]
+async fn a_bad_resolver_answer_is_refused() {
+    let _turn = serial().await;
+    let mut stack = start(config("bad-resolver", 2, Naming::Compose, IndexMode::Hash)).await;
+    // The real instances go away; `server` now names only the fake resolver.
+    for index in [1, 2] {
+        stack.stop_instance(index).unwrap();
+    }
+    let fake = use_fake_resolver(&stack).await;
     let admin = stack.admin().to_string();
 
     let no_delay = Duration::ZERO;
@@ -223,29 +230,11 @@ async fn a_bad_resolver_answer_is_refused() {
 async fn a_bad_placement_rule_is_refused_or_ignored() {
     let _turn = serial().await;
     let mut stack = start(config("bad-placement", 2, Naming::Compose, IndexMode::Hash)).await;
-    let [a, b, c] = stack.config().net;
-    let fake_ip = Ipv4Addr::new(a, b, c, 200);
-    let fake = start_fake_resolver(fake_ip).await;
+    // The real instances go away; `server` now names only the fake resolver.
     for index in [1, 2] {
         stack.stop_instance(index).unwrap();
     }
-    stack.dns().set("server", vec![fake_ip]);
-    stack
-        .wait_resolver_hosts(&[SocketAddr::from((fake_ip, SERVER_PORT))])
-        .await
-        .unwrap();
-    wait_for(
-        "route B to reach the fake resolver",
-        Duration::from_secs(10),
-        || async {
-            raw_get(&stack, "/where?client_id=abc", None)
-                .await
-                .1
-                .contains("fake")
-        },
-    )
-    .await
-    .unwrap();
+    let fake = use_fake_resolver(&stack).await;
     // /where names an instance that does not exist, so a fallback to /where is visible as 503.
     *fake.answer.lock().unwrap() = (
         200,
@@ -317,30 +306,11 @@ async fn a_stale_placement_rule_is_caught_by_the_owner() {
         IndexMode::Hash,
     ))
     .await;
-    let [a, b, c] = stack.config().net;
-    let fake_ip = Ipv4Addr::new(a, b, c, 200);
-    let fake = start_fake_resolver(fake_ip).await;
+    let fake = use_fake_resolver(&stack).await;
     *fake.placement.lock().unwrap() = (
         200,
         "{\"mode\":\"hash\",\"replicas\":2,\"base\":1,\"prefix\":\"poc-routing-server\",\"suffix\":\"\",\"port\":8081}".into(),
     );
-    stack.dns().set("server", vec![fake_ip]);
-    stack
-        .wait_resolver_hosts(&[SocketAddr::from((fake_ip, SERVER_PORT))])
-        .await
-        .unwrap();
-    wait_for(
-        "route B to reach the fake resolver",
-        Duration::from_secs(10),
-        || async {
-            raw_get(&stack, "/where?client_id=abc", None)
-                .await
-                .1
-                .contains("fake")
-        },
-    )
-    .await
-    .unwrap();
     let (mut served, mut refused) = (0, 0);
     for i in 0..300 {
         let id = format!("stale-{i}");
