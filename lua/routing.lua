@@ -6,12 +6,13 @@
 --      error code);
 --   2. finds the owner, by one of two flows chosen by the route's metadata
 --      (filter_metadata["envoy.filters.http.lua"].flow):
---        "placement" (default): computes the owner here, with the placement rule the servers
---          publish at GET /placement, fetched through the resolver cluster and cached per worker
---          for PLACEMENT_TTL_S seconds. No extra hop per request. If the rule cannot be fetched,
---          this request falls back to the resolver flow.
---        "resolver" (the seed's flow): asks GET /where?client_id=<the id as the client encoded
---          it> on every request, so the server decodes the id the same way for /where and /join;
+--        "resolver" (the seed's flow, the default): asks GET /where?client_id=<the id as the
+--          client encoded it> on every request, so the server decodes the id the same way for
+--          /where and /join;
+--        "placement": computes the owner here, with the placement rule the servers publish at
+--          GET /placement, fetched through the resolver cluster and cached per worker for
+--          PLACEMENT_TTL_S seconds. No extra hop per request. If the rule cannot be fetched,
+--          this request falls back to the resolver flow;
 --   3. checks the hostport, records it as dynamic metadata poc.routing/owner (the RBAC guard in
 --      envoy.yaml requires it), and sets :authority to it, so the dynamic forward proxy dials
 --      exactly that instance.
@@ -397,7 +398,7 @@ local function route(handle)
     return reply(handle, 400, id_or_code, message)
   end
   if not route_flow then
-    route_flow = handle:metadata():get("flow") or "placement"
+    route_flow = handle:metadata():get("flow") or "resolver"
   end
   local flow = route_flow
 

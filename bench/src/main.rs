@@ -57,6 +57,8 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         replicas: u32,
     },
+    /// Write docs/BENCHMARKS.md again from target/bench/report.json (and soak.json).
+    Render,
     /// Serve "hello" on ADDR (the hello_world scenario's server).
     Hello {
         #[arg(long)]
@@ -505,6 +507,10 @@ async fn main() -> Result<()> {
             rate,
             replicas,
         } => soak(minutes, rate, replicas).await,
+        Cmd::Render => report::render(
+            &bench_dir(),
+            &poc_routing_stack::envoy::repo_root().join("docs/BENCHMARKS.md"),
+        ),
         Cmd::Hello { addr } => hello(addr).await,
     }
 }

@@ -259,11 +259,11 @@ const ORDER: [(&str, &str); 7] = [
     ("envoy_where", "GET /where through Envoy, route B"),
     (
         "envoy_join_resolver",
-        "GET /join, the seed's flow (a /where call per request)",
+        "GET /join, the seed's flow, envoy.yaml's default (a /where call per request)",
     ),
     (
         "envoy_join",
-        "GET /join, our default flow (cached /placement, owner computed in Lua)",
+        "GET /join, the faster placement flow (cached /placement, owner computed in Lua; opt-in)",
     ),
     (
         "envoy_native_hash",
@@ -357,7 +357,7 @@ pub fn render(dir: &Path, out: &Path) -> Result<()> {
     match soak {
         Some(s) => {
             md += &format!(
-                "`make soak`: {} minutes of `/join` through Envoy at {:.0} rps (half the measured `envoy_join` maximum), {} servers.\n\n",
+                "`make soak`: {} minutes of `/join` through Envoy, placement flow, at {:.0} rps (half the measured `envoy_join` maximum), {} servers.\n\n",
                 s.minutes, s.rate, s.replicas
             );
             md += &format!(
@@ -398,7 +398,7 @@ fn explain_misses(report: &Report) -> String {
                 .map(|f| f.rps)
                 .unwrap_or(0.0);
             &format!(
-                "every /join runs Envoy's Lua filter (a coroutine per request and calls across the C++/Lua boundary), the RBAC guard and a dynamic-forward-proxy sub-cluster lookup; the native MAGLEV path runs none of them. The Lua filter itself is most of it: route A with a two-line script that only sets the owner (`envoy_lua_floor`) reached {floor:.0} rps against {join:.0} rps for our full script, so parsing, validation and hashing in LuaJIT cost little, and no Lua script can close the gap. Closing it needs a compiled filter (an Envoy dynamic module in Rust running this crate's placement), whose SDK is not published on crates.io for Envoy 1.40"
+                "every /join runs Envoy's Lua filter (a coroutine per request and calls across the C++/Lua boundary), the RBAC guard and a dynamic-forward-proxy sub-cluster lookup; the native MAGLEV path runs none of them. The Lua filter itself is most of it: route A with a two-line script that only sets the owner (`envoy_lua_floor`) reached {floor:.0} rps against {join:.0} rps for our full script, so parsing, validation and hashing in LuaJIT cost little, and no Lua script can close the gap. Closing it needs a compiled filter (an Envoy dynamic module in Rust running this crate's placement), whose SDK is not published on crates.io for Envoy 1.40. So the placement flow stays opt-in, and envoy.yaml keeps the resolver flow as its default"
             )
         } else if t.name.starts_with("direct_where") {
             "poc-server does more per request than hello: query decoding, validation, placement, a JSON body, and metrics (a histogram and counters behind locks)"

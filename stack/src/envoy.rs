@@ -80,9 +80,9 @@ fn set_dns_resolvers(value: &mut Value, dns: SocketAddr) -> usize {
 /// How `routing.lua` finds the owner of a client id (route A's metadata in `envoy.yaml`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Flow {
-    /// Compute it from the servers' cached `/placement` rule (the default).
+    /// Compute it from the servers' cached `/placement` rule.
     Placement,
-    /// Ask `/where` on every request (the seed's flow).
+    /// Ask `/where` on every request (the seed's flow, `envoy.yaml`'s default).
     Resolver,
 }
 
@@ -220,19 +220,19 @@ mod tests {
         assert!(set_dns_resolvers(&mut original, dns) >= 2);
         assert_eq!(out, original);
 
-        let resolver: Value = serde_yaml::from_str(
-            &local_config(&yaml, listen, admin, dns, Some(Flow::Resolver)).unwrap(),
+        let placement: Value = serde_yaml::from_str(
+            &local_config(&yaml, listen, admin, dns, Some(Flow::Placement)).unwrap(),
         )
         .unwrap();
-        let routes = &resolver["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+        let routes = &placement["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
             [0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"];
         assert_eq!(
             routes[0]["metadata"]["filter_metadata"]["envoy.filters.http.lua"]["flow"],
-            "resolver"
+            "placement"
         );
         assert!(
-            yaml.contains("flow: placement"),
-            "the default flow is placement"
+            yaml.contains("flow: resolver"),
+            "the default flow is resolver"
         );
     }
 }

@@ -45,7 +45,7 @@ enum Cmd {
         /// The DNS responder's address (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         dns: SocketAddr,
-        /// How routing.lua finds owners (default: as envoy.yaml says, i.e. placement).
+        /// How routing.lua finds owners (default: as envoy.yaml says, i.e. resolver).
         #[arg(long, value_enum)]
         flow: Option<poc_routing_stack::envoy::Flow>,
         /// Envoy's --component-log-level, e.g. lua:debug.

@@ -12,6 +12,7 @@ use axum::routing::get;
 use axum::Router;
 use common::*;
 use poc_routing_placement::IndexMode;
+use poc_routing_stack::envoy::Flow;
 use poc_routing_stack::{wait_for, Naming, SERVER_PORT};
 
 #[tokio::test]
@@ -229,7 +230,9 @@ async fn a_bad_resolver_answer_is_refused() {
 #[tokio::test]
 async fn a_bad_placement_rule_is_refused_or_ignored() {
     let _turn = serial().await;
-    let mut stack = start(config("bad-placement", 2, Naming::Compose, IndexMode::Hash)).await;
+    let mut c = config("bad-placement", 2, Naming::Compose, IndexMode::Hash);
+    c.flow = Some(Flow::Placement);
+    let mut stack = start(c).await;
     // The real instances go away; `server` now names only the fake resolver.
     for index in [1, 2] {
         stack.stop_instance(index).unwrap();
@@ -299,13 +302,9 @@ async fn a_bad_placement_rule_is_refused_or_ignored() {
 async fn a_stale_placement_rule_is_caught_by_the_owner() {
     let _turn = serial().await;
     // Three real servers; a resolver that still publishes a two-replica rule.
-    let stack = start(config(
-        "stale-placement",
-        3,
-        Naming::Compose,
-        IndexMode::Hash,
-    ))
-    .await;
+    let mut c = config("stale-placement", 3, Naming::Compose, IndexMode::Hash);
+    c.flow = Some(Flow::Placement);
+    let stack = start(c).await;
     let fake = use_fake_resolver(&stack).await;
     *fake.placement.lock().unwrap() = (
         200,
