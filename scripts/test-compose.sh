@@ -130,9 +130,10 @@ echo "$body"
 step "4. docker start poc-routing-server-2 (new IP), served again within 5 s"
 # Hold the freed address, as a busy network would, so that the restart really gets a new one.
 placeholder=$(docker run -d --network "$NETWORK" --entrypoint sleep debian:bookworm-slim 300)
-docker start poc-routing-server-2 >/dev/null
+# The clock starts before `docker start`, so the time includes the container's own start.
 started=$SECONDS
 start_ns=$(date +%s%N)
+docker start poc-routing-server-2 >/dev/null
 new_ip=$(ip_of poc-routing-server-2)
 [ "$new_ip" != "$old_ip" ] || fail "the restarted server kept its address" "a new IP" "$new_ip"
 echo "poc-routing-server-2: $old_ip -> $new_ip"

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use poc_routing_placement::IndexMode;
-use poc_routing_stack::envoy::{envoy_binary, Flow};
+use poc_routing_stack::envoy::Flow;
 use poc_routing_stack::{wait_for, Naming, Stack, StackConfig, SERVER_PORT};
 
 #[derive(Parser)]
@@ -209,18 +209,8 @@ async fn start_native(stack: &Stack) -> Result<(Proc, String)> {
         native_hash_config(listen, admin, stack.dns().addr(), stack),
     )?;
     let log = std::fs::File::create(dir.join("envoy.log"))?;
-    let child = Command::new(envoy_binary()?)
-        .current_dir(&dir)
-        .args([
-            "-c",
-            "envoy.yaml",
-            "--use-dynamic-base-id",
-            "--concurrency",
-            "2",
-            "--log-level",
-            "warn",
-        ])
-        .stdin(Stdio::null())
+    let child = poc_routing_stack::envoy::command(&dir)?
+        .args(["--log-level", "warn"])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;

@@ -51,6 +51,22 @@ fn socket_address(addr: SocketAddr) -> Value {
     Value::Mapping(outer)
 }
 
+/// `envoy -c envoy.yaml` run in `run_dir`, as every Envoy here is run: with a dynamic base id
+/// (several may run at once) and 2 worker threads (the machine's cores).
+pub fn command(run_dir: &Path) -> Result<std::process::Command> {
+    let mut cmd = std::process::Command::new(envoy_binary()?);
+    cmd.current_dir(run_dir)
+        .args([
+            "-c",
+            "envoy.yaml",
+            "--use-dynamic-base-id",
+            "--concurrency",
+            "2",
+        ])
+        .stdin(std::process::Stdio::null());
+    Ok(cmd)
+}
+
 /// Points every c-ares resolver config in the tree at `dns`; returns how many it changed.
 fn set_dns_resolvers(value: &mut Value, dns: SocketAddr) -> usize {
     match value {

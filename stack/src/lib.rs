@@ -171,7 +171,8 @@ impl Stack {
     /// Starts DNS, the servers and Envoy, and returns once Envoy is ready and every instance
     /// passes Envoy's health check.
     pub async fn start(config: StackConfig) -> Result<Self> {
-        let envoy_bin = envoy::envoy_binary()?;
+        // Fail first, with instructions, if Envoy is not installed.
+        envoy::envoy_binary()?;
         let server_bin = workspace_binary("poc-server")?;
         std::fs::create_dir_all(&config.run_dir)
             .with_context(|| format!("create {}", config.run_dir.display()))?;
@@ -207,22 +208,13 @@ impl Stack {
         )?;
         let log = stack.config.run_dir.join("envoy.log");
         let _ = std::fs::remove_file(&log);
-        let child = Command::new(&envoy_bin)
-            .current_dir(&stack.config.run_dir)
-            .args([
-                "-c",
-                "envoy.yaml",
-                "--use-dynamic-base-id",
-                "--concurrency",
-                "2",
-            ])
+        let child = envoy::command(&stack.config.run_dir)?
             .args(["--log-level", "info", "--component-log-level"])
             .arg(&stack.config.envoy_component_log_level)
-            .stdin(Stdio::null())
             .stdout(open_log(&stack.config.run_dir.join("envoy.access.log"))?)
             .stderr(open_log(&log)?)
             .spawn()
-            .with_context(|| format!("start {}", envoy_bin.display()))?;
+            .context("start Envoy")?;
         stack.envoy = Some(child);
         let ready = stack.wait_envoy_ready().await;
         if let Err(e) = ready {

@@ -107,6 +107,15 @@ async fn ids_are_decoded_once_and_alike_on_both_hops() {
             "{raw}: EXPECTED 200 on instance {want} for {id:?}\nRECEIVED {status} {body}"
         );
     }
+    // The owner's process logged the join, with the id as decoded once.
+    let owner_of_a_b = owner(&stack, "a b");
+    let log = stack.server_log(owner_of_a_b);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"client joined\"") && l.contains("\"client_id\":\"a b\"")),
+        "EXPECTED a 'client joined' line for \"a b\" in server-{owner_of_a_b}.log\nRECEIVED\n{log}"
+    );
+
     // /join/... is route A too (the filter answers), /joinx is not (the server answers 404).
     let (status, body) = raw_get(&stack, "/join/sub", None).await;
     json_error(status, &body, 400, "missing_client_id");
