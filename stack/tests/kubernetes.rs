@@ -14,8 +14,18 @@ use serde_yaml::Value;
 /// The Kubernetes version the manifests are validated against.
 const KUBERNETES_VERSION: &str = "1.32.0";
 
+/// The system's kubectl, or the one `make k8s-tools` put in .venv when there is none.
+fn kubectl() -> std::path::PathBuf {
+    let system = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("kubectl"))
+            .find(|p| p.is_file())
+    });
+    system.unwrap_or_else(|| repo_root().join(".venv/bin/kubectl"))
+}
+
 fn kustomize(dir: &Path) -> String {
-    let out = Command::new("kubectl")
+    let out = Command::new(kubectl())
         .args(["kustomize", "--load-restrictor", "LoadRestrictionsNone"])
         .arg(dir)
         .output()
