@@ -84,19 +84,17 @@ fn json_report(out: &Output) -> serde_json::Value {
     })
 }
 
+/// `verify` of 200 seeded random ids against `url`, with a JSON report.
+fn verify_200(url: &str) -> Output {
+    client(&[
+        "verify", "--url", url, "--count", "200", "--json", "--seed", "3",
+    ])
+}
+
 #[test]
 fn verify_passes_when_the_single_replica_owns_everything() {
     let server = spawn_server(1, 1);
-    let out = client(&[
-        "verify",
-        "--url",
-        &server.url,
-        "--count",
-        "200",
-        "--json",
-        "--seed",
-        "3",
-    ]);
+    let out = verify_200(&server.url);
     let report = json_report(&out);
     assert!(out.status.success(), "{report}");
     assert_eq!(report["total"], 200);
@@ -109,16 +107,7 @@ fn verify_passes_when_the_single_replica_owns_everything() {
 fn verify_fails_and_counts_misrouted_joins() {
     // Two replicas by placement, but only instance 1 answers: ids owned by 2 are misdirected.
     let server = spawn_server(2, 1);
-    let out = client(&[
-        "verify",
-        "--url",
-        &server.url,
-        "--count",
-        "200",
-        "--json",
-        "--seed",
-        "3",
-    ]);
+    let out = verify_200(&server.url);
     let report = json_report(&out);
     assert_eq!(out.status.code(), Some(1), "{report}");
     let correct = report["correct"].as_u64().unwrap();

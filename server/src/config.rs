@@ -136,9 +136,14 @@ impl Config {
                     accepts: "expected empty or DNS labels each preceded by '.', such as .svc.cluster.local".into(),
                 },
                 // Ruled out above; kept explicit so a new variant cannot slip through silently.
-                PlacementError::NoReplicas | PlacementError::ZeroPort => ConfigError {
+                PlacementError::NoReplicas => ConfigError {
                     var: "REPLICAS",
                     value: replicas.to_string(),
+                    accepts: e.to_string(),
+                },
+                PlacementError::ZeroPort => ConfigError {
+                    var: "PORT",
+                    value: port.to_string(),
                     accepts: e.to_string(),
                 },
             })?;
