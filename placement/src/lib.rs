@@ -10,7 +10,18 @@
 //!    the way HTML forms encode it (`+` is a space, `%XX` a byte, then UTF-8).
 //! 2. [`ClientId::new`] enforces what an id may be (1..=256 bytes, no control characters).
 //! 3. [`Placement::index`] maps a valid id to an instance index with the configured [`IndexMode`].
-#![forbid(unsafe_code)]
+//!
+//! ## Members and epochs
+//!
+//! A placement maps ids onto the **actual member list**: the sorted instance indexes that are
+//! deployed and ready, whatever gaps a scale-down left. The mode picks a *position* in that list
+//! (`fnv1a32(id) mod n`, `value mod n` or `jump(fnv1a64(id), n)` for `n` members), and the owner
+//! is the member at that position. With members exactly `base..base+n-1` this is the plain
+//! `base + slot` rule, so contiguous deployments keep their owners.
+//!
+//! Every member list has an identity, its [`Epoch`]: FNV-1a 64 of a canonical text of the rule
+//! and the members (see [`Placement::epoch`]). Two servers, or a server and a proxy, that hold the
+//! same epoch compute the same owner for every id; a different epoch means a different view.
 
 mod hash;
 mod id;
@@ -71,18 +82,56 @@ impl FromStr for IndexMode {
     }
 }
 
-/// The placement rule of one deployment: how many replicas, how they are numbered and named.
+/// The most members a placement holds: far beyond what one Envoy fronts, and small enough that
+/// the member list stays a few hundred KiB.
+pub const MAX_MEMBERS: usize = 65_536;
+
+/// The identity of one member list under one rule: equal epochs mean equal owners for every id.
 ///
-/// Construct it with [`Placement::new`], which checks the invariants once so that
+/// Written as 16 lowercase hex digits, in JSON answers and in the `x-poc-epoch` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Epoch(pub u64);
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// The error for text that is not an epoch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an epoch is 16 lowercase hex digits, not {0:?}")]
+pub struct BadEpoch(pub String);
+
+impl FromStr for Epoch {
+    type Err = BadEpoch;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !ok {
+            return Err(BadEpoch(s.to_owned()));
+        }
+        u64::from_str_radix(s, 16)
+            .map(Epoch)
+            .map_err(|_| BadEpoch(s.to_owned()))
+    }
+}
+
+/// The placement rule of one deployment: how instances are named, and which are members.
+///
+/// Construct it with [`Placement::new`] (members `base..base+replicas-1`) or narrow it to the
+/// deployed members with [`Placement::with_members`]. Both check the invariants once, so that
 /// [`Placement::index`] cannot fail for a valid id in hash or jump mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     mode: IndexMode,
-    replicas: u32,
     base: u32,
     prefix: String,
     suffix: String,
     port: u16,
+    /// Sorted, without duplicates, never empty.
+    members: Vec<u64>,
+    epoch: Epoch,
 }
 
 /// Why a [`Placement`] could not be built. Each variant names the setting at fault.
@@ -90,6 +139,10 @@ pub struct Placement {
 pub enum PlacementError {
     #[error("replicas must be at least 1")]
     NoReplicas,
+    #[error("the member list is empty: at least one instance must be a member")]
+    NoMembers,
+    #[error("{0} members; at most {MAX_MEMBERS} are supported")]
+    TooManyMembers(usize),
     #[error("port must be between 1 and 65535")]
     ZeroPort,
     #[error("prefix {0:?} is not a DNS label: it must start with a letter or digit and hold only letters, digits and '-'")]
@@ -113,6 +166,9 @@ impl Placement {
         if replicas == 0 {
             return Err(PlacementError::NoReplicas);
         }
+        if replicas as usize > MAX_MEMBERS {
+            return Err(PlacementError::TooManyMembers(replicas as usize));
+        }
         if port == 0 {
             return Err(PlacementError::ZeroPort);
         }
@@ -126,21 +182,82 @@ impl Placement {
         if !suffix_ok {
             return Err(PlacementError::BadSuffix(suffix));
         }
-        Ok(Self {
+        let first = u64::from(base);
+        let members = (first..first + u64::from(replicas)).collect();
+        Ok(Self::build(mode, base, prefix, suffix, port, members))
+    }
+
+    fn build(
+        mode: IndexMode,
+        base: u32,
+        prefix: String,
+        suffix: String,
+        port: u16,
+        members: Vec<u64>,
+    ) -> Self {
+        let mut placement = Self {
             mode,
-            replicas,
             base,
             prefix,
             suffix,
             port,
-        })
+            members,
+            epoch: Epoch(0),
+        };
+        placement.epoch = Epoch(fnv1a64(placement.canonical().as_bytes()));
+        placement
+    }
+
+    /// The same rule over another member list (sorted and de-duplicated here).
+    pub fn with_members(
+        &self,
+        members: impl IntoIterator<Item = u64>,
+    ) -> Result<Self, PlacementError> {
+        let mut members: Vec<u64> = members.into_iter().collect();
+        members.sort_unstable();
+        members.dedup();
+        if members.is_empty() {
+            return Err(PlacementError::NoMembers);
+        }
+        if members.len() > MAX_MEMBERS {
+            return Err(PlacementError::TooManyMembers(members.len()));
+        }
+        Ok(Self::build(
+            self.mode,
+            self.base,
+            self.prefix.clone(),
+            self.suffix.clone(),
+            self.port,
+            members,
+        ))
+    }
+
+    /// The text the epoch hashes: `mode|prefix|suffix|port|m1,m2,...`, members ascending.
+    /// Everything that decides an owner's hostport is in it, and nothing else.
+    pub fn canonical(&self) -> String {
+        let members: Vec<String> = self.members.iter().map(u64::to_string).collect();
+        format!(
+            "{}|{}|{}|{}|{}",
+            self.mode,
+            self.prefix,
+            self.suffix,
+            self.port,
+            members.join(",")
+        )
+    }
+
+    /// The identity of this member list under this rule.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
     }
 
     pub fn mode(&self) -> IndexMode {
         self.mode
     }
+    /// How many members there are.
     pub fn replicas(&self) -> u32 {
-        self.replicas
+        // At most MAX_MEMBERS, which fits.
+        self.members.len() as u32
     }
     pub fn base(&self) -> u32 {
         self.base
@@ -155,25 +272,31 @@ impl Placement {
         self.port
     }
 
-    /// The range of valid instance indexes, `base ..= base + replicas - 1`.
-    pub fn indexes(&self) -> std::ops::RangeInclusive<u64> {
-        let first = u64::from(self.base);
-        first..=first + u64::from(self.replicas) - 1
+    /// The member indexes, ascending.
+    pub fn members(&self) -> &[u64] {
+        &self.members
     }
 
-    /// The index of the instance that owns `id`.
+    /// Whether instance `index` is a member.
+    pub fn is_member(&self, index: u64) -> bool {
+        self.members.binary_search(&index).is_ok()
+    }
+
+    /// The index of the instance that owns `id`: the member at the position the mode picks.
     ///
     /// Fails only in numeric mode, when the id is not a decimal number that fits in a `u64`.
     pub fn index(&self, id: &ClientId) -> Result<u64, IdError> {
-        let replicas = u64::from(self.replicas);
-        let slot = match self.mode {
-            IndexMode::Hash => u64::from(fnv1a32(id.as_bytes())) % replicas,
-            IndexMode::Numeric => id::parse_decimal_u64(id.as_str())? % replicas,
-            IndexMode::Jump => {
-                u64::from(jump_consistent_hash(fnv1a64(id.as_bytes()), self.replicas))
-            }
+        let n = self.members.len() as u64;
+        let position = match self.mode {
+            IndexMode::Hash => u64::from(fnv1a32(id.as_bytes())) % n,
+            IndexMode::Numeric => id::parse_decimal_u64(id.as_str())? % n,
+            IndexMode::Jump => u64::from(jump_consistent_hash(
+                fnv1a64(id.as_bytes()),
+                self.replicas(),
+            )),
         };
-        Ok(u64::from(self.base) + slot)
+        // position < n, which indexes the list.
+        Ok(self.members[position as usize])
     }
 
     /// The host name of instance `index`, without the port.
@@ -233,7 +356,7 @@ mod tests {
             k8s.hostport(0),
             "server-0.server-headless.poc-routing.svc.cluster.local:8081"
         );
-        assert_eq!(k8s.indexes(), 0..=1);
+        assert_eq!(k8s.members(), [0, 1]);
     }
 
     #[test]
@@ -275,6 +398,51 @@ mod tests {
         for (host, want) in cases {
             assert_eq!(p.index_from_hostname(host), want, "{host}");
         }
+    }
+
+    #[test]
+    fn contiguous_members_keep_the_plain_rule_and_gaps_index_the_sorted_list() {
+        let plain = compose();
+        let gapped = plain.with_members([7, 2, 2, 5]).unwrap();
+        assert_eq!(gapped.members(), [2, 5, 7]);
+        assert_eq!(gapped.replicas(), 3);
+        assert_eq!(gapped.with_members([]), Err(PlacementError::NoMembers));
+        // Same positions: member k of the gapped list owns what base+k owns in the plain rule.
+        for i in 0..500 {
+            let id = ClientId::try_from(format!("id-{i}").as_str()).unwrap();
+            let position = plain.index(&id).unwrap() - 1;
+            assert_eq!(gapped.index(&id).unwrap(), [2, 5, 7][position as usize]);
+        }
+        // Rebuilding the contiguous list gives back the same rule and epoch.
+        assert_eq!(plain.with_members([1, 2, 3]).unwrap(), plain);
+    }
+
+    #[test]
+    fn the_epoch_names_the_rule_and_the_members() {
+        let p = compose();
+        assert_eq!(p.canonical(), "hash|poc-routing-server||8081|1,2,3");
+        assert_eq!(
+            p.epoch(),
+            Epoch(fnv1a64(b"hash|poc-routing-server||8081|1,2,3"))
+        );
+        assert_ne!(p.epoch(), p.with_members([1, 2]).unwrap().epoch());
+        assert_eq!(p.epoch().to_string().len(), 16);
+        assert_eq!(p.epoch().to_string().parse::<Epoch>(), Ok(p.epoch()));
+        for bad in [
+            "",
+            "123",
+            "ABCDEF0123456789",
+            "0123456789abcdefg",
+            "g123456789abcdef",
+        ] {
+            assert_eq!(
+                bad.parse::<Epoch>(),
+                Err(BadEpoch(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
+        let jump = Placement::new(IndexMode::Jump, 3, 1, "poc-routing-server", "", 8081).unwrap();
+        assert_ne!(p.epoch(), jump.epoch(), "the mode is part of the epoch");
     }
 
     #[test]

@@ -96,3 +96,84 @@ fn placement_vectors() {
     }
     assert!(invalid > 0, "the vectors include invalid ids");
 }
+
+#[derive(Deserialize)]
+struct MemberVectors {
+    members: Vec<MemberCase>,
+    epochs: Vec<EpochCase>,
+}
+
+#[derive(Deserialize)]
+struct MemberCase {
+    mode: String,
+    members: Vec<u64>,
+    client_id: String,
+    index: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct EpochCase {
+    mode: String,
+    prefix: String,
+    suffix: String,
+    port: u16,
+    members: Vec<u64>,
+    epoch: String,
+}
+
+fn member_vectors() -> MemberVectors {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/members.json");
+    let text = std::fs::read_to_string(path).expect("read member vectors");
+    serde_json::from_str(&text).expect("parse member vectors")
+}
+
+/// Member lists with gaps: derived from the reference vectors by scripts/gen-member-vectors.py.
+#[test]
+fn member_list_vectors() {
+    let v = member_vectors();
+    assert!(v.members.len() > 2000);
+    for case in &v.members {
+        let mode: IndexMode = case.mode.parse().unwrap();
+        let placement = Placement::new(mode, 1, 0, "p", "", 1)
+            .unwrap()
+            .with_members(case.members.iter().copied())
+            .unwrap();
+        let got = ClientId::try_from(case.client_id.as_str())
+            .and_then(|id| placement.index(&id))
+            .ok();
+        assert_eq!(
+            got, case.index,
+            "mode {} members {:?} id {:?}",
+            case.mode, case.members, case.client_id
+        );
+    }
+    assert!(v.epochs.len() >= 48);
+    for case in &v.epochs {
+        let mode: IndexMode = case.mode.parse().unwrap();
+        let placement = Placement::new(mode, 1, 0, &*case.prefix, &*case.suffix, case.port)
+            .unwrap()
+            .with_members(case.members.iter().copied())
+            .unwrap();
+        assert_eq!(
+            placement.epoch().to_string(),
+            case.epoch,
+            "{case:?}",
+            case = case.members
+        );
+    }
+}
+
+/// The checked-in member vectors are what the generator writes today.
+#[test]
+fn member_vectors_are_up_to_date() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let status = std::process::Command::new("python3")
+        .args(["scripts/gen-member-vectors.py", "--check"])
+        .current_dir(root)
+        .status()
+        .expect("python3 runs the vector generator (apt-get install python3)");
+    assert!(
+        status.success(),
+        "placement/tests/data/members.json is stale: run python3 scripts/gen-member-vectors.py"
+    );
+}

@@ -4,9 +4,13 @@
 //! with one line that names the variable and what it accepts. Nothing later re-reads the
 //! environment.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
-use poc_routing_placement::{IndexMode, Placement, PlacementError};
+use poc_routing_placement::{IndexMode, Placement, PlacementError, MAX_MEMBERS};
+
+use crate::discovery::DnsDiscovery;
+use crate::membership::Timing;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -21,8 +25,14 @@ pub enum LogFormat {
 /// The whole server configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// The placement rule; its port is also the port the server listens on.
+    /// The placement rule; its port is also the port the server listens on. With discovery
+    /// off, its members (`INDEX_BASE..INDEX_BASE+REPLICAS-1`) are the fixed member set.
     pub placement: Placement,
+    /// `DISCOVERY=dns` (the default): members are found in DNS. `None`: `DISCOVERY=off`.
+    pub discovery: Option<DnsDiscovery>,
+    /// `REPLICAS` as given. With discovery on it is only compared with what is deployed.
+    pub expected_replicas: Option<u32>,
+    pub timing: Timing,
     /// The address to bind, `0.0.0.0` by default.
     pub bind_addr: IpAddr,
     /// `INSTANCE_INDEX`, when the deployment states the identity explicitly.
@@ -42,7 +52,7 @@ pub struct ConfigError {
 }
 
 const DEFAULT_PREFIX: &str = "poc-routing-server";
-const DEFAULT_REPLICAS: u32 = 2;
+const DEFAULT_DISCOVERY_NAME: &str = "server";
 const DEFAULT_BASE: u32 = 1;
 const DEFAULT_PORT: u16 = 8081;
 const DEFAULT_REGISTRY_CAPACITY: usize = 100_000;
@@ -60,13 +70,90 @@ impl Config {
 
         let prefix = get("SERVICE_PREFIX").unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
         let suffix = lookup("SERVICE_SUFFIX").unwrap_or_default();
-        let replicas = parse(
-            "REPLICAS",
-            get("REPLICAS"),
-            DEFAULT_REPLICAS,
-            "an integer from 1 to 4294967295",
-            |v: &u32| *v >= 1,
-        )?;
+        let expected_replicas = get("REPLICAS")
+            .map(|v| {
+                parse(
+                    "REPLICAS",
+                    Some(v),
+                    1,
+                    "an integer from 1 to 65536",
+                    |v: &u32| *v >= 1 && *v as usize <= MAX_MEMBERS,
+                )
+            })
+            .transpose()?;
+        let discovery = match get("DISCOVERY").as_deref() {
+            None | Some("dns") => Some(DnsDiscovery {
+                name: get("DISCOVERY_NAME").unwrap_or_else(|| DEFAULT_DISCOVERY_NAME.to_owned()),
+                server: get("DNS_SERVER")
+                    .map(|v| {
+                        parse(
+                            "DNS_SERVER",
+                            Some(v),
+                            SocketAddr::from(([127, 0, 0, 1], 53)),
+                            "an address and port such as 127.0.0.1:5353",
+                            |_| true,
+                        )
+                    })
+                    .transpose()?,
+            }),
+            Some("off") => None,
+            Some(other) => {
+                return Err(ConfigError {
+                    var: "DISCOVERY",
+                    value: other.to_owned(),
+                    accepts: "expected dns (members from DNS, the default) or off (a fixed member set from REPLICAS)".into(),
+                })
+            }
+        };
+        if let Some(d) = &discovery {
+            let ok = d.name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+            if !ok {
+                return Err(ConfigError {
+                    var: "DISCOVERY_NAME",
+                    value: d.name.clone(),
+                    accepts: "expected a DNS name: `server` (A and PTR records, as Docker's DNS serves) or `_http._tcp.<headless service>` (SRV, as Kubernetes serves)".into(),
+                });
+            }
+        }
+        let replicas = match (expected_replicas, &discovery) {
+            (Some(n), _) => n,
+            (None, Some(_)) => 1,
+            (None, None) => {
+                return Err(ConfigError {
+                    var: "REPLICAS",
+                    value: String::new(),
+                    accepts: "expected the number of instances (1 to 65536): DISCOVERY=off needs a fixed member set".into(),
+                })
+            }
+        };
+        let millis = |var: &'static str, default: u64, min: u64, max: u64| {
+            parse(
+                var,
+                get(var),
+                default,
+                &format!("an integer from {min} to {max} (milliseconds)"),
+                |v: &u64| (min..=max).contains(v),
+            )
+            .map(Duration::from_millis)
+        };
+        let timing = Timing {
+            probe_interval: millis("PROBE_INTERVAL_MS", 250, 10, 60_000)?,
+            transition_window: millis("TRANSITION_WINDOW_MS", 5_000, 0, 600_000)?,
+            down_timeout: Duration::from_secs(parse(
+                "DOWN_TIMEOUT_S",
+                get("DOWN_TIMEOUT_S"),
+                30,
+                "an integer from 1 to 86400 (seconds)",
+                |v: &u64| (1..=86_400).contains(v),
+            )?),
+            drain_timeout: millis("DRAIN_TIMEOUT_MS", 7_000, 0, 600_000)?,
+            drain_grace: millis("DRAIN_GRACE_MS", 1_500, 0, 600_000)?,
+        };
         let mode = match get("INDEX_MODE") {
             None => IndexMode::default(),
             Some(v) => v.parse().map_err(|_| ConfigError {
@@ -136,7 +223,9 @@ impl Config {
                     accepts: "expected empty or DNS labels each preceded by '.', such as .svc.cluster.local".into(),
                 },
                 // Ruled out above; kept explicit so a new variant cannot slip through silently.
-                PlacementError::NoReplicas => ConfigError {
+                PlacementError::NoReplicas
+                | PlacementError::NoMembers
+                | PlacementError::TooManyMembers(_) => ConfigError {
                     var: "REPLICAS",
                     value: replicas.to_string(),
                     accepts: e.to_string(),
@@ -150,6 +239,9 @@ impl Config {
 
         Ok(Self {
             placement,
+            discovery,
+            expected_replicas,
+            timing,
             bind_addr,
             instance_index,
             log_format,
@@ -194,9 +286,17 @@ mod tests {
     #[test]
     fn defaults_match_the_compose_deployment() {
         let c = config(&[]).unwrap();
+        assert_eq!(
+            c.discovery,
+            Some(DnsDiscovery {
+                name: "server".into(),
+                server: None
+            })
+        );
+        assert_eq!(c.expected_replicas, None);
+        assert_eq!(c.timing, Timing::default());
         assert_eq!(c.placement.prefix(), "poc-routing-server");
         assert_eq!(c.placement.suffix(), "");
-        assert_eq!(c.placement.replicas(), 2);
         assert_eq!(c.placement.base(), 1);
         assert_eq!(c.placement.port(), 8081);
         assert_eq!(c.placement.mode(), IndexMode::Hash);
@@ -214,6 +314,7 @@ mod tests {
                 ".server-headless.poc-routing.svc.cluster.local",
             ),
             ("REPLICAS", "3"),
+            ("DISCOVERY", "off"),
             ("INDEX_BASE", "0"),
             ("INDEX_MODE", "jump"),
             ("PORT", "9000"),
@@ -227,6 +328,8 @@ mod tests {
             "server-2.server-headless.poc-routing.svc.cluster.local:9000"
         );
         assert_eq!(c.placement.mode(), IndexMode::Jump);
+        assert_eq!(c.placement.members(), [0, 1, 2]);
+        assert_eq!(c.discovery, None);
         assert_eq!(c.instance_index, Some(2));
         assert_eq!(c.log_format, LogFormat::Pretty);
         assert_eq!(c.bind_addr.to_string(), "127.0.0.11");
@@ -239,6 +342,15 @@ mod tests {
             ("REPLICAS", "-1"),
             ("REPLICAS", "two"),
             ("REPLICAS", "4294967296"),
+            ("REPLICAS", "65537"),
+            ("DISCOVERY", "consul"),
+            ("DISCOVERY_NAME", "bad name"),
+            ("DNS_SERVER", "127.0.0.1"),
+            ("PROBE_INTERVAL_MS", "0"),
+            ("TRANSITION_WINDOW_MS", "soon"),
+            ("DOWN_TIMEOUT_S", "0"),
+            ("DRAIN_TIMEOUT_MS", "-1"),
+            ("DRAIN_GRACE_MS", "1e3"),
             ("INDEX_MODE", "modulo"),
             ("INDEX_BASE", "-1"),
             ("PORT", "0"),
@@ -258,5 +370,31 @@ mod tests {
             assert!(line.contains("expected"), "{line}");
             assert!(!line.contains('\n'), "{line}");
         }
+    }
+
+    #[test]
+    fn discovery_settings() {
+        let c = config(&[
+            (
+                "DISCOVERY_NAME",
+                "_http._tcp.server-headless.poc-routing.svc.cluster.local",
+            ),
+            ("DNS_SERVER", "127.0.0.1:5353"),
+            ("REPLICAS", "4"),
+            ("DOWN_TIMEOUT_S", "90"),
+        ])
+        .unwrap();
+        let d = c.discovery.unwrap();
+        assert_eq!(
+            d.name,
+            "_http._tcp.server-headless.poc-routing.svc.cluster.local"
+        );
+        assert_eq!(d.server, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(c.expected_replicas, Some(4));
+        assert_eq!(c.timing.down_timeout, Duration::from_secs(90));
+        // Discovery off needs the member count: no silent default.
+        let err = config(&[("DISCOVERY", "off")]).unwrap_err();
+        assert_eq!(err.var, "REPLICAS");
+        assert!(err.to_string().contains("DISCOVERY=off"), "{err}");
     }
 }

@@ -15,15 +15,22 @@ use serde_json::json;
 pub enum ApiError {
     #[error(transparent)]
     BadClientId(#[from] IdError),
-    /// Envoy sent this request to an instance that does not own the id: a routing bug, a stale
-    /// replica count, or a request that bypassed the proxy. Refused so it is never served twice.
-    #[error("client {client_id:?} is owned by instance {owner} ({owner_hostport}), not by instance {instance}")]
+    /// Envoy sent this request to an instance that does not own the id under the epoch it was
+    /// routed by (or by an epoch this instance does not hold): a routing bug, a view that is too
+    /// old, or a request that bypassed the proxy. Refused so it is never served twice.
+    #[error("client {client_id:?} is owned by instance {owner} ({owner_hostport}) under epoch {epoch}, not by instance {instance}{}", routed_epoch.as_ref().map(|e| format!(" (the request was routed by epoch {e})")).unwrap_or_default())]
     Misdirected {
         client_id: String,
         instance: u64,
         owner: u64,
         owner_hostport: String,
+        epoch: String,
+        routed_epoch: Option<String>,
     },
+    #[error("this instance does not know the member list yet (it is joining); try again shortly")]
+    NotReady,
+    #[error("the x-poc-epoch header must be 16 lowercase hex digits")]
+    BadEpoch,
     #[error("this instance does not know its own index yet; set INSTANCE_INDEX or name the host <SERVICE_PREFIX>-<n>")]
     IdentityUnknown,
     #[error("no route for {0}")]
@@ -41,7 +48,8 @@ impl ApiError {
         match self {
             ApiError::BadClientId(_) => StatusCode::BAD_REQUEST,
             ApiError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
-            ApiError::IdentityUnknown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::IdentityUnknown | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadEpoch => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -52,6 +60,8 @@ impl ApiError {
             ApiError::BadClientId(e) => e.code(),
             ApiError::Misdirected { .. } => "misdirected",
             ApiError::IdentityUnknown => "identity_unknown",
+            ApiError::NotReady => "not_ready",
+            ApiError::BadEpoch => "invalid_epoch",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
         }
@@ -67,12 +77,16 @@ impl IntoResponse for ApiError {
             instance,
             owner,
             owner_hostport,
+            epoch,
+            routed_epoch,
         } = &self
         {
             body["client_id"] = json!(client_id);
             body["instance"] = json!(instance);
             body["owner"] = json!(owner);
             body["owner_hostport"] = json!(owner_hostport);
+            body["epoch"] = json!(epoch);
+            body["routed_epoch"] = json!(routed_epoch);
         }
         let mut response = (self.status(), Json(body)).into_response();
         response.extensions_mut().insert(ErrorCode(code));

@@ -4,8 +4,11 @@
 //! The sources are tried in order of how explicit they are:
 //! 1. `INSTANCE_INDEX`, set by whoever deploys the server;
 //! 2. a host name `<SERVICE_PREFIX>-<n>`, which is what a Kubernetes StatefulSet pod gets;
-//! 3. DNS: resolve every instance name and look for one of this host's own addresses. Compose
-//!    names containers `<project>-server-<n>` in DNS, while their host name is the container id.
+//! 3. DNS: find the instance name whose address is one of this host's own. Compose names
+//!    containers `<project>-server-<n>` in DNS, while their host name is the container id. With
+//!    discovery on, the discovery rounds do this from the names they find
+//!    ([`crate::discovery`]); with a fixed member set, [`discover_in_background`] resolves each
+//!    member's name.
 //!
 //! Steps 1 and 2 are decided at start-up. Step 3 is retried in the background, because the
 //! container's own DNS entry may appear a moment after the process starts.
@@ -40,7 +43,7 @@ impl Identity {
         self.0.get().copied()
     }
 
-    fn set(&self, index: u64) {
+    pub(crate) fn set(&self, index: u64) {
         let _ = self.0.set(index);
     }
 }
@@ -78,7 +81,7 @@ where
     Fut: std::future::Future<Output = Vec<IpAddr>>,
 {
     let mut matches = Vec::new();
-    for index in placement.indexes() {
+    for &index in placement.members() {
         let addrs = resolve(placement.host(index)).await;
         if addrs.iter().any(|a| own.contains(a)) {
             matches.push(index);

@@ -6,13 +6,19 @@
 //!   answers 421 `misdirected`, which makes a routing mistake visible instead of silent.
 //! - `/health`, `/clients`, `/placement` and `/metrics` support operations.
 //!
+//! Membership is discovered from the deployment by default ([`discovery`], [`membership`]): the
+//! member list and its epoch follow what is deployed and ready, and a SIGTERM makes the instance
+//! leave the member list before it stops ([`discovery::Discovery::leave`]).
+//!
 //! The binary is thin: [`Application::build`] binds the listener from a [`Config`], and [`run`]
 //! serves an already-bound listener until a shutdown future completes, so tests bind port 0.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod identity;
+pub mod membership;
 mod metrics;
 mod registry;
 pub mod routes;
@@ -29,24 +35,38 @@ use poc_routing_placement::Placement;
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError, LogFormat};
+use discovery::{Discovery, Finder};
 use identity::Identity;
+use membership::Membership;
 
 /// State shared by every request.
 pub struct AppState {
-    pub placement: Placement,
+    pub membership: Arc<Membership>,
     pub identity: Arc<Identity>,
+    /// Present when membership is discovered: a join routed by an epoch this instance does not
+    /// hold yet asks for a fresh round before it is refused.
+    pub discovery: Option<Arc<Discovery>>,
     registry: registry::Registry,
-    metrics: metrics::Metrics,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl AppState {
+    /// A fixed member set: `placement`'s own members.
     pub fn new(placement: Placement, identity: Arc<Identity>, registry_capacity: usize) -> Self {
+        let metrics = Arc::new(metrics::Metrics::default());
+        metrics.members.set(placement.members().len() as i64);
         Self {
-            placement,
+            membership: Arc::new(Membership::fixed(placement)),
             identity,
+            discovery: None,
             registry: registry::Registry::new(registry_capacity),
-            metrics: metrics::Metrics::default(),
+            metrics,
         }
+    }
+
+    /// The placement rule (mode and naming) every view uses.
+    pub fn rule(&self) -> &Placement {
+        &self.membership.rule
     }
 }
 
@@ -90,45 +110,69 @@ impl Application {
     pub async fn build(config: Config) -> std::io::Result<Self> {
         let listener =
             TcpListener::bind(SocketAddr::new(config.bind_addr, config.placement.port())).await?;
-        Ok(Self::with_listener(config, listener))
+        Self::with_listener(config, listener)
     }
 
     /// Like [`Application::build`], but on a listener bound by the caller (tests bind port 0).
-    pub fn with_listener(config: Config, listener: TcpListener) -> Self {
+    /// With discovery on, the discovery loop starts here.
+    pub fn with_listener(config: Config, listener: TcpListener) -> std::io::Result<Self> {
         let hostname = gethostname::gethostname().to_string_lossy().into_owned();
-        let identity = match identity::from_env_or_hostname(
-            &config.placement,
-            config.instance_index,
-            &hostname,
-        ) {
+        let known =
+            identity::from_env_or_hostname(&config.placement, config.instance_index, &hostname);
+        let identity = Arc::new(match known {
             Some((index, source)) => {
                 tracing::info!(instance = index, ?source, "identity found");
-                if !config.placement.indexes().contains(&index) {
+                Identity::known(index)
+            }
+            None => Identity::default(),
+        });
+        let Some(dns) = &config.discovery else {
+            if let Some(index) = identity.get() {
+                if !config.placement.is_member(index) {
                     tracing::warn!(
                         instance = index,
-                        range = ?config.placement.indexes(),
-                        "this instance is outside the placement range; every /join will be misdirected"
+                        members = ?config.placement.members(),
+                        "this instance is outside the fixed member set; every /join will be misdirected"
                     );
                 }
-                Arc::new(Identity::known(index))
-            }
-            None => {
-                let identity = Arc::new(Identity::default());
+            } else {
                 identity::discover_in_background(
                     config.placement.clone(),
                     identity.clone(),
                     60,
                     Duration::from_secs(1),
                 );
-                identity
             }
+            let state = AppState::new(config.placement, identity, config.registry_capacity);
+            return Ok(Self {
+                listener,
+                state: Arc::new(state),
+            });
         };
-        let state = Arc::new(AppState::new(
-            config.placement,
-            identity,
-            config.registry_capacity,
+        let membership = Arc::new(Membership::discovered(
+            config.placement.clone(),
+            config.timing,
+            config.expected_replicas,
         ));
-        Self { listener, state }
+        let metrics = Arc::new(metrics::Metrics::default());
+        let discovery = Arc::new(Discovery::new(
+            Finder::new(dns, config.placement.clone())?,
+            membership.clone(),
+            identity.clone(),
+            metrics.clone(),
+        ));
+        tokio::spawn(discovery.clone().run());
+        let state = AppState {
+            membership,
+            identity,
+            discovery: Some(discovery),
+            registry: registry::Registry::new(config.registry_capacity),
+            metrics,
+        };
+        Ok(Self {
+            listener,
+            state: Arc::new(state),
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -139,21 +183,31 @@ impl Application {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` completes.
+    /// Serves until `shutdown` completes. With discovery on, the instance then leaves the
+    /// member list (still serving) before it stops.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let p = &self.state.placement;
+        let p = self.state.rule();
+        let discovery = self.state.discovery.clone();
         tracing::info!(
             addr = %self.listener.local_addr()?,
             mode = %p.mode(),
-            replicas = p.replicas(),
+            discovery = ?discovery.as_ref().map(|d| d.finder.name().to_owned()),
+            members = ?discovery.is_none().then(|| p.members().to_vec()),
             base = p.base(),
             prefix = p.prefix(),
             suffix = p.suffix(),
             "listening"
         );
+        let shutdown = async move {
+            shutdown.await;
+            if let Some(discovery) = discovery {
+                discovery.leave().await;
+            }
+            tracing::info!("stopping");
+        };
         run(self.listener, self.state, shutdown).await
     }
 }

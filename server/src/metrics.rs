@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -29,6 +30,10 @@ pub struct Metrics {
     pub joins: Counter,
     pub misdirected: Counter,
     pub wheres: Counter,
+    pub epoch_changes: Counter,
+    pub previous_epoch_joins: Counter,
+    pub members: Gauge,
+    pub replicas_mismatch: Gauge,
     pub errors: Family<CodeLabel, Counter>,
     pub durations: Family<RequestLabels, Histogram>,
 }
@@ -39,6 +44,10 @@ impl Default for Metrics {
         let joins = Counter::default();
         let misdirected = Counter::default();
         let wheres = Counter::default();
+        let epoch_changes = Counter::default();
+        let previous_epoch_joins = Counter::default();
+        let members = Gauge::default();
+        let replicas_mismatch = Gauge::default();
         let errors = Family::<CodeLabel, Counter>::default();
         let durations = Family::<RequestLabels, Histogram>::new_with_constructor(
             duration_histogram as fn() -> Histogram,
@@ -50,6 +59,26 @@ impl Default for Metrics {
             misdirected.clone(),
         );
         registry.register("where", "Placement look-ups answered", wheres.clone());
+        registry.register(
+            "epoch_changes",
+            "Times this instance's member list (and so its placement epoch) changed",
+            epoch_changes.clone(),
+        );
+        registry.register(
+            "previous_epoch_joins",
+            "Joins served under the previous epoch, inside the transition window",
+            previous_epoch_joins.clone(),
+        );
+        registry.register(
+            "members",
+            "Instances in this instance's current member list",
+            members.clone(),
+        );
+        registry.register(
+            "replicas_mismatch",
+            "1 when REPLICAS is set and disagrees with the discovered member count",
+            replicas_mismatch.clone(),
+        );
         registry.register("errors", "Error responses by machine code", errors.clone());
         registry.register(
             "request_duration_seconds",
@@ -61,6 +90,10 @@ impl Default for Metrics {
             joins,
             misdirected,
             wheres,
+            epoch_changes,
+            previous_epoch_joins,
+            members,
+            replicas_mismatch,
             errors,
             durations,
         }

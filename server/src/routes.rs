@@ -6,15 +6,20 @@ use std::time::Instant;
 
 use axum::extract::{MatchedPath, Query, RawQuery, Request, State};
 use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use poc_routing_placement::client_id_from_query;
+use poc_routing_placement::{client_id_from_query, Epoch};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorCode};
+use crate::membership::{Refusal, State as MemberState, Under};
 use crate::metrics::{CodeLabel, RequestLabels};
 use crate::AppState;
+
+/// The header in which Envoy's routing filter stamps the epoch it routed a join by.
+pub const EPOCH_HEADER: &str = "x-poc-epoch";
 
 #[derive(Serialize)]
 pub struct WhereAnswer {
@@ -23,6 +28,7 @@ pub struct WhereAnswer {
     pub hostport: String,
     pub mode: &'static str,
     pub replicas: u32,
+    pub epoch: String,
 }
 
 pub async fn where_(
@@ -30,7 +36,7 @@ pub async fn where_(
     RawQuery(query): RawQuery,
 ) -> Result<Json<WhereAnswer>, ApiError> {
     let id = client_id_from_query(query.as_deref())?;
-    let placement = &state.placement;
+    let placement = state.membership.current().ok_or(ApiError::NotReady)?;
     let index = placement.index(&id)?;
     state.metrics.wheres.inc();
     Ok(Json(WhereAnswer {
@@ -39,6 +45,7 @@ pub async fn where_(
         hostport: placement.hostport(index),
         mode: placement.mode().as_str(),
         replicas: placement.replicas(),
+        epoch: placement.epoch().to_string(),
     }))
 }
 
@@ -49,35 +56,82 @@ pub struct JoinAnswer {
     pub instance: u64,
     pub owner: u64,
     pub hostport: String,
+    /// The epoch the join was served under.
+    pub epoch: String,
+    /// `current`, or `previous` inside the transition window after a member change.
+    pub served_under: &'static str,
+}
+
+/// The epoch stamped by the routing filter, if any.
+fn routed_epoch(headers: &HeaderMap) -> Result<Option<Epoch>, ApiError> {
+    match headers.get(EPOCH_HEADER) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse::<Epoch>().ok())
+            .map(Some)
+            .ok_or(ApiError::BadEpoch),
+    }
 }
 
 pub async fn join(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Json<JoinAnswer>, ApiError> {
     let id = client_id_from_query(query.as_deref())?;
-    let owner = state.placement.index(&id)?;
+    let routed = routed_epoch(&headers)?;
     let instance = state.identity.get().ok_or(ApiError::IdentityUnknown)?;
-    let hostport = state.placement.hostport(owner);
-    if owner != instance {
-        state.metrics.misdirected.inc();
-        tracing::warn!(client_id = %id, instance, owner, "misdirected join refused");
-        return Err(ApiError::Misdirected {
-            client_id: id.into_string(),
-            instance,
-            owner,
-            owner_hostport: hostport,
-        });
+    let mut verdict = state
+        .membership
+        .views()
+        .judge(instance, &id, routed, Instant::now());
+    if let (Err(Refusal::UnknownEpoch { .. }), Some(discovery)) = (&verdict, &state.discovery) {
+        // Routed by a view this instance has not adopted yet: look again before refusing, so
+        // views that change at slightly different moments fail nobody.
+        discovery.round_after(discovery.rounds()).await;
+        verdict = state
+            .membership
+            .views()
+            .judge(instance, &id, routed, Instant::now());
+    }
+    let (under, placement) = match verdict {
+        Ok(served) => served,
+        Err(Refusal::NoView) => return Err(ApiError::NotReady),
+        Err(Refusal::BadId(e)) => return Err(e.into()),
+        Err(Refusal::NotOwner { owner } | Refusal::UnknownEpoch { owner }) => {
+            let current = state.membership.current().ok_or(ApiError::NotReady)?;
+            state.metrics.misdirected.inc();
+            tracing::warn!(client_id = %id, instance, owner, routed_epoch = ?routed.map(|e| e.to_string()), epoch = %current.epoch(), "misdirected join refused");
+            return Err(ApiError::Misdirected {
+                client_id: id.into_string(),
+                instance,
+                owner,
+                owner_hostport: current.hostport(owner),
+                epoch: current.epoch().to_string(),
+                routed_epoch: routed.map(|e| e.to_string()),
+            });
+        }
+    };
+    if under == Under::Previous {
+        state.metrics.previous_epoch_joins.inc();
     }
     state.registry.record(id.as_str());
     state.metrics.joins.inc();
-    tracing::info!(client_id = %id, instance, owner, "client joined");
+    let served_under = match under {
+        Under::Current => "current",
+        Under::Previous => "previous",
+    };
+    tracing::info!(client_id = %id, instance, owner = instance, epoch = %placement.epoch(), served_under, "client joined");
     Ok(Json(JoinAnswer {
         client_id: id.into_string(),
         status: "joined",
         instance,
-        owner,
-        hostport,
+        owner: instance,
+        hostport: placement.hostport(instance),
+        epoch: placement.epoch().to_string(),
+        served_under,
     }))
 }
 
@@ -104,20 +158,74 @@ pub async fn clients(
     }))
 }
 
+/// 200 while this instance is a member; 503 while it is joining or leaving, so that Envoy's
+/// health check and Kubernetes' readiness probe send it nothing new then.
 pub async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    Json(serde_json::json!({ "status": "ok", "instance": state.identity.get() }))
+    let member = state.membership.state() == MemberState::Member;
+    let status = if member {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if member { "ok" } else { state.membership.state().as_str() },
+        "state": state.membership.state().as_str(),
+        "instance": state.identity.get(),
+        "epoch": state.membership.current().map(|c| c.epoch().to_string()),
+    });
+    (status, Json(body))
 }
 
-/// The placement rule itself, so that a proxy can compute owners without asking per request.
+/// This instance's view: the rule, the members and their epoch, its own state, the previous
+/// epoch while its window lasts, and what it last saw of each peer. A proxy computes owners
+/// from it without asking per request; `poc-client views` compares every instance's.
 pub async fn placement(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let p = &state.placement;
+    let rule = state.rule();
+    let m = &state.membership;
+    let views = m.views();
+    let now = Instant::now();
+    let current = views.current.as_deref();
+    let previous = views
+        .previous
+        .as_ref()
+        .filter(|(_, until)| now < *until)
+        .map(|(p, until)| {
+            serde_json::json!({
+                "epoch": p.epoch().to_string(),
+                "members": p.members(),
+                "window_left_ms": until.duration_since(now).as_millis() as u64,
+            })
+        });
+    let peers: Vec<serde_json::Value> = m
+        .peers()
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "instance": p.instance,
+                "hostport": rule.hostport(p.instance),
+                "state": p.state.map(MemberState::as_str),
+                "epoch": p.epoch.map(|e| e.to_string()),
+                "agrees": p.epoch.is_some() && p.epoch == current.map(|c| c.epoch()),
+            })
+        })
+        .collect();
     Json(serde_json::json!({
-        "mode": p.mode().as_str(),
-        "replicas": p.replicas(),
-        "base": p.base(),
-        "prefix": p.prefix(),
-        "suffix": p.suffix(),
-        "port": p.port(),
+        "instance": state.identity.get(),
+        "state": m.state().as_str(),
+        "discovery": state.discovery.as_ref().map_or("off", |_| "dns"),
+        "mode": rule.mode().as_str(),
+        "base": rule.base(),
+        "prefix": rule.prefix(),
+        "suffix": rule.suffix(),
+        "port": rule.port(),
+        "epoch": current.map(|c| c.epoch().to_string()),
+        "members": current.map(|c| c.members().to_vec()).unwrap_or_default(),
+        "replicas": current.map_or(0, |c| c.replicas()),
+        "expected_replicas": m.expected_replicas,
+        "replicas_mismatch": m.replicas_mismatch(),
+        "since_change_ms": m.changed_at().map(|t| now.duration_since(t).as_millis() as u64),
+        "previous": previous,
+        "peers": peers,
     }))
 }
 

@@ -203,8 +203,57 @@ async fn placement_is_published() {
     assert_eq!(status, 200);
     assert_eq!(
         body,
-        serde_json::json!({"mode":"jump","replicas":3,"base":1,"prefix":"poc-routing-server","suffix":"","port":8081})
+        serde_json::json!({
+            "instance": 1, "state": "member", "discovery": "off",
+            "mode": "jump", "base": 1, "prefix": "poc-routing-server", "suffix": "", "port": 8081,
+            "epoch": app.placement.epoch().to_string(), "members": [1, 2, 3], "replicas": 3,
+            "expected_replicas": null, "replicas_mismatch": false, "since_change_ms": null,
+            "previous": null, "peers": [],
+        })
     );
+}
+
+/// Joins carry the epoch they were routed by (x-poc-epoch); the owner serves only under an
+/// epoch it holds, and says which epoch and owner are current when it refuses.
+#[tokio::test]
+async fn joins_are_judged_by_the_stamped_epoch() {
+    let app = spawn_app(IndexMode::Hash, Some(2)).await;
+    let epoch = app.placement.epoch().to_string();
+    let mine = app.id_owned_by(2);
+    let join = |id: String, stamp: &'static str| {
+        let req = app
+            .client
+            .get(format!("{}/join?client_id={id}", app.base))
+            .header("x-poc-epoch", stamp);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let stamp: &'static str = Box::leak(epoch.clone().into_boxed_str());
+    let (status, body) = join(mine.clone(), stamp).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["epoch"], epoch.as_str());
+    assert_eq!(body["served_under"], "current");
+
+    let (status, body) = join(mine.clone(), "00000000000000ff").await;
+    assert_eq!(status, 421, "an epoch this instance never held: {body}");
+    assert_eq!(body["error"], "misdirected");
+    assert_eq!(body["epoch"], epoch.as_str());
+    assert_eq!(body["routed_epoch"], "00000000000000ff");
+    assert_eq!(body["owner"], 2);
+
+    for bad in ["xyz", "00000000000000FF", ""] {
+        let (status, body) = join(mine.clone(), bad).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_epoch")), "{bad:?}");
+    }
+
+    let (status, body) = app.get("/where?client_id=abc").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["epoch"], epoch.as_str());
+    let (status, body) = app.get("/health").await;
+    assert_eq!((status, &body["state"]), (200, &Value::from("member")));
+    assert_eq!(body["epoch"], epoch.as_str());
 }
 
 #[tokio::test]

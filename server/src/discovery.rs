@@ -1,0 +1,345 @@
+//! Finding the deployed instances in DNS and asking each for its state.
+//!
+//! The deployment already publishes who is there; nothing has to keep a count in sync:
+//! - **Docker Compose**: the service name (`server`) resolves to every running container, and
+//!   Docker's DNS answers the reverse (PTR) query of each address with the container's name,
+//!   `poc-routing-server-<n>.<network>`, whatever gaps a scale-down left.
+//! - **Kubernetes**: a name starting with `_` is an SRV query, such as
+//!   `_http._tcp.server-headless.poc-routing.svc.cluster.local`. The headless Service publishes
+//!   every pod, ready or not, as `server-<i>.server-headless...`.
+//!
+//! Each found instance is then asked for `GET /placement`, which says whether it is joining, a
+//! member or leaving, and which view it holds. [`Membership::update`] turns that into the view.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
+use hickory_resolver::TokioAsyncResolver;
+use poc_routing_placement::{Epoch, Placement};
+
+use crate::identity::{own_addresses, Identity, Source};
+use crate::membership::{Membership, Peer, State};
+use crate::metrics::Metrics;
+
+/// How the servers find each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsDiscovery {
+    /// `server` (A + PTR) or `_http._tcp.<headless service>` (SRV).
+    pub name: String,
+    /// A DNS server to ask instead of the system's (`/etc/resolv.conf`): the local stack's.
+    pub server: Option<SocketAddr>,
+}
+
+/// One instance found in DNS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub index: u64,
+    pub addr: SocketAddr,
+}
+
+/// Asks DNS for the instances, with no caching: every round sees what DNS says now.
+pub struct Finder {
+    resolver: TokioAsyncResolver,
+    name: String,
+    rule: Placement,
+}
+
+impl Finder {
+    pub fn new(discovery: &DnsDiscovery, rule: Placement) -> std::io::Result<Self> {
+        let (config, mut opts) = match discovery.server {
+            Some(addr) => (
+                ResolverConfig::from_parts(
+                    None,
+                    vec![],
+                    NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true),
+                ),
+                ResolverOpts::default(),
+            ),
+            None => hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| std::io::Error::other(format!("read /etc/resolv.conf: {e}")))?,
+        };
+        opts.cache_size = 0;
+        opts.positive_max_ttl = Some(Duration::ZERO);
+        opts.negative_max_ttl = Some(Duration::ZERO);
+        opts.timeout = Duration::from_millis(500);
+        opts.attempts = 2;
+        // Instance names are complete as given.
+        opts.ndots = 0;
+        let name = if discovery.name.contains('.') && !discovery.name.ends_with('.') {
+            format!("{}.", discovery.name)
+        } else {
+            discovery.name.clone()
+        };
+        Ok(Self {
+            resolver: TokioAsyncResolver::tokio(config, opts),
+            name,
+            rule,
+        })
+    }
+
+    /// The name asked, as given to DNS.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Every instance DNS names now. An error means DNS could not be asked; an empty list
+    /// means it answered that there are none.
+    pub async fn candidates(&self) -> Result<Vec<Candidate>, String> {
+        let port = self.rule.port();
+        let mut found = BTreeMap::new();
+        if self.name.starts_with('_') {
+            let srv = match self.resolver.srv_lookup(self.name.as_str()).await {
+                Ok(srv) => srv,
+                Err(e) if is_no_records(&e) => return Ok(Vec::new()),
+                Err(e) => return Err(format!("SRV {}: {e}", self.name)),
+            };
+            for record in srv.iter() {
+                let target = record.target().to_utf8();
+                let Some(index) = self.rule.index_from_hostname(&target) else {
+                    continue;
+                };
+                if let Ok(ips) = self.resolver.lookup_ip(record.target().clone()).await {
+                    if let Some(ip) = ips.iter().next() {
+                        found.insert(index, SocketAddr::new(ip, record.port()));
+                    }
+                }
+            }
+        } else {
+            let ips = match self.resolver.ipv4_lookup(self.name.as_str()).await {
+                Ok(ips) => ips,
+                Err(e) if is_no_records(&e) => return Ok(Vec::new()),
+                Err(e) => return Err(format!("A {}: {e}", self.name)),
+            };
+            for ip in ips.iter() {
+                let ip = IpAddr::V4(ip.0);
+                let Ok(names) = self.resolver.reverse_lookup(ip).await else {
+                    continue;
+                };
+                let index = names
+                    .iter()
+                    .find_map(|n| self.rule.index_from_hostname(&n.to_utf8()));
+                if let Some(index) = index {
+                    found.insert(index, SocketAddr::new(ip, port));
+                }
+            }
+        }
+        Ok(found
+            .into_iter()
+            .map(|(index, addr)| Candidate { index, addr })
+            .collect())
+    }
+}
+
+fn is_no_records(e: &hickory_resolver::error::ResolveError) -> bool {
+    matches!(
+        e.kind(),
+        hickory_resolver::error::ResolveErrorKind::NoRecordsFound { .. }
+    )
+}
+
+/// The part of a peer's `/placement` answer that membership needs.
+#[derive(Debug, serde::Deserialize)]
+struct PeerAnswer {
+    instance: Option<u64>,
+    state: State,
+    epoch: Option<String>,
+    #[serde(default)]
+    members: Vec<u64>,
+}
+
+/// Asks one candidate for its state; an unreachable or confused peer has no state.
+async fn probe(http: &reqwest::Client, candidate: Candidate) -> Peer {
+    let unknown = Peer {
+        instance: candidate.index,
+        state: None,
+        epoch: None,
+        members: Vec::new(),
+    };
+    let url = format!("http://{}/placement", candidate.addr);
+    let Ok(response) = http.get(url).send().await else {
+        return unknown;
+    };
+    let Ok(answer) = response.json::<PeerAnswer>().await else {
+        return unknown;
+    };
+    // A peer that is not who DNS says it is (an address reused by another instance) is not
+    // trusted with that instance's place.
+    if answer.instance.is_some_and(|i| i != candidate.index) {
+        return unknown;
+    }
+    Peer {
+        instance: candidate.index,
+        state: Some(answer.state),
+        epoch: answer.epoch.and_then(|e| e.parse::<Epoch>().ok()),
+        members: answer.members,
+    }
+}
+
+/// The discovery loop and what it needs.
+pub struct Discovery {
+    pub finder: Finder,
+    pub membership: Arc<Membership>,
+    pub identity: Arc<Identity>,
+    pub metrics: Arc<Metrics>,
+    http: reqwest::Client,
+    /// Serialises rounds: the loop and on-demand refreshes never run two at once.
+    round: tokio::sync::Mutex<()>,
+    /// Rounds finished so far.
+    finished: AtomicU64,
+}
+
+impl Discovery {
+    pub fn new(
+        finder: Finder,
+        membership: Arc<Membership>,
+        identity: Arc<Identity>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .connect_timeout(Duration::from_millis(300))
+            .build()
+            .expect("an HTTP client with timeouts only");
+        Self {
+            finder,
+            membership,
+            identity,
+            metrics,
+            http,
+            round: tokio::sync::Mutex::new(()),
+            finished: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs one round unless another finished after `seen` (its answer is as fresh). Returns
+    /// the round counter after it.
+    pub async fn round_after(&self, seen: u64) -> u64 {
+        let _one_at_a_time = self.round.lock().await;
+        let finished = self.finished.load(Ordering::Acquire);
+        if finished > seen {
+            return finished;
+        }
+        self.one_round().await;
+        self.finished.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The number of rounds finished so far.
+    pub fn rounds(&self) -> u64 {
+        self.finished.load(Ordering::Acquire)
+    }
+
+    async fn one_round(&self) {
+        let candidates = match self.finder.candidates().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "discovery: DNS failed; keeping the current view");
+                return;
+            }
+        };
+        if self.identity.get().is_none() {
+            let own = own_addresses();
+            let mine: Vec<u64> = candidates
+                .iter()
+                .filter(|c| own.contains(&c.addr.ip()))
+                .map(|c| c.index)
+                .collect();
+            if let [index] = mine.as_slice() {
+                self.identity.set(*index);
+                tracing::info!(instance = index, source = ?Source::Dns, "identity found");
+            }
+        }
+        let me = self.identity.get();
+        let peers = futures::future::join_all(
+            candidates
+                .iter()
+                .filter(|c| Some(c.index) != me)
+                .map(|c| probe(&self.http, *c)),
+        )
+        .await;
+        if me.is_some() && self.membership.state() == State::Joining {
+            // Ready: it knows who it is and has heard from every peer DNS names.
+            self.membership.set_state(State::Member);
+            tracing::info!(instance = me, "member");
+        }
+        if let Some(change) = self.membership.update(me, peers, Instant::now()) {
+            self.metrics.epoch_changes.inc();
+            self.metrics.members.set(change.members.len() as i64);
+            tracing::info!(
+                from = ?change.from.map(|e| e.to_string()),
+                to = ?change.to.map(|e| e.to_string()),
+                members = ?change.members,
+                removed_as_down = ?change.removed_as_down,
+                "placement epoch changed"
+            );
+            if !change.removed_as_down.is_empty() {
+                tracing::warn!(
+                    removed = ?change.removed_as_down,
+                    down_timeout_s = self.membership.timing.down_timeout.as_secs_f64(),
+                    "members down for longer than the down timeout (or dropped by every peer) were removed; their clients move"
+                );
+            }
+            let mismatch = self.membership.replicas_mismatch();
+            self.metrics.replicas_mismatch.set(i64::from(mismatch));
+            if mismatch {
+                tracing::warn!(
+                    replicas = self.membership.expected_replicas,
+                    members = change.members.len(),
+                    "REPLICAS disagrees with the deployed members; REPLICAS is ignored while discovery is on"
+                );
+            }
+        }
+    }
+
+    /// Probes forever, every `probe_interval`.
+    pub async fn run(self: Arc<Self>) {
+        let mut every = tokio::time::interval(self.membership.timing.probe_interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            self.round_after(self.rounds()).await;
+        }
+    }
+
+    /// Leaves the member set: announces `leaving`, waits until every member peer holds a view
+    /// without this instance (at most `drain_timeout`), then serves `drain_grace` longer for
+    /// joins already routed. Returns when the server may stop.
+    pub async fn leave(&self) {
+        let started = Instant::now();
+        self.membership.set_state(State::Leaving);
+        let timing = self.membership.timing;
+        let deadline = started + timing.drain_timeout;
+        let mut agreed = false;
+        while Instant::now() < deadline {
+            self.round_after(self.rounds()).await;
+            let mine = self.membership.current().map(|c| c.epoch());
+            let peers = self.membership.peers();
+            let members: Vec<&Peer> = peers
+                .iter()
+                .filter(|p| p.state == Some(State::Member))
+                .collect();
+            if members.iter().all(|p| p.epoch == mine) {
+                agreed = true;
+                break;
+            }
+            tokio::time::sleep(timing.probe_interval).await;
+        }
+        let waited = started.elapsed();
+        if agreed {
+            tracing::info!(
+                waited_ms = waited.as_millis() as u64,
+                grace_ms = timing.drain_grace.as_millis() as u64,
+                "leaving: every member holds the new view; serving the grace period"
+            );
+        } else {
+            tracing::warn!(
+                waited_ms = waited.as_millis() as u64,
+                "leaving: not every member confirmed the new view within the drain timeout"
+            );
+        }
+        tokio::time::sleep(timing.drain_grace).await;
+    }
+}

@@ -1,0 +1,564 @@
+//! Who the members are, under which epoch, and whether this instance may serve a join.
+//!
+//! The member list is what is deployed and ready, not a constant. Each instance keeps its own
+//! view, built from what discovery ([`crate::discovery`]) observed of its peers:
+//!
+//! - a peer that says it is a `member` is one, and one that says it is `leaving` is not;
+//! - a member that can no longer be seen (crashed, restarting, unreachable, or back but still
+//!   `joining`) **stays** a member for `down_timeout`, so a crash is not a scale-down: only its
+//!   own clients fail (503 from Envoy), and nobody else's owner changes. After the timeout, or as
+//!   soon as a member peer's view has dropped it, it is removed and its clients move;
+//! - this instance counts itself while it is a `member`.
+//!
+//! Every view has an [`Epoch`]. When the view changes, the old one stays acceptable for
+//! `transition_window` ([`Views::judge`]), so a join routed by a proxy that still holds the old
+//! view is served by the instance that owned it under that view, and nothing fails while views
+//! change at slightly different moments.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use poc_routing_placement::{ClientId, Epoch, IdError, Placement};
+use serde::Serialize;
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Started, not yet ready: it does not know the member list yet. Not a member.
+    Joining,
+    /// Ready and counted in the member list.
+    Member,
+    /// Told to stop (SIGTERM): no longer counted, still serving the joins routed to it under
+    /// the previous epoch until every view has moved on.
+    Leaving,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Joining => "joining",
+            State::Member => "member",
+            State::Leaving => "leaving",
+        }
+    }
+}
+
+/// What this instance last learnt about one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub instance: u64,
+    /// `None` when the last probe got no usable answer.
+    pub state: Option<State>,
+    pub epoch: Option<Epoch>,
+    pub members: Vec<u64>,
+}
+
+/// The placement this instance routes by now, and the one just before it.
+#[derive(Debug, Clone, Default)]
+pub struct Views {
+    pub current: Option<Arc<Placement>>,
+    /// The previous view and until when joins routed by it are still served.
+    pub previous: Option<(Arc<Placement>, Instant)>,
+}
+
+/// Under which view a join is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Under {
+    Current,
+    Previous,
+}
+
+/// Why a join may not be served here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// This instance has no member list yet.
+    NoView,
+    /// The id is not valid under the rule (numeric mode).
+    BadId(IdError),
+    /// Another instance owns the id under the view the request was routed by; `owner` is its
+    /// owner under the current view.
+    NotOwner { owner: u64 },
+    /// The request was routed by a view this instance does not hold (too new, or too old).
+    UnknownEpoch { owner: u64 },
+}
+
+impl Views {
+    /// Whether instance `me` serves a join for `id` that was routed by `routed` (no stamp:
+    /// a direct call, judged by the current view).
+    pub fn judge(
+        &self,
+        me: u64,
+        id: &ClientId,
+        routed: Option<Epoch>,
+        now: Instant,
+    ) -> Result<(Under, Arc<Placement>), Refusal> {
+        let current = self.current.as_ref().ok_or(Refusal::NoView)?;
+        let current_owner = current.index(id).map_err(Refusal::BadId)?;
+        let under = match routed {
+            None => Some((Under::Current, current)),
+            Some(e) if e == current.epoch() => Some((Under::Current, current)),
+            Some(e) => self
+                .previous
+                .as_ref()
+                .filter(|(p, until)| p.epoch() == e && now < *until)
+                .map(|(p, _)| (Under::Previous, p)),
+        };
+        let Some((under, placement)) = under else {
+            return Err(Refusal::UnknownEpoch {
+                owner: current_owner,
+            });
+        };
+        let owner = match under {
+            Under::Current => current_owner,
+            Under::Previous => placement.index(id).map_err(Refusal::BadId)?,
+        };
+        if owner == me {
+            Ok((under, placement.clone()))
+        } else {
+            Err(Refusal::NotOwner {
+                owner: current_owner,
+            })
+        }
+    }
+
+    /// Whether `epoch` is the current view, or the previous one still inside its window.
+    pub fn knows(&self, epoch: Epoch, now: Instant) -> bool {
+        self.current.as_ref().is_some_and(|c| c.epoch() == epoch)
+            || self
+                .previous
+                .as_ref()
+                .is_some_and(|(p, until)| p.epoch() == epoch && now < *until)
+    }
+}
+
+/// How long the membership rules wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How often peers are probed.
+    pub probe_interval: Duration,
+    /// How long the previous view stays acceptable after a change.
+    pub transition_window: Duration,
+    /// How long a member that vanished without leaving (a crash) keeps its place.
+    pub down_timeout: Duration,
+    /// The longest a leaving instance waits for every view to move on before it exits.
+    pub drain_timeout: Duration,
+    /// How long a leaving instance keeps serving after every view has moved on, for requests
+    /// already routed and for Envoy's health check to drop it.
+    pub drain_grace: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            probe_interval: Duration::from_millis(250),
+            transition_window: Duration::from_secs(5),
+            down_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(7),
+            drain_grace: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// The mutable part: views, own state, what peers said, when absent members were last seen.
+#[derive(Debug)]
+struct Inner {
+    state: State,
+    views: Views,
+    peers: BTreeMap<u64, Peer>,
+    /// Members that are not observed as members right now, and since when.
+    down_since: BTreeMap<u64, Instant>,
+    changed_at: Option<Instant>,
+}
+
+/// One instance's membership: shared by the request handlers and the discovery loop.
+#[derive(Debug)]
+pub struct Membership {
+    /// The rule (mode and naming) every view uses; its own member list is not used when
+    /// membership is discovered.
+    pub rule: Placement,
+    pub timing: Timing,
+    /// `REPLICAS`, when set alongside discovery: only compared, never used.
+    pub expected_replicas: Option<u32>,
+    inner: RwLock<Inner>,
+}
+
+/// What one discovery round changed, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub from: Option<Epoch>,
+    pub to: Option<Epoch>,
+    pub members: Vec<u64>,
+    pub removed_as_down: Vec<u64>,
+}
+
+impl Membership {
+    /// A fixed member set (discovery off): the rule's own members, a member from the start.
+    pub fn fixed(rule: Placement) -> Self {
+        let views = Views {
+            current: Some(Arc::new(rule.clone())),
+            previous: None,
+        };
+        Self::with(rule, Timing::default(), None, State::Member, views)
+    }
+
+    /// Discovered membership: joining, with no view until the first round.
+    pub fn discovered(rule: Placement, timing: Timing, expected_replicas: Option<u32>) -> Self {
+        Self::with(
+            rule,
+            timing,
+            expected_replicas,
+            State::Joining,
+            Views::default(),
+        )
+    }
+
+    fn with(
+        rule: Placement,
+        timing: Timing,
+        expected_replicas: Option<u32>,
+        state: State,
+        views: Views,
+    ) -> Self {
+        Self {
+            rule,
+            timing,
+            expected_replicas,
+            inner: RwLock::new(Inner {
+                state,
+                views,
+                peers: BTreeMap::new(),
+                down_since: BTreeMap::new(),
+                changed_at: None,
+            }),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn state(&self) -> State {
+        self.read().state
+    }
+
+    pub fn set_state(&self, state: State) {
+        self.write().state = state;
+    }
+
+    pub fn views(&self) -> Views {
+        self.read().views.clone()
+    }
+
+    /// The current view, if there is one.
+    pub fn current(&self) -> Option<Arc<Placement>> {
+        self.read().views.current.clone()
+    }
+
+    pub fn peers(&self) -> Vec<Peer> {
+        self.read().peers.values().cloned().collect()
+    }
+
+    /// When the current view was adopted.
+    pub fn changed_at(&self) -> Option<Instant> {
+        self.read().changed_at
+    }
+
+    /// Whether a discovered `REPLICAS` disagrees with the member count.
+    pub fn replicas_mismatch(&self) -> bool {
+        match (self.expected_replicas, self.current()) {
+            (Some(expected), Some(current)) => expected != current.replicas(),
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// Takes one round of observations and recomputes the view. `me` is this instance's index
+    /// once known; `observed` holds every peer discovery found, keyed by index.
+    pub fn update(&self, me: Option<u64>, observed: Vec<Peer>, now: Instant) -> Option<Change> {
+        let mut inner = self.write();
+        let inner = &mut *inner;
+        let observed: BTreeMap<u64, Peer> = observed
+            .into_iter()
+            .filter(|p| Some(p.instance) != me)
+            .map(|p| (p.instance, p))
+            .collect();
+        // Views held by member peers: a first view starts from them, and an absent member that
+        // a member peer has already dropped is dropped here too.
+        let peer_views: Vec<&Vec<u64>> = observed
+            .values()
+            .filter(|p| p.state == Some(State::Member) && p.epoch.is_some())
+            .map(|p| &p.members)
+            .collect();
+        let mut remembered: BTreeSet<u64> = match &inner.views.current {
+            Some(c) => c.members().iter().copied().collect(),
+            None => peer_views.iter().flat_map(|m| m.iter().copied()).collect(),
+        };
+        remembered.extend(inner.down_since.keys().copied());
+
+        let mut members = BTreeSet::new();
+        if let (Some(me), State::Member) = (me, inner.state) {
+            members.insert(me);
+        }
+        let mut removed_as_down = Vec::new();
+        for (&index, peer) in &observed {
+            match peer.state {
+                Some(State::Member) => {
+                    members.insert(index);
+                    inner.down_since.remove(&index);
+                }
+                Some(State::Leaving) => {
+                    inner.down_since.remove(&index);
+                }
+                _ => {}
+            }
+        }
+        for index in remembered {
+            if members.contains(&index) || Some(index) == me {
+                continue;
+            }
+            if observed.get(&index).and_then(|p| p.state) == Some(State::Leaving) {
+                continue;
+            }
+            let since = *inner.down_since.entry(index).or_insert(now);
+            let dropped_by_a_peer = peer_views.iter().any(|m| !m.contains(&index));
+            if now.duration_since(since) < self.timing.down_timeout && !dropped_by_a_peer {
+                members.insert(index);
+            } else {
+                inner.down_since.remove(&index);
+                removed_as_down.push(index);
+            }
+        }
+        inner.peers = observed;
+
+        let next = self.rule.with_members(members.iter().copied()).ok();
+        let from = inner.views.current.as_ref().map(|c| c.epoch());
+        let to = next.as_ref().map(Placement::epoch);
+        if from == to {
+            return None;
+        }
+        let next = next.map(Arc::new);
+        let old = std::mem::replace(&mut inner.views.current, next);
+        inner.views.previous = old.map(|p| (p, now + self.timing.transition_window));
+        inner.changed_at = Some(now);
+        Some(Change {
+            from,
+            to,
+            members: members.into_iter().collect(),
+            removed_as_down,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use poc_routing_placement::IndexMode;
+
+    fn rule() -> Placement {
+        Placement::new(IndexMode::Hash, 1, 1, "poc-routing-server", "", 8081).unwrap()
+    }
+
+    fn timing() -> Timing {
+        Timing {
+            down_timeout: Duration::from_secs(30),
+            transition_window: Duration::from_secs(5),
+            ..Timing::default()
+        }
+    }
+
+    fn peer(instance: u64, state: Option<State>, members: &[u64]) -> Peer {
+        let epoch = (!members.is_empty()).then(|| {
+            rule()
+                .with_members(members.iter().copied())
+                .unwrap()
+                .epoch()
+        });
+        Peer {
+            instance,
+            state,
+            epoch,
+            members: members.to_vec(),
+        }
+    }
+
+    fn members(m: &Membership) -> Vec<u64> {
+        m.current()
+            .map(|c| c.members().to_vec())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn members_follow_states_and_a_crash_keeps_its_place_until_the_timeout() {
+        let m = Membership::discovered(rule(), timing(), None);
+        let t0 = Instant::now();
+        // Joining: no view, even with member peers.
+        let change = m.update(Some(3), vec![peer(1, Some(State::Member), &[1, 2])], t0);
+        assert_eq!(change.unwrap().members, vec![1, 2]);
+        m.set_state(State::Member);
+        let round = |t, peers| m.update(Some(3), peers, t);
+        assert!(round(
+            t0,
+            vec![
+                peer(1, Some(State::Member), &[1, 2]),
+                peer(2, Some(State::Member), &[1, 2])
+            ]
+        )
+        .is_some());
+        assert_eq!(members(&m), [1, 2, 3]);
+
+        // 2 crashes: unreachable, then gone from DNS. It keeps its place.
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(round(
+            t1,
+            vec![peer(1, Some(State::Member), &[1, 2, 3]), peer(2, None, &[])]
+        )
+        .is_none());
+        assert!(round(
+            t1 + Duration::from_secs(10),
+            vec![peer(1, Some(State::Member), &[1, 2, 3])]
+        )
+        .is_none());
+        assert_eq!(members(&m), [1, 2, 3]);
+        // Back, joining first, then member: still the same view, no epoch change.
+        assert!(round(
+            t1 + Duration::from_secs(11),
+            vec![
+                peer(1, Some(State::Member), &[1, 2, 3]),
+                peer(2, Some(State::Joining), &[])
+            ]
+        )
+        .is_none());
+        assert!(round(
+            t1 + Duration::from_secs(12),
+            vec![
+                peer(1, Some(State::Member), &[1, 2, 3]),
+                peer(2, Some(State::Member), &[1, 2, 3])
+            ]
+        )
+        .is_none());
+
+        // Gone for longer than the timeout: removed.
+        let t2 = t1 + Duration::from_secs(20);
+        assert!(round(t2, vec![peer(1, Some(State::Member), &[1, 2, 3])]).is_none());
+        let change = round(
+            t2 + Duration::from_secs(31),
+            vec![peer(1, Some(State::Member), &[1, 2, 3])],
+        )
+        .unwrap();
+        assert_eq!(change.members, vec![1, 3]);
+        assert_eq!(change.removed_as_down, vec![2]);
+    }
+
+    #[test]
+    fn a_leaving_peer_leaves_at_once_and_a_dropped_member_follows_the_peers() {
+        let m = Membership::discovered(rule(), timing(), Some(3));
+        m.set_state(State::Member);
+        let t0 = Instant::now();
+        let all = [1, 2, 3];
+        m.update(
+            Some(1),
+            vec![
+                peer(2, Some(State::Member), &all),
+                peer(3, Some(State::Member), &all),
+            ],
+            t0,
+        );
+        assert_eq!(members(&m), all);
+        assert!(!m.replicas_mismatch());
+        let change = m
+            .update(
+                Some(1),
+                vec![
+                    peer(2, Some(State::Member), &[1, 2]),
+                    peer(3, Some(State::Leaving), &[1, 2]),
+                ],
+                t0,
+            )
+            .unwrap();
+        assert_eq!(change.members, vec![1, 2]);
+        assert!(change.removed_as_down.is_empty());
+        assert!(
+            m.replicas_mismatch(),
+            "REPLICAS=3 with 2 members is reported"
+        );
+
+        // 4 was a member, vanished, and member peers already dropped it: drop it now too.
+        m.update(
+            Some(1),
+            vec![
+                peer(2, Some(State::Member), &[1, 2, 4]),
+                peer(4, Some(State::Member), &[1, 2, 4]),
+            ],
+            t0,
+        );
+        assert_eq!(members(&m), [1, 2, 4]);
+        let change = m
+            .update(Some(1), vec![peer(2, Some(State::Member), &[1, 2])], t0)
+            .unwrap();
+        assert_eq!(change.members, vec![1, 2]);
+    }
+
+    #[test]
+    fn judge_serves_the_current_and_the_previous_view_inside_the_window() {
+        let m = Membership::discovered(rule(), timing(), None);
+        m.set_state(State::Member);
+        let t0 = Instant::now();
+        m.update(Some(1), vec![peer(2, Some(State::Member), &[1, 2])], t0);
+        let old = m.current().unwrap();
+        m.update(
+            Some(1),
+            vec![
+                peer(2, Some(State::Member), &[1, 2, 3]),
+                peer(3, Some(State::Member), &[1, 2, 3]),
+            ],
+            t0,
+        );
+        let new = m.current().unwrap();
+        let views = m.views();
+        // An id that 1 owned before and 1 does not own now, and one it owns now.
+        let ids: Vec<ClientId> = (0..200)
+            .map(|i| ClientId::try_from(format!("id-{i}").as_str()).unwrap())
+            .collect();
+        let moved = ids
+            .iter()
+            .find(|id| old.index(id) == Ok(1) && new.index(id) != Ok(1))
+            .unwrap();
+        let owned = ids.iter().find(|id| new.index(id) == Ok(1)).unwrap();
+        let soon = t0 + Duration::from_secs(1);
+        let late = t0 + Duration::from_secs(6);
+
+        assert_eq!(
+            views.judge(1, owned, Some(new.epoch()), soon).unwrap().0,
+            Under::Current
+        );
+        assert_eq!(views.judge(1, owned, None, late).unwrap().0, Under::Current);
+        assert_eq!(
+            views.judge(1, moved, Some(old.epoch()), soon).unwrap().0,
+            Under::Previous
+        );
+        let new_owner = new.index(moved).unwrap();
+        assert_eq!(
+            views.judge(1, moved, Some(old.epoch()), late),
+            Err(Refusal::UnknownEpoch { owner: new_owner })
+        );
+        assert_eq!(
+            views.judge(1, moved, Some(new.epoch()), soon),
+            Err(Refusal::NotOwner { owner: new_owner })
+        );
+        assert_eq!(
+            views.judge(1, owned, Some(Epoch(42)), soon),
+            Err(Refusal::UnknownEpoch { owner: 1 })
+        );
+        assert!(views.knows(old.epoch(), soon) && !views.knows(old.epoch(), late));
+        assert_eq!(
+            Views::default().judge(1, owned, None, soon),
+            Err(Refusal::NoView)
+        );
+    }
+}
