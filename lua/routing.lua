@@ -14,10 +14,13 @@
 --          PLACEMENT_TTL_S seconds. No extra hop per request. If the rule cannot be fetched,
 --          this request falls back to the resolver flow;
 --   3. checks the hostport, records it as dynamic metadata poc.routing/owner (the RBAC guard in
---      envoy.yaml requires it), and sets :authority to it, so the dynamic forward proxy dials
---      exactly that instance.
--- The servers stay the single source of truth: a cached rule is at most PLACEMENT_TTL_S old,
--- and while it is stale (REPLICAS just changed) the owner refuses a join it does not own (421).
+--      envoy.yaml requires it), sets :authority to it, so the dynamic forward proxy dials
+--      exactly that instance, and stamps the placement epoch it routed by in x-poc-epoch
+--      (replacing any value a client sent).
+-- The servers stay the single source of truth: the owner serves a join only if it owns the id
+-- under the stamped epoch, and that epoch is its current one or the one just before it (inside
+-- the transition window after a member change). A cached rule is at most PLACEMENT_TTL_S old;
+-- while it is stale the owner refuses with 421 rather than serve a join it does not own.
 -- Fail closed: every error answers 4xx/5xx JSON, and a failure of this script itself answers 500.
 -- The request never goes on with the authority the client sent.
 
@@ -31,6 +34,7 @@ local RESOLVER_TIMEOUT_MS = 1000
 local RESOLVER_ATTEMPTS = 2
 local PLACEMENT_TTL_S = 2
 local METADATA_NAMESPACE = "poc.routing"
+local EPOCH_HEADER = "x-poc-epoch"
 
 local M = {}
 
@@ -88,23 +92,35 @@ function M.parse_decimal_u64(s)
   return v
 end
 
--- The owner's index for a decoded, valid id, or nil if the id does not fit the mode.
+-- The owner's index for a decoded, valid id, or nil if the id does not fit the mode: the member
+-- at the position the mode picks in config.members (ascending instance indexes).
 function M.index(config, id)
+  local members = config.members
+  local n = #members
   local slot
   if config.mode == "hash" then
-    slot = M.fnv1a32(id) % config.replicas
+    slot = M.fnv1a32(id) % n
   elseif config.mode == "numeric" then
     local v = M.parse_decimal_u64(id)
     if not v then
       return nil
     end
-    slot = tonumber(v % (config.replicas + 0ULL))
+    slot = tonumber(v % (n + 0ULL))
   elseif config.mode == "jump" then
-    slot = M.jump(M.fnv1a64(id), config.replicas)
+    slot = M.jump(M.fnv1a64(id), n)
   else
     return nil
   end
-  return config.base + slot
+  return members[slot + 1]
+end
+
+-- base, base+1, ..., base+replicas-1: the member list of a contiguous deployment.
+function M.contiguous(base, replicas)
+  local members = {}
+  for i = 1, replicas do
+    members[i] = base + i - 1
+  end
+  return members
 end
 
 function M.hostport(config, index)
@@ -269,6 +285,49 @@ function M.hostport_from_answer(body)
   return body:match('"hostport"%s*:%s*"([^"\\]*)"')
 end
 
+-- An epoch: 16 lowercase hex digits.
+function M.valid_epoch(epoch)
+  return type(epoch) == "string" and #epoch == 16 and epoch:find("^[0-9a-f]+$") ~= nil
+end
+
+-- The text after the first "key": in body (the servers write the top-level keys first), or nil.
+local function after_key(body, key)
+  local _, last = body:find('"' .. key .. '"%s*:%s*')
+  return last and body:sub(last + 1) or nil
+end
+
+-- The epoch in a /where or /placement answer, or nil (also when it is null: joining).
+function M.epoch_from_answer(body)
+  if type(body) ~= "string" then
+    return nil
+  end
+  local rest = after_key(body, "epoch")
+  local epoch = rest and rest:match('^"([0-9a-f]*)"')
+  return M.valid_epoch(epoch) and epoch or nil
+end
+
+-- The "members" array of a /placement answer: ascending instance indexes, or nil.
+local MAX_MEMBERS = 65536
+function M.members_from_answer(body)
+  local rest = after_key(body, "members")
+  local list = rest and rest:match('^%[([%d%s,]*)%]')
+  if not list then
+    return nil
+  end
+  local members, last = {}, -1
+  for digits in list:gmatch("[^,%s]+") do
+    if not digits:find("^%d+$") or #digits > 10 then
+      return nil
+    end
+    local index = tonumber(digits)
+    if index <= last or #members >= MAX_MEMBERS then
+      return nil
+    end
+    members[#members + 1], last = index, index
+  end
+  return #members > 0 and members or nil
+end
+
 -- The placement rule in a /placement answer, checked field by field, or nil.
 function M.parse_placement(body)
   if type(body) ~= "string" then
@@ -283,19 +342,16 @@ function M.parse_placement(body)
   end
   local config = {
     mode = str("mode"),
-    replicas = int("replicas"),
-    base = int("base"),
     prefix = str("prefix"),
     suffix = str("suffix"),
     port = int("port"),
+    epoch = M.epoch_from_answer(body),
+    members = M.members_from_answer(body),
   }
   if not (config.mode == "hash" or config.mode == "numeric" or config.mode == "jump") then
     return nil
   end
-  if not config.replicas or config.replicas < 1 or config.replicas > 4294967295 then
-    return nil
-  end
-  if not config.base or config.base > 4294967295 then
+  if not config.epoch or not config.members then
     return nil
   end
   if not config.port or config.port < 1 or config.port > 65535 then
@@ -365,7 +421,7 @@ local function placement(handle)
   local config = status == "200" and M.parse_placement(body) or nil
   if config then
     cache.config, cache.expires = config, now + PLACEMENT_TTL_S
-    handle:logDebug("poc-routing: placement " .. config.mode .. " x" .. config.replicas .. " base " .. config.base)
+    handle:logDebug("poc-routing: placement " .. config.mode .. " x" .. #config.members .. " epoch " .. config.epoch)
   else
     M.forget_placement()
     handle:logInfo("poc-routing: no usable /placement (HTTP " .. tostring(status) .. "); asking /where")
@@ -373,8 +429,8 @@ local function placement(handle)
   return config
 end
 
--- The owner's hostport by asking /where (nil if the answer has none). Every other outcome is
--- answered here: respond() ends the script.
+-- The owner's hostport and the epoch of the answer by asking /where (nil if the answer has
+-- none). Every other outcome is answered here: respond() ends the script.
 local function owner_from_resolver(handle, raw_id)
   local status, body = resolver_get(handle, "/where?client_id=" .. raw_id)
   if status == "400" then
@@ -388,7 +444,7 @@ local function owner_from_resolver(handle, raw_id)
   elseif status ~= "200" then
     return reply(handle, 502, "bad_resolver_answer", "the resolver answered HTTP " .. tostring(status))
   end
-  return M.hostport_from_answer(body)
+  return M.hostport_from_answer(body), M.epoch_from_answer(body)
 end
 
 local function route(handle)
@@ -402,7 +458,7 @@ local function route(handle)
   end
   local flow = route_flow
 
-  local hostport
+  local hostport, epoch
   local config = flow == "placement" and placement(handle) or nil
   if config then
     local index = M.index(config, id_or_code)
@@ -411,17 +467,22 @@ local function route(handle)
         "client_id must be decimal digits with a value of at most 18446744073709551615 in numeric mode")
     end
     -- Built from a rule whose every field parse_placement checked: a valid hostport.
-    hostport = cached_hostport(config, index)
+    hostport, epoch = cached_hostport(config, index), config.epoch
   else
     -- Answers the request itself (and never returns) when /where fails.
-    hostport = owner_from_resolver(handle, raw_id)
+    hostport, epoch = owner_from_resolver(handle, raw_id)
     if not M.valid_hostport(hostport) then
       return reply(handle, 502, "bad_resolver_answer", "the resolver's answer has no usable hostport")
     end
+    if not epoch then
+      return reply(handle, 502, "bad_resolver_answer", "the resolver's answer has no placement epoch")
+    end
   end
+  local headers = handle:headers()
   handle:streamInfo():dynamicMetadata():set(METADATA_NAMESPACE, "owner", hostport)
-  handle:headers():replace(":authority", hostport)
-  handle:logInfo("poc-routing: client_id=" .. raw_id .. " -> " .. hostport .. " (" .. flow .. ")")
+  headers:replace(":authority", hostport)
+  headers:replace(EPOCH_HEADER, epoch)
+  handle:logInfo("poc-routing: client_id=" .. raw_id .. " -> " .. hostport .. " epoch " .. epoch .. " (" .. flow .. ")")
 end
 
 function envoy_on_request(handle)

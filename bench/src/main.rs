@@ -133,8 +133,9 @@ fn native_hash_config(
 ) -> String {
     let p = stack.placement();
     let endpoints: String = p
-        .indexes()
-        .map(|i| {
+        .members()
+        .iter()
+        .map(|&i| {
             format!(
                 "        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {SERVER_PORT} }} }} }}\n",
                 p.host(i)

@@ -126,7 +126,7 @@ describe("placement vectors", function()
     local checked, invalid = 0, 0
     for _, case in ipairs(vectors.placement) do
       local config = {
-        mode = case.mode, replicas = tonumber(case.replicas.number), base = tonumber(case.base.number),
+        mode = case.mode, members = routing.contiguous(tonumber(case.base.number), tonumber(case.replicas.number)),
         prefix = "p", suffix = "", port = 1,
       }
       local got
@@ -142,6 +142,26 @@ describe("placement vectors", function()
       if want == nil then invalid = invalid + 1 end
     end
     assert.is_true(checked > 4000 and invalid > 0)
+  end)
+
+  it("member lists with gaps (placement/tests/data/members.json)", function()
+    local mf = assert(io.open("placement/tests/data/members.json", "rb"))
+    local member_vectors = decode(mf:read("*a"))
+    mf:close()
+    local checked = 0
+    for _, case in ipairs(member_vectors.members) do
+      local members = {}
+      for i, m in ipairs(case.members) do members[i] = tonumber(m.number) end
+      local config = { mode = case.mode, members = members }
+      local raw, id = routing.extract_client_id("/join?client_id=" .. case.client_id:gsub("[^%w]", function(c)
+        return string.format("%%%02X", c:byte())
+      end))
+      local got = raw and routing.index(config, id) or nil
+      local want = case.index and tonumber(case.index.number) or nil
+      assert.are.equal(want, got, case.mode .. " " .. table.concat(members, ",") .. " " .. case.client_id)
+      checked = checked + 1
+    end
+    assert.is_true(checked > 2000)
   end)
 
   it("numeric mode parses exactly up to 2^64-1", function()

@@ -98,10 +98,38 @@ describe("valid_utf8", function()
   end)
 end)
 
+describe("epoch_from_answer", function()
+  it("reads a 16-hex-digit epoch and nothing else", function()
+    assert.are.equal("00ff00ff00ff00ff", routing.epoch_from_answer('{"index":2,"epoch":"00ff00ff00ff00ff"}'))
+    for _, bad in ipairs({ "", "garbage", '{"epoch":null}', '{"epoch":"00FF00FF00FF00FF"}',
+      '{"epoch":"0123"}', '{"epoch":"0123456789abcdef0"}', '{"epoch":"0123456789abcdeg"}' }) do
+      assert.is_nil(routing.epoch_from_answer(bad), bad)
+    end
+    assert.is_nil(routing.epoch_from_answer(nil))
+  end)
+end)
+
 describe("parse_placement", function()
-  it("reads the servers' rule", function()
-    local c = routing.parse_placement('{"mode":"jump","replicas":3,"base":0,"prefix":"server","suffix":".h.ns.svc","port":8081}')
-    assert.are.same({ mode = "jump", replicas = 3, base = 0, prefix = "server", suffix = ".h.ns.svc", port = 8081 }, c)
+  local rule = '"mode":"jump","base":0,"prefix":"server","suffix":".h.ns.svc","port":8081'
+  it("reads the servers' rule, members and epoch", function()
+    local c = routing.parse_placement('{"instance":1,"state":"member",' .. rule
+      .. ',"epoch":"0123456789abcdef","members":[0, 2,5],"replicas":3,"peers":[{"instance":0,"epoch":"ffffffffffffffff"}]}')
+    assert.are.same({ mode = "jump", prefix = "server", suffix = ".h.ns.svc", port = 8081,
+      epoch = "0123456789abcdef", members = { 0, 2, 5 } }, c)
+    -- The member at the position jump picks, never an index outside the list.
+    for i = 1, 200 do
+      local owner = routing.index(c, "id-" .. i)
+      assert.is_true(owner == 0 or owner == 2 or owner == 5, tostring(owner))
+    end
+    assert.is_nil(routing.parse_placement('{' .. rule .. ',"epoch":"0123456789abcdef","members":[2,1]}'), "not ascending")
+    assert.is_nil(routing.parse_placement('{' .. rule .. ',"epoch":"0123456789abcdef","members":[]}'), "no members")
+    assert.is_nil(routing.parse_placement('{' .. rule .. ',"epoch":null,"members":[1]}'), "no epoch (joining)")
+    assert.is_nil(routing.parse_placement('{' .. rule .. ',"members":[1]}'), "no epoch")
+    -- Only the top-level epoch counts, never a peer's.
+    assert.is_nil(routing.parse_placement('{' .. rule .. ',"epoch":null,"members":[1],"peers":[{"epoch":"0123456789abcdef"}]}'))
+  end)
+  it("builds hostports the guard accepts", function()
+    local c = routing.parse_placement('{' .. rule .. ',"epoch":"0123456789abcdef","members":[0,1]}')
     assert.are.equal("server-2.h.ns.svc:8081", routing.hostport(c, 2))
     -- A hostport built from a checked rule is always one the guard's shape check accepts.
     for _, index in ipairs({ 0, 1, 9, 4294967295 }) do
@@ -109,14 +137,15 @@ describe("parse_placement", function()
     end
   end)
   it("refuses a rule it cannot trust", function()
+    local ok = ',"epoch":"0123456789abcdef","members":[0,1,2]'
     for _, bad in ipairs({
       "", "garbage",
-      '{"mode":"modulo","replicas":3,"base":0,"prefix":"s","suffix":"","port":1}',
-      '{"mode":"hash","replicas":0,"base":0,"prefix":"s","suffix":"","port":1}',
-      '{"mode":"hash","replicas":3,"base":0,"prefix":"127.0.0.1","suffix":"","port":1}',
-      '{"mode":"hash","replicas":3,"base":0,"prefix":"s","suffix":"x.y","port":1}',
-      '{"mode":"hash","replicas":3,"base":0,"prefix":"s","suffix":"","port":70000}',
-      '{"mode":"hash","replicas":3,"prefix":"s","suffix":"","port":1}',
+      '{"mode":"modulo","base":0,"prefix":"s","suffix":"","port":1' .. ok .. '}',
+      '{"mode":"hash","base":0,"prefix":"127.0.0.1","suffix":"","port":1' .. ok .. '}',
+      '{"mode":"hash","base":0,"prefix":"s","suffix":"x.y","port":1' .. ok .. '}',
+      '{"mode":"hash","base":0,"prefix":"s","suffix":"","port":70000' .. ok .. '}',
+      '{"mode":"hash","base":0,"prefix":"s","suffix":""' .. ok .. '}',
+      '{"mode":"hash","base":0,"prefix":"s","suffix":"","port":1,"epoch":"0123456789abcdef","members":[1,x]}',
     }) do
       assert.is_nil(routing.parse_placement(bad), bad)
     end

@@ -17,8 +17,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
-use hickory_resolver::TokioAsyncResolver;
+use futures::StreamExt;
+use hickory_resolver::config::{NameServerConfigGroup, ResolverOpts};
+use hickory_resolver::name_server::{
+    GenericConnector, NameServerPool, TokioConnectionProvider, TokioRuntimeProvider,
+};
+use hickory_resolver::proto::op::Query;
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::proto::xfer::{DnsHandle, DnsRequestOptions};
 use poc_routing_placement::{Epoch, Placement};
 
 use crate::identity::{own_addresses, Identity, Source};
@@ -41,49 +47,61 @@ pub struct Candidate {
     pub addr: SocketAddr,
 }
 
-/// Asks DNS for the instances, with no caching: every round sees what DNS says now.
+/// Asks DNS for the instances. Queries go straight to the name servers: no cache (every round
+/// sees what DNS says now) and no local answers (a resolver answers reverse queries for
+/// 127.0.0.0/8 itself, which would hide the local stack's records).
 pub struct Finder {
-    resolver: TokioAsyncResolver,
-    name: String,
+    pool: NameServerPool<TokioConnectionProvider>,
+    name: Name,
     rule: Placement,
 }
 
 impl Finder {
     pub fn new(discovery: &DnsDiscovery, rule: Placement) -> std::io::Result<Self> {
-        let (config, mut opts) = match discovery.server {
-            Some(addr) => (
-                ResolverConfig::from_parts(
-                    None,
-                    vec![],
-                    NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true),
-                ),
-                ResolverOpts::default(),
-            ),
-            None => hickory_resolver::system_conf::read_system_conf()
-                .map_err(|e| std::io::Error::other(format!("read /etc/resolv.conf: {e}")))?,
+        let servers = match discovery.server {
+            Some(addr) => NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true),
+            None => {
+                let (config, _) = hickory_resolver::system_conf::read_system_conf()
+                    .map_err(|e| std::io::Error::other(format!("read /etc/resolv.conf: {e}")))?;
+                NameServerConfigGroup::from(config.name_servers().to_vec())
+            }
         };
-        opts.cache_size = 0;
-        opts.positive_max_ttl = Some(Duration::ZERO);
-        opts.negative_max_ttl = Some(Duration::ZERO);
+        let mut opts = ResolverOpts::default();
         opts.timeout = Duration::from_millis(500);
         opts.attempts = 2;
-        // Instance names are complete as given.
-        opts.ndots = 0;
-        let name = if discovery.name.contains('.') && !discovery.name.ends_with('.') {
-            format!("{}.", discovery.name)
-        } else {
-            discovery.name.clone()
-        };
-        Ok(Self {
-            resolver: TokioAsyncResolver::tokio(config, opts),
-            name,
-            rule,
-        })
+        let pool = NameServerPool::from_config(
+            servers,
+            opts,
+            GenericConnector::new(TokioRuntimeProvider::default()),
+        );
+        let name = Name::from_ascii(&discovery.name)
+            .map_err(|e| std::io::Error::other(format!("DISCOVERY_NAME {:?}: {e}", discovery.name)))?;
+        // The name is complete as given: no search domains.
+        let name = Name::root().append_name(&name).unwrap_or(name);
+        Ok(Self { pool, name, rule })
+    }
+
+    /// One query; an unknown name or an empty answer is an empty list, not an error.
+    async fn query(&self, name: Name, rtype: RecordType) -> Result<Vec<Record>, String> {
+        let mut answers = self
+            .pool
+            .lookup(Query::query(name.clone(), rtype), DnsRequestOptions::default());
+        match answers.next().await {
+            Some(Ok(response)) => Ok(response
+                .answers()
+                .iter()
+                .chain(response.additionals())
+                .cloned()
+                .collect()),
+            Some(Err(e)) if is_no_records(&e) => Ok(Vec::new()),
+            Some(Err(e)) => Err(format!("{rtype} {name}: {e}")),
+            None => Err(format!("{rtype} {name}: no answer")),
+        }
     }
 
     /// The name asked, as given to DNS.
-    pub fn name(&self) -> &str {
-        &self.name
+    pub fn name(&self) -> String {
+        self.name.to_ascii()
     }
 
     /// Every instance DNS names now. An error means DNS could not be asked; an empty list
@@ -91,37 +109,45 @@ impl Finder {
     pub async fn candidates(&self) -> Result<Vec<Candidate>, String> {
         let port = self.rule.port();
         let mut found = BTreeMap::new();
-        if self.name.starts_with('_') {
-            let srv = match self.resolver.srv_lookup(self.name.as_str()).await {
-                Ok(srv) => srv,
-                Err(e) if is_no_records(&e) => return Ok(Vec::new()),
-                Err(e) => return Err(format!("SRV {}: {e}", self.name)),
-            };
-            for record in srv.iter() {
-                let target = record.target().to_utf8();
-                let Some(index) = self.rule.index_from_hostname(&target) else {
+        let a_records = |records: &[Record], name: &Name| -> Vec<IpAddr> {
+            records
+                .iter()
+                .filter(|r| r.name() == name)
+                .filter_map(|r| match r.data() {
+                    Some(RData::A(a)) => Some(IpAddr::V4(a.0)),
+                    _ => None,
+                })
+                .collect()
+        };
+        if self.name.to_ascii().starts_with('_') {
+            let records = self.query(self.name.clone(), RecordType::SRV).await?;
+            for record in &records {
+                let Some(RData::SRV(srv)) = record.data() else {
                     continue;
                 };
-                if let Ok(ips) = self.resolver.lookup_ip(record.target().clone()).await {
-                    if let Some(ip) = ips.iter().next() {
-                        found.insert(index, SocketAddr::new(ip, record.port()));
-                    }
+                let Some(index) = self.rule.index_from_hostname(&srv.target().to_ascii()) else {
+                    continue;
+                };
+                // Kubernetes' DNS puts the pods' addresses in the additional section; ask if not.
+                let mut ips = a_records(&records, srv.target());
+                if ips.is_empty() {
+                    let more = self.query(srv.target().clone(), RecordType::A).await?;
+                    ips = a_records(&more, srv.target());
+                }
+                if let Some(ip) = ips.first() {
+                    found.insert(index, SocketAddr::new(*ip, srv.port()));
                 }
             }
         } else {
-            let ips = match self.resolver.ipv4_lookup(self.name.as_str()).await {
-                Ok(ips) => ips,
-                Err(e) if is_no_records(&e) => return Ok(Vec::new()),
-                Err(e) => return Err(format!("A {}: {e}", self.name)),
-            };
-            for ip in ips.iter() {
-                let ip = IpAddr::V4(ip.0);
-                let Ok(names) = self.resolver.reverse_lookup(ip).await else {
-                    continue;
-                };
-                let index = names
-                    .iter()
-                    .find_map(|n| self.rule.index_from_hostname(&n.to_utf8()));
+            let records = self.query(self.name.clone(), RecordType::A).await?;
+            for ip in a_records(&records, &self.name) {
+                let IpAddr::V4(v4) = ip else { continue };
+                let reverse = Name::from(v4);
+                let names = self.query(reverse, RecordType::PTR).await?;
+                let index = names.iter().find_map(|r| match r.data() {
+                    Some(RData::PTR(ptr)) => self.rule.index_from_hostname(&ptr.0.to_ascii()),
+                    _ => None,
+                });
                 if let Some(index) = index {
                     found.insert(index, SocketAddr::new(ip, port));
                 }

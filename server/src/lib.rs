@@ -194,7 +194,7 @@ impl Application {
         tracing::info!(
             addr = %self.listener.local_addr()?,
             mode = %p.mode(),
-            discovery = ?discovery.as_ref().map(|d| d.finder.name().to_owned()),
+            discovery = ?discovery.as_ref().map(|d| d.finder.name()),
             members = ?discovery.is_none().then(|| p.members().to_vec()),
             base = p.base(),
             prefix = p.prefix(),

@@ -176,10 +176,57 @@ pub async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (status, Json(body))
 }
 
+/// This instance's view, as `GET /placement` answers it.
+///
+/// Field order is part of the format: the top-level `epoch` and `members` come before the
+/// nested `previous` and `peers`, so a reader that takes the first `"epoch"` (the Lua filter)
+/// takes the top-level one.
+#[derive(Serialize)]
+pub struct PlacementAnswer {
+    pub instance: Option<u64>,
+    pub state: &'static str,
+    /// `dns` or `off`.
+    pub discovery: &'static str,
+    /// `null` while joining.
+    pub epoch: Option<String>,
+    pub members: Vec<u64>,
+    pub replicas: u32,
+    pub mode: &'static str,
+    pub base: u32,
+    pub prefix: String,
+    pub suffix: String,
+    pub port: u16,
+    pub expected_replicas: Option<u32>,
+    pub replicas_mismatch: bool,
+    pub since_change_ms: Option<u64>,
+    pub previous: Option<PreviousView>,
+    pub peers: Vec<PeerView>,
+}
+
+/// The previous view, while joins routed by it are still served.
+#[derive(Serialize)]
+pub struct PreviousView {
+    pub epoch: String,
+    pub members: Vec<u64>,
+    pub window_left_ms: u64,
+}
+
+/// What this instance last learnt from one peer's `/placement`.
+#[derive(Serialize)]
+pub struct PeerView {
+    pub instance: u64,
+    pub hostport: String,
+    /// `null` when the peer did not answer.
+    pub state: Option<&'static str>,
+    pub epoch: Option<String>,
+    /// Whether the peer holds the same epoch as this instance.
+    pub agrees: bool,
+}
+
 /// This instance's view: the rule, the members and their epoch, its own state, the previous
 /// epoch while its window lasts, and what it last saw of each peer. A proxy computes owners
 /// from it without asking per request; `poc-client views` compares every instance's.
-pub async fn placement(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+pub async fn placement(State(state): State<Arc<AppState>>) -> Json<PlacementAnswer> {
     let rule = state.rule();
     let m = &state.membership;
     let views = m.views();
@@ -189,44 +236,42 @@ pub async fn placement(State(state): State<Arc<AppState>>) -> impl IntoResponse 
         .previous
         .as_ref()
         .filter(|(_, until)| now < *until)
-        .map(|(p, until)| {
-            serde_json::json!({
-                "epoch": p.epoch().to_string(),
-                "members": p.members(),
-                "window_left_ms": until.duration_since(now).as_millis() as u64,
-            })
+        .map(|(p, until)| PreviousView {
+            epoch: p.epoch().to_string(),
+            members: p.members().to_vec(),
+            window_left_ms: until.duration_since(now).as_millis() as u64,
         });
-    let peers: Vec<serde_json::Value> = m
+    let peers = m
         .peers()
         .iter()
-        .map(|p| {
-            serde_json::json!({
-                "instance": p.instance,
-                "hostport": rule.hostport(p.instance),
-                "state": p.state.map(MemberState::as_str),
-                "epoch": p.epoch.map(|e| e.to_string()),
-                "agrees": p.epoch.is_some() && p.epoch == current.map(|c| c.epoch()),
-            })
+        .map(|p| PeerView {
+            instance: p.instance,
+            hostport: rule.hostport(p.instance),
+            state: p.state.map(MemberState::as_str),
+            epoch: p.epoch.map(|e| e.to_string()),
+            agrees: p.epoch.is_some() && p.epoch == current.map(|c| c.epoch()),
         })
         .collect();
-    Json(serde_json::json!({
-        "instance": state.identity.get(),
-        "state": m.state().as_str(),
-        "discovery": state.discovery.as_ref().map_or("off", |_| "dns"),
-        "mode": rule.mode().as_str(),
-        "base": rule.base(),
-        "prefix": rule.prefix(),
-        "suffix": rule.suffix(),
-        "port": rule.port(),
-        "epoch": current.map(|c| c.epoch().to_string()),
-        "members": current.map(|c| c.members().to_vec()).unwrap_or_default(),
-        "replicas": current.map_or(0, |c| c.replicas()),
-        "expected_replicas": m.expected_replicas,
-        "replicas_mismatch": m.replicas_mismatch(),
-        "since_change_ms": m.changed_at().map(|t| now.duration_since(t).as_millis() as u64),
-        "previous": previous,
-        "peers": peers,
-    }))
+    Json(PlacementAnswer {
+        instance: state.identity.get(),
+        state: m.state().as_str(),
+        discovery: state.discovery.as_ref().map_or("off", |_| "dns"),
+        epoch: current.map(|c| c.epoch().to_string()),
+        members: current.map(|c| c.members().to_vec()).unwrap_or_default(),
+        replicas: current.map_or(0, |c| c.replicas()),
+        mode: rule.mode().as_str(),
+        base: rule.base(),
+        prefix: rule.prefix().to_owned(),
+        suffix: rule.suffix().to_owned(),
+        port: rule.port(),
+        expected_replicas: m.expected_replicas,
+        replicas_mismatch: m.replicas_mismatch(),
+        since_change_ms: m
+            .changed_at()
+            .map(|t| now.duration_since(t).as_millis() as u64),
+        previous,
+        peers,
+    })
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {

@@ -1,14 +1,17 @@
 //! The local stack: everything `docker compose up` gives, as plain processes on 127.0.0.x.
 //!
-//! - `REPLICAS` `poc-server` processes, instance `i` on its own loopback address, port 8081;
-//! - a DNS responder ([`dns`]) serving the instance names and `server`, as Compose's DNS does,
-//!   or the Kubernetes headless names;
+//! - `REPLICAS` `poc-server` processes, instance `i` on its own loopback address, port 8081,
+//!   finding each other in DNS as they do in Compose and Kubernetes (or, with `discovery` off,
+//!   told the fixed member set);
+//! - a DNS responder ([`dns`]) serving the instance names, `server` and the reverse names, as
+//!   Compose's DNS does, or the Kubernetes headless names and their SRV records;
 //! - the real Envoy with the repository's `envoy.yaml` and `lua/routing.lua`, only its bind
 //!   addresses and DNS resolver changed ([`envoy::local_config`]).
 //!
 //! `make up` (the `poc-stack` binary) and the end-to-end tests both start it through
-//! [`Stack::start`]: there is one code path. Linux only, since it relies on 127.0.0.0/8 being
-//! all loopback.
+//! [`Stack::start`]: there is one code path. Instances can be added and removed while it runs
+//! ([`Stack::add_instance`], [`Stack::remove_instance`]), as `--scale` does. Linux only, since
+//! it relies on 127.0.0.0/8 being all loopback.
 #![forbid(unsafe_code)]
 
 pub mod dns;
@@ -39,6 +42,23 @@ pub enum Naming {
 }
 
 impl Naming {
+    /// The name the servers look up to find each other (`DISCOVERY_NAME`).
+    pub fn discovery_name(self) -> &'static str {
+        match self {
+            Naming::Compose => "server",
+            Naming::Kubernetes => "_http._tcp.server-headless.poc-routing.svc.cluster.local",
+        }
+    }
+
+    /// What the reverse (PTR) record of an instance's address names: Docker answers with the
+    /// container name and the network.
+    fn reverse_name(self, host: &str) -> String {
+        match self {
+            Naming::Compose => format!("{host}.poc-routing_default"),
+            Naming::Kubernetes => host.to_owned(),
+        }
+    }
+
     pub fn prefix(self) -> &'static str {
         match self {
             Naming::Compose => "poc-routing-server",
@@ -81,6 +101,9 @@ pub struct StackConfig {
     pub flow: Option<envoy::Flow>,
     /// Envoy's `--component-log-level`, e.g. `lua:debug`.
     pub envoy_component_log_level: String,
+    /// Members from DNS (`DISCOVERY=dns`, the default) or fixed (`DISCOVERY=off` with
+    /// `REPLICAS`).
+    pub discovery: bool,
 }
 
 impl StackConfig {
@@ -100,9 +123,11 @@ impl StackConfig {
             lua_override: None,
             flow: None,
             envoy_component_log_level: "lua:info".into(),
+            discovery: true,
         }
     }
 
+    /// The placement of the first `replicas` instances.
     pub fn placement(&self) -> Placement {
         Placement::new(
             self.mode,
@@ -159,6 +184,8 @@ struct ServerProcess {
 /// A running local stack. Dropping it stops every process it started.
 pub struct Stack {
     config: StackConfig,
+    /// The placement the servers should hold: every instance started and not removed (a killed
+    /// instance stays a member until the down timeout, as in the servers' own view).
     placement: Placement,
     dns: DnsResponder,
     servers: BTreeMap<u64, ServerProcess>,
@@ -191,12 +218,14 @@ impl Stack {
                 .build()?,
             config,
         };
-        for index in stack.placement.indexes() {
+        let members = stack.placement.members().to_vec();
+        for &index in &members {
             stack.start_instance_with(&server_bin, index)?;
         }
-        for index in stack.placement.indexes() {
+        for &index in &members {
             stack.wait_instance_healthy(index).await?;
         }
+        stack.wait_views_agree(Duration::from_secs(15)).await?;
 
         envoy::prepare_run_dir(
             &stack.config.run_dir,
@@ -232,10 +261,20 @@ impl Stack {
             .context("out of instance addresses")?;
         let p = &self.placement;
         let log = self.config.run_dir.join(format!("server-{index}.log"));
-        let child = Command::new(server_bin)
+        let mut command = Command::new(server_bin);
+        if self.config.discovery {
+            command
+                .env("DISCOVERY", "dns")
+                .env("DISCOVERY_NAME", self.config.naming.discovery_name())
+                .env("DNS_SERVER", self.dns.addr().to_string());
+        } else {
+            command
+                .env("DISCOVERY", "off")
+                .env("REPLICAS", p.replicas().to_string());
+        }
+        let child = command
             .env("SERVICE_PREFIX", p.prefix())
             .env("SERVICE_SUFFIX", p.suffix())
-            .env("REPLICAS", p.replicas().to_string())
             .env("INDEX_MODE", p.mode().as_str())
             .env("INDEX_BASE", p.base().to_string())
             .env("PORT", SERVER_PORT.to_string())
@@ -248,15 +287,35 @@ impl Stack {
             .spawn()
             .with_context(|| format!("start {}", server_bin.display()))?;
         self.servers.insert(index, ServerProcess { child, ip });
-        self.dns.set(&self.placement.host(index), vec![ip]);
-        self.publish_service_name();
+        let host = self.placement.host(index);
+        self.dns.set(&host, vec![ip]);
+        self.dns
+            .set_ptr(ip, Some(&self.config.naming.reverse_name(&host)));
+        self.publish_service_names();
         Ok(())
     }
 
-    /// `server` resolves to every running instance, as a Compose service name does.
-    fn publish_service_name(&self) {
+    /// Removes an instance's names, as Docker does when a container stops.
+    fn unpublish(&self, index: u64, ip: Ipv4Addr) {
+        self.dns.set(&self.placement.host(index), vec![]);
+        self.dns.set_ptr(ip, None);
+        self.publish_service_names();
+    }
+
+    /// `server` resolves to every running instance, as a Compose service name does, and the
+    /// headless SRV name lists every running pod, ready or not, as Kubernetes does.
+    fn publish_service_names(&self) {
         self.dns
             .set("server", self.servers.values().map(|s| s.ip).collect());
+        if self.config.naming == Naming::Kubernetes {
+            let targets = self
+                .servers
+                .keys()
+                .map(|&i| (self.placement.host(i), SERVER_PORT))
+                .collect();
+            self.dns
+                .set_srv(self.config.naming.discovery_name(), targets);
+        }
     }
 
     async fn wait_instance_healthy(&self, index: u64) -> Result<()> {
@@ -357,7 +416,8 @@ impl Stack {
         self.servers.values().map(|s| s.child.id()).collect()
     }
 
-    /// Kills instance `index` and removes its names from DNS, as `docker kill` does.
+    /// Kills instance `index` and removes its names from DNS, as `docker kill` does. It stays
+    /// in the member set: a crash is not a scale-down.
     pub fn stop_instance(&mut self, index: u64) -> Result<()> {
         let mut server = self
             .servers
@@ -365,13 +425,109 @@ impl Stack {
             .with_context(|| format!("instance {index} is not running"))?;
         server.child.kill()?;
         server.child.wait()?;
-        self.dns.set(&self.placement.host(index), vec![]);
-        self.publish_service_name();
+        self.unpublish(index, server.ip);
         Ok(())
+    }
+
+    /// Scale-up by one: starts instance `index` (a new number) and waits until it is healthy,
+    /// i.e. a member. Returns at once; the views converge on their own ([`Self::wait_views_agree`]).
+    pub async fn add_instance(&mut self, index: u64) -> Result<()> {
+        if self.servers.contains_key(&index) {
+            bail!("instance {index} is already running");
+        }
+        let server_bin = workspace_binary("poc-server")?;
+        self.placement = self
+            .placement
+            .with_members(self.placement.members().iter().copied().chain([index]))?;
+        self.start_instance_with(&server_bin, index)?;
+        self.wait_instance_healthy(index).await
+    }
+
+    /// Scale-down by one, as `docker compose up --scale` and a StatefulSet scale-down do:
+    /// SIGTERM, then wait for the instance to leave and exit on its own (it must, well inside
+    /// Compose's 10 s grace period), then remove its names. Returns how long it took to exit.
+    pub async fn remove_instance(&mut self, index: u64) -> Result<Duration> {
+        let mut server = self
+            .servers
+            .remove(&index)
+            .with_context(|| format!("instance {index} is not running"))?;
+        let remaining: Vec<u64> = self
+            .placement
+            .members()
+            .iter()
+            .copied()
+            .filter(|&i| i != index)
+            .collect();
+        self.placement = self.placement.with_members(remaining)?;
+        let started = Instant::now();
+        let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let grace = Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = server.child.try_wait()? {
+                break status;
+            }
+            if started.elapsed() > grace {
+                let _ = server.child.kill();
+                let _ = server.child.wait();
+                self.unpublish(index, server.ip);
+                bail!("instance {index} did not exit within {grace:?} of SIGTERM (killed)");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let took = started.elapsed();
+        self.unpublish(index, server.ip);
+        if !status.success() {
+            bail!("instance {index} exited with {status} after SIGTERM");
+        }
+        Ok(took)
+    }
+
+    /// What every running instance answers at `/placement`, by instance.
+    pub async fn views(&self) -> BTreeMap<u64, serde_json::Value> {
+        let mut views = BTreeMap::new();
+        for (&index, server) in &self.servers {
+            let url = format!("http://{}:{SERVER_PORT}/placement", server.ip);
+            let view = match self.http.get(&url).send().await {
+                Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
+                Err(_) => serde_json::Value::Null,
+            };
+            views.insert(index, view);
+        }
+        views
+    }
+
+    /// Waits until every running instance holds the stack's expected placement (same epoch),
+    /// and returns how long that took.
+    pub async fn wait_views_agree(&self, timeout: Duration) -> Result<Duration> {
+        if !self.config.discovery {
+            return Ok(Duration::ZERO);
+        }
+        let started = Instant::now();
+        let want = self.placement.epoch().to_string();
+        let result = wait_for(
+            &format!(
+                "every instance to hold members {:?} (epoch {want})",
+                self.placement.members()
+            ),
+            timeout,
+            || async {
+                self.views()
+                    .await
+                    .values()
+                    .all(|v| v["epoch"].as_str() == Some(want.as_str()))
+            },
+        )
+        .await;
+        if let Err(e) = result {
+            bail!("{e}; views: {:?}", self.views().await);
+        }
+        Ok(started.elapsed())
     }
 
     /// Starts instance `index` again on a new address, as `docker start` does, and waits until
     /// it answers its own health check (not until Envoy has noticed: that is what tests measure).
+    /// It comes back as the same member: the member set does not change.
     pub async fn restart_instance(&mut self, index: u64) -> Result<SocketAddr> {
         if self.servers.contains_key(&index) {
             self.stop_instance(index)?;

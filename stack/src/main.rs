@@ -155,7 +155,7 @@ async fn up(config: StackConfig) -> Result<()> {
         p.mode(),
         p.hostport(p.base().into()),
     );
-    for index in p.indexes() {
+    for &index in p.members() {
         if let Some(addr) = stack.instance_addr(index) {
             summary += &format!("  {} -> {addr}\n", p.host(index));
         }

@@ -15,6 +15,9 @@ use poc_routing_placement::IndexMode;
 use poc_routing_stack::envoy::Flow;
 use poc_routing_stack::{wait_for, Naming, SERVER_PORT};
 
+/// A well-formed epoch that no server holds.
+const EPOCH: &str = "0123456789abcdef";
+
 #[tokio::test]
 async fn a_host_header_never_chooses_the_upstream() {
     let _turn = serial().await;
@@ -45,6 +48,23 @@ async fn a_host_header_never_chooses_the_upstream() {
             let (status, body) = raw_get(&stack, &format!("/join{query}"), Some(host)).await;
             assert_not_admin(&body);
             assert_eq!(status, 400, "Host {host}, /join{query}: {body}");
+        }
+        // The epoch a join is judged by is the routing filter's: one a client sends is replaced.
+        for forged in ["zzz", EPOCH, "0000000000000000"] {
+            let r = reqwest::Client::new()
+                .get(format!("{}/join?client_id={id}", stack.url()))
+                .header("host", host)
+                .header("x-poc-epoch", forged)
+                .header("x-poc-epoch", "ffffffffffffffff")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            assert!(
+                status == 200 && body["epoch"] == stack.placement().epoch().to_string().as_str(),
+                "forged x-poc-epoch {forged:?}: EXPECTED 200 under the current epoch\nRECEIVED {status} {body}"
+            );
         }
         // /joinx is route B: proxied to an instance, never dialled by name.
         let (status, body) = raw_get(&stack, "/joinx?client_id=1", Some(host)).await;
@@ -132,42 +152,42 @@ async fn a_bad_resolver_answer_is_refused() {
     let cases: Vec<(u16, String, Duration, u16, &str)> = vec![
         (
             200,
-            format!("{{\"hostport\":\"{admin}\"}}"),
+            format!("{{\"hostport\":\"{admin}\",\"epoch\":\"{EPOCH}\"}}"),
             no_delay,
             502,
             "bad_resolver_answer",
         ),
         (
             200,
-            "{\"hostport\":\"evil.example:80\"}".into(),
+            "{\"hostport\":\"evil.example:80\",\"epoch\":\"0123456789abcdef\"}".into(),
             no_delay,
             502,
             "bad_resolver_answer",
         ),
         (
             200,
-            "{\"hostport\":\"evil-1.example:80\"}".into(),
+            "{\"hostport\":\"evil-1.example:80\",\"epoch\":\"0123456789abcdef\"}".into(),
             no_delay,
             403,
             "route_refused",
         ),
         (
             200,
-            "{\"hostport\":\"localhost:9901\"}".into(),
+            "{\"hostport\":\"localhost:9901\",\"epoch\":\"0123456789abcdef\"}".into(),
             no_delay,
             502,
             "bad_resolver_answer",
         ),
         (
             200,
-            "{\"hostport\":\"poc-routing-server-1:9901\"}".into(),
+            "{\"hostport\":\"poc-routing-server-1:9901\",\"epoch\":\"0123456789abcdef\"}".into(),
             no_delay,
             403,
             "route_refused",
         ),
         (
             200,
-            "{\"hostport\":\"poc-routing-server-1:8081\\\"x\"}".into(),
+            "{\"hostport\":\"poc-routing-server-1:8081\\\"x\",\"epoch\":\"0123456789abcdef\"}".into(),
             no_delay,
             502,
             "bad_resolver_answer",
@@ -180,9 +200,24 @@ async fn a_bad_resolver_answer_is_refused() {
             "bad_resolver_answer",
         ),
         (200, String::new(), no_delay, 502, "bad_resolver_answer"),
+        // An owner without the epoch it was computed under cannot be stamped: refused.
+        (
+            200,
+            "{\"hostport\":\"poc-routing-server-1:8081\"}".into(),
+            no_delay,
+            502,
+            "bad_resolver_answer",
+        ),
+        (
+            200,
+            "{\"hostport\":\"poc-routing-server-1:8081\",\"epoch\":\"0123456789ABCDEF\"}".into(),
+            no_delay,
+            502,
+            "bad_resolver_answer",
+        ),
         (
             500,
-            "{\"hostport\":\"poc-routing-server-1:8081\"}".into(),
+            "{\"hostport\":\"poc-routing-server-1:8081\",\"epoch\":\"0123456789abcdef\"}".into(),
             no_delay,
             502,
             "bad_resolver_answer",
@@ -191,7 +226,7 @@ async fn a_bad_resolver_answer_is_refused() {
         // A well-formed instance name that does not exist: the guard allows it, DNS has nothing.
         (
             200,
-            "{\"hostport\":\"poc-routing-server-9:8081\"}".into(),
+            "{\"hostport\":\"poc-routing-server-9:8081\",\"epoch\":\"0123456789abcdef\"}".into(),
             no_delay,
             503,
             "owner_unavailable",
@@ -199,7 +234,7 @@ async fn a_bad_resolver_answer_is_refused() {
         // Too slow: the 1 s resolver timeout answers.
         (
             200,
-            "{\"hostport\":\"poc-routing-server-1:8081\"}".into(),
+            "{\"hostport\":\"poc-routing-server-1:8081\",\"epoch\":\"0123456789abcdef\"}".into(),
             Duration::from_millis(1500),
             504,
             "resolver_timeout",
@@ -241,11 +276,11 @@ async fn a_bad_placement_rule_is_refused_or_ignored() {
     // /where names an instance that does not exist, so a fallback to /where is visible as 503.
     *fake.answer.lock().unwrap() = (
         200,
-        "{\"hostport\":\"poc-routing-server-9:8081\"}".into(),
+        "{\"hostport\":\"poc-routing-server-9:8081\",\"epoch\":\"0123456789abcdef\"}".into(),
         Duration::ZERO,
     );
     let rule = |prefix: &str, suffix: &str, port: u16| {
-        format!("{{\"mode\":\"hash\",\"replicas\":3,\"base\":1,\"prefix\":\"{prefix}\",\"suffix\":\"{suffix}\",\"port\":{port}}}")
+        format!("{{\"epoch\":\"{EPOCH}\",\"members\":[1,2,3],\"mode\":\"hash\",\"base\":1,\"prefix\":\"{prefix}\",\"suffix\":\"{suffix}\",\"port\":{port}}}")
     };
     let admin = stack.admin().to_string();
     let cases = [
@@ -266,6 +301,18 @@ async fn a_bad_placement_rule_is_refused_or_ignored() {
         // A rule that cannot be trusted is not used: the request asks /where instead.
         (200, rule("127.0.0.1", "", 9901), 503, "owner_unavailable"),
         (200, "garbage".to_owned(), 503, "owner_unavailable"),
+        (
+            200,
+            rule("poc-routing-server", "", 8081).replace(EPOCH, "not-an-epoch"),
+            503,
+            "owner_unavailable",
+        ),
+        (
+            200,
+            rule("poc-routing-server", "", 8081).replace("[1,2,3]", "[3,2]"),
+            503,
+            "owner_unavailable",
+        ),
         (
             500,
             rule("poc-routing-server", "", 8081),
@@ -301,43 +348,39 @@ async fn a_bad_placement_rule_is_refused_or_ignored() {
 #[tokio::test]
 async fn a_stale_placement_rule_is_caught_by_the_owner() {
     let _turn = serial().await;
-    // Three real servers; a resolver that still publishes a two-replica rule.
+    // Three real servers; a resolver that still publishes the two-member rule, with the epoch
+    // that rule really has. No server holds that epoch, so no owner may serve by it.
     let mut c = config("stale-placement", 3, Naming::Compose, IndexMode::Hash);
     c.flow = Some(Flow::Placement);
     let stack = start(c).await;
+    let current = stack.placement().epoch().to_string();
+    let stale = stack.placement().with_members([1, 2]).unwrap();
     let fake = use_fake_resolver(&stack).await;
     *fake.placement.lock().unwrap() = (
         200,
-        "{\"mode\":\"hash\",\"replicas\":2,\"base\":1,\"prefix\":\"poc-routing-server\",\"suffix\":\"\",\"port\":8081}".into(),
+        format!(
+            "{{\"epoch\":\"{}\",\"members\":[1,2],\"mode\":\"hash\",\"base\":1,\"prefix\":\"poc-routing-server\",\"suffix\":\"\",\"port\":8081}}",
+            stale.epoch()
+        ),
     );
-    let (mut served, mut refused) = (0, 0);
+    let mut refused = 0;
     for i in 0..300 {
         let id = format!("stale-{i}");
         let (status, body) = raw_get(&stack, &format!("/join?client_id={id}"), None).await;
         let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         let true_owner = owner(&stack, &id);
-        match status {
-            200 => {
-                served += 1;
-                assert_eq!(
-                    json["instance"], true_owner,
-                    "{id} joined away from its owner: {body}"
-                );
-            }
-            421 => {
-                refused += 1;
-                assert_eq!(json["error"], "misdirected", "{body}");
-                assert_eq!(json["owner"], true_owner, "{body}");
-            }
-            _ => panic!(
-                "{id}: EXPECTED 200 from the owner or 421 misdirected\nRECEIVED {status} {body}"
-            ),
-        }
+        assert!(
+            status == 421
+                && json["error"] == "misdirected"
+                && json["owner"] == true_owner
+                && json["epoch"] == current.as_str()
+                && json["routed_epoch"] == stale.epoch().to_string().as_str(),
+            "{id}: EXPECTED 421 misdirected naming owner {true_owner} under epoch {current}, routed by {}\nRECEIVED {status} {body}",
+            stale.epoch()
+        );
+        refused += 1;
     }
-    assert!(
-        served > 50 && refused > 50,
-        "served {served}, refused {refused}"
-    );
+    assert_eq!(refused, 300);
 }
 
 /// Starts a stack whose routing.lua is replaced by `script`.

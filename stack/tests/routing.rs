@@ -48,7 +48,7 @@ async fn correctness(naming: Naming, flow: Flow) {
                 "{name}: EXPECTED every join on its owner, RECEIVED\n{}",
                 report.render()
             );
-            let indexes: Vec<u64> = stack.placement().indexes().collect();
+            let indexes: Vec<u64> = stack.placement().members().to_vec();
             let served: Vec<u64> = report.joins_per_instance.keys().copied().collect();
             assert_eq!(
                 served, indexes,
