@@ -166,6 +166,11 @@ impl Api {
         }
     }
 
+    /// The raw JSON answer of a GET of `path` (no query).
+    pub async fn get_path(&self, path: &str) -> Result<(u16, serde_json::Value), CallError> {
+        self.get_json(format!("{}{path}", self.base), false).await
+    }
+
     /// The raw JSON answer of any GET, for the `where`/`join` commands that print it.
     pub async fn get_raw(
         &self,

@@ -153,6 +153,7 @@ impl Config {
             )?),
             drain_timeout: millis("DRAIN_TIMEOUT_MS", 7_000, 0, 600_000)?,
             drain_grace: millis("DRAIN_GRACE_MS", 1_500, 0, 600_000)?,
+            join_settle: millis("JOIN_SETTLE_MS", 2_000, 0, 600_000)?,
         };
         let mode = match get("INDEX_MODE") {
             None => IndexMode::default(),
@@ -351,6 +352,7 @@ mod tests {
             ("DOWN_TIMEOUT_S", "0"),
             ("DRAIN_TIMEOUT_MS", "-1"),
             ("DRAIN_GRACE_MS", "1e3"),
+            ("JOIN_SETTLE_MS", "x"),
             ("INDEX_MODE", "modulo"),
             ("INDEX_BASE", "-1"),
             ("PORT", "0"),

@@ -74,8 +74,9 @@ impl Finder {
             opts,
             GenericConnector::new(TokioRuntimeProvider::default()),
         );
-        let name = Name::from_ascii(&discovery.name)
-            .map_err(|e| std::io::Error::other(format!("DISCOVERY_NAME {:?}: {e}", discovery.name)))?;
+        let name = Name::from_ascii(&discovery.name).map_err(|e| {
+            std::io::Error::other(format!("DISCOVERY_NAME {:?}: {e}", discovery.name))
+        })?;
         // The name is complete as given: no search domains.
         let name = Name::root().append_name(&name).unwrap_or(name);
         Ok(Self { pool, name, rule })
@@ -83,9 +84,10 @@ impl Finder {
 
     /// One query; an unknown name or an empty answer is an empty list, not an error.
     async fn query(&self, name: Name, rtype: RecordType) -> Result<Vec<Record>, String> {
-        let mut answers = self
-            .pool
-            .lookup(Query::query(name.clone(), rtype), DnsRequestOptions::default());
+        let mut answers = self.pool.lookup(
+            Query::query(name.clone(), rtype),
+            DnsRequestOptions::default(),
+        );
         match answers.next().await {
             Some(Ok(response)) => Ok(response
                 .answers()
@@ -175,6 +177,13 @@ struct PeerAnswer {
     epoch: Option<String>,
     #[serde(default)]
     members: Vec<u64>,
+    previous: Option<PreviousAnswer>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PreviousAnswer {
+    epoch: String,
+    members: Vec<u64>,
 }
 
 /// Asks one candidate for its state; an unreachable or confused peer has no state.
@@ -184,6 +193,7 @@ async fn probe(http: &reqwest::Client, candidate: Candidate) -> Peer {
         state: None,
         epoch: None,
         members: Vec::new(),
+        previous: None,
     };
     let url = format!("http://{}/placement", candidate.addr);
     let Ok(response) = http.get(url).send().await else {
@@ -202,6 +212,9 @@ async fn probe(http: &reqwest::Client, candidate: Candidate) -> Peer {
         state: Some(answer.state),
         epoch: answer.epoch.and_then(|e| e.parse::<Epoch>().ok()),
         members: answer.members,
+        previous: answer
+            .previous
+            .and_then(|p| Some((p.epoch.parse::<Epoch>().ok()?, p.members))),
     }
 }
 
@@ -216,6 +229,8 @@ pub struct Discovery {
     round: tokio::sync::Mutex<()>,
     /// Rounds finished so far.
     finished: AtomicU64,
+    /// When this instance, joining, first knew who it is and found member peers.
+    settling_since: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Discovery {
@@ -238,6 +253,7 @@ impl Discovery {
             http,
             round: tokio::sync::Mutex::new(()),
             finished: AtomicU64::new(0),
+            settling_since: std::sync::Mutex::new(None),
         }
     }
 
@@ -286,8 +302,9 @@ impl Discovery {
                 .map(|c| probe(&self.http, *c)),
         )
         .await;
-        if me.is_some() && self.membership.state() == State::Joining {
-            // Ready: it knows who it is and has heard from every peer DNS names.
+        if me.is_some() && self.membership.state() == State::Joining && self.settled(&peers) {
+            // Ready: it knows who it is, has heard from every peer DNS names, and the proxy
+            // has had time to learn its address.
             self.membership.set_state(State::Member);
             tracing::info!(instance = me, "member");
         }
@@ -318,6 +335,20 @@ impl Discovery {
                 );
             }
         }
+    }
+
+    /// Whether a joining instance has waited `join_settle` since it first saw member peers
+    /// (at once when there are none: nothing routes anywhere yet).
+    fn settled(&self, peers: &[Peer]) -> bool {
+        if !peers.iter().any(|p| p.state == Some(State::Member)) {
+            return true;
+        }
+        let mut since = self
+            .settling_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let since = *since.get_or_insert_with(Instant::now);
+        since.elapsed() >= self.membership.timing.join_settle
     }
 
     /// Probes forever, every `probe_interval`.

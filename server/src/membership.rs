@@ -13,7 +13,10 @@
 //! Every view has an [`Epoch`]. When the view changes, the old one stays acceptable for
 //! `transition_window` ([`Views::judge`]), so a join routed by a proxy that still holds the old
 //! view is served by the instance that owned it under that view, and nothing fails while views
-//! change at slightly different moments.
+//! change at slightly different moments. The views member or leaving peers report holding
+//! (current or previous) are acceptable for the same window: when two changes come close together, an
+//! instance that went straight from the first view to the third still serves joins routed by
+//! the second, which its peers held.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
@@ -53,14 +56,20 @@ pub struct Peer {
     pub state: Option<State>,
     pub epoch: Option<Epoch>,
     pub members: Vec<u64>,
+    /// The peer's previous view (epoch and members), while its window lasts.
+    pub previous: Option<(Epoch, Vec<u64>)>,
 }
 
-/// The placement this instance routes by now, and the one just before it.
+/// The most views kept besides the current one.
+const MAX_RECENT: usize = 8;
+
+/// The placement this instance routes by now, and the recent ones it still accepts.
 #[derive(Debug, Clone, Default)]
 pub struct Views {
     pub current: Option<Arc<Placement>>,
-    /// The previous view and until when joins routed by it are still served.
-    pub previous: Option<(Arc<Placement>, Instant)>,
+    /// Views held just before (by this instance or a member peer), newest first, each with
+    /// the moment until which joins routed by it are still served.
+    pub recent: Vec<(Arc<Placement>, Instant)>,
 }
 
 /// Under which view a join is served.
@@ -99,11 +108,7 @@ impl Views {
         let under = match routed {
             None => Some((Under::Current, current)),
             Some(e) if e == current.epoch() => Some((Under::Current, current)),
-            Some(e) => self
-                .previous
-                .as_ref()
-                .filter(|(p, until)| p.epoch() == e && now < *until)
-                .map(|(p, _)| (Under::Previous, p)),
+            Some(e) => self.recent(e, now).map(|p| (Under::Previous, p)),
         };
         let Some((under, placement)) = under else {
             return Err(Refusal::UnknownEpoch {
@@ -123,13 +128,34 @@ impl Views {
         }
     }
 
-    /// Whether `epoch` is the current view, or the previous one still inside its window.
+    /// The recent view with `epoch`, if its window has not ended.
+    fn recent(&self, epoch: Epoch, now: Instant) -> Option<&Arc<Placement>> {
+        self.recent
+            .iter()
+            .find(|(p, until)| p.epoch() == epoch && now < *until)
+            .map(|(p, _)| p)
+    }
+
+    /// The newest recent view still inside its window.
+    pub fn previous(&self, now: Instant) -> Option<&(Arc<Placement>, Instant)> {
+        self.recent.iter().find(|(_, until)| now < *until)
+    }
+
+    /// Whether `epoch` is the current view, or a recent one still inside its window.
     pub fn knows(&self, epoch: Epoch, now: Instant) -> bool {
         self.current.as_ref().is_some_and(|c| c.epoch() == epoch)
-            || self
-                .previous
-                .as_ref()
-                .is_some_and(|(p, until)| p.epoch() == epoch && now < *until)
+            || self.recent(epoch, now).is_some()
+    }
+
+    /// Remembers `placement` as recent until `until` (later if already known), newest first.
+    fn remember(&mut self, placement: Arc<Placement>, until: Instant, now: Instant) {
+        let epoch = placement.epoch();
+        if self.current.as_ref().is_some_and(|c| c.epoch() == epoch) {
+            return;
+        }
+        self.recent.retain(|(p, u)| p.epoch() != epoch && now < *u);
+        self.recent.insert(0, (placement, until));
+        self.recent.truncate(MAX_RECENT);
     }
 }
 
@@ -147,6 +173,11 @@ pub struct Timing {
     /// How long a leaving instance keeps serving after every view has moved on, for requests
     /// already routed and for Envoy's health check to drop it.
     pub drain_grace: Duration,
+    /// How long a new instance stays `joining` when members already exist: longer than the
+    /// proxy's DNS refresh for owner names (1 s in envoy.yaml), so that when ids move to it
+    /// the proxy already dials its current address, even under a name an earlier instance
+    /// used (a StatefulSet reuses ordinals).
+    pub join_settle: Duration,
 }
 
 impl Default for Timing {
@@ -157,6 +188,7 @@ impl Default for Timing {
             down_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(7),
             drain_grace: Duration::from_millis(1500),
+            join_settle: Duration::from_millis(2000),
         }
     }
 }
@@ -198,7 +230,7 @@ impl Membership {
     pub fn fixed(rule: Placement) -> Self {
         let views = Views {
             current: Some(Arc::new(rule.clone())),
-            previous: None,
+            recent: Vec::new(),
         };
         Self::with(rule, Timing::default(), None, State::Member, views)
     }
@@ -336,16 +368,41 @@ impl Membership {
         }
         inner.peers = observed;
 
+        let until = now + self.timing.transition_window;
         let next = self.rule.with_members(members.iter().copied()).ok();
         let from = inner.views.current.as_ref().map(|c| c.epoch());
         let to = next.as_ref().map(Placement::epoch);
-        if from == to {
+        let changed = from != to;
+        if changed {
+            let old = std::mem::replace(&mut inner.views.current, next.map(Arc::new));
+            if let Some(old) = old {
+                inner.views.remember(old, until, now);
+            }
+            inner.changed_at = Some(now);
+        }
+        // Views peers hold, or just held: joins routed by them are served here too. Leaving
+        // peers count: until Envoy's health check drops them, they still answer /where.
+        for peer in inner.peers.values() {
+            if !matches!(peer.state, Some(State::Member | State::Leaving)) {
+                continue;
+            }
+            let held = peer
+                .epoch
+                .map(|e| (e, peer.members.clone()))
+                .into_iter()
+                .chain(peer.previous.clone());
+            for (epoch, members) in held {
+                // Only a view of this rule: its epoch must be what these members give.
+                if let Ok(view) = self.rule.with_members(members) {
+                    if view.epoch() == epoch {
+                        inner.views.remember(Arc::new(view), until, now);
+                    }
+                }
+            }
+        }
+        if !changed {
             return None;
         }
-        let next = next.map(Arc::new);
-        let old = std::mem::replace(&mut inner.views.current, next);
-        inner.views.previous = old.map(|p| (p, now + self.timing.transition_window));
-        inner.changed_at = Some(now);
         Some(Change {
             from,
             to,
@@ -384,6 +441,7 @@ mod tests {
             state,
             epoch,
             members: members.to_vec(),
+            previous: None,
         }
     }
 
@@ -559,6 +617,43 @@ mod tests {
         assert_eq!(
             Views::default().judge(1, owned, None, soon),
             Err(Refusal::NoView)
+        );
+    }
+
+    #[test]
+    fn a_view_only_peers_held_is_accepted_inside_the_window() {
+        // This instance went from {1,2} straight to {1,2,3,4}; a peer held {1,2,3} between.
+        let m = Membership::discovered(rule(), timing(), None);
+        m.set_state(State::Member);
+        let t0 = Instant::now();
+        m.update(Some(1), vec![peer(2, Some(State::Member), &[1, 2])], t0);
+        let between = rule().with_members([1, 2, 3]).unwrap();
+        let mut reporting = peer(2, Some(State::Member), &[1, 2, 3, 4]);
+        reporting.previous = Some((between.epoch(), vec![1, 2, 3]));
+        // A forged previous (an epoch those members do not give) is ignored.
+        let mut forged = peer(3, Some(State::Member), &[1, 2, 3, 4]);
+        forged.previous = Some((Epoch(7), vec![1]));
+        m.update(
+            Some(1),
+            vec![
+                reporting,
+                forged,
+                peer(4, Some(State::Member), &[1, 2, 3, 4]),
+            ],
+            t0,
+        );
+        let views = m.views();
+        assert_eq!(m.current().unwrap().members(), [1, 2, 3, 4]);
+        assert!(views.knows(between.epoch(), t0));
+        assert!(!views.knows(Epoch(7), t0));
+        assert!(!views.knows(between.epoch(), t0 + Duration::from_secs(6)));
+        let id = (0..500)
+            .map(|i| ClientId::try_from(format!("id-{i}").as_str()).unwrap())
+            .find(|id| between.index(id) == Ok(1))
+            .unwrap();
+        assert_eq!(
+            views.judge(1, &id, Some(between.epoch()), t0).unwrap().0,
+            Under::Previous
         );
     }
 }

@@ -232,15 +232,11 @@ pub async fn placement(State(state): State<Arc<AppState>>) -> Json<PlacementAnsw
     let views = m.views();
     let now = Instant::now();
     let current = views.current.as_deref();
-    let previous = views
-        .previous
-        .as_ref()
-        .filter(|(_, until)| now < *until)
-        .map(|(p, until)| PreviousView {
-            epoch: p.epoch().to_string(),
-            members: p.members().to_vec(),
-            window_left_ms: until.duration_since(now).as_millis() as u64,
-        });
+    let previous = views.previous(now).map(|(p, until)| PreviousView {
+        epoch: p.epoch().to_string(),
+        members: p.members().to_vec(),
+        window_left_ms: until.duration_since(now).as_millis() as u64,
+    });
     let peers = m
         .peers()
         .iter()

@@ -245,7 +245,11 @@ async fn joins_are_judged_by_the_stamped_epoch() {
 
     for bad in ["xyz", "00000000000000FF", ""] {
         let (status, body) = join(mine.clone(), bad).await;
-        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_epoch")), "{bad:?}");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_epoch")),
+            "{bad:?}"
+        );
     }
 
     let (status, body) = app.get("/where?client_id=abc").await;

@@ -246,16 +246,20 @@ mod tests {
         assert_eq!(m.response_code(), ResponseCode::NoError);
         assert_eq!(
             m.answers()[0].data(),
-            Some(&RData::PTR(PTR(
-                Name::from_ascii("poc-routing-server-2.poc-routing_default.").unwrap()
-            )))
+            Some(&RData::PTR(PTR(Name::from_ascii(
+                "poc-routing-server-2.poc-routing_default."
+            )
+            .unwrap())))
         );
         dns.set_ptr(Ipv4Addr::new(127, 0, 3, 12), None);
         let m = ask(dns.addr(), "12.3.0.127.in-addr.arpa.", RecordType::PTR).await;
         assert_eq!(m.response_code(), ResponseCode::NXDomain);
 
         let srv = "_http._tcp.server-headless.poc-routing.svc.cluster.local";
-        dns.set_srv(srv, vec![("server-0.h".into(), 8081), ("server-3.h".into(), 8081)]);
+        dns.set_srv(
+            srv,
+            vec![("server-0.h".into(), 8081), ("server-3.h".into(), 8081)],
+        );
         let m = ask(dns.addr(), &format!("{srv}."), RecordType::SRV).await;
         let targets: Vec<String> = m
             .answers()

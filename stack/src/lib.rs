@@ -429,58 +429,84 @@ impl Stack {
         Ok(())
     }
 
-    /// Scale-up by one: starts instance `index` (a new number) and waits until it is healthy,
-    /// i.e. a member. Returns at once; the views converge on their own ([`Self::wait_views_agree`]).
-    pub async fn add_instance(&mut self, index: u64) -> Result<()> {
-        if self.servers.contains_key(&index) {
+    /// Scale-up, as `docker compose up --scale` does: starts the instances `indexes` (new
+    /// numbers) together and waits until each is healthy, i.e. a member. The views then converge
+    /// on their own ([`Self::wait_views_agree`]).
+    pub async fn add_instances(&mut self, indexes: &[u64]) -> Result<()> {
+        if let Some(index) = indexes.iter().find(|i| self.servers.contains_key(i)) {
             bail!("instance {index} is already running");
         }
         let server_bin = workspace_binary("poc-server")?;
-        self.placement = self
-            .placement
-            .with_members(self.placement.members().iter().copied().chain([index]))?;
-        self.start_instance_with(&server_bin, index)?;
-        self.wait_instance_healthy(index).await
+        let members = self.placement.members().iter().chain(indexes).copied();
+        self.placement = self.placement.with_members(members)?;
+        for &index in indexes {
+            self.start_instance_with(&server_bin, index)?;
+        }
+        for &index in indexes {
+            self.wait_instance_healthy(index).await?;
+        }
+        Ok(())
     }
 
-    /// Scale-down by one, as `docker compose up --scale` and a StatefulSet scale-down do:
-    /// SIGTERM, then wait for the instance to leave and exit on its own (it must, well inside
-    /// Compose's 10 s grace period), then remove its names. Returns how long it took to exit.
-    pub async fn remove_instance(&mut self, index: u64) -> Result<Duration> {
-        let mut server = self
-            .servers
-            .remove(&index)
-            .with_context(|| format!("instance {index} is not running"))?;
-        let remaining: Vec<u64> = self
+    /// Scale-down, as `docker compose up --scale` and a StatefulSet scale-down do: SIGTERM to
+    /// each of `indexes` at once, then wait for each to leave and exit on its own (it must,
+    /// well inside Compose's 10 s grace period), then remove its names. Returns how long the
+    /// slowest took to exit.
+    pub async fn remove_instances(&mut self, indexes: &[u64]) -> Result<Duration> {
+        let mut leaving = Vec::new();
+        for &index in indexes {
+            let server = self
+                .servers
+                .remove(&index)
+                .with_context(|| format!("instance {index} is not running"))?;
+            leaving.push((index, server));
+        }
+        let remaining = self
             .placement
             .members()
             .iter()
             .copied()
-            .filter(|&i| i != index)
-            .collect();
+            .filter(|i| !indexes.contains(i));
         self.placement = self.placement.with_members(remaining)?;
         let started = Instant::now();
-        let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-        let grace = Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = server.child.try_wait()? {
-                break status;
-            }
-            if started.elapsed() > grace {
-                let _ = server.child.kill();
-                let _ = server.child.wait();
-                self.unpublish(index, server.ip);
-                bail!("instance {index} did not exit within {grace:?} of SIGTERM (killed)");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let took = started.elapsed();
-        self.unpublish(index, server.ip);
-        if !status.success() {
-            bail!("instance {index} exited with {status} after SIGTERM");
+        for (_, server) in &leaving {
+            let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
         }
-        Ok(took)
+        let grace = Duration::from_secs(10);
+        let mut problems = Vec::new();
+        for (index, mut server) in leaving {
+            let status = loop {
+                if let Some(status) = server.child.try_wait()? {
+                    break Some(status);
+                }
+                if started.elapsed() > grace {
+                    let _ = server.child.kill();
+                    let _ = server.child.wait();
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            self.unpublish(index, server.ip);
+            match status {
+                None => problems.push(format!(
+                    "instance {index} did not exit within {grace:?} of SIGTERM (killed)"
+                )),
+                Some(s) if !s.success() => {
+                    problems.push(format!("instance {index} exited with {s} after SIGTERM"))
+                }
+                Some(_) => {}
+            }
+        }
+        if !problems.is_empty() {
+            bail!("{}", problems.join("; "));
+        }
+        Ok(started.elapsed())
+    }
+
+    /// The indexes of the running instances.
+    pub fn running(&self) -> Vec<u64> {
+        self.servers.keys().copied().collect()
     }
 
     /// What every running instance answers at `/placement`, by instance.

@@ -187,7 +187,8 @@ async fn a_bad_resolver_answer_is_refused() {
         ),
         (
             200,
-            "{\"hostport\":\"poc-routing-server-1:8081\\\"x\",\"epoch\":\"0123456789abcdef\"}".into(),
+            "{\"hostport\":\"poc-routing-server-1:8081\\\"x\",\"epoch\":\"0123456789abcdef\"}"
+                .into(),
             no_delay,
             502,
             "bad_resolver_answer",
