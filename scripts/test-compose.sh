@@ -2,7 +2,10 @@
 # End-to-end test of the Docker Compose stack, with the same docker-compose.yaml and Dockerfile a
 # user runs (`make test-compose`). Steps:
 #   1. 2 replicas: poc-client verify --count 1000 is 100% correct
-#   2. REPLICAS=3 --scale server=3: 100% again
+#   2. scale 2 -> 3 -> 2 -> 4 -> 1 -> 3 with the plain `docker compose up -d --scale server=K`,
+#      under steady /join load (16 connections, 2000 ids): 0 non-2xx answers during each step,
+#      1000 ids 100% correct after it, no surviving container re-created; prints joins sent,
+#      non-2xx by code, the transition window and the seconds until every view agreed
 #   3. docker kill one replica: only its clients fail, each with 503 owner_unavailable JSON
 #   4. docker start it (on a new IP): its clients are served again within 5 s, Envoy untouched
 #   5. /where answers the same from every replica
@@ -18,7 +21,6 @@ ADMIN=http://127.0.0.1:9901
 NETWORK=poc-routing_default
 WORK=target/compose-test
 mkdir -p "$WORK"
-export REPLICAS=2
 
 step() { printf '\n=== %s  (%ss)\n' "$*" "$SECONDS"; }
 fail() {
@@ -63,6 +65,15 @@ wait_for() { # wait_for DESCRIPTION SECONDS COMMAND...
 healthy_resolvers() { curl -fsS "$ADMIN/clusters" | grep -c '^resolver::.*::health_flags::healthy$' || true; }
 resolvers_are() { [ "$(healthy_resolvers)" = "$1" ]; }
 ip_of() { docker inspect -f "{{(index .NetworkSettings.Networks \"$NETWORK\").IPAddress}}" "$1"; }
+# The running server containers, by name (poc-routing-server-<n>), sorted by number.
+servers() { docker compose ps --format '{{.Name}}' server | sort -t- -k4 -n; }
+number_of() { echo "${1##*-}"; }
+# Every running server's view agrees, and there are exactly $1 of them.
+views_agree() {
+  local args=()
+  for c in $(servers); do args+=(--instance "http://$(ip_of "$c"):8081"); done
+  "$CLIENT" views "${args[@]}" --expect "$1" >"$WORK/views.txt" 2>&1
+}
 
 # verify N FILE [extra args]: poc-client verify through Envoy, JSON report in FILE.
 verify() {
@@ -87,29 +98,59 @@ wait_for "Envoy's resolver cluster to hold 2 healthy servers" 30 resolvers_are 2
 verify 1000 "$WORK/two.json"
 expect_all_correct "$WORK/two.json" 1000
 
-step "2. REPLICAS=3 docker compose up -d --scale server=3"
-REPLICAS=3 docker compose up -d --scale server=3 --wait --wait-timeout 120
-export REPLICAS=3
-wait_for "Envoy's resolver cluster to hold 3 healthy servers" 30 resolvers_are 3
-for n in 1 2 3; do
-  replicas=$(docker exec "poc-routing-server-$n" printenv REPLICAS)
-  [ "$replicas" = 3 ] || fail "poc-routing-server-$n was not re-created with the new count" 3 "$replicas"
+step "2. scale 2 -> 3 -> 2 -> 4 -> 1 -> 3 under steady /join load: docker compose up -d --scale server=K"
+for k in 3 2 4 1 3; do
+  before=$(servers | tr '\n' ' ')
+  ids_before=$(docker compose ps -q server | sort)
+  "$CLIENT" load --url "$URL" --count 2000 --concurrency 16 --max-seconds 120 --json >"$WORK/load-$k.json" &
+  load_pid=$!
+  sleep 1
+  changed_ns=$(date +%s%N)
+  docker compose up -d --scale server=$k --wait --wait-timeout 60 >/dev/null 2>&1 ||
+    fail "docker compose up -d --scale server=$k failed"
+  wait_for "every server's view to agree on $k members" 30 views_agree "$k"
+  agreed_ms=$((($(date +%s%N) - changed_ns) / 1000000))
+  sleep 1.5
+  kill -INT "$load_pid"
+  wait "$load_pid" || true
+  after=$(servers | tr '\n' ' ')
+  # The plain --scale command re-creates no surviving server: scaling up keeps every
+  # container, scaling down only removes some.
+  ids_after=$(docker compose ps -q server | sort)
+  if [ "$(wc -l <<<"$ids_after")" -ge "$(wc -l <<<"$ids_before")" ]; then
+    changed=$(comm -23 <(echo "$ids_before") <(echo "$ids_after"))
+  else
+    changed=$(comm -13 <(echo "$ids_before") <(echo "$ids_after"))
+  fi
+  [ -z "$changed" ] || fail "scaling to $k re-created a running server" "the surviving containers kept" "$changed"
+  summary=$(report "$WORK/load-$k.json" '"joins sent %d, non-2xx %d %s, previous-epoch joins %d, transition window %s ms" % (r["sent"], sum(r["non_2xx"].values()), dict(r["non_2xx"]), r["previous_epoch_joins"], (r["transition_window_ms"][1] - r["transition_window_ms"][0]) if r["transition_window_ms"] else "none")')
+  echo "scale to $k: [$before] -> [$after]: $summary; every view agreed ${agreed_ms} ms after the command started"
+  failures=$(report "$WORK/load-$k.json" 'sum(r["non_2xx"].values())')
+  sent=$(report "$WORK/load-$k.json" 'r["sent"]')
+  [ "$failures" = 0 ] || { cat "$WORK/views.txt"; fail "joins failed while scaling to $k" "0 non-2xx" "$summary"; }
+  [ "$sent" -gt 500 ] || fail "too little load while scaling to $k" "> 500 joins" "$sent"
+  wait_for "Envoy's resolver cluster to hold $k healthy servers" 30 resolvers_are "$k"
+  verify 1000 "$WORK/scaled-$k.json"
+  expect_all_correct "$WORK/scaled-$k.json" 1000
 done
-wait_for "routing through the re-created servers" 20 small_verify_passes
-verify 1000 "$WORK/three.json"
-expect_all_correct "$WORK/three.json" 1000
+cat "$WORK/views.txt"
+mapfile -t running < <(servers)
+[ "${#running[@]}" = 3 ] || fail "3 servers should run after the scaling steps" 3 "${#running[@]}"
+victim=${running[1]}
+victim_n=$(number_of "$victim")
 
-step "3. docker kill poc-routing-server-2: only its clients fail"
-old_ip=$(ip_of poc-routing-server-2)
-docker kill poc-routing-server-2 >/dev/null
+step "3. docker kill $victim: only its clients fail"
+old_ip=$(ip_of "$victim")
+docker kill "$victim" >/dev/null
 wait_for "Envoy's resolver cluster to drop the killed server" 30 resolvers_are 2
 verify 1000 "$WORK/killed.json" --seed 7 --results
-python3 - "$WORK/killed.json" <<'EOF'
+python3 - "$WORK/killed.json" "$victim_n" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
+victim = int(sys.argv[2])
 down = bad = 0
 for x in r["results"]:
-    if x["owner"] == 2:
+    if x["owner"] == victim:
         down += 1
         if x.get("kind") != "join:http_503_owner_unavailable":
             bad += 1
@@ -121,23 +162,23 @@ if bad or down < 100:
     sys.exit(f"FAIL: {bad} wrong outcomes; {down} ids owned by the killed server")
 print(f"{down} clients of the killed server got 503 owner_unavailable; the other {len(r['results']) - down} were served")
 EOF
-victim=$(python3 -c 'import json,sys; print(next(x["client_id"] for x in json.load(open(sys.argv[1]))["results"] if x["owner"] == 2 and x["client_id"].isascii() and x["client_id"].isalnum()))' "$WORK/killed.json")
-body=$(curl -s "$URL/join?client_id=$victim")
-python3 -c 'import json,sys; b=json.loads(sys.argv[1]); assert b["error"]=="owner_unavailable" and b["owner"]=="poc-routing-server-2:8081", b' "$body" ||
-  fail "the owner's clients should get owner_unavailable JSON" '{"error":"owner_unavailable","owner":"poc-routing-server-2:8081",...}' "$body"
+client=$(python3 -c 'import json,sys; print(next(x["client_id"] for x in json.load(open(sys.argv[1]))["results"] if x["owner"] == int(sys.argv[2]) and x["client_id"].isascii() and x["client_id"].isalnum()))' "$WORK/killed.json" "$victim_n")
+body=$(curl -s "$URL/join?client_id=$client")
+python3 -c 'import json,sys; b=json.loads(sys.argv[1]); assert b["error"]=="owner_unavailable" and b["owner"]==sys.argv[2], b' "$body" "$victim:8081" ||
+  fail "the owner's clients should get owner_unavailable JSON" "{\"error\":\"owner_unavailable\",\"owner\":\"$victim:8081\",...}" "$body"
 echo "$body"
 
-step "4. docker start poc-routing-server-2 (new IP), served again within 5 s"
+step "4. docker start $victim (new IP), served again within 5 s"
 # Hold the freed address, as a busy network would, so that the restart really gets a new one.
 placeholder=$(docker run -d --network "$NETWORK" --entrypoint sleep debian:bookworm-slim 300)
 # The clock starts before `docker start`, so the time includes the container's own start.
 started=$SECONDS
 start_ns=$(date +%s%N)
-docker start poc-routing-server-2 >/dev/null
-new_ip=$(ip_of poc-routing-server-2)
+docker start "$victim" >/dev/null
+new_ip=$(ip_of "$victim")
 [ "$new_ip" != "$old_ip" ] || fail "the restarted server kept its address" "a new IP" "$new_ip"
-echo "poc-routing-server-2: $old_ip -> $new_ip"
-until [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/join?client_id=$victim")" = 200 ]; do
+echo "$victim: $old_ip -> $new_ip"
+until [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/join?client_id=$client")" = 200 ]; do
   [ $((SECONDS - started)) -lt 15 ] || fail "the restarted owner was not reached within 15 s"
   sleep 0.1
 done
@@ -150,29 +191,30 @@ expect_all_correct "$WORK/restarted.json" 1000
 
 step "5. /where answers the same from every replica"
 ids=(123 alice "Zoë" "a b&c=d" 日本語 00042 "x%y+z")
-for n in 1 2 3; do
-  ip=$(ip_of "poc-routing-server-$n")
+for c in "${running[@]}"; do
+  ip=$(ip_of "$c")
   for id in "${ids[@]}"; do
     enc=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote_plus(sys.argv[1]))' "$id")
     curl -fsS "http://$ip:8081/where?client_id=$enc"
     echo
-  done >"$WORK/where-$n.txt"
+  done >"$WORK/where-$c.txt"
 done
-for n in 2 3; do
-  cmp -s "$WORK/where-1.txt" "$WORK/where-$n.txt" ||
-    fail "replica $n answers /where differently" "$(cat "$WORK/where-1.txt")" "$(cat "$WORK/where-$n.txt")"
+for c in "${running[@]:1}"; do
+  cmp -s "$WORK/where-${running[0]}.txt" "$WORK/where-$c.txt" ||
+    fail "$c answers /where differently" "$(cat "$WORK/where-${running[0]}.txt")" "$(cat "$WORK/where-$c.txt")"
 done
-head -n 3 "$WORK/where-1.txt"
+head -n 3 "$WORK/where-${running[0]}.txt"
 
 step "6. the join is logged by the owning container, and only by it"
 id="log-check-$RANDOM$RANDOM"
 answer=$("$CLIENT" join "$id" --url "$URL")
 owner=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["instance"])' "$answer")
-for n in 1 2 3; do
-  if docker logs "poc-routing-server-$n" 2>&1 | grep -F "\"client_id\":\"$id\"" | grep -q 'client joined'; then
-    [ "$n" = "$owner" ] || fail "poc-routing-server-$n logged a join it does not own" "only poc-routing-server-$owner" "poc-routing-server-$n"
+for c in "${running[@]}"; do
+  n=$(number_of "$c")
+  if docker logs "$c" 2>&1 | grep -F "\"client_id\":\"$id\"" | grep -q 'client joined'; then
+    [ "$n" = "$owner" ] || fail "$c logged a join it does not own" "only poc-routing-server-$owner" "$c"
   else
-    [ "$n" != "$owner" ] || fail "the owner did not log the join" "a 'client joined' line for $id in poc-routing-server-$n" "none"
+    [ "$n" != "$owner" ] || fail "the owner did not log the join" "a 'client joined' line for $id in $c" "none"
   fi
 done
 echo "joined $id on instance $owner; logged by poc-routing-server-$owner only"

@@ -104,6 +104,8 @@ pub struct StackConfig {
     /// Members from DNS (`DISCOVERY=dns`, the default) or fixed (`DISCOVERY=off` with
     /// `REPLICAS`).
     pub discovery: bool,
+    /// Extra environment for every server, e.g. `DOWN_TIMEOUT_S`.
+    pub server_env: Vec<(String, String)>,
 }
 
 impl StackConfig {
@@ -124,6 +126,7 @@ impl StackConfig {
             flow: None,
             envoy_component_log_level: "lua:info".into(),
             discovery: true,
+            server_env: Vec::new(),
         }
     }
 
@@ -281,6 +284,7 @@ impl Stack {
             .env("BIND_ADDR", ip.to_string())
             .env("INSTANCE_INDEX", index.to_string())
             .env("LOG_FORMAT", "json")
+            .envs(self.config.server_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(open_log(&log)?)
             .stderr(open_log(&log)?)

@@ -85,3 +85,61 @@ async fn with_every_instance_down_join_and_where_answer_503() {
         json_error(status, &body, 503, "resolver_unavailable");
     }
 }
+
+/// A crash is not a scale-down, but an instance that stays away longer than DOWN_TIMEOUT_S is
+/// removed from the member set and its clients move to the others.
+#[tokio::test]
+async fn an_owner_down_past_the_timeout_is_removed_and_its_clients_move() {
+    let _turn = serial().await;
+    let mut c = config("down-timeout", 3, Naming::Compose, IndexMode::Jump);
+    c.server_env = vec![("DOWN_TIMEOUT_S".into(), "2".into())];
+    let mut stack = start(c).await;
+    let before = stack.placement().epoch();
+    let ids = test_ids(600, IndexMode::Jump, 5);
+    stack.stop_instance(3).unwrap();
+    let killed = Instant::now();
+    // At first only its clients fail...
+    let id = id_owned_by(&stack, 3);
+    let (status, body) = raw_get(&stack, &format!("/join?client_id={id}"), None).await;
+    json_error(status, &body, 503, "owner_unavailable");
+    // ...then, past the timeout, the others take them over under a new epoch.
+    let mut moved = None;
+    while killed.elapsed() < Duration::from_secs(15) {
+        let (status, _) = raw_get(&stack, &format!("/join?client_id={id}"), None).await;
+        if status == 200 {
+            moved = Some(killed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let moved = moved.expect("the dead owner's clients never moved");
+    assert!(
+        moved >= Duration::from_secs(2),
+        "EXPECTED its clients to wait for the 2 s down timeout\nRECEIVED moved after {moved:?}"
+    );
+    eprintln!("a dead owner's clients moved {moved:?} after the kill (DOWN_TIMEOUT_S=2)");
+    let views = stack.views().await;
+    for (index, view) in &views {
+        assert_eq!(
+            view["members"],
+            serde_json::json!([1, 2]),
+            "instance {index}: {view}"
+        );
+        assert_ne!(view["epoch"], before.to_string().as_str());
+    }
+    let api = api(&stack);
+    let report = verify(&api, ids, 16, |_| {}).await;
+    assert!(
+        report.all_correct(),
+        "after the removal: {}",
+        report.render()
+    );
+    assert_eq!(
+        report
+            .joins_per_instance
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+}

@@ -166,7 +166,9 @@ fn manifests_keep_the_invariants_real_clusters_depend_on() {
     // serviceName matches the headless Service, which really is headless.
     assert_eq!(sts["spec"]["serviceName"], "server-headless");
     assert_eq!(headless["spec"]["clusterIP"], "None");
-    assert!(headless["spec"]["publishNotReadyAddresses"].is_bool());
+    // Every pod, ready or not, is named: servers see joining and leaving pods, and a crashed
+    // pod keeps its name.
+    assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
 
     // The names the server computes are the names Kubernetes gives the pods.
     assert_eq!(
@@ -181,9 +183,30 @@ fn manifests_keep_the_invariants_real_clusters_depend_on() {
         )
     );
     assert_eq!(env(server, "INDEX_BASE"), "0");
+    // Members come from the headless Service's SRV records, named after its port; no count.
+    assert_eq!(env(server, "DISCOVERY"), "dns");
     assert_eq!(
-        env(server, "REPLICAS"),
-        sts["spec"]["replicas"].as_u64().unwrap().to_string()
+        env(server, "DISCOVERY_NAME"),
+        format!(
+            "_{}._tcp.{}.{namespace}.svc.cluster.local",
+            headless["spec"]["ports"][0]["name"].as_str().unwrap(),
+            headless["metadata"]["name"].as_str().unwrap()
+        )
+    );
+    assert!(
+        server["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .all(|e| e["name"] != "REPLICAS"),
+        "REPLICAS in the pod template would restart every pod on a scale change"
+    );
+    // A leaving server drains for at most 8.5 s before it exits.
+    assert!(
+        sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+            .as_u64()
+            .is_some_and(|s| s >= 10),
+        "terminationGracePeriodSeconds must leave room for the drain"
     );
 
     // Ports agree: container, PORT, both Services, and envoy.yaml's resolver cluster.
@@ -280,10 +303,10 @@ fn manifests_keep_the_invariants_real_clusters_depend_on() {
     }
 }
 
-#[test]
-fn scaling_changes_replicas_and_replicas_env_together() {
-    // A copy of the layout (minikube/ beside envoy.yaml and lua/), scaled to 5 in one place.
-    let root = tempfile_dir("scale");
+/// Renders a copy of the layout (minikube/ beside envoy.yaml and lua/) with the server count
+/// set to `count` in kustomization.yaml.
+fn render_with_count(count: u32) -> Vec<Value> {
+    let root = tempfile_dir(&format!("scale-{count}"));
     let src = repo_root();
     std::fs::create_dir_all(root.join("minikube")).unwrap();
     std::fs::create_dir_all(root.join("lua")).unwrap();
@@ -296,14 +319,26 @@ fn scaling_changes_replicas_and_replicas_env_together() {
     }
     let k = root.join("minikube/kustomization.yaml");
     let text = std::fs::read_to_string(&k).unwrap();
-    let scaled = text.replace("  count: 2\n", "  count: 5\n");
-    assert_ne!(
-        text, scaled,
-        "kustomization.yaml should set the server count in one place"
+    let scaled = text.replace("  count: 2\n", &format!("  count: {count}\n"));
+    assert!(
+        count == 2 || text != scaled,
+        "kustomization.yaml should set the initial server count in one place"
     );
     std::fs::write(&k, scaled).unwrap();
-    let docs = documents(&kustomize(&root.join("minikube")));
-    let sts = find(&docs, "StatefulSet", "server");
-    assert_eq!(sts["spec"]["replicas"].as_u64(), Some(5));
-    assert_eq!(env(container(sts, "server"), "REPLICAS"), "5");
+    documents(&kustomize(&root.join("minikube")))
+}
+
+#[test]
+fn scaling_changes_only_the_count_so_no_pod_restarts() {
+    let two = render_with_count(2);
+    let five = render_with_count(5);
+    let (sts2, sts5) = (
+        find(&two, "StatefulSet", "server"),
+        find(&five, "StatefulSet", "server"),
+    );
+    assert_eq!(sts2["spec"]["replicas"].as_u64(), Some(2));
+    assert_eq!(sts5["spec"]["replicas"].as_u64(), Some(5));
+    // The pod template is the same, as after `kubectl scale`: no rolling update, no pods that
+    // disagree about a count.
+    assert_eq!(sts2["spec"]["template"], sts5["spec"]["template"]);
 }
