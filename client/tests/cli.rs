@@ -46,6 +46,7 @@ fn spawn_server(replicas: u32, instance: u64) -> Server {
     let child = Command::new(workspace_bin("poc-server"))
         .env("BIND_ADDR", "127.0.0.1")
         .env("PORT", port.to_string())
+        .env("DISCOVERY", "off")
         .env("REPLICAS", replicas.to_string())
         .env("INSTANCE_INDEX", instance.to_string())
         .env("RUST_LOG", "warn")

@@ -33,6 +33,9 @@ pub enum ApiError {
     BadEpoch,
     #[error("this instance does not know its own index yet; set INSTANCE_INDEX or name the host <SERVICE_PREFIX>-<n>")]
     IdentityUnknown,
+    /// A query string that does not fit the endpoint (axum's own words in the message).
+    #[error("{0}")]
+    BadQuery(String),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("method not allowed on this path")]
@@ -49,7 +52,7 @@ impl ApiError {
             ApiError::BadClientId(_) => StatusCode::BAD_REQUEST,
             ApiError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::IdentityUnknown | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::BadEpoch => StatusCode::BAD_REQUEST,
+            ApiError::BadEpoch | ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -62,6 +65,7 @@ impl ApiError {
             ApiError::IdentityUnknown => "identity_unknown",
             ApiError::NotReady => "not_ready",
             ApiError::BadEpoch => "invalid_epoch",
+            ApiError::BadQuery(_) => "invalid_query",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
         }

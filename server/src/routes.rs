@@ -135,6 +135,28 @@ pub async fn join(
     }))
 }
 
+/// `Query<T>` whose rejection is one of our JSON errors (400 `invalid_query`), counted like
+/// every other error, instead of axum's plain-text answer.
+pub struct JsonQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for JsonQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| JsonQuery(v))
+            .map_err(|e| ApiError::BadQuery(e.body_text()))
+    }
+}
+
 #[derive(Deserialize)]
 pub struct ClientsQuery {
     limit: Option<usize>,
@@ -145,7 +167,7 @@ pub const MAX_CLIENTS_LISTED: usize = 1000;
 
 pub async fn clients(
     State(state): State<Arc<AppState>>,
-    Query(q): Query<ClientsQuery>,
+    JsonQuery(q): JsonQuery<ClientsQuery>,
 ) -> impl IntoResponse {
     let limit = q.limit.unwrap_or(100).min(MAX_CLIENTS_LISTED);
     let (clients, total) = state.registry.snapshot(limit);

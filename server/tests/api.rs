@@ -292,3 +292,140 @@ async fn metrics_count_what_happened() {
     );
     assert!(text.contains("route=\"/join\""), "{text}");
 }
+
+/// Every answer is JSON, and every error carries a machine code: every endpoint swept with
+/// malformed queries, methods, headers and bodies.
+#[tokio::test]
+async fn every_answer_is_json_with_an_error_code() {
+    let app = spawn_app(IndexMode::Numeric, Some(1)).await;
+    let paths = [
+        "/where",
+        "/join",
+        "/clients",
+        "/health",
+        "/placement",
+        "/metrics",
+        "/nope",
+        "/",
+    ];
+    let queries = [
+        "",
+        "?client_id=",
+        "?client_id=%FF",
+        "?client_id=abc",
+        "?client_id=1&client_id=1",
+        "?limit=abc",
+        "?limit=-1",
+        "?limit=99999999999999999999999",
+        "?%zz=%zz",
+        "?client_id=1&limit=1&limit=2",
+    ];
+    let long = format!("?client_id={}", "9".repeat(5000));
+    let methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+    let mut checked = 0;
+    for path in paths {
+        for query in queries.iter().copied().chain([long.as_str()]) {
+            for method in methods {
+                let url = format!("{}{path}{query}", app.base);
+                let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+                let requests = [
+                    app.client.request(method.clone(), &url),
+                    app.client
+                        .request(method.clone(), &url)
+                        .header("content-type", "application/json")
+                        .header("x-poc-epoch", "not-hex")
+                        .body("{not json"),
+                    app.client
+                        .request(method.clone(), &url)
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body("client_id=2"),
+                ];
+                for request in requests {
+                    let r = request.send().await.unwrap();
+                    let status = r.status().as_u16();
+                    let ct = r
+                        .headers()
+                        .get("content-type")
+                        .map(|v| v.to_str().unwrap().to_owned())
+                        .unwrap_or_default();
+                    let text = r.text().await.unwrap();
+                    checked += 1;
+                    if path == "/metrics" && status == 200 {
+                        assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+                        continue;
+                    }
+                    let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| {
+                        panic!("{method} {path}{query:.60}: EXPECTED JSON\nRECEIVED {status} {ct} {text:.200}")
+                    });
+                    assert!(ct.starts_with("application/json"), "{method} {path}: {ct}");
+                    if status >= 400 {
+                        assert!(
+                            body["error"].as_str().is_some_and(|c| !c.is_empty())
+                                && body["message"].as_str().is_some_and(|m| !m.is_empty()),
+                            "{method} {path}{query:.60}: EXPECTED {{\"error\",\"message\"}}\nRECEIVED {status} {text:.200}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 1000, "{checked}");
+    // Query rejections are counted like every other error.
+    let (status, body) = app.get("/clients?limit=abc").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_query"))
+    );
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("poc_errors_total{code=\"invalid_query\"} ")),
+        "{metrics}"
+    );
+}
+
+/// `/clients` lists at most 1000 ids, most recent first, and says when it left some out.
+#[tokio::test]
+async fn clients_are_listed_up_to_the_cap() {
+    let app = spawn_app(IndexMode::Numeric, Some(1)).await;
+    // Numeric mode, 3 members, base 1: multiples of 3 belong to instance 1.
+    let ids: Vec<u64> = (0..1200u64).map(|i| i * 3).collect();
+    for id in &ids {
+        let (status, body) = app.get(&format!("/join?client_id={id}")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The registry holds 1000 (spawn_app's capacity): the oldest 200 are forgotten.
+    let (_, body) = app.get("/clients?limit=5000").await;
+    assert_eq!(
+        (body["total"].as_u64(), body["capacity"].as_u64()),
+        (Some(1000), Some(1000))
+    );
+    assert_eq!(body["truncated"], false);
+    let listed = body["clients"].as_array().unwrap();
+    assert_eq!(
+        listed.len(),
+        1000,
+        "at most 1000 listed, whatever limit asks"
+    );
+    assert_eq!(listed[0], ids.last().unwrap().to_string().as_str());
+    assert!(
+        !listed.contains(&Value::from("0")),
+        "the oldest was forgotten"
+    );
+    let (_, body) = app.get("/clients").await;
+    assert_eq!(body["clients"].as_array().unwrap().len(), 100);
+    assert_eq!(body["truncated"], true);
+    let (_, body) = app.get("/clients?limit=0").await;
+    assert_eq!(body["clients"].as_array().unwrap().len(), 0);
+    // Joining again refreshes, never duplicates.
+    let last = ids[ids.len() - 2].to_string();
+    app.get(&format!("/join?client_id={last}")).await;
+    let (_, body) = app.get("/clients?limit=1").await;
+    assert_eq!(
+        (body["total"].as_u64(), body["clients"][0].as_str()),
+        (Some(1000), Some(last.as_str()))
+    );
+}

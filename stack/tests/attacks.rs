@@ -438,3 +438,58 @@ async fn an_error_inside_the_routing_logic_answers_500() {
     assert_not_admin(&body);
     json_error(status, &body, 500, "routing_error");
 }
+
+/// Requests Envoy cannot read as HTTP are answered by Envoy itself: with JSON and a code, like
+/// every other error, never a plain-text page.
+#[tokio::test]
+async fn envoy_answers_malformed_requests_with_json() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _turn = serial().await;
+    let stack = start(config("malformed", 2, Naming::Compose, IndexMode::Hash)).await;
+    let listen = stack.config().listen;
+    let big = format!(
+        "GET /join?client_id={} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "x".repeat(100_000)
+    );
+    let cases: Vec<(String, u16, &str)> = vec![
+        (big, 431, "request_headers_too_large"),
+        (
+            "POST /join?client_id=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        ("GARBAGE\r\n\r\n".into(), 400, "bad_request"),
+        (
+            "GET /where?client_id=1 HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n".into(),
+            400,
+            "bad_request",
+        ),
+        // The routing script's own answers keep their codes.
+        (
+            "GET /join HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".into(),
+            400,
+            "missing_client_id",
+        ),
+    ];
+    for (request, want_status, want_code) in cases {
+        let mut conn = tokio::net::TcpStream::connect(listen).await.unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let json: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_default();
+        assert!(
+            status == want_status
+                && json["error"] == want_code
+                && head.to_ascii_lowercase().contains("content-type: application/json"),
+            "{:.60}: EXPECTED {want_status} {{\"error\":\"{want_code}\"}} as JSON\nRECEIVED {head}\n{body:.300}",
+            request
+        );
+    }
+}
