@@ -20,7 +20,7 @@ COUNT ?= 1000
 
 .DEFAULT_GOAL := help
 
-.PHONY: bench soak help build envoy k8s-tools k8s-render images compose-plugin test test-rust test-lua test-compose lint fmt up down demo clean
+.PHONY: bench soak help build envoy k8s-tools k8s-render images compose-plugin test test-rust test-lua test-faults test-compose lint fmt up down demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -49,11 +49,16 @@ k8s-tools: $(K8S_STAMP) ## Install kubernetes-validate (and kubectl, if the syst
 k8s-render: k8s-tools ## Print the Kubernetes manifests (minikube/) as kustomize renders them
 	$(KUBECTL) kustomize --load-restrictor LoadRestrictionsNone minikube/
 
-test: test-lua test-rust ## Run every test: Lua, Rust unit/HTTP/client, end to end with the real Envoy, Kubernetes manifests
+test: test-lua test-rust test-faults ## Run every test: Lua, Rust unit/HTTP/client, end to end with the real Envoy, Kubernetes manifests, fault injection
 
 test-rust: envoy k8s-tools
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+test-faults: envoy ## Fault injection on the local stack (needs root for iptables); figures in target/bench/faults/
+	@command -v iptables >/dev/null || { echo "iptables is missing (the blackhole fault needs it): apt-get install iptables"; exit 1; }
+	$(CARGO) build --workspace --bins
+	$(CARGO) test -p poc-routing-stack --features faults --test faults
 
 test-lua: ## Lua unit tests of lua/routing.lua (busted on LuaJIT, as in Envoy)
 	@command -v busted >/dev/null || { echo "busted is missing: apt-get install lua-busted luajit"; exit 1; }
@@ -80,7 +85,7 @@ soak: envoy ## 10 minutes of /join at half the measured maximum (after make benc
 
 lint: ## cargo fmt --check and clippy -D warnings
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -28,9 +28,10 @@ local bit = require("bit")
 
 local MAX_ID_BYTES = 256
 local RESOLVER_CLUSTER = "resolver"
-local RESOLVER_TIMEOUT_MS = 1000
--- A replica that just died stays in the resolver cluster until a health check notices it;
--- one more attempt lands on another replica.
+-- /where answers in about a millisecond; an instance that takes longer is hung or overloaded.
+local RESOLVER_TIMEOUT_MS = 500
+-- A replica that just died or hung stays in the resolver cluster until a health check (or
+-- outlier detection) notices it; one more attempt lands on another replica.
 local RESOLVER_ATTEMPTS = 2
 local PLACEMENT_TTL_S = 2
 local METADATA_NAMESPACE = "poc.routing"
@@ -403,11 +404,11 @@ local function resolver_get(handle, path)
     }, "", RESOLVER_TIMEOUT_MS)
     local status = headers and headers[":status"]
     handle:logDebug("poc-routing: " .. path .. " attempt " .. attempt .. " answered " .. tostring(status))
-    if status ~= "503" then
+    if status ~= "503" and status ~= "504" then
       return status, body
     end
   end
-  return "503", body
+  return headers and headers[":status"] or "503", body
 end
 
 -- The cached placement rule, refreshed when it is older than PLACEMENT_TTL_S; nil if unavailable.

@@ -184,6 +184,7 @@ struct PeerAnswer {
 struct PreviousAnswer {
     epoch: String,
     members: Vec<u64>,
+    window_left_ms: u64,
 }
 
 /// Asks one candidate for its state; an unreachable or confused peer has no state.
@@ -212,9 +213,10 @@ async fn probe(http: &reqwest::Client, candidate: Candidate) -> Peer {
         state: Some(answer.state),
         epoch: answer.epoch.and_then(|e| e.parse::<Epoch>().ok()),
         members: answer.members,
-        previous: answer
-            .previous
-            .and_then(|p| Some((p.epoch.parse::<Epoch>().ok()?, p.members))),
+        previous: answer.previous.and_then(|p| {
+            let left = Duration::from_millis(p.window_left_ms);
+            Some((p.epoch.parse::<Epoch>().ok()?, p.members, left))
+        }),
     }
 }
 
@@ -302,11 +304,13 @@ impl Discovery {
                 .map(|c| probe(&self.http, *c)),
         )
         .await;
-        if me.is_some() && self.membership.state() == State::Joining && self.settled(&peers) {
-            // Ready: it knows who it is, has heard from every peer DNS names, and the proxy
-            // has had time to learn its address.
-            self.membership.set_state(State::Member);
-            tracing::info!(instance = me, "member");
+        if let (Some(me), State::Joining) = (me, self.membership.state()) {
+            if self.settled(me, &peers) {
+                // Ready: it knows who it is, has heard from every peer DNS names, and the
+                // proxy has had time to learn its address.
+                self.membership.set_state(State::Member);
+                tracing::info!(instance = me, "member");
+            }
         }
         if let Some(change) = self.membership.update(me, peers, Instant::now()) {
             self.metrics.epoch_changes.inc();
@@ -337,10 +341,16 @@ impl Discovery {
         }
     }
 
-    /// Whether a joining instance has waited `join_settle` since it first saw member peers
-    /// (at once when there are none: nothing routes anywhere yet).
-    fn settled(&self, peers: &[Peer]) -> bool {
-        if !peers.iter().any(|p| p.state == Some(State::Member)) {
+    /// Whether joining instance `me` may become a member: at once when there are no members
+    /// yet (nothing routes anywhere) or when the members still count it (it crashed and came
+    /// back: no id moves to it); otherwise once `join_settle` has passed since it first saw
+    /// them.
+    fn settled(&self, me: u64, peers: &[Peer]) -> bool {
+        let members: Vec<&Peer> = peers
+            .iter()
+            .filter(|p| p.state == Some(State::Member))
+            .collect();
+        if members.is_empty() || members.iter().any(|p| p.members.contains(&me)) {
             return true;
         }
         let mut since = self

@@ -56,8 +56,8 @@ pub struct Peer {
     pub state: Option<State>,
     pub epoch: Option<Epoch>,
     pub members: Vec<u64>,
-    /// The peer's previous view (epoch and members), while its window lasts.
-    pub previous: Option<(Epoch, Vec<u64>)>,
+    /// The peer's previous view (epoch and members) and how long its window still lasts.
+    pub previous: Option<(Epoch, Vec<u64>, Duration)>,
 }
 
 /// The most views kept besides the current one.
@@ -147,14 +147,23 @@ impl Views {
             || self.recent(epoch, now).is_some()
     }
 
-    /// Remembers `placement` as recent until `until` (later if already known), newest first.
+    /// Remembers `placement` as recent until `until`, or until the later end it already had,
+    /// newest first. Never longer: views passed from peer to peer do not keep each other alive.
     fn remember(&mut self, placement: Arc<Placement>, until: Instant, now: Instant) {
         let epoch = placement.epoch();
         if self.current.as_ref().is_some_and(|c| c.epoch() == epoch) {
             return;
         }
+        let known = self
+            .recent
+            .iter()
+            .find(|(p, _)| p.epoch() == epoch)
+            .map(|(_, u)| *u);
+        let until = known.map_or(until, |k| k.max(until));
         self.recent.retain(|(p, u)| p.epoch() != epoch && now < *u);
-        self.recent.insert(0, (placement, until));
+        if now < until {
+            self.recent.insert(0, (placement, until));
+        }
         self.recent.truncate(MAX_RECENT);
     }
 }
@@ -386,16 +395,22 @@ impl Membership {
             if !matches!(peer.state, Some(State::Member | State::Leaving)) {
                 continue;
             }
+            // A view a peer holds now is live for a full window; one it held before, for
+            // what is left of that peer's window.
             let held = peer
                 .epoch
-                .map(|e| (e, peer.members.clone()))
+                .map(|e| (e, peer.members.clone(), until))
                 .into_iter()
-                .chain(peer.previous.clone());
-            for (epoch, members) in held {
+                .chain(
+                    peer.previous
+                        .clone()
+                        .map(|(e, members, left)| (e, members, now + left)),
+                );
+            for (epoch, members, view_until) in held {
                 // Only a view of this rule: its epoch must be what these members give.
                 if let Ok(view) = self.rule.with_members(members) {
                     if view.epoch() == epoch {
-                        inner.views.remember(Arc::new(view), until, now);
+                        inner.views.remember(Arc::new(view), view_until, now);
                     }
                 }
             }
@@ -629,10 +644,10 @@ mod tests {
         m.update(Some(1), vec![peer(2, Some(State::Member), &[1, 2])], t0);
         let between = rule().with_members([1, 2, 3]).unwrap();
         let mut reporting = peer(2, Some(State::Member), &[1, 2, 3, 4]);
-        reporting.previous = Some((between.epoch(), vec![1, 2, 3]));
+        reporting.previous = Some((between.epoch(), vec![1, 2, 3], Duration::from_secs(5)));
         // A forged previous (an epoch those members do not give) is ignored.
         let mut forged = peer(3, Some(State::Member), &[1, 2, 3, 4]);
-        forged.previous = Some((Epoch(7), vec![1]));
+        forged.previous = Some((Epoch(7), vec![1], Duration::from_secs(5)));
         m.update(
             Some(1),
             vec![
@@ -655,5 +670,29 @@ mod tests {
             views.judge(1, &id, Some(between.epoch()), t0).unwrap().0,
             Under::Previous
         );
+    }
+
+    #[test]
+    fn a_previous_view_passed_between_peers_still_ends_with_its_window() {
+        let m = Membership::discovered(rule(), timing(), None);
+        m.set_state(State::Member);
+        let t0 = Instant::now();
+        let old = rule().with_members([1, 2, 3]).unwrap();
+        // The peer's window for {1,2,3} has 1 s left; hearing it again and again adds nothing.
+        for step in 0..5 {
+            let mut p = peer(2, Some(State::Member), &[1, 2]);
+            p.previous = Some((
+                old.epoch(),
+                vec![1, 2, 3],
+                Duration::from_millis(1000 - step * 200),
+            ));
+            m.update(Some(1), vec![p], t0 + Duration::from_millis(step * 200));
+        }
+        assert!(m
+            .views()
+            .knows(old.epoch(), t0 + Duration::from_millis(900)));
+        assert!(!m
+            .views()
+            .knows(old.epoch(), t0 + Duration::from_millis(1100)));
     }
 }

@@ -238,21 +238,67 @@ impl Stack {
             stack.config.flow,
             stack.config.lua_override.as_deref(),
         )?;
-        let log = stack.config.run_dir.join("envoy.log");
-        let _ = std::fs::remove_file(&log);
-        let child = envoy::command(&stack.config.run_dir)?
-            .args(["--log-level", "info", "--component-log-level"])
-            .arg(&stack.config.envoy_component_log_level)
-            .stdout(open_log(&stack.config.run_dir.join("envoy.access.log"))?)
-            .stderr(open_log(&log)?)
-            .spawn()
-            .context("start Envoy")?;
-        stack.envoy = Some(child);
+        let _ = std::fs::remove_file(stack.config.run_dir.join("envoy.log"));
+        stack.spawn_envoy()?;
         let ready = stack.wait_envoy_ready().await;
         if let Err(e) = ready {
             bail!("{e}\n--- envoy.log ---\n{}", stack.envoy_log());
         }
         Ok(stack)
+    }
+
+    /// Starts Envoy in the run directory, appending to its logs.
+    fn spawn_envoy(&mut self) -> Result<()> {
+        let child = envoy::command(&self.config.run_dir)?
+            .args(["--log-level", "info", "--component-log-level"])
+            .arg(&self.config.envoy_component_log_level)
+            .stdout(open_log(&self.config.run_dir.join("envoy.access.log"))?)
+            .stderr(open_log(&self.config.run_dir.join("envoy.log"))?)
+            .spawn()
+            .context("start Envoy")?;
+        self.envoy = Some(child);
+        Ok(())
+    }
+
+    /// Kills Envoy and starts it again, the servers untouched; returns the moment the new
+    /// process was started (not when it is ready: that is what tests measure).
+    pub fn restart_envoy(&mut self) -> Result<Instant> {
+        if let Some(mut envoy) = self.envoy.take() {
+            envoy.kill()?;
+            envoy.wait()?;
+        }
+        let started = Instant::now();
+        self.spawn_envoy()?;
+        Ok(started)
+    }
+
+    /// Envoy's process id, while it runs.
+    pub fn envoy_pid(&self) -> Option<u32> {
+        self.envoy.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` to instance `index` (SIGSTOP makes it hang: the kernel still accepts
+    /// connections, nothing answers; SIGCONT resumes it).
+    pub fn signal_instance(&self, index: u64, signal: nix::sys::signal::Signal) -> Result<()> {
+        let server = self
+            .servers
+            .get(&index)
+            .with_context(|| format!("instance {index} is not running"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.child.id() as i32), signal)?;
+        Ok(())
+    }
+
+    /// Kills instance `index` but leaves its names in DNS, as Kubernetes does for a pod of a
+    /// headless Service with `publishNotReadyAddresses` (Docker removes them: `stop_instance`).
+    /// Returns the address its name still resolves to.
+    pub fn kill_instance_keeping_its_name(&mut self, index: u64) -> Result<SocketAddr> {
+        let server = self
+            .servers
+            .get_mut(&index)
+            .with_context(|| format!("instance {index} is not running"))?;
+        server.child.kill()?;
+        server.child.wait()?;
+        Ok(SocketAddr::from((server.ip, SERVER_PORT)))
     }
 
     fn start_instance_with(&mut self, server_bin: &Path, index: u64) -> Result<()> {
@@ -558,14 +604,16 @@ impl Stack {
     /// Starts instance `index` again on a new address, as `docker start` does, and waits until
     /// it answers its own health check (not until Envoy has noticed: that is what tests measure).
     /// It comes back as the same member: the member set does not change.
-    pub async fn restart_instance(&mut self, index: u64) -> Result<SocketAddr> {
+    /// Returns the new address and the moment the new process was started.
+    pub async fn restart_instance(&mut self, index: u64) -> Result<(SocketAddr, Instant)> {
         if self.servers.contains_key(&index) {
             self.stop_instance(index)?;
         }
         let server_bin = workspace_binary("poc-server")?;
+        let started = Instant::now();
         self.start_instance_with(&server_bin, index)?;
         self.wait_instance_healthy(index).await?;
-        Ok(self.instance_addr(index).expect("just started"))
+        Ok((self.instance_addr(index).expect("just started"), started))
     }
 
     /// Everything Envoy logged so far.

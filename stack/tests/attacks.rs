@@ -3,17 +3,12 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::routing::get;
-use axum::Router;
 use common::*;
 use poc_routing_placement::IndexMode;
 use poc_routing_stack::envoy::Flow;
-use poc_routing_stack::{wait_for, Naming, SERVER_PORT};
+use poc_routing_stack::Naming;
 
 /// A well-formed epoch that no server holds.
 const EPOCH: &str = "0123456789abcdef";
@@ -71,70 +66,6 @@ async fn a_host_header_never_chooses_the_upstream() {
         assert_not_admin(&body);
         json_error(status, &body, 404, "not_found");
     }
-}
-
-/// A resolver that answers /where and /placement with whatever the test sets, and /health
-/// with 200.
-#[derive(Clone)]
-struct FakeResolver {
-    answer: Arc<Mutex<(u16, String, Duration)>>,
-    placement: Arc<Mutex<(u16, String)>>,
-}
-
-async fn fake_placement(State(fake): State<FakeResolver>) -> (axum::http::StatusCode, String) {
-    let (status, body) = fake.placement.lock().unwrap().clone();
-    (axum::http::StatusCode::from_u16(status).unwrap(), body)
-}
-
-async fn fake_where(State(fake): State<FakeResolver>) -> (axum::http::StatusCode, String) {
-    let (status, body, delay) = fake.answer.lock().unwrap().clone();
-    tokio::time::sleep(delay).await;
-    (axum::http::StatusCode::from_u16(status).unwrap(), body)
-}
-
-async fn spawn_fake_resolver(ip: Ipv4Addr) -> FakeResolver {
-    let fake = FakeResolver {
-        answer: Arc::new(Mutex::new((200, "{\"fake\":true}".into(), Duration::ZERO))),
-        // No rule by default: routing.lua falls back to asking /where.
-        placement: Arc::new(Mutex::new((404, String::new()))),
-    };
-    let app = Router::new()
-        .route("/where", get(fake_where))
-        .route("/placement", get(fake_placement))
-        .route("/health", get(|| async { "{\"status\":\"ok\"}" }))
-        .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from((ip, SERVER_PORT)))
-        .await
-        .unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    fake
-}
-
-/// Starts a fake resolver on `<net>.200:8081` and makes it the only `server` Envoy asks, as
-/// DNS would after a swap; returns once requests through Envoy reach it.
-async fn use_fake_resolver(stack: &poc_routing_stack::Stack) -> FakeResolver {
-    let [a, b, c] = stack.config().net;
-    let ip = Ipv4Addr::new(a, b, c, 200);
-    let fake = spawn_fake_resolver(ip).await;
-    stack.dns().set("server", vec![ip]);
-    stack
-        .wait_resolver_hosts(&[SocketAddr::from((ip, SERVER_PORT))])
-        .await
-        .unwrap();
-    // Health state reaches Envoy's workers a moment after its main thread: wait for route B.
-    wait_for(
-        "route B to reach the fake resolver",
-        Duration::from_secs(10),
-        || async {
-            raw_get(stack, "/where?client_id=abc", None)
-                .await
-                .1
-                .contains("fake")
-        },
-    )
-    .await
-    .unwrap();
-    fake
 }
 
 #[tokio::test]
@@ -356,6 +287,21 @@ async fn a_stale_placement_rule_is_caught_by_the_owner() {
     let stack = start(c).await;
     let current = stack.placement().epoch().to_string();
     let stale = stack.placement().with_members([1, 2]).unwrap();
+    // The servers may have held {1, 2} for a moment while starting: wait until no earlier view
+    // is accepted any more, so that the stale rule is one no server may serve by.
+    poc_routing_stack::wait_for(
+        "the start-up views' transition window to end",
+        Duration::from_secs(15),
+        || async {
+            stack
+                .views()
+                .await
+                .values()
+                .all(|v| v["previous"].is_null())
+        },
+    )
+    .await
+    .unwrap();
     let fake = use_fake_resolver(&stack).await;
     *fake.placement.lock().unwrap() = (
         200,

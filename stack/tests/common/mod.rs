@@ -3,14 +3,20 @@
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use axum::extract::State;
+use axum::routing::get;
+use axum::Router;
 use poc_routing_client::ids::{self, IdKind};
 use poc_routing_client::Api;
 use poc_routing_placement::{client_id_from_query, ClientId, IndexMode};
-use poc_routing_stack::{Naming, Stack, StackConfig};
+use poc_routing_stack::{wait_for, Naming, Stack, StackConfig, SERVER_PORT};
 
 /// Stacks are heavy (Envoy plus servers on 2 cores): tests take turns.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -123,4 +129,78 @@ pub fn assert_not_admin(body: &str) {
 
 pub fn decode_like_server(raw_query: &str) -> String {
     client_id_from_query(Some(raw_query)).unwrap().into_string()
+}
+
+/// A resolver that answers /where and /placement with whatever the test sets, and /health
+/// with 200. `/where` answers from `queue` first, then `answer`; `where_calls` counts them.
+#[derive(Clone)]
+pub struct FakeResolver {
+    pub answer: Arc<Mutex<(u16, String, Duration)>>,
+    pub queue: Arc<Mutex<VecDeque<(u16, String)>>>,
+    pub placement: Arc<Mutex<(u16, String)>>,
+    pub where_calls: Arc<AtomicUsize>,
+}
+
+async fn fake_placement(State(fake): State<FakeResolver>) -> (axum::http::StatusCode, String) {
+    let (status, body) = fake.placement.lock().unwrap().clone();
+    (axum::http::StatusCode::from_u16(status).unwrap(), body)
+}
+
+async fn fake_where(State(fake): State<FakeResolver>) -> (axum::http::StatusCode, String) {
+    fake.where_calls.fetch_add(1, Ordering::SeqCst);
+    let queued = fake.queue.lock().unwrap().pop_front();
+    let (status, body, delay) = match queued {
+        Some((status, body)) => (status, body, Duration::ZERO),
+        None => fake.answer.lock().unwrap().clone(),
+    };
+    tokio::time::sleep(delay).await;
+    (axum::http::StatusCode::from_u16(status).unwrap(), body)
+}
+
+async fn spawn_fake_resolver(ip: Ipv4Addr) -> FakeResolver {
+    let fake = FakeResolver {
+        answer: Arc::new(Mutex::new((200, "{\"fake\":true}".into(), Duration::ZERO))),
+        queue: Arc::default(),
+        // No rule by default: routing.lua falls back to asking /where.
+        placement: Arc::new(Mutex::new((404, String::new()))),
+        where_calls: Arc::default(),
+    };
+    let app = Router::new()
+        .route("/where", get(fake_where))
+        .route("/placement", get(fake_placement))
+        .route("/health", get(|| async { "{\"status\":\"ok\"}" }))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from((ip, SERVER_PORT)))
+        .await
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    fake
+}
+
+/// Starts a fake resolver on `<net>.200:8081` and makes it the only `server` Envoy asks, as
+/// DNS would after a swap; returns once requests through Envoy reach it.
+pub async fn use_fake_resolver(stack: &Stack) -> FakeResolver {
+    let [a, b, c] = stack.config().net;
+    let ip = Ipv4Addr::new(a, b, c, 200);
+    let fake = spawn_fake_resolver(ip).await;
+    stack.dns().set("server", vec![ip]);
+    stack
+        .wait_resolver_hosts(&[SocketAddr::from((ip, SERVER_PORT))])
+        .await
+        .unwrap();
+    // Health state reaches Envoy's workers a moment after its main thread: wait for route B.
+    wait_for(
+        "route B to reach the fake resolver",
+        Duration::from_secs(10),
+        || async {
+            raw_get(stack, "/where?client_id=abc", None)
+                .await
+                .1
+                .contains("fake")
+        },
+    )
+    .await
+    .unwrap();
+    fake.where_calls.store(0, Ordering::SeqCst);
+    fake
 }
