@@ -113,6 +113,15 @@ async fn scale_under_load(naming: Naming, mode: IndexMode, flow: Flow, first: u6
                 tokio::time::sleep(Duration::from_millis(2500)).await;
             }
         }
+        // `poc-client views` through Envoy: one instance and its report of every peer agree.
+        let seen = poc_routing_client::views::via(&api(&stack)).await;
+        assert!(
+            poc_routing_client::views::agree(&seen) && seen.len() == after.len(),
+            "{name} after step {}: EXPECTED {} agreeing views\nRECEIVED\n{}",
+            n + 1,
+            after.len(),
+            poc_routing_client::views::render(&seen)
+        );
         let ids = test_ids(1000, mode, 100 + n as u64);
         let verified = verify(&api(&stack), ids, 16, |_| {}).await;
         assert!(
