@@ -102,6 +102,15 @@ enum Command {
     },
 }
 
+/// One probe before many requests, so an unreachable URL gives one clear line, not an error
+/// per request.
+async fn reachable(api: &Api, id: &str) -> Result<(), CallError> {
+    match api.where_(id).await {
+        Err(e @ (CallError::Unreachable { .. } | CallError::Timeout { .. })) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Completes on SIGINT or SIGTERM.
 async fn interrupted() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -148,9 +157,7 @@ async fn main() -> ExitCode {
         } => {
             let ids = ids::generate(count.max(1), id_kind, seed.unwrap_or_else(rand::random));
             let api = Api::new(&url);
-            if let Err(e @ (CallError::Unreachable { .. } | CallError::Timeout { .. })) =
-                api.where_(&ids[0]).await
-            {
+            if let Err(e) = reachable(&api, &ids[0]).await {
                 return fail(e);
             }
             let stop = async {
@@ -228,10 +235,7 @@ async fn main() -> ExitCode {
                 return fail("no ids to verify");
             }
             let api = Api::new(&url);
-            // One probe first, so an unreachable URL gives one clear line, not 1000 errors.
-            if let Err(e @ (CallError::Unreachable { .. } | CallError::Timeout { .. })) =
-                api.where_(&ids[0]).await
-            {
+            if let Err(e) = reachable(&api, &ids[0]).await {
                 return fail(e);
             }
             let bar = if json || !std::io::stderr().is_terminal() {

@@ -53,15 +53,7 @@ async fn a_stopped_owner_fails_only_its_clients_and_recovers_on_a_new_address() 
     // Back under the same name, on a different address; Envoy is not restarted.
     let (new, restarted) = stack.restart_instance(2).await.unwrap();
     assert_ne!(new.ip(), old.ip());
-    let mut served_after = None;
-    while restarted.elapsed() < Duration::from_secs(15) {
-        let (status, _) = raw_get(&stack, &format!("/join?client_id={id}"), None).await;
-        if status == 200 {
-            served_after = Some(restarted.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let served_after = time_until_joined(&stack, &id, restarted, Duration::from_secs(15)).await;
     let served_after = served_after.expect("the restarted owner was never reached again");
     assert!(
         served_after <= Duration::from_secs(5),
@@ -102,15 +94,7 @@ async fn an_owner_down_past_the_timeout_is_removed_and_its_clients_move() {
     let (status, body) = raw_get(&stack, &format!("/join?client_id={id}"), None).await;
     json_error(status, &body, 503, "owner_unavailable");
     // ...then, past the timeout, the others take them over under a new epoch.
-    let mut moved = None;
-    while killed.elapsed() < Duration::from_secs(15) {
-        let (status, _) = raw_get(&stack, &format!("/join?client_id={id}"), None).await;
-        if status == 200 {
-            moved = Some(killed.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let moved = time_until_joined(&stack, &id, killed, Duration::from_secs(15)).await;
     let moved = moved.expect("the dead owner's clients never moved");
     assert!(
         moved >= Duration::from_secs(2),

@@ -272,27 +272,11 @@ async fn sigterm_under_load_fails_no_join() {
 async fn an_envoy_restart_recovers() {
     let _turn = serial().await;
     let mut stack = start(config("fault-envoy", 2, Naming::Compose, IndexMode::Hash)).await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
     let mut samples = Vec::new();
     for _ in 0..3 {
         let started = stack.restart_envoy().unwrap();
-        let mut served = None;
-        while started.elapsed() < Duration::from_secs(30) {
-            if let Ok(r) = http
-                .get(format!("{}/join?client_id=envoy-restart", stack.url()))
-                .send()
-                .await
-            {
-                if r.status() == 200 {
-                    served = Some(started.elapsed());
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let served =
+            time_until_joined(&stack, "envoy-restart", started, Duration::from_secs(30)).await;
         let served = served.unwrap_or_else(|| {
             panic!(
                 "no join succeeded within 30 s of Envoy's restart:\n{}",
@@ -472,15 +456,7 @@ async fn overload_is_refused_with_retry_after_and_recovers() {
     let answers = futures::future::join_all(burst).await;
     stack.signal_instance(1, Signal::SIGCONT).unwrap();
     let resumed = Instant::now();
-    let http = reqwest::Client::new();
-    let mut recovered = None;
-    while resumed.elapsed() < Duration::from_secs(15) {
-        if timed_join(&http, &stack, &ids[0]).await.0 == 200 {
-            recovered = Some(resumed.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let recovered = time_until_joined(&stack, &ids[0], resumed, Duration::from_secs(15)).await;
     let recovered = recovered.expect("the owner was never served again after the overload");
     let mut by_code: BTreeMap<String, u64> = BTreeMap::new();
     let mut first_overloaded = None::<Duration>;
@@ -554,14 +530,7 @@ async fn restart_recovery_from_process_start() {
         let (status, code, _) = timed_join(&http, &stack, &id).await;
         assert_eq!(status_code(status, &code), "503 owner_unavailable");
         let (_, started) = stack.restart_instance(2).await.unwrap();
-        let mut served = None;
-        while started.elapsed() < Duration::from_secs(15) {
-            if timed_join(&http, &stack, &id).await.0 == 200 {
-                served = Some(started.elapsed());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let served = time_until_joined(&stack, &id, started, Duration::from_secs(15)).await;
         let served = served.expect("the restarted owner was never served again");
         samples.push(millis(served));
     }

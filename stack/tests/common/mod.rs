@@ -204,3 +204,28 @@ pub async fn use_fake_resolver(stack: &Stack) -> FakeResolver {
     fake.where_calls.store(0, Ordering::SeqCst);
     fake
 }
+
+/// How long after `since` a `/join` of `id` through Envoy first answered 200, polling every
+/// 20 ms for at most `limit`; `None` if it never did. (A request that fails to connect, while
+/// Envoy restarts, counts as not yet.)
+pub async fn time_until_joined(
+    stack: &Stack,
+    id: &str,
+    since: std::time::Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let url = format!("{}/join?client_id={id}", stack.url());
+    while since.elapsed() < limit {
+        if let Ok(r) = http.get(&url).send().await {
+            if r.status() == 200 {
+                return Some(since.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
