@@ -152,7 +152,7 @@ impl Config {
                 |v: &u64| (1..=86_400).contains(v),
             )?),
             drain_timeout: millis("DRAIN_TIMEOUT_MS", 7_000, 0, 600_000)?,
-            drain_grace: millis("DRAIN_GRACE_MS", 1_500, 0, 600_000)?,
+            drain_grace: millis("DRAIN_GRACE_MS", 2_500, 0, 600_000)?,
             join_settle: millis("JOIN_SETTLE_MS", 2_000, 0, 600_000)?,
         };
         let mode = match get("INDEX_MODE") {

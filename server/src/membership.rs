@@ -179,8 +179,9 @@ pub struct Timing {
     pub down_timeout: Duration,
     /// The longest a leaving instance waits for every view to move on before it exits.
     pub drain_timeout: Duration,
-    /// How long a leaving instance keeps serving after every view has moved on, for requests
-    /// already routed and for Envoy's health check to drop it.
+    /// How long a leaving instance keeps serving after every view has moved on: for requests
+    /// already routed, for Envoy's health check to drop it (1 s), and for the Lua placement
+    /// flow's cached view (2 s) to expire.
     pub drain_grace: Duration,
     /// How long a new instance stays `joining` when members already exist: longer than the
     /// proxy's DNS refresh for owner names (1 s in envoy.yaml), so that when ids move to it
@@ -196,7 +197,7 @@ impl Default for Timing {
             transition_window: Duration::from_secs(5),
             down_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(7),
-            drain_grace: Duration::from_millis(1500),
+            drain_grace: Duration::from_millis(2500),
             join_settle: Duration::from_millis(2000),
         }
     }

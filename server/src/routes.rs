@@ -90,7 +90,7 @@ pub async fn join(
     if let (Err(Refusal::UnknownEpoch { .. }), Some(discovery)) = (&verdict, &state.discovery) {
         // Routed by a view this instance has not adopted yet: look again before refusing, so
         // views that change at slightly different moments fail nobody.
-        discovery.round_after(discovery.rounds()).await;
+        discovery.refresh().await;
         verdict = state
             .membership
             .views()

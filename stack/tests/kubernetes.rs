@@ -201,7 +201,7 @@ fn manifests_keep_the_invariants_real_clusters_depend_on() {
             .all(|e| e["name"] != "REPLICAS"),
         "REPLICAS in the pod template would restart every pod on a scale change"
     );
-    // A leaving server drains for at most 8.5 s before it exits.
+    // A leaving server drains for at most 9.5 s before it exits.
     assert!(
         sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
             .as_u64()
