@@ -291,10 +291,11 @@ function M.valid_epoch(epoch)
   return type(epoch) == "string" and #epoch == 16 and epoch:find("^[0-9a-f]+$") ~= nil
 end
 
--- The text after the first "key": in body (the servers write the top-level keys first), or nil.
-local function after_key(body, key)
+-- Matches `value_pattern` right after the first "key": in body (the servers write the
+-- top-level keys first, so a nested key of the same name is never the one read), or nil.
+local function value_of(body, key, value_pattern)
   local _, last = body:find('"' .. key .. '"%s*:%s*')
-  return last and body:sub(last + 1) or nil
+  return last and body:match(value_pattern, last + 1) or nil
 end
 
 -- The epoch in a /where or /placement answer, or nil (also when it is null: joining).
@@ -302,16 +303,14 @@ function M.epoch_from_answer(body)
   if type(body) ~= "string" then
     return nil
   end
-  local rest = after_key(body, "epoch")
-  local epoch = rest and rest:match('^"([0-9a-f]*)"')
+  local epoch = value_of(body, "epoch", '^"([0-9a-f]*)"')
   return M.valid_epoch(epoch) and epoch or nil
 end
 
 -- The "members" array of a /placement answer: ascending instance indexes, or nil.
 local MAX_MEMBERS = 65536
 function M.members_from_answer(body)
-  local rest = after_key(body, "members")
-  local list = rest and rest:match('^%[([%d%s,]*)%]')
+  local list = value_of(body, "members", '^%[([%d%s,]*)%]')
   if not list then
     return nil
   end

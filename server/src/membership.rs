@@ -297,6 +297,17 @@ impl Membership {
         self.read().views.clone()
     }
 
+    /// [`Views::judge`] under the read lock, without copying the views (the `/join` path).
+    pub fn judge(
+        &self,
+        me: u64,
+        id: &ClientId,
+        routed: Option<Epoch>,
+        now: Instant,
+    ) -> Result<(Under, Arc<Placement>), Refusal> {
+        self.read().views.judge(me, id, routed, now)
+    }
+
     /// The current view, if there is one.
     pub fn current(&self) -> Option<Arc<Placement>> {
         self.read().views.current.clone()

@@ -85,7 +85,6 @@ pub async fn join(
     let instance = state.identity.get().ok_or(ApiError::IdentityUnknown)?;
     let mut verdict = state
         .membership
-        .views()
         .judge(instance, &id, routed, Instant::now());
     if let (Err(Refusal::UnknownEpoch { .. }), Some(discovery)) = (&verdict, &state.discovery) {
         // Routed by a view this instance has not adopted yet: look again before refusing, so
@@ -93,7 +92,6 @@ pub async fn join(
         discovery.refresh().await;
         verdict = state
             .membership
-            .views()
             .judge(instance, &id, routed, Instant::now());
     }
     let (under, placement) = match verdict {
