@@ -499,12 +499,20 @@ async fn overload_is_refused_with_retry_after_and_recovers() {
         rss_after < rss_before + 64 * 1024,
         "Envoy grew from {rss_before} KiB to {rss_after} KiB"
     );
-    let report = verify(&api(&stack), test_ids(1000, IndexMode::Hash, 9), 16, |_| {}).await;
+    // Full recovery: the resumed owner still works through the requests that were abandoned
+    // and Envoy drops the connections it timed out, so a few joins may fail for a moment.
+    let ids_after = test_ids(1000, IndexMode::Hash, 9);
+    let mut report = verify(&api(&stack), ids_after.clone(), 16, |_| {}).await;
+    while !report.all_correct() && resumed.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        report = verify(&api(&stack), ids_after.clone(), 16, |_| {}).await;
+    }
     assert!(
         report.all_correct(),
-        "after the overload: {}",
+        "15 s after the overload: {}",
         report.render()
     );
+    let fully_recovered = resumed.elapsed();
     record(
         "overload",
         json!({"joins_in_flight": answers.len(), "answers": by_code,
@@ -512,7 +520,7 @@ async fn overload_is_refused_with_retry_after_and_recovers() {
                "retry_after_s": 1,
                "envoy_rss_kib_before": rss_before, "envoy_rss_kib_after": rss_after,
                "served_again_after_load_stopped_ms": millis(recovered),
-               "recovered": "1000/1000 ids correct"}),
+               "all_1000_ids_correct_after_load_stopped_ms": millis(fully_recovered)}),
     );
 }
 
