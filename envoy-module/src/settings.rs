@@ -1,0 +1,181 @@
+//! The filter's configuration: the JSON in `envoy.yaml`'s `filter_config`, checked once when
+//! Envoy loads the configuration. A bad value rejects the whole configuration with a message
+//! that names the field.
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How the filter learns the placement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The cluster `GET /placement` is sent through (any healthy member answers).
+    pub cluster: String,
+    /// How often the placement is fetched.
+    pub refresh_interval: Duration,
+    /// How long one fetch may take.
+    pub fetch_timeout: Duration,
+    /// A snapshot older than this is not used: joins are refused with 503 until a fetch
+    /// succeeds again.
+    pub stale_after: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            cluster: "resolver".into(),
+            refresh_interval: Duration::from_millis(250),
+            fetch_timeout: Duration::from_millis(500),
+            stale_after: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    cluster: Option<String>,
+    refresh_interval_ms: Option<u64>,
+    fetch_timeout_ms: Option<u64>,
+    stale_after_ms: Option<u64>,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SettingsError {
+    #[error("filter_config is not a JSON object with cluster, refresh_interval_ms, fetch_timeout_ms, stale_after_ms: {0}")]
+    Syntax(String),
+    #[error("filter_config.cluster must be a non-empty cluster name")]
+    EmptyCluster,
+    #[error("filter_config.{field} must be between {min} and {max} (got {got})")]
+    OutOfRange {
+        field: &'static str,
+        min: u64,
+        max: u64,
+        got: u64,
+    },
+    #[error("filter_config.stale_after_ms ({stale}) must be larger than refresh_interval_ms ({refresh})")]
+    StaleBeforeRefresh { stale: u64, refresh: u64 },
+}
+
+fn millis(
+    field: &'static str,
+    value: Option<u64>,
+    default: Duration,
+    min: u64,
+    max: u64,
+) -> Result<Duration, SettingsError> {
+    let Some(got) = value else { return Ok(default) };
+    if !(min..=max).contains(&got) {
+        return Err(SettingsError::OutOfRange {
+            field,
+            min,
+            max,
+            got,
+        });
+    }
+    Ok(Duration::from_millis(got))
+}
+
+impl Settings {
+    /// Parses the filter config. Envoy hands over a `google.protobuf.Struct` as JSON, and an
+    /// empty config means every default.
+    pub fn parse(config: &[u8]) -> Result<Self, SettingsError> {
+        let text = std::str::from_utf8(config).map_err(|e| SettingsError::Syntax(e.to_string()))?;
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let raw: Raw =
+            serde_json::from_str(text).map_err(|e| SettingsError::Syntax(e.to_string()))?;
+        let defaults = Self::default();
+        let cluster = raw.cluster.unwrap_or(defaults.cluster);
+        if cluster.trim().is_empty() {
+            return Err(SettingsError::EmptyCluster);
+        }
+        let settings = Self {
+            cluster,
+            refresh_interval: millis(
+                "refresh_interval_ms",
+                raw.refresh_interval_ms,
+                defaults.refresh_interval,
+                10,
+                60_000,
+            )?,
+            fetch_timeout: millis(
+                "fetch_timeout_ms",
+                raw.fetch_timeout_ms,
+                defaults.fetch_timeout,
+                10,
+                60_000,
+            )?,
+            stale_after: millis(
+                "stale_after_ms",
+                raw.stale_after_ms,
+                defaults.stale_after,
+                100,
+                3_600_000,
+            )?,
+        };
+        if settings.stale_after <= settings.refresh_interval {
+            return Err(SettingsError::StaleBeforeRefresh {
+                stale: settings.stale_after.as_millis() as u64,
+                refresh: settings.refresh_interval.as_millis() as u64,
+            });
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_means_defaults() {
+        assert_eq!(Settings::parse(b"").unwrap(), Settings::default());
+        assert_eq!(Settings::parse(b"{}").unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn every_field() {
+        let s = Settings::parse(
+            br#"{"cluster":"x","refresh_interval_ms":100,"fetch_timeout_ms":300,"stale_after_ms":2000}"#,
+        )
+        .unwrap();
+        assert_eq!(s.cluster, "x");
+        assert_eq!(s.refresh_interval, Duration::from_millis(100));
+        assert_eq!(s.fetch_timeout, Duration::from_millis(300));
+        assert_eq!(s.stale_after, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"{\"clster\":\"x\"}", "unknown field `clster`"),
+            (b"[1]", "JSON object"),
+            (b"{\"cluster\":\" \"}", "filter_config.cluster"),
+            (
+                b"{\"refresh_interval_ms\":0}",
+                "filter_config.refresh_interval_ms must be between 10",
+            ),
+            (
+                b"{\"fetch_timeout_ms\":999999}",
+                "filter_config.fetch_timeout_ms",
+            ),
+            (
+                b"{\"stale_after_ms\":200,\"refresh_interval_ms\":500}",
+                "must be larger than refresh_interval_ms",
+            ),
+            (b"{\"stale_after_ms\":\"1\"}", "invalid type"),
+        ];
+        for (config, expected) in cases {
+            let err = Settings::parse(config).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{}: EXPECTED {expected:?} RECEIVED {err:?}",
+                String::from_utf8_lossy(config)
+            );
+        }
+    }
+}
