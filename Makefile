@@ -14,7 +14,7 @@ CARGO ?= cargo
 REPLICAS ?= 3
 INDEX_MODE ?= hash
 NAMING ?= compose
-# resolver (envoy.yaml's default) or placement; empty: as envoy.yaml says
+# module (envoy.yaml's default) or resolver; empty: as envoy.yaml says
 FLOW ?=
 COUNT ?= 1000
 
@@ -25,8 +25,8 @@ COUNT ?= 1000
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-build: ## Build poc-server, poc-client and poc-stack (release)
-	$(CARGO) build --release --workspace --bins
+build: ## Build poc-server, poc-client, poc-stack and the Envoy routing module (release)
+	$(CARGO) build --release --workspace
 
 $(ENVOY_STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -52,12 +52,12 @@ k8s-render: k8s-tools ## Print the Kubernetes manifests (minikube/) as kustomize
 test: test-lua test-rust test-faults ## Run every test: Lua, Rust unit/HTTP/client, end to end with the real Envoy, Kubernetes manifests, fault injection
 
 test-rust: envoy k8s-tools
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace
 	$(CARGO) test --workspace
 
 test-faults: envoy ## Fault injection on the local stack (needs root for iptables); figures in target/bench/faults/
 	@command -v iptables >/dev/null || { echo "iptables is missing (the blackhole fault needs it): apt-get install iptables"; exit 1; }
-	$(CARGO) build --workspace --bins
+	$(CARGO) build --workspace
 	$(CARGO) test -p poc-routing-stack --features faults --test faults
 
 test-lua: ## Lua unit tests of lua/routing.lua (busted on LuaJIT, as in Envoy)
@@ -75,12 +75,12 @@ test-compose: ## Build and exercise the Docker Compose stack for real: scale, ki
 	bash scripts/test-compose.sh
 
 bench: envoy ## Benchmarks: every scenario in one run, placement quality, criterion; writes docs/BENCHMARKS.md
-	$(CARGO) build --release --workspace --bins
+	$(CARGO) build --release --workspace
 	$(CARGO) bench -p poc-routing-placement --bench placement
 	target/release/poc-bench run
 
 soak: envoy ## 10 minutes of /join at half the measured maximum (after make bench); adds to docs/BENCHMARKS.md
-	$(CARGO) build --release --workspace --bins
+	$(CARGO) build --release --workspace
 	target/release/poc-bench soak --minutes 10
 
 lint: ## cargo fmt --check and clippy -D warnings

@@ -1,26 +1,20 @@
--- poc-routing: send /join to the one instance that owns the client id.
+-- poc-routing: the resolver flow. Sends /join to the one instance that owns the client id.
 --
--- Runs only on the /join route (envoy.yaml names it per route). For each request it:
+-- Runs on route A when envoy.yaml enables it there in place of the Rust routing module (the
+-- module flow is the default; this is the original design, kept as the readable reference).
+-- For each request it:
 --   1. finds the single client_id in the query, with the server's rules (missing, empty,
 --      repeated, over 256 bytes, not UTF-8 or holding control characters: 400 with the server's
 --      error code);
---   2. finds the owner, by one of two flows chosen by the route's metadata
---      (filter_metadata["envoy.filters.http.lua"].flow):
---        "resolver" (the seed's flow, the default): asks GET /where?client_id=<the id as the
---          client encoded it> on every request, so the server decodes the id the same way for
---          /where and /join;
---        "placement": computes the owner here, with the placement rule the servers publish at
---          GET /placement, fetched through the resolver cluster and cached per worker for
---          PLACEMENT_TTL_S seconds. No extra hop per request. If the rule cannot be fetched,
---          this request falls back to the resolver flow;
+--   2. asks the resolver cluster GET /where?client_id=<the id as the client encoded it>, so the
+--      server decodes the id the same way for /where and /join;
 --   3. checks the hostport, records it as dynamic metadata poc.routing/owner (the RBAC guard in
 --      envoy.yaml requires it), sets :authority to it, so the dynamic forward proxy dials
---      exactly that instance, and stamps the placement epoch it routed by in x-poc-epoch
+--      exactly that instance, and stamps the placement epoch of the answer in x-poc-epoch
 --      (replacing any value a client sent).
 -- The servers stay the single source of truth: the owner serves a join only if it owns the id
--- under the stamped epoch, and that epoch is its current one or the one just before it (inside
--- the transition window after a member change). A cached rule is at most PLACEMENT_TTL_S old;
--- while it is stale the owner refuses with 421 rather than serve a join it does not own.
+-- under the stamped epoch, and that epoch is its current one or a recent one (inside the
+-- transition window after a member change).
 -- Fail closed: every error answers 4xx/5xx JSON, and a failure of this script itself answers 500.
 -- The request never goes on with the authority the client sent.
 
@@ -33,115 +27,10 @@ local RESOLVER_TIMEOUT_MS = 500
 -- A replica that just died or hung stays in the resolver cluster until a health check (or
 -- outlier detection) notices it; one more attempt lands on another replica.
 local RESOLVER_ATTEMPTS = 2
-local PLACEMENT_TTL_S = 2
 local METADATA_NAMESPACE = "poc.routing"
 local EPOCH_HEADER = "x-poc-epoch"
 
 local M = {}
-
----------------------------------------------------------------------------------------------
--- Placement: the same rule as the Rust placement crate, checked against the same vectors
--- (lua/spec/placement_spec.lua). 64-bit arithmetic uses LuaJIT's uint64 cdata.
-
--- 32-bit FNV-1a of a byte string, as a number in 0 .. 2^32-1.
-function M.fnv1a32(s)
-  local h = 0x811c9dc5
-  for i = 1, #s do
-    h = bit.bxor(h, s:byte(i))
-    -- h * 16777619 (= 2^24 + 403) mod 2^32, without leaving the exact range of doubles.
-    h = bit.tobit(bit.lshift(h, 24) + h * 403)
-  end
-  return h < 0 and h + 4294967296 or h
-end
-
--- 64-bit FNV-1a of a byte string, as a uint64 cdata.
-function M.fnv1a64(s)
-  local h = 0xcbf29ce484222325ULL
-  for i = 1, #s do
-    h = bit.bxor(h, s:byte(i)) * 0x100000001b3ULL
-  end
-  return h
-end
-
--- Jump consistent hash (Lamping & Veach 2014) of a uint64 key into 0 .. buckets-1.
-function M.jump(key, buckets)
-  key = key + 0ULL
-  local b, j = -1, 0
-  while j < buckets do
-    b = j
-    key = key * 2862933555777941757ULL + 1ULL
-    j = math.floor((b + 1) * (2147483648 / tonumber(bit.rshift(key, 33) + 1ULL)))
-  end
-  return b
-end
-
--- A decimal string (ASCII digits, leading zeros allowed) as a uint64, or nil if it is not one
--- or exceeds 2^64-1.
-function M.parse_decimal_u64(s)
-  if #s == 0 or s:find("[^0-9]") then
-    return nil
-  end
-  local max_div10 = 1844674407370955161ULL -- floor((2^64-1) / 10)
-  local v = 0ULL
-  for i = 1, #s do
-    local d = s:byte(i) - 48
-    if v > max_div10 or (v == max_div10 and d > 5) then
-      return nil
-    end
-    v = v * 10ULL + d
-  end
-  return v
-end
-
--- The owner's index for a decoded, valid id, or nil if the id does not fit the mode: the member
--- at the position the mode picks in config.members (ascending instance indexes).
-function M.index(config, id)
-  local members = config.members
-  local n = #members
-  local slot
-  if config.mode == "hash" then
-    slot = M.fnv1a32(id) % n
-  elseif config.mode == "numeric" then
-    local v = M.parse_decimal_u64(id)
-    if not v then
-      return nil
-    end
-    slot = tonumber(v % (n + 0ULL))
-  elseif config.mode == "jump" then
-    slot = M.jump(M.fnv1a64(id), n)
-  else
-    return nil
-  end
-  return members[slot + 1]
-end
-
--- base, base+1, ..., base+replicas-1: the member list of a contiguous deployment.
-function M.contiguous(base, replicas)
-  local members = {}
-  for i = 1, replicas do
-    members[i] = base + i - 1
-  end
-  return members
-end
-
-function M.hostport(config, index)
-  return string.format("%s-%d%s:%d", config.prefix, index, config.suffix, config.port)
-end
-
--- M.hostport, remembered per rule (a rule has at most `replicas` distinct hostports).
-local function cached_hostport(config, index)
-  local names = config.hostports
-  if not names then
-    names = {}
-    config.hostports = names
-  end
-  local hostport = names[index]
-  if not hostport then
-    hostport = M.hostport(config, index)
-    names[index] = hostport
-  end
-  return hostport
-end
 
 ---------------------------------------------------------------------------------------------
 -- Ids.
@@ -307,84 +196,8 @@ function M.epoch_from_answer(body)
   return M.valid_epoch(epoch) and epoch or nil
 end
 
--- The "members" array of a /placement answer: ascending instance indexes, or nil.
-local MAX_MEMBERS = 65536
-function M.members_from_answer(body)
-  local list = value_of(body, "members", '^%[([%d%s,]*)%]')
-  if not list then
-    return nil
-  end
-  local members, last = {}, -1
-  for digits in list:gmatch("[^,%s]+") do
-    if not digits:find("^%d+$") or #digits > 10 then
-      return nil
-    end
-    local index = tonumber(digits)
-    if index <= last or #members >= MAX_MEMBERS then
-      return nil
-    end
-    members[#members + 1], last = index, index
-  end
-  return #members > 0 and members or nil
-end
-
--- The placement rule in a /placement answer, checked field by field, or nil.
-function M.parse_placement(body)
-  if type(body) ~= "string" then
-    return nil
-  end
-  local function str(key)
-    return body:match('"' .. key .. '"%s*:%s*"([^"\\]*)"')
-  end
-  local function int(key)
-    local digits = body:match('"' .. key .. '"%s*:%s*(%d+)')
-    return digits and #digits <= 10 and tonumber(digits) or nil
-  end
-  local config = {
-    mode = str("mode"),
-    prefix = str("prefix"),
-    suffix = str("suffix"),
-    port = int("port"),
-    epoch = M.epoch_from_answer(body),
-    members = M.members_from_answer(body),
-  }
-  if not (config.mode == "hash" or config.mode == "numeric" or config.mode == "jump") then
-    return nil
-  end
-  if not config.epoch or not config.members then
-    return nil
-  end
-  if not config.port or config.port < 1 or config.port > 65535 then
-    return nil
-  end
-  if not dns_label(config.prefix) or not config.suffix then
-    return nil
-  end
-  if config.suffix ~= "" then
-    if config.suffix:sub(1, 1) ~= "." then
-      return nil
-    end
-    for label in (config.suffix:sub(2) .. "."):gmatch("([^.]*)%.") do
-      if not dns_label(label) then
-        return nil
-      end
-    end
-  end
-  return config
-end
-
 ---------------------------------------------------------------------------------------------
 -- The filter.
-
--- Per worker (each Envoy worker has its own Lua state).
-local cache = { config = nil, expires = 0 }
--- The route's flow, read once per worker: route metadata only changes with a new
--- configuration, which starts new Lua states.
-local route_flow
-
-function M.forget_placement()
-  cache.config, cache.expires = nil, 0
-end
 
 local function reply(handle, status, code, message)
   local body = '{"error":' .. M.json_string(code) .. ',"message":' .. M.json_string(message) .. "}"
@@ -408,25 +221,6 @@ local function resolver_get(handle, path)
     end
   end
   return headers and headers[":status"] or "503", body
-end
-
--- The cached placement rule, refreshed when it is older than PLACEMENT_TTL_S; nil if unavailable.
--- httpCall yields: no headers object may be held across this call.
-local function placement(handle)
-  local now = os.time()
-  if cache.config and now < cache.expires then
-    return cache.config
-  end
-  local status, body = resolver_get(handle, "/placement")
-  local config = status == "200" and M.parse_placement(body) or nil
-  if config then
-    cache.config, cache.expires = config, now + PLACEMENT_TTL_S
-    handle:logDebug("poc-routing: placement " .. config.mode .. " x" .. #config.members .. " epoch " .. config.epoch)
-  else
-    M.forget_placement()
-    handle:logInfo("poc-routing: no usable /placement (HTTP " .. tostring(status) .. "); asking /where")
-  end
-  return config
 end
 
 -- The owner's hostport and the epoch of the answer by asking /where (nil if the answer has
@@ -453,36 +247,19 @@ local function route(handle)
   if not raw_id then
     return reply(handle, 400, id_or_code, message)
   end
-  if not route_flow then
-    route_flow = handle:metadata():get("flow") or "resolver"
+  -- Answers the request itself (and never returns) when /where fails.
+  local hostport, epoch = owner_from_resolver(handle, raw_id)
+  if not M.valid_hostport(hostport) then
+    return reply(handle, 502, "bad_resolver_answer", "the resolver's answer has no usable hostport")
   end
-  local flow = route_flow
-
-  local hostport, epoch
-  local config = flow == "placement" and placement(handle) or nil
-  if config then
-    local index = M.index(config, id_or_code)
-    if not index then
-      return reply(handle, 400, "invalid_client_id",
-        "client_id must be decimal digits with a value of at most 18446744073709551615 in numeric mode")
-    end
-    -- Built from a rule whose every field parse_placement checked: a valid hostport.
-    hostport, epoch = cached_hostport(config, index), config.epoch
-  else
-    -- Answers the request itself (and never returns) when /where fails.
-    hostport, epoch = owner_from_resolver(handle, raw_id)
-    if not M.valid_hostport(hostport) then
-      return reply(handle, 502, "bad_resolver_answer", "the resolver's answer has no usable hostport")
-    end
-    if not epoch then
-      return reply(handle, 502, "bad_resolver_answer", "the resolver's answer has no placement epoch")
-    end
+  if not epoch then
+    return reply(handle, 502, "bad_resolver_answer", "the resolver's answer has no placement epoch")
   end
   local headers = handle:headers()
   handle:streamInfo():dynamicMetadata():set(METADATA_NAMESPACE, "owner", hostport)
   headers:replace(":authority", hostport)
   headers:replace(EPOCH_HEADER, epoch)
-  handle:logInfo("poc-routing: client_id=" .. raw_id .. " -> " .. hostport .. " epoch " .. epoch .. " (" .. flow .. ")")
+  handle:logInfo("poc-routing: client_id=" .. raw_id .. " -> " .. hostport .. " epoch " .. epoch)
 end
 
 function envoy_on_request(handle)

@@ -108,7 +108,8 @@ fn bench_dir() -> PathBuf {
     poc_routing_stack::envoy::repo_root().join("target/bench")
 }
 
-fn stack_config(name: &str, replicas: u32, flow: Flow) -> StackConfig {
+/// A bench stack; `flow` `None` runs route A as `envoy.yaml` ships it.
+fn stack_config(name: &str, replicas: u32, flow: Option<Flow>) -> StackConfig {
     let mut c = StackConfig::new(
         replicas,
         Naming::Compose,
@@ -118,8 +119,8 @@ fn stack_config(name: &str, replicas: u32, flow: Flow) -> StackConfig {
     c.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     c.admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     c.net = [127, 0, 77];
-    c.flow = Some(flow);
-    c.envoy_component_log_level = "lua:warn".into();
+    c.flow = flow;
+    c.envoy_component_log_level = "lua:warn,dynamic_modules:warn".into();
     c
 }
 
@@ -241,6 +242,64 @@ fn reqwest_like_probe(
     }
 }
 
+/// The no-filter arm: route A's path (RBAC guard, DFP, router) with no routing filter. Two of
+/// Envoy's own filters set what a routing filter would, for one fixed owner: `:authority`
+/// (header_mutation) and the owner metadata the guard requires (set_metadata).
+fn no_filter_config(envoy_yaml: &str, owner: &str) -> Result<String> {
+    use serde_yaml::Value;
+    let mut config: Value = serde_yaml::from_str(envoy_yaml)?;
+    let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"];
+    let fixed: Value = serde_yaml::from_str(&format!(
+        r#"
+- name: envoy.filters.http.header_mutation
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+    mutations:
+      request_mutations:
+      - append:
+          header: {{ key: ":authority", value: "{owner}" }}
+          append_action: OVERWRITE_IF_EXISTS_OR_ADD
+- name: envoy.filters.http.set_metadata
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config
+    metadata:
+    - metadata_namespace: poc.routing
+      value: {{ owner: "{owner}" }}
+"#
+    ))?;
+    let filters = hcm["http_filters"]
+        .as_sequence_mut()
+        .context("envoy.yaml has no http_filters")?;
+    let routing = [
+        "envoy.filters.http.dynamic_modules",
+        "envoy.filters.http.lua",
+    ];
+    filters.retain(|f| !routing.iter().any(|r| f["name"] == *r));
+    for (i, f) in fixed
+        .as_sequence()
+        .context("fixed filters")?
+        .iter()
+        .enumerate()
+    {
+        filters.insert(i, f.clone());
+    }
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]
+        .as_sequence_mut()
+        .context("envoy.yaml has no routes")?
+    {
+        if let Some(per_filter) = route
+            .get_mut("typed_per_filter_config")
+            .and_then(Value::as_mapping_mut)
+        {
+            for r in routing {
+                per_filter.remove(r);
+            }
+        }
+    }
+    Ok(serde_yaml::to_string(&config)?)
+}
+
 /// The least a routing script can do: pick one owner for everyone (bench-only).
 const LUA_FLOOR: &str = r#"
 function envoy_on_request(handle)
@@ -312,38 +371,41 @@ async fn run(
     );
     drop(hello_proc);
 
-    // The default stack: placement flow.
-    let stack = Stack::start(stack_config("stack-placement", replicas, Flow::Placement)).await?;
+    // The stack as envoy.yaml ships it: its default flow is `envoy_join`.
+    let stack = Stack::start(stack_config("stack-default", replicas, None)).await?;
+    let default_flow = stack
+        .flow()
+        .context("envoy.yaml enables one routing flow")?;
     let first = stack
         .instance_addr(stack.placement().base().into())
         .context("instance")?;
-    scenarios.insert(
-        "direct_where".to_owned(),
-        scenario(
+    let join = |url: &str| load::urls(url, "/join", &ids);
+    for (name, urls) in [
+        (
             "direct_where",
             load::urls(&format!("http://{first}"), "/where", &ids),
-            &settings,
-        )
-        .await,
-    );
-    scenarios.insert(
-        "envoy_where".to_owned(),
-        scenario(
-            "envoy_where",
-            load::urls(&stack.url(), "/where", &ids),
-            &settings,
-        )
-        .await,
-    );
-    scenarios.insert(
-        "envoy_join".to_owned(),
-        scenario(
-            "envoy_join",
-            load::urls(&stack.url(), "/join", &ids),
-            &settings,
-        )
-        .await,
-    );
+        ),
+        ("envoy_where", load::urls(&stack.url(), "/where", &ids)),
+        ("envoy_join", join(&stack.url())),
+    ] {
+        scenarios.insert(name.to_owned(), scenario(name, urls, &settings).await);
+    }
+    // Each flow by name: measured again on this stack for the default one, else on its own.
+    for (name, flow) in [
+        ("envoy_join_module", Flow::Module),
+        ("envoy_join_lua", Flow::Resolver),
+    ] {
+        let measured = if flow == default_flow {
+            scenario(name, join(&stack.url()), &settings).await
+        } else {
+            let other =
+                Stack::start(stack_config(&format!("stack-{name}"), replicas, Some(flow))).await?;
+            let m = scenario(name, join(&other.url()), &settings).await;
+            drop(other);
+            m
+        };
+        scenarios.insert(name.to_owned(), measured);
+    }
     let (native, native_url) = start_native(&stack).await?;
     scenarios.insert(
         "envoy_native_hash".to_owned(),
@@ -355,38 +417,31 @@ async fn run(
         .await,
     );
     drop(native);
+    let owner = stack.placement().hostport(stack.placement().base().into());
     drop(stack);
 
-    // Diagnostic: the same stack with a two-line routing script (no parsing, no placement): the
-    // fixed cost of running any Lua filter per request, which the native peer does not pay.
-    let mut floor = stack_config("stack-lua-floor", replicas, Flow::Placement);
-    floor.lua_override = Some(LUA_FLOOR.to_owned());
-    let stack = Stack::start(floor).await?;
-    let floor_settings = load::Load {
+    // Diagnostics, one fixed owner for every join (the others answer 421, counted as served):
+    // route A's path with no routing filter at all, and with a two-line Lua script.
+    let fixed_owner = load::Load {
         accept_421: true,
         ..settings.clone()
     };
+    let envoy_yaml =
+        std::fs::read_to_string(poc_routing_stack::envoy::repo_root().join("envoy.yaml"))?;
+    let mut bare = stack_config("stack-no-filter", replicas, None);
+    bare.envoy_yaml_override = Some(no_filter_config(&envoy_yaml, &owner)?);
+    let stack = Stack::start(bare).await?;
     scenarios.insert(
-        "envoy_lua_floor".to_owned(),
-        scenario(
-            "envoy_lua_floor",
-            load::urls(&stack.url(), "/join", &ids),
-            &floor_settings,
-        )
-        .await,
+        "envoy_join_no_filter".to_owned(),
+        scenario("envoy_join_no_filter", join(&stack.url()), &fixed_owner).await,
     );
     drop(stack);
-
-    // The seed's flow: one /where call per /join.
-    let stack = Stack::start(stack_config("stack-resolver", replicas, Flow::Resolver)).await?;
+    let mut floor = stack_config("stack-lua-floor", replicas, Some(Flow::Resolver));
+    floor.lua_override = Some(LUA_FLOOR.to_owned());
+    let stack = Stack::start(floor).await?;
     scenarios.insert(
-        "envoy_join_resolver".to_owned(),
-        scenario(
-            "envoy_join_resolver",
-            load::urls(&stack.url(), "/join", &ids),
-            &settings,
-        )
-        .await,
+        "envoy_lua_floor".to_owned(),
+        scenario("envoy_lua_floor", join(&stack.url()), &fixed_owner).await,
     );
     drop(stack);
 
@@ -434,7 +489,7 @@ async fn soak(minutes: u64, rate: Option<f64>, replicas: u32) -> Result<()> {
             report.scenarios["envoy_join"].rps / 2.0
         }
     };
-    let stack = Stack::start(stack_config("stack-soak", replicas, Flow::Placement)).await?;
+    let stack = Stack::start(stack_config("stack-soak", replicas, None)).await?;
     let pids = stack.instance_pids();
     let ids = bench_ids();
     let urls = load::urls(&stack.url(), "/join", &ids);

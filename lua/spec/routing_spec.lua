@@ -109,49 +109,6 @@ describe("epoch_from_answer", function()
   end)
 end)
 
-describe("parse_placement", function()
-  local rule = '"mode":"jump","base":0,"prefix":"server","suffix":".h.ns.svc","port":8081'
-  it("reads the servers' rule, members and epoch", function()
-    local c = routing.parse_placement('{"instance":1,"state":"member",' .. rule
-      .. ',"epoch":"0123456789abcdef","members":[0, 2,5],"replicas":3,"peers":[{"instance":0,"epoch":"ffffffffffffffff"}]}')
-    assert.are.same({ mode = "jump", prefix = "server", suffix = ".h.ns.svc", port = 8081,
-      epoch = "0123456789abcdef", members = { 0, 2, 5 } }, c)
-    -- The member at the position jump picks, never an index outside the list.
-    for i = 1, 200 do
-      local owner = routing.index(c, "id-" .. i)
-      assert.is_true(owner == 0 or owner == 2 or owner == 5, tostring(owner))
-    end
-    assert.is_nil(routing.parse_placement('{' .. rule .. ',"epoch":"0123456789abcdef","members":[2,1]}'), "not ascending")
-    assert.is_nil(routing.parse_placement('{' .. rule .. ',"epoch":"0123456789abcdef","members":[]}'), "no members")
-    assert.is_nil(routing.parse_placement('{' .. rule .. ',"epoch":null,"members":[1]}'), "no epoch (joining)")
-    assert.is_nil(routing.parse_placement('{' .. rule .. ',"members":[1]}'), "no epoch")
-    -- Only the top-level epoch counts, never a peer's.
-    assert.is_nil(routing.parse_placement('{' .. rule .. ',"epoch":null,"members":[1],"peers":[{"epoch":"0123456789abcdef"}]}'))
-  end)
-  it("builds hostports the guard accepts", function()
-    local c = routing.parse_placement('{' .. rule .. ',"epoch":"0123456789abcdef","members":[0,1]}')
-    assert.are.equal("server-2.h.ns.svc:8081", routing.hostport(c, 2))
-    -- A hostport built from a checked rule is always one the guard's shape check accepts.
-    for _, index in ipairs({ 0, 1, 9, 4294967295 }) do
-      assert.is_true(routing.valid_hostport(routing.hostport(c, index)))
-    end
-  end)
-  it("refuses a rule it cannot trust", function()
-    local ok = ',"epoch":"0123456789abcdef","members":[0,1,2]'
-    for _, bad in ipairs({
-      "", "garbage",
-      '{"mode":"modulo","base":0,"prefix":"s","suffix":"","port":1' .. ok .. '}',
-      '{"mode":"hash","base":0,"prefix":"127.0.0.1","suffix":"","port":1' .. ok .. '}',
-      '{"mode":"hash","base":0,"prefix":"s","suffix":"x.y","port":1' .. ok .. '}',
-      '{"mode":"hash","base":0,"prefix":"s","suffix":"","port":70000' .. ok .. '}',
-      '{"mode":"hash","base":0,"prefix":"s","suffix":""' .. ok .. '}',
-      '{"mode":"hash","base":0,"prefix":"s","suffix":"","port":1,"epoch":"0123456789abcdef","members":[1,x]}',
-    }) do
-      assert.is_nil(routing.parse_placement(bad), bad)
-    end
-  end)
-end)
-
 describe("json_string", function()
   it("escapes quotes, backslashes and control characters", function()
     assert.are.equal('"a\\"b\\\\c\\u000a"', routing.json_string('a"b\\c\n'))

@@ -1,5 +1,6 @@
-//! Finding the real Envoy, preparing its working directory from the repository's own
-//! `envoy.yaml` and `lua/routing.lua`, and asking its admin interface whether it is ready.
+//! Finding the real Envoy and the routing module, preparing Envoy's working directory from the
+//! repository's own `envoy.yaml` and `lua/routing.lua`, and asking its admin interface whether
+//! it is ready.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -51,11 +52,41 @@ fn socket_address(addr: SocketAddr) -> Value {
     Value::Mapping(outer)
 }
 
+/// The routing module's file name, as `envoy.yaml`'s `dynamic_module_config.name` finds it.
+pub const MODULE_FILE: &str = "libpoc_routing_envoy_module.so";
+
+/// The directory holding the routing module: `ENVOY_DYNAMIC_MODULES_SEARCH_PATH` if set, else
+/// the Cargo target directory of the running executable (where `cargo build --workspace` puts
+/// it, next to `poc-server`).
+pub fn module_dir() -> Result<PathBuf> {
+    let dir = match std::env::var_os("ENVOY_DYNAMIC_MODULES_SEARCH_PATH") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let mut dir = std::env::current_exe()?;
+            dir.pop();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
+    if !dir.join(MODULE_FILE).is_file() {
+        bail!(
+            "{} is missing: build the routing module with `cargo build --workspace` (`make test` \
+             does), or point ENVOY_DYNAMIC_MODULES_SEARCH_PATH at a directory holding it",
+            dir.join(MODULE_FILE).display()
+        );
+    }
+    Ok(dir)
+}
+
 /// `envoy -c envoy.yaml` run in `run_dir`, as every Envoy here is run: with a dynamic base id
-/// (several may run at once) and 2 worker threads (the machine's cores).
+/// (several may run at once), 2 worker threads (the machine's cores), and the routing module
+/// on its search path.
 pub fn command(run_dir: &Path) -> Result<std::process::Command> {
     let mut cmd = std::process::Command::new(envoy_binary()?);
     cmd.current_dir(run_dir)
+        .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", module_dir()?)
         .args([
             "-c",
             "envoy.yaml",
@@ -93,25 +124,66 @@ fn set_dns_resolvers(value: &mut Value, dns: SocketAddr) -> usize {
     }
 }
 
-/// How `routing.lua` finds the owner of a client id (route A's metadata in `envoy.yaml`).
+/// How route A finds the owner of a client id: which routing filter `envoy.yaml` enables there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Flow {
-    /// Compute it from the servers' cached `/placement` rule.
-    Placement,
-    /// Ask `/where` on every request (the seed's flow, `envoy.yaml`'s default).
+    /// The Rust dynamic module computes it from the servers' `/placement` (`envoy.yaml`'s
+    /// default).
+    Module,
+    /// `lua/routing.lua` asks `/where` on every request.
     Resolver,
 }
+
+/// The HTTP filter that routes joins in each flow.
+const MODULE_FILTER: &str = "envoy.filters.http.dynamic_modules";
+const LUA_FILTER: &str = "envoy.filters.http.lua";
 
 impl Flow {
     pub fn as_str(self) -> &'static str {
         match self {
-            Flow::Placement => "placement",
+            Flow::Module => "module",
             Flow::Resolver => "resolver",
+        }
+    }
+
+    fn filter(self) -> &'static str {
+        match self {
+            Flow::Module => MODULE_FILTER,
+            Flow::Resolver => LUA_FILTER,
+        }
+    }
+
+    /// The flow `envoy_yaml` enables on route A.
+    pub fn of(envoy_yaml: &str) -> Result<Flow> {
+        let config: Value = serde_yaml::from_str(envoy_yaml).context("parse envoy.yaml")?;
+        let per_filter = &join_route(&config)?["typed_per_filter_config"];
+        let enabled: Vec<Flow> = [Flow::Module, Flow::Resolver]
+            .into_iter()
+            .filter(|f| per_filter[f.filter()]["disabled"] == Value::Bool(false))
+            .collect();
+        match enabled[..] {
+            [flow] => Ok(flow),
+            _ => bail!("route join must enable exactly one of {MODULE_FILTER} and {LUA_FILTER}"),
         }
     }
 }
 
-/// Sets the flow in route A's metadata; fails if `envoy.yaml` has no such setting.
+fn routes(config: &Value) -> &Value {
+    &config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0]["routes"]
+}
+
+fn join_route(config: &Value) -> Result<&Value> {
+    routes(config)
+        .as_sequence()
+        .ok_or_else(|| anyhow!("envoy.yaml has no routes where expected"))?
+        .iter()
+        .find(|r| r["name"] == "join")
+        .ok_or_else(|| anyhow!("envoy.yaml has no route named join"))
+}
+
+/// Enables `flow`'s routing filter on route A and disables the other one; fails if
+/// `envoy.yaml` does not name both there.
 fn set_flow(config: &mut Value, flow: Flow) -> Result<()> {
     let routes = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
@@ -121,15 +193,16 @@ fn set_flow(config: &mut Value, flow: Flow) -> Result<()> {
         .iter_mut()
         .find(|r| r["name"] == "join")
         .ok_or_else(|| anyhow!("envoy.yaml has no route named join"))?;
-    let slot = join
-        .get_mut("metadata")
-        .and_then(|m| m.get_mut("filter_metadata"))
-        .and_then(|m| m.get_mut("envoy.filters.http.lua"))
-        .and_then(|m| m.get_mut("flow"))
-        .ok_or_else(|| {
-            anyhow!("route join has no metadata.filter_metadata.envoy.filters.http.lua.flow")
-        })?;
-    *slot = flow.as_str().into();
+    for filter in [MODULE_FILTER, LUA_FILTER] {
+        let slot = join
+            .get_mut("typed_per_filter_config")
+            .and_then(|m| m.get_mut(filter))
+            .and_then(|m| m.get_mut("disabled"))
+            .ok_or_else(|| {
+                anyhow!("route join has no typed_per_filter_config.{filter}.disabled")
+            })?;
+        *slot = Value::Bool(filter != flow.filter());
+    }
     Ok(())
 }
 
@@ -170,24 +243,37 @@ pub fn local_config(
     Ok(serde_yaml::to_string(&config)?)
 }
 
-/// Envoy's working directory: `envoy.yaml` (adjusted) and `lua/routing.lua` (the repository's,
-/// or `lua_override` to inject a fault).
+/// What replaces a repository file in Envoy's working directory: a fault to inject, or a
+/// benchmark variant.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides<'a> {
+    /// Replaces `envoy.yaml` (the local edits still apply).
+    pub envoy_yaml: Option<&'a str>,
+    /// Replaces `lua/routing.lua`.
+    pub lua: Option<&'a str>,
+}
+
+/// Envoy's working directory: `envoy.yaml` (adjusted) and `lua/routing.lua`, the repository's
+/// unless `overrides` replace them.
 pub fn prepare_run_dir(
     run_dir: &Path,
     listen: SocketAddr,
     admin: SocketAddr,
     dns: SocketAddr,
     flow: Option<Flow>,
-    lua_override: Option<&str>,
+    overrides: Overrides<'_>,
 ) -> Result<()> {
     let root = repo_root();
-    let yaml = std::fs::read_to_string(root.join("envoy.yaml")).context("read envoy.yaml")?;
+    let yaml = match overrides.envoy_yaml {
+        Some(yaml) => yaml.to_owned(),
+        None => std::fs::read_to_string(root.join("envoy.yaml")).context("read envoy.yaml")?,
+    };
     std::fs::create_dir_all(run_dir.join("lua"))?;
     std::fs::write(
         run_dir.join("envoy.yaml"),
         local_config(&yaml, listen, admin, dns, flow)?,
     )?;
-    let lua = match lua_override {
+    let lua = match overrides.lua {
         Some(source) => source.to_owned(),
         None => {
             std::fs::read_to_string(root.join("lua/routing.lua")).context("read lua/routing.lua")?
@@ -195,6 +281,25 @@ pub fn prepare_run_dir(
     };
     std::fs::write(run_dir.join("lua/routing.lua"), lua)?;
     Ok(())
+}
+
+/// The newest glibc the official `envoyproxy/envoy:v1.40.0` image has: Envoy's
+/// `ci/Dockerfile-envoy` builds it on Ubuntu noble, which ships glibc 2.39.
+pub const ENVOY_IMAGE_GLIBC: (u32, u32) = (2, 39);
+
+/// The highest `GLIBC_x.y` symbol version in `objdump -T` output: the oldest glibc a shared
+/// library can load with. `None` if it needs no versioned glibc symbol.
+pub fn highest_glibc(objdump_t: &str) -> Option<(u32, u32)> {
+    objdump_t
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .filter_map(|word| word.strip_prefix("GLIBC_"))
+        .filter_map(|version| {
+            let mut parts = version.split('.');
+            let major = parts.next()?.parse().ok()?;
+            let minor = parts.next().map_or(Some(0), |m| m.parse().ok())?;
+            Some((major, minor))
+        })
+        .max()
 }
 
 /// Counts the resolver cluster's hosts that Envoy's health checks consider healthy.
@@ -217,6 +322,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn highest_glibc_reads_objdump_dynamic_symbols() {
+        let cases: &[(&str, Option<(u32, u32)>)] = &[
+            ("", None),
+            ("0000 DF *UND* 0000 (GLIBC_2.2.5) memcpy\n0000 DF *UND* 0000 (GLIBC_2.34) dlsym\n0000 DF *UND* 0000 (GLIBC_2.14) x", Some((2, 34))),
+            ("0000 DF *UND* 0000  GLIBC_2.39  f\n0000 DF *UND* 0000 (GLIBC_2.4) g", Some((2, 39))),
+            ("0000 DF *UND* 0000 (GLIBC_2.40) f", Some((2, 40))),
+            ("0000 DF *UND* 0000 (GLIBC_PRIVATE) f\n0000 DF *UND* 0000 (GCC_3.0) g", None),
+        ];
+        for (output, want) in cases {
+            assert_eq!(highest_glibc(output), *want, "{output}");
+        }
+        assert!(highest_glibc("(GLIBC_2.40)").unwrap() > ENVOY_IMAGE_GLIBC);
+    }
+
+    #[test]
     fn local_config_changes_only_addresses_and_resolvers() {
         let yaml = std::fs::read_to_string(repo_root().join("envoy.yaml")).unwrap();
         let listen: SocketAddr = "127.0.0.1:18000".parse().unwrap();
@@ -236,19 +356,14 @@ mod tests {
         assert!(set_dns_resolvers(&mut original, dns) >= 2);
         assert_eq!(out, original);
 
-        let placement: Value = serde_yaml::from_str(
-            &local_config(&yaml, listen, admin, dns, Some(Flow::Placement)).unwrap(),
-        )
-        .unwrap();
-        let routes = &placement["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
-            [0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"];
         assert_eq!(
-            routes[0]["metadata"]["filter_metadata"]["envoy.filters.http.lua"]["flow"],
-            "placement"
+            Flow::of(&yaml).unwrap(),
+            Flow::Module,
+            "the default flow is module"
         );
-        assert!(
-            yaml.contains("flow: resolver"),
-            "the default flow is resolver"
-        );
+        let resolver = local_config(&yaml, listen, admin, dns, Some(Flow::Resolver)).unwrap();
+        assert_eq!(Flow::of(&resolver).unwrap(), Flow::Resolver);
+        let back = local_config(&resolver, listen, admin, dns, Some(Flow::Module)).unwrap();
+        assert_eq!(Flow::of(&back).unwrap(), Flow::Module);
     }
 }

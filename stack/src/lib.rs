@@ -97,6 +97,8 @@ pub struct StackConfig {
     pub run_dir: PathBuf,
     /// Replaces `lua/routing.lua`, to test what a broken script does.
     pub lua_override: Option<String>,
+    /// Replaces `envoy.yaml` (before the local edits), for benchmark variants.
+    pub envoy_yaml_override: Option<String>,
     /// Overrides the routing flow set in `envoy.yaml` (default: as the file says).
     pub flow: Option<envoy::Flow>,
     /// Envoy's `--component-log-level`, e.g. `lua:debug`.
@@ -123,8 +125,9 @@ impl StackConfig {
             first_host: 11,
             run_dir,
             lua_override: None,
+            envoy_yaml_override: None,
             flow: None,
-            envoy_component_log_level: "lua:info".into(),
+            envoy_component_log_level: "lua:info,dynamic_modules:info".into(),
             discovery: true,
             server_env: Vec::new(),
         }
@@ -236,7 +239,10 @@ impl Stack {
             stack.config.admin,
             stack.dns.addr(),
             stack.config.flow,
-            stack.config.lua_override.as_deref(),
+            envoy::Overrides {
+                envoy_yaml: stack.config.envoy_yaml_override.as_deref(),
+                lua: stack.config.lua_override.as_deref(),
+            },
         )?;
         let _ = std::fs::remove_file(stack.config.run_dir.join("envoy.log"));
         stack.spawn_envoy()?;
@@ -405,6 +411,10 @@ impl Stack {
             .map(|s| SocketAddr::from((s.ip, SERVER_PORT)))
             .collect();
         self.wait_resolver_hosts(&all).await?;
+        if self.flow() == Some(envoy::Flow::Module) {
+            self.wait_module_members(self.placement.members().len())
+                .await?;
+        }
         // Health state reaches Envoy's workers a moment after its main thread.
         let health = format!("{}/health", self.url());
         wait_for(
@@ -412,6 +422,41 @@ impl Stack {
             Duration::from_secs(10),
             || async {
                 matches!(self.http.get(&health).send().await, Ok(r) if r.status().is_success())
+            },
+        )
+        .await
+    }
+
+    /// The flow route A runs: the configured one, or what `envoy.yaml` (or its override)
+    /// enables; `None` for a variant that enables neither routing filter.
+    pub fn flow(&self) -> Option<envoy::Flow> {
+        if let Some(flow) = self.config.flow {
+            return Some(flow);
+        }
+        let yaml = match &self.config.envoy_yaml_override {
+            Some(yaml) => yaml.clone(),
+            None => std::fs::read_to_string(envoy::repo_root().join("envoy.yaml")).ok()?,
+        };
+        envoy::Flow::of(&yaml).ok()
+    }
+
+    /// Waits until the routing module routes by a placement of `members` members (its
+    /// `dynamicmodulescustom.placement_members` statistic), as it does within a refresh interval of
+    /// a change.
+    pub async fn wait_module_members(&self, members: usize) -> Result<()> {
+        let url = format!(
+            "http://{}/stats?filter=^dynamicmodulescustom\\.placement_members$",
+            self.config.admin
+        );
+        let want = format!("dynamicmodulescustom.placement_members: {members}");
+        wait_for(
+            &format!("the routing module to hold a placement of {members} members"),
+            Duration::from_secs(10),
+            || async {
+                match self.http.get(&url).send().await {
+                    Ok(r) => r.text().await.is_ok_and(|t| t.trim() == want),
+                    Err(_) => false,
+                }
             },
         )
         .await

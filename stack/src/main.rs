@@ -45,11 +45,11 @@ enum Cmd {
         /// The DNS responder's address (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         dns: SocketAddr,
-        /// How routing.lua finds owners (default: as envoy.yaml says, i.e. resolver).
+        /// How route A finds owners: module or resolver (default: as envoy.yaml says, module).
         #[arg(long, value_enum)]
         flow: Option<poc_routing_stack::envoy::Flow>,
         /// Envoy's --component-log-level, e.g. lua:debug.
-        #[arg(long, default_value = "lua:info")]
+        #[arg(long, default_value = "lua:info,dynamic_modules:info")]
         envoy_log_level: String,
         #[arg(long, default_value = ".stack")]
         run_dir: PathBuf,

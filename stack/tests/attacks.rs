@@ -6,17 +6,33 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use poc_routing_placement::IndexMode;
+use poc_routing_placement::{IndexMode, Placement};
 use poc_routing_stack::envoy::Flow;
-use poc_routing_stack::Naming;
+use poc_routing_stack::{Naming, Stack};
 
 /// A well-formed epoch that no server holds.
 const EPOCH: &str = "0123456789abcdef";
 
 #[tokio::test]
-async fn a_host_header_never_chooses_the_upstream() {
+async fn a_host_header_never_chooses_the_upstream_in_the_module_flow() {
+    host_header_never_chooses(Flow::Module).await;
+}
+
+#[tokio::test]
+async fn a_host_header_never_chooses_the_upstream_in_the_resolver_flow() {
+    host_header_never_chooses(Flow::Resolver).await;
+}
+
+async fn host_header_never_chooses(flow: Flow) {
     let _turn = serial().await;
-    let stack = start(config("host-header", 3, Naming::Compose, IndexMode::Hash)).await;
+    let mut c = config(
+        &format!("host-header-{flow:?}"),
+        3,
+        Naming::Compose,
+        IndexMode::Hash,
+    );
+    c.flow = Some(flow);
+    let stack = start(c).await;
     let admin = stack.admin().to_string();
     let id = id_owned_by(&stack, 2);
     for host in [
@@ -71,7 +87,9 @@ async fn a_host_header_never_chooses_the_upstream() {
 #[tokio::test]
 async fn a_bad_resolver_answer_is_refused() {
     let _turn = serial().await;
-    let mut stack = start(config("bad-resolver", 2, Naming::Compose, IndexMode::Hash)).await;
+    let mut c = config("bad-resolver", 2, Naming::Compose, IndexMode::Hash);
+    c.flow = Some(Flow::Resolver);
+    let mut stack = start(c).await;
     // The real instances go away; `server` now names only the fake resolver.
     for index in [1, 2] {
         stack.stop_instance(index).unwrap();
@@ -194,86 +212,136 @@ async fn a_bad_resolver_answer_is_refused() {
     }
 }
 
+/// A `/placement` answer as a server writes it, for `rule` (its epoch is the rule's own).
+fn published(rule: &Placement) -> String {
+    serde_json::json!({
+        "state": "member", "epoch": rule.epoch().to_string(), "members": rule.members(),
+        "mode": rule.mode().as_str(), "base": rule.base(), "prefix": rule.prefix(),
+        "suffix": rule.suffix(), "port": rule.port(),
+    })
+    .to_string()
+}
+
+/// Asks `/join?client_id=abc` (Host: the admin address) until it answers `want_status` with
+/// error `want_code`, for up to 8 s; fails with what it last received.
+async fn until_join_answers(stack: &Stack, why: &str, want_status: u16, want_code: &str) {
+    let admin = stack.admin().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let (status, body) = raw_get(stack, "/join?client_id=abc", Some(&admin)).await;
+        assert_not_admin(&body);
+        let parsed: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if status == want_status && parsed["error"] == want_code {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{why}\nEXPECTED {want_status} {want_code}\nRECEIVED {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The module's count of failed `/placement` fetches (admin `/stats`).
+async fn fetch_failures(stack: &Stack) -> u64 {
+    let url = format!(
+        "http://{}/stats?filter=^dynamicmodulescustom\\.placement_fetch_failures$",
+        stack.admin()
+    );
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.rsplit(' ')
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test]
 async fn a_bad_placement_rule_is_refused_or_ignored() {
     let _turn = serial().await;
     let mut c = config("bad-placement", 2, Naming::Compose, IndexMode::Hash);
-    c.flow = Some(Flow::Placement);
+    c.flow = Some(Flow::Module);
     let mut stack = start(c).await;
     // The real instances go away; `server` now names only the fake resolver.
     for index in [1, 2] {
         stack.stop_instance(index).unwrap();
     }
     let fake = use_fake_resolver(&stack).await;
-    // /where names an instance that does not exist, so a fallback to /where is visible as 503.
-    *fake.answer.lock().unwrap() = (
-        200,
-        "{\"hostport\":\"poc-routing-server-9:8081\",\"epoch\":\"0123456789abcdef\"}".into(),
-        Duration::ZERO,
-    );
-    let rule = |prefix: &str, suffix: &str, port: u16| {
-        format!("{{\"epoch\":\"{EPOCH}\",\"members\":[1,2,3],\"mode\":\"hash\",\"base\":1,\"prefix\":\"{prefix}\",\"suffix\":\"{suffix}\",\"port\":{port}}}")
+    let rule = |prefix: &str, suffix: &str, port: u16, members: &[u64]| {
+        Placement::new(IndexMode::Hash, 1, 1, prefix, suffix, port)
+            .unwrap()
+            .with_members(members.iter().copied())
+            .unwrap()
     };
-    let admin = stack.admin().to_string();
-    let cases = [
-        // A well-formed rule naming hosts that are not ours: the guard refuses them.
-        (200, rule("evil", "", 8081), 403, "route_refused"),
+    // Well-formed rules naming hosts that are not ours: the module routes by them, and the
+    // guard refuses every such name.
+    for evil in [
+        rule("evil", "", 8081, &[1, 2, 3]),
+        rule("poc-routing-server", "", 9901, &[1, 2, 3]),
+        rule("poc-routing-server", ".evil.example", 8081, &[1, 2, 3]),
+    ] {
+        *fake.placement.lock().unwrap() = (200, published(&evil));
+        until_join_answers(&stack, &published(&evil), 403, "route_refused").await;
+    }
+    // A good rule whose only member does not exist: the owner is unavailable.
+    let good = rule("poc-routing-server", "", 8081, &[9]);
+    *fake.placement.lock().unwrap() = (200, published(&good));
+    until_join_answers(
+        &stack,
+        "a rule naming only instance 9",
+        503,
+        "owner_unavailable",
+    )
+    .await;
+    // Answers that do not check out are not used: the module keeps routing by the last rule
+    // that did (to instance 9), and counts each refused fetch.
+    let good_text = published(&good);
+    let untrusted = [
         (
             200,
-            rule("poc-routing-server", "", 9901),
-            403,
-            "route_refused",
+            good_text.replace("\"poc-routing-server\"", "\"127.0.0.1\""),
         ),
-        (
-            200,
-            rule("poc-routing-server", ".evil.example", 8081),
-            403,
-            "route_refused",
-        ),
-        // A rule that cannot be trusted is not used: the request asks /where instead.
-        (200, rule("127.0.0.1", "", 9901), 503, "owner_unavailable"),
-        (200, "garbage".to_owned(), 503, "owner_unavailable"),
-        (
-            200,
-            rule("poc-routing-server", "", 8081).replace(EPOCH, "not-an-epoch"),
-            503,
-            "owner_unavailable",
-        ),
-        (
-            200,
-            rule("poc-routing-server", "", 8081).replace("[1,2,3]", "[3,2]"),
-            503,
-            "owner_unavailable",
-        ),
-        (
-            500,
-            rule("poc-routing-server", "", 8081),
-            503,
-            "owner_unavailable",
-        ),
+        (200, "garbage".to_owned()),
+        (200, good_text.replace(&good.epoch().to_string(), EPOCH)),
+        (200, good_text.replace("[9]", "[9,10]")),
+        (200, good_text.replace("\"member\"", "\"joining\"")),
+        (500, good_text.clone()),
     ];
-    for (status, body, want_status, want_code) in cases {
+    for (status, body) in untrusted {
+        let before = fetch_failures(&stack).await;
         *fake.placement.lock().unwrap() = (status, body.clone());
-        // The rule is cached for up to 2 s per worker: wait until the new one is in effect.
-        let deadline = std::time::Instant::now() + Duration::from_secs(8);
-        let (in_effect, last) = loop {
-            let got = raw_get(&stack, "/join?client_id=abc", Some(&admin)).await;
-            assert_not_admin(&got.1);
-            let parsed: serde_json::Value = serde_json::from_str(&got.1).unwrap_or_default();
-            if got.0 == want_status && parsed["error"] == want_code {
-                break (true, got);
-            }
-            if std::time::Instant::now() > deadline {
-                break (false, got);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        poc_routing_stack::wait_for(
+            "two more refused /placement fetches",
+            Duration::from_secs(5),
+            || async { fetch_failures(&stack).await >= before + 2 },
+        )
+        .await
+        .unwrap();
+        let (got, text) = raw_get(&stack, "/join?client_id=abc", None).await;
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         assert!(
-            in_effect,
-            "/placement answered {status} {body:?}\nEXPECTED {want_status} {want_code}\nRECEIVED {} {}",
-            last.0,
-            last.1
+            got == 503 && parsed["owner"] == "poc-routing-server-9:8081",
+            "/placement answered {status} {body:?}\nEXPECTED 503 owner_unavailable by the last good rule (owner poc-routing-server-9:8081)\nRECEIVED {got} {text}"
         );
+    }
+    // With no usable answer for longer than stale_after_ms (10 s), joins are refused outright.
+    until_stale(&stack).await;
+}
+
+/// Waits out `stale_after_ms` (10 s in envoy.yaml) and checks the module then refuses joins.
+async fn until_stale(stack: &Stack) {
+    let admin = stack.admin().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = raw_get(stack, "/join?client_id=abc", Some(&admin)).await;
+        let parsed: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if status == 503 && parsed["error"] == "placement_unavailable" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "EXPECTED 503 placement_unavailable once the placement is stale\nRECEIVED {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -283,7 +351,7 @@ async fn a_stale_placement_rule_is_caught_by_the_owner() {
     // Three real servers; a resolver that still publishes the two-member rule, with the epoch
     // that rule really has. No server holds that epoch, so no owner may serve by it.
     let mut c = config("stale-placement", 3, Naming::Compose, IndexMode::Hash);
-    c.flow = Some(Flow::Placement);
+    c.flow = Some(Flow::Module);
     let stack = start(c).await;
     let current = stack.placement().epoch().to_string();
     let stale = stack.placement().with_members([1, 2]).unwrap();
@@ -303,13 +371,9 @@ async fn a_stale_placement_rule_is_caught_by_the_owner() {
     .await
     .unwrap();
     let fake = use_fake_resolver(&stack).await;
-    *fake.placement.lock().unwrap() = (
-        200,
-        format!(
-            "{{\"epoch\":\"{}\",\"members\":[1,2],\"mode\":\"hash\",\"base\":1,\"prefix\":\"poc-routing-server\",\"suffix\":\"\",\"port\":8081}}",
-            stale.epoch()
-        ),
-    );
+    *fake.placement.lock().unwrap() = (200, published(&stale));
+    // The module adopts the stale rule at its next fetch (every 250 ms).
+    until_join_answers(&stack, "the stale rule in effect", 421, "misdirected").await;
     let mut refused = 0;
     for i in 0..300 {
         let id = format!("stale-{i}");
@@ -333,6 +397,7 @@ async fn a_stale_placement_rule_is_caught_by_the_owner() {
 /// Starts a stack whose routing.lua is replaced by `script`.
 async fn with_script(name: &str, script: &str) -> poc_routing_stack::Stack {
     let mut c = config(name, 2, Naming::Compose, IndexMode::Hash);
+    c.flow = Some(Flow::Resolver);
     c.lua_override = Some(script.to_owned());
     start(c).await
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use poc_routing_client::{verify, Outcome};
 use poc_routing_placement::IndexMode;
+use poc_routing_stack::envoy::Flow;
 use poc_routing_stack::{wait_for, Naming};
 
 #[tokio::test]
@@ -67,12 +68,27 @@ async fn a_stopped_owner_fails_only_its_clients_and_recovers_on_a_new_address() 
 #[tokio::test]
 async fn with_every_instance_down_join_and_where_answer_503() {
     let _turn = serial().await;
-    let mut stack = start(config("all-down", 2, Naming::Compose, IndexMode::Hash)).await;
-    for index in [1, 2] {
-        stack.stop_instance(index).unwrap();
-    }
-    for path in ["/join?client_id=abc", "/where?client_id=abc"] {
-        let (status, body) = raw_get(&stack, path, None).await;
+    for flow in [Flow::Module, Flow::Resolver] {
+        let mut c = config(
+            &format!("all-down-{flow:?}"),
+            2,
+            Naming::Compose,
+            IndexMode::Hash,
+        );
+        c.flow = Some(flow);
+        let mut stack = start(c).await;
+        for index in [1, 2] {
+            stack.stop_instance(index).unwrap();
+        }
+        // The module still holds the last placement: the join goes to its owner, who is down.
+        // The resolver flow has no one to ask.
+        let join_code = match flow {
+            Flow::Module => "owner_unavailable",
+            Flow::Resolver => "resolver_unavailable",
+        };
+        let (status, body) = raw_get(&stack, "/join?client_id=abc", None).await;
+        json_error(status, &body, 503, join_code);
+        let (status, body) = raw_get(&stack, "/where?client_id=abc", None).await;
         json_error(status, &body, 503, "resolver_unavailable");
     }
 }

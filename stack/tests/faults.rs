@@ -16,6 +16,7 @@ use common::*;
 use nix::sys::signal::Signal;
 use poc_routing_client::{load, verify};
 use poc_routing_placement::IndexMode;
+use poc_routing_stack::envoy::Flow;
 use poc_routing_stack::{Naming, Stack};
 use serde_json::json;
 
@@ -298,13 +299,11 @@ async fn an_envoy_restart_recovers() {
 #[tokio::test]
 async fn a_resolver_503_is_retried_exactly_once() {
     let _turn = serial().await;
-    let stack = start(config(
-        "fault-resolver-503",
-        2,
-        Naming::Compose,
-        IndexMode::Hash,
-    ))
-    .await;
+    // The resolver flow asks /where per join (the module flow fetches /placement off the
+    // request path: attacks.rs `a_bad_placement_rule_is_refused_or_ignored`).
+    let mut c = config("fault-resolver-503", 2, Naming::Compose, IndexMode::Hash);
+    c.flow = Some(Flow::Resolver);
+    let stack = start(c).await;
     let id = id_owned_by(&stack, 2);
     let good = format!(
         "{{\"client_id\":\"{id}\",\"index\":2,\"hostport\":\"poc-routing-server-2:8081\",\"epoch\":\"{}\"}}",

@@ -65,12 +65,12 @@ async fn correctness(naming: Naming, flow: Flow) {
 
 #[tokio::test]
 async fn every_join_lands_on_its_owner_with_compose_naming() {
-    correctness(Naming::Compose, Flow::Placement).await;
+    correctness(Naming::Compose, Flow::Module).await;
 }
 
 #[tokio::test]
 async fn every_join_lands_on_its_owner_with_kubernetes_naming() {
-    correctness(Naming::Kubernetes, Flow::Placement).await;
+    correctness(Naming::Kubernetes, Flow::Module).await;
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! Scaling under steady load with the real Envoy: instances are added and removed live, as
-//! `docker compose up --scale` and `kubectl scale` do, and clients must not notice.
+//! `docker compose up --scale` and `kubectl scale` do, and clients must not notice. The full
+//! sequences run the default module flow; a shorter one runs the resolver flow.
 //!
 //! For each step: steady `/join` traffic from 16 connections over 2000 ids, the change, then
 //! traffic until every instance holds the new view and a little longer. The step must see
@@ -86,33 +87,12 @@ async fn scale_under_load(naming: Naming, mode: IndexMode, flow: Flow, first: u6
             report.sent > 500,
             "too little load to mean anything: {report:?}"
         );
-        match flow {
-            Flow::Resolver => assert!(
-                report.failures() == 0,
-                "{name} step {}: EXPECTED 0 non-2xx answers while scaling {before:?} -> {after:?}\nRECEIVED {}",
-                n + 1,
-                report.summary()
-            ),
-            // The placement flow routes by a rule cached up to 2 s: the owner may refuse
-            // (421) a join routed by a view it no longer accepts, but never serves it
-            // elsewhere, and nothing else fails.
-            Flow::Placement => {
-                let other: u64 = report
-                    .non_2xx
-                    .iter()
-                    .filter(|(code, _)| code.as_str() != "http_421_misdirected")
-                    .map(|(_, n)| n)
-                    .sum();
-                assert!(
-                    other == 0,
-                    "{name} step {}: EXPECTED only 2xx or 421 misdirected\nRECEIVED {}",
-                    n + 1,
-                    report.summary()
-                );
-                // Let every worker's cached rule expire before checking every owner.
-                tokio::time::sleep(Duration::from_millis(2500)).await;
-            }
-        }
+        assert!(
+            report.failures() == 0,
+            "{name} step {}: EXPECTED 0 non-2xx answers while scaling {before:?} -> {after:?}\nRECEIVED {}",
+            n + 1,
+            report.summary()
+        );
         // `poc-client views` through Envoy: one instance and its report of every peer agree.
         let seen = poc_routing_client::views::via(&api(&stack)).await;
         assert!(
@@ -161,7 +141,7 @@ async fn compose_naming_scales_2_3_2_4_1_with_no_failed_join() {
     scale_under_load(
         Naming::Compose,
         IndexMode::Hash,
-        Flow::Resolver,
+        Flow::Module,
         1,
         &[
             Step {
@@ -191,7 +171,7 @@ async fn kubernetes_naming_scales_2_3_2_4_1_with_no_failed_join() {
     scale_under_load(
         Naming::Kubernetes,
         IndexMode::Jump,
-        Flow::Resolver,
+        Flow::Module,
         0,
         &[
             Step {
@@ -215,14 +195,14 @@ async fn kubernetes_naming_scales_2_3_2_4_1_with_no_failed_join() {
     .await;
 }
 
-/// The Lua placement flow (opt-in) follows the epoch too: during a change it may refuse with
-/// 421, never misroute, and afterwards every join lands on its owner.
+/// The resolver flow (Lua asks /where per join) follows the epoch too: no failed join while
+/// scaling, and afterwards every join lands on its owner.
 #[tokio::test]
-async fn the_placement_flow_never_misroutes_while_scaling() {
+async fn the_resolver_flow_scales_with_no_failed_join() {
     scale_under_load(
         Naming::Compose,
         IndexMode::Jump,
-        Flow::Placement,
+        Flow::Resolver,
         1,
         &[
             Step {
