@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds local stand-ins for the three public images that server/Dockerfile and
+# Builds local stand-ins for the three public images that the Dockerfile and
 # docker-compose.yaml use, for a machine that has Docker but no image registry (our CI):
 #
 #   debian:bookworm-slim       Debian bookworm (debootstrap --variant=minbase)
