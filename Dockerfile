@@ -20,8 +20,7 @@ COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json \
     --package poc-routing-server --package poc-routing-envoy-module
 COPY . .
-RUN cargo build --release --locked --package poc-routing-server --bin poc-server \
-    --package poc-routing-envoy-module
+RUN cargo build --release --locked --package poc-routing-server --package poc-routing-envoy-module
 
 # --- Envoy with the routing module. The module is built on Debian bookworm (glibc 2.36) and
 # needs at most GLIBC_2.34 (stack/tests/module.rs checks it), so it also loads in the official
