@@ -300,6 +300,75 @@ fn no_filter_config(envoy_yaml: &str, owner: &str) -> Result<String> {
     Ok(serde_yaml::to_string(&config)?)
 }
 
+/// Design 2, the cluster specifier (bench-only): route A selects one cluster per instance with
+/// the module's `envoy.router.cluster_specifier_plugin.dynamic_modules`, with no routing filter,
+/// RBAC guard or DFP on the path, the same shape as the native peer. The module's HTTP filter
+/// stays in the chain, disabled on every route, only so that its config fetches `/placement`.
+/// One STRICT_DNS cluster per instance, named by its hostport, 1 s DNS refresh.
+fn cluster_specifier_config(envoy_yaml: &str, hostports: &[String]) -> Result<String> {
+    use serde_yaml::Value;
+    let mut config: Value = serde_yaml::from_str(envoy_yaml)?;
+    let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"];
+    hcm["http_filters"]
+        .as_sequence_mut()
+        .context("envoy.yaml has no http_filters")?
+        .retain(|f| {
+            f["name"] == "envoy.filters.http.dynamic_modules"
+                || f["name"] == "envoy.filters.http.router"
+        });
+    let join = hcm["route_config"]["virtual_hosts"][0]["routes"]
+        .as_sequence_mut()
+        .context("envoy.yaml has no routes")?
+        .iter_mut()
+        .find(|r| r["name"] == "join")
+        .context("envoy.yaml has no route join")?;
+    let join = join.as_mapping_mut().context("route join")?;
+    join.remove("typed_per_filter_config");
+    join.insert(
+        "route".into(),
+        serde_yaml::from_str(
+            r#"
+timeout: 5s
+cluster_not_found_response_code: SERVICE_UNAVAILABLE
+inline_cluster_specifier_plugin:
+  extension:
+    name: envoy.router.cluster_specifier_plugin.dynamic_modules
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.router.cluster_specifiers.dynamic_modules.v3.DynamicModuleClusterSpecifier
+      dynamic_module_config: { name: poc_routing_envoy_module }
+      specifier_name: routing
+"#,
+        )?,
+    );
+    let clusters = config["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .context("envoy.yaml has no clusters")?;
+    let resolver = clusters
+        .iter()
+        .find(|c| c["name"] == "resolver")
+        .context("envoy.yaml has no resolver cluster")?
+        .clone();
+    for hostport in hostports {
+        let (host, port) = hostport.rsplit_once(':').context("hostport")?;
+        let mut cluster: Value = serde_yaml::from_str(&format!(
+            r#"
+name: "{hostport}"
+connect_timeout: 1s
+lb_policy: ROUND_ROBIN
+load_assignment:
+  cluster_name: "{hostport}"
+  endpoints:
+  - lb_endpoints:
+    - endpoint: {{ address: {{ socket_address: {{ address: "{host}", port_value: {port} }} }} }}
+"#
+        ))?;
+        cluster["cluster_type"] = resolver["cluster_type"].clone();
+        clusters.push(cluster);
+    }
+    Ok(serde_yaml::to_string(&config)?)
+}
+
 /// The least a routing script can do: pick one owner for everyone (bench-only).
 const LUA_FLOOR: &str = r#"
 function envoy_on_request(handle)
@@ -418,6 +487,29 @@ async fn run(
     );
     drop(native);
     let owner = stack.placement().hostport(stack.placement().base().into());
+    let hostports: Vec<String> = stack
+        .placement()
+        .members()
+        .iter()
+        .map(|&m| stack.placement().hostport(m))
+        .collect();
+    drop(stack);
+
+    let envoy_yaml =
+        std::fs::read_to_string(poc_routing_stack::envoy::repo_root().join("envoy.yaml"))?;
+    let mut specifier = stack_config("stack-cluster-specifier", replicas, None);
+    specifier.envoy_yaml_override = Some(cluster_specifier_config(&envoy_yaml, &hostports)?);
+    let stack = Stack::start(specifier).await?;
+    stack.wait_module_members(hostports.len()).await?;
+    scenarios.insert(
+        "envoy_join_cluster_specifier".to_owned(),
+        scenario(
+            "envoy_join_cluster_specifier",
+            join(&stack.url()),
+            &settings,
+        )
+        .await,
+    );
     drop(stack);
 
     // Diagnostics, one fixed owner for every join (the others answer 421, counted as served):
@@ -426,8 +518,6 @@ async fn run(
         accept_421: true,
         ..settings.clone()
     };
-    let envoy_yaml =
-        std::fs::read_to_string(poc_routing_stack::envoy::repo_root().join("envoy.yaml"))?;
     let mut bare = stack_config("stack-no-filter", replicas, None);
     bare.envoy_yaml_override = Some(no_filter_config(&envoy_yaml, &owner)?);
     let stack = Stack::start(bare).await?;

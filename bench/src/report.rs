@@ -292,7 +292,7 @@ impl Soak {
     }
 }
 
-const ORDER: [(&str, &str); 9] = [
+const ORDER: [(&str, &str); 10] = [
     ("hello_world", "minimal hyper server (ceiling)"),
     ("direct_where", "GET /where straight to one poc-server"),
     ("envoy_where", "GET /where through Envoy, route B"),
@@ -307,6 +307,10 @@ const ORDER: [(&str, &str); 9] = [
     (
         "envoy_join_lua",
         "GET /join, resolver flow: Lua asks /where on every request",
+    ),
+    (
+        "envoy_join_cluster_specifier",
+        "GET /join, design 2 (not shipped): the module as a cluster specifier, one cluster per instance, no filter, guard or DFP",
     ),
     (
         "envoy_native_hash",

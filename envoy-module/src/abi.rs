@@ -29,6 +29,7 @@ type ConfigModulePtr = *const c_void;
 type FilterEnvoyPtr = *mut c_void;
 type FilterModulePtr = *const c_void;
 type SchedulerPtr = *mut c_void;
+type SpecifierContextPtr = *mut c_void;
 
 /// `envoy_dynamic_module_type_envoy_buffer`: bytes owned by Envoy.
 #[repr(C)]
@@ -157,6 +158,17 @@ extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(
+        context: SpecifierContextPtr,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+        index: usize,
+        total_count: *mut usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_cluster_specifier_set_cluster_name(
+        context: SpecifierContextPtr,
+        cluster_name: ModuleBuffer,
+    );
     fn envoy_dynamic_module_callback_http_filter_config_http_callout(
         config: ConfigEnvoyPtr,
         callout_id_out: *mut u64,
@@ -461,6 +473,7 @@ unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
             envoy_dynamic_module_callback_http_filter_config_scheduler_new(config_envoy)
         }));
         let router = std::sync::Arc::new(Router::new(settings.clone()));
+        crate::refresh::publish(&router);
         let (ticking, pacing) = (
             std::sync::Arc::clone(&scheduler),
             std::sync::Arc::clone(&router),
@@ -880,4 +893,90 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset(
     _stream: u64,
     _reason: u32,
 ) {
+}
+
+// ------------------------------------------------------------------------------------------
+// The cluster-specifier design, measured by `make bench` (envoy_join_cluster_specifier) and
+// not shipped: it routes by the newest HTTP filter config's placement (that config fetches
+// /placement even where the filter is disabled on every route), picks one cluster per
+// instance, named by its hostport, and sets nothing else. It cannot answer JSON errors (a
+// refused join selects a cluster that does not exist: the route's cluster_not_found code) nor
+// stamp x-poc-epoch (its ABI sets no request header).
+
+/// What `..._cluster_specifier_config_new` returns a pointer to (no settings).
+static SPECIFIER: u8 = 0;
+
+/// The cluster a refused join is sent to: it never exists, so Envoy answers with the route's
+/// `cluster_not_found_response_code`.
+const REFUSED_CLUSTER: &str = "poc_routing_refused";
+
+#[no_mangle]
+unsafe extern "C" fn envoy_dynamic_module_on_cluster_specifier_config_new(
+    _config_envoy: *mut c_void,
+    name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    // SAFETY: both buffers are Envoy's, valid for this hook.
+    let (name, config) = unsafe { (bytes(name), bytes(config)) };
+    if name == FILTER_NAME.as_bytes() && (config.is_empty() || config == b"{}") {
+        log(
+            LOG_INFO,
+            "cluster specifier loaded: routes by the HTTP filter config's placement",
+        );
+        return std::ptr::from_ref(&SPECIFIER).cast();
+    }
+    log(
+        LOG_ERROR,
+        &format!("cluster specifier refused: specifier_name must be {FILTER_NAME:?} with no specifier_config"),
+    );
+    std::ptr::null()
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_cluster_specifier_config_destroy(_config: *const c_void) {}
+
+#[no_mangle]
+unsafe extern "C" fn envoy_dynamic_module_on_cluster_specifier_select(
+    _config: *const c_void,
+    context: SpecifierContextPtr,
+) -> bool {
+    let choose = |cluster: &str| {
+        // SAFETY: context is the live selection context of this hook; the name outlives the
+        // call and Envoy copies it.
+        unsafe {
+            envoy_dynamic_module_callback_cluster_specifier_set_cluster_name(
+                context,
+                ModuleBuffer::of(cluster.as_bytes()),
+            )
+        }
+    };
+    let decided = no_unwind(|| {
+        let mut path = EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+        // SAFETY: live context; `path` is a valid out-pointer; the count pointer may be null.
+        let found = unsafe {
+            envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(
+                context,
+                ModuleBuffer::of(b":path"),
+                &mut path,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        // SAFETY: Envoy's buffer, valid for this hook.
+        let path = if found { unsafe { bytes(path) } } else { &[] };
+        match crate::refresh::published() {
+            Some(router) => router.decide(path, Instant::now(), |d| match d {
+                Ok(route) => choose(route.hostport),
+                Err(_) => choose(REFUSED_CLUSTER),
+            }),
+            None => choose(REFUSED_CLUSTER),
+        }
+    });
+    if decided.is_none() {
+        choose(REFUSED_CLUSTER);
+    }
+    true
 }

@@ -4,7 +4,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -147,6 +147,23 @@ impl Router {
     }
 }
 
+/// The router of the newest HTTP filter config, for the cluster-specifier design (which has no
+/// way to fetch `/placement` itself: its ABI has no callouts or scheduler).
+static PUBLISHED: RwLock<Weak<Router>> = RwLock::new(Weak::new());
+
+/// Makes `router` the one [`published`] returns.
+pub fn publish(router: &Arc<Router>) {
+    *PUBLISHED.write().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(router);
+}
+
+/// The router of the newest live HTTP filter config, if any.
+pub fn published() -> Option<Arc<Router>> {
+    PUBLISHED
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .upgrade()
+}
+
 /// Runs `f`, turning a panic into `None`: no panic may unwind into Envoy's C++ frames.
 pub fn no_unwind<R>(f: impl FnOnce() -> R) -> Option<R> {
     catch_unwind(AssertUnwindSafe(f)).ok()
@@ -259,6 +276,18 @@ mod tests {
             r.decide(b"/join?client_id=a", now, |d| d.unwrap().epoch.to_owned()),
             epoch
         );
+    }
+
+    #[test]
+    fn the_newest_router_is_published_while_it_lives() {
+        let first = Arc::new(Router::new(Settings::default()));
+        publish(&first);
+        assert!(Arc::ptr_eq(&published().unwrap(), &first));
+        let second = Arc::new(Router::new(Settings::default()));
+        publish(&second);
+        assert!(Arc::ptr_eq(&published().unwrap(), &second));
+        drop(second);
+        assert!(published().is_none(), "a destroyed config is not used");
     }
 
     #[test]
