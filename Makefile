@@ -14,7 +14,7 @@ CARGO ?= cargo
 REPLICAS ?= 3
 INDEX_MODE ?= hash
 NAMING ?= compose
-# module (envoy.yaml's default) or resolver; empty: as envoy.yaml says
+# resolver (envoy.yaml's default) or module; empty: as envoy.yaml says
 FLOW ?=
 COUNT ?= 1000
 

@@ -2,7 +2,7 @@
 # End-to-end test of the Docker Compose stack, with the same docker-compose.yaml and Dockerfile a
 # user runs (`make test-compose`). Steps:
 #   1. 2 replicas: Envoy (the Dockerfile's envoy stage) loaded the routing module (ABI v0.2.0
-#      matched) and routes by it; poc-client verify --count 1000 is 100% correct
+#      matched) and holds the placement; poc-client verify --count 1000 is 100% correct
 #   2. scale 2 -> 3 -> 2 -> 4 -> 1 -> 3 with the plain `docker compose up -d --scale server=K`,
 #      under steady /join load (16 connections, 2000 ids): 0 non-2xx answers during each step,
 #      1000 ids 100% correct after it, no surviving container re-created; prints joins sent,
@@ -65,7 +65,8 @@ wait_for() { # wait_for DESCRIPTION SECONDS COMMAND...
 
 healthy_resolvers() { curl -fsS "$ADMIN/clusters" | grep -c '^resolver::.*::health_flags::healthy$' || true; }
 resolvers_are() { [ "$(healthy_resolvers)" = "$1" ]; }
-# The routing module routes by a placement of exactly $1 members.
+# The routing module holds a placement of exactly $1 members (it fetches /placement whichever
+# flow route A runs).
 module_members_are() {
   [ "$(curl -fsS "$ADMIN/stats?filter=^dynamicmodulescustom\.placement_members\$")" = "dynamicmodulescustom.placement_members: $1" ]
 }
@@ -102,7 +103,7 @@ docker compose up -d --build --scale server=2 --wait --wait-timeout 300
 wait_for "Envoy's resolver cluster to hold 2 healthy servers" 30 resolvers_are 2
 docker compose logs envoy 2>&1 | grep -q "Dynamic module ABI version v0.2.0 matched" ||
   fail "Envoy did not load the routing module" "Dynamic module ABI version v0.2.0 matched" "$(docker compose logs envoy 2>&1 | grep -i dynamic | tail -n 5)"
-wait_for "the routing module to route by 2 members" 10 module_members_are 2
+wait_for "the routing module to hold 2 members" 10 module_members_are 2
 verify 1000 "$WORK/two.json"
 expect_all_correct "$WORK/two.json" 1000
 
@@ -138,7 +139,7 @@ for k in 3 2 4 1 3; do
   [ "$failures" = 0 ] || { cat "$WORK/views.txt"; fail "joins failed while scaling to $k" "0 non-2xx" "$summary"; }
   [ "$sent" -gt 500 ] || fail "too little load while scaling to $k" "> 500 joins" "$sent"
   wait_for "Envoy's resolver cluster to hold $k healthy servers" 30 resolvers_are "$k"
-  wait_for "the routing module to route by $k members" 10 module_members_are "$k"
+  wait_for "the routing module to hold $k members" 10 module_members_are "$k"
   verify 1000 "$WORK/scaled-$k.json"
   expect_all_correct "$WORK/scaled-$k.json" 1000
 done

@@ -127,10 +127,9 @@ fn set_dns_resolvers(value: &mut Value, dns: SocketAddr) -> usize {
 /// How route A finds the owner of a client id: which routing filter `envoy.yaml` enables there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Flow {
-    /// The Rust dynamic module computes it from the servers' `/placement` (`envoy.yaml`'s
-    /// default).
+    /// The Rust dynamic module computes it from the servers' `/placement`.
     Module,
-    /// `lua/routing.lua` asks `/where` on every request.
+    /// `lua/routing.lua` asks `/where` on every request (`envoy.yaml`'s default).
     Resolver,
 }
 
@@ -358,12 +357,12 @@ mod tests {
 
         assert_eq!(
             Flow::of(&yaml).unwrap(),
-            Flow::Module,
-            "the default flow is module"
+            Flow::Resolver,
+            "the default flow is resolver"
         );
-        let resolver = local_config(&yaml, listen, admin, dns, Some(Flow::Resolver)).unwrap();
-        assert_eq!(Flow::of(&resolver).unwrap(), Flow::Resolver);
-        let back = local_config(&resolver, listen, admin, dns, Some(Flow::Module)).unwrap();
-        assert_eq!(Flow::of(&back).unwrap(), Flow::Module);
+        let module = local_config(&yaml, listen, admin, dns, Some(Flow::Module)).unwrap();
+        assert_eq!(Flow::of(&module).unwrap(), Flow::Module);
+        let back = local_config(&module, listen, admin, dns, Some(Flow::Resolver)).unwrap();
+        assert_eq!(Flow::of(&back).unwrap(), Flow::Resolver);
     }
 }
