@@ -242,30 +242,23 @@ fn reqwest_like_probe(
     }
 }
 
-/// The no-filter arm: route A's path (RBAC guard, DFP, router) with no routing filter. Two of
-/// Envoy's own filters set what a routing filter would, for one fixed owner: `:authority`
-/// (header_mutation) and the owner metadata the guard requires (set_metadata).
+/// The no-filter arm: route A's path (RBAC guard, DFP, router) with no routing filter, for one
+/// fixed owner. Envoy's own filters do what a routing filter would: set_metadata records the
+/// owner the guard requires, and DFP's per-route `host_rewrite_literal` sets `:authority` (no
+/// native filter may change `:authority` before it, so the guard runs right after DFP here).
 fn no_filter_config(envoy_yaml: &str, owner: &str) -> Result<String> {
     use serde_yaml::Value;
     let mut config: Value = serde_yaml::from_str(envoy_yaml)?;
     let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         ["typed_config"];
-    let fixed: Value = serde_yaml::from_str(&format!(
+    let set_metadata: Value = serde_yaml::from_str(&format!(
         r#"
-- name: envoy.filters.http.header_mutation
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
-    mutations:
-      request_mutations:
-      - append:
-          header: {{ key: ":authority", value: "{owner}" }}
-          append_action: OVERWRITE_IF_EXISTS_OR_ADD
-- name: envoy.filters.http.set_metadata
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config
-    metadata:
-    - metadata_namespace: poc.routing
-      value: {{ owner: "{owner}" }}
+name: envoy.filters.http.set_metadata
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.filters.http.set_metadata.v3.Config
+  metadata:
+  - metadata_namespace: poc.routing
+    value: {{ owner: "{owner}" }}
 "#
     ))?;
     let filters = hcm["http_filters"]
@@ -276,27 +269,38 @@ fn no_filter_config(envoy_yaml: &str, owner: &str) -> Result<String> {
         "envoy.filters.http.lua",
     ];
     filters.retain(|f| !routing.iter().any(|r| f["name"] == *r));
-    for (i, f) in fixed
-        .as_sequence()
-        .context("fixed filters")?
+    let rbac = filters
         .iter()
-        .enumerate()
-    {
-        filters.insert(i, f.clone());
-    }
-    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]
+        .position(|f| f["name"] == "envoy.filters.http.rbac")
+        .context("envoy.yaml has no rbac filter")?;
+    let rbac = filters.remove(rbac);
+    let dfp = filters
+        .iter()
+        .position(|f| f["name"] == "envoy.filters.http.dynamic_forward_proxy")
+        .context("envoy.yaml has no dynamic_forward_proxy filter")?;
+    filters.insert(dfp + 1, rbac);
+    filters.insert(0, set_metadata);
+    let join = hcm["route_config"]["virtual_hosts"][0]["routes"]
         .as_sequence_mut()
         .context("envoy.yaml has no routes")?
-    {
-        if let Some(per_filter) = route
-            .get_mut("typed_per_filter_config")
-            .and_then(Value::as_mapping_mut)
-        {
-            for r in routing {
-                per_filter.remove(r);
-            }
-        }
+        .iter_mut()
+        .find(|r| r["name"] == "join")
+        .context("envoy.yaml has no route join")?;
+    let per_filter = join["typed_per_filter_config"]
+        .as_mapping_mut()
+        .context("route join has no typed_per_filter_config")?;
+    for r in routing {
+        per_filter.remove(r);
     }
+    per_filter.insert(
+        "envoy.filters.http.dynamic_forward_proxy".into(),
+        serde_yaml::from_str(&format!(
+            r#"
+"@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.PerRouteConfig
+host_rewrite_literal: "{owner}"
+"#
+        ))?,
+    );
     Ok(serde_yaml::to_string(&config)?)
 }
 
