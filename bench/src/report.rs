@@ -448,7 +448,7 @@ pub fn render(dir: &Path, out: &Path) -> Result<()> {
     match soak {
         Some(s) => {
             md += &format!(
-                "`make soak`: {} minutes of `/join` through Envoy as envoy.yaml ships it (module flow), at {:.0} rps (half the measured `envoy_join` maximum), {} servers.\n\n",
+                "`make soak`: {} minutes of `/join` through Envoy as envoy.yaml ships it (its default flow), at {:.0} rps (half the measured `envoy_join` maximum), {} servers.\n\n",
                 s.minutes, s.rate, s.replicas
             );
             md += &format!(
