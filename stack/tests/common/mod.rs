@@ -16,6 +16,7 @@ use axum::Router;
 use poc_routing_client::ids::{self, IdKind};
 use poc_routing_client::Api;
 use poc_routing_placement::{client_id_from_query, ClientId, IndexMode};
+use poc_routing_stack::envoy::Flow;
 use poc_routing_stack::{wait_for, Naming, Stack, StackConfig, SERVER_PORT};
 
 /// Stacks are heavy (Envoy plus servers on 2 cores): tests take turns.
@@ -34,16 +35,29 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A stack config on fresh ports and a fresh 127.0.N.0/24 for the instances.
+/// The flow to run tests in that do not choose one: `POC_FLOW` (module or resolver), else as
+/// `envoy.yaml` ships it. `make test` runs the failure and fault suites in both flows this way.
+pub fn flow_from_env() -> Option<Flow> {
+    match std::env::var("POC_FLOW").ok()?.as_str() {
+        "module" => Some(Flow::Module),
+        "resolver" => Some(Flow::Resolver),
+        other => panic!("POC_FLOW={other:?}: it accepts module or resolver"),
+    }
+}
+
+/// A stack config on fresh ports and a fresh 127.0.N.0/24 for the instances, in the flow
+/// [`flow_from_env`] gives (a test may set its own).
 pub fn config(name: &str, replicas: u32, naming: Naming, mode: IndexMode) -> StackConfig {
+    let flow = flow_from_env().map_or(String::new(), |f| format!("-{}", f.as_str()));
     let run_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("e2e")
-        .join(name);
+        .join(format!("{name}{flow}"));
     let _ = std::fs::remove_dir_all(&run_dir);
     let mut c = StackConfig::new(replicas, naming, mode, run_dir);
     c.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     c.admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     c.net = [127, 0, NEXT_NET.fetch_add(1, Ordering::Relaxed)];
+    c.flow = flow_from_env();
     c
 }
 
