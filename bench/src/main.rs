@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use poc_routing_placement::IndexMode;
-use poc_routing_stack::envoy::Flow;
+use poc_routing_stack::envoy::{self, Flow};
 use poc_routing_stack::{wait_for, Naming, Stack, StackConfig, SERVER_PORT};
 
 #[derive(Parser)]
@@ -249,8 +249,7 @@ fn reqwest_like_probe(
 fn no_filter_config(envoy_yaml: &str, owner: &str) -> Result<String> {
     use serde_yaml::Value;
     let mut config: Value = serde_yaml::from_str(envoy_yaml)?;
-    let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-        ["typed_config"];
+    let hcm = envoy::hcm_mut(&mut config);
     let set_metadata: Value = serde_yaml::from_str(&format!(
         r#"
 name: envoy.filters.http.set_metadata
@@ -280,12 +279,7 @@ typed_config:
         .context("envoy.yaml has no dynamic_forward_proxy filter")?;
     filters.insert(dfp + 1, rbac);
     filters.insert(0, set_metadata);
-    let join = hcm["route_config"]["virtual_hosts"][0]["routes"]
-        .as_sequence_mut()
-        .context("envoy.yaml has no routes")?
-        .iter_mut()
-        .find(|r| r["name"] == "join")
-        .context("envoy.yaml has no route join")?;
+    let join = envoy::join_route_mut(&mut config)?;
     let per_filter = join["typed_per_filter_config"]
         .as_mapping_mut()
         .context("route join has no typed_per_filter_config")?;
@@ -312,22 +306,16 @@ host_rewrite_literal: "{owner}"
 fn cluster_specifier_config(envoy_yaml: &str, hostports: &[String]) -> Result<String> {
     use serde_yaml::Value;
     let mut config: Value = serde_yaml::from_str(envoy_yaml)?;
-    let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-        ["typed_config"];
-    hcm["http_filters"]
+    envoy::hcm_mut(&mut config)["http_filters"]
         .as_sequence_mut()
         .context("envoy.yaml has no http_filters")?
         .retain(|f| {
             f["name"] == "envoy.filters.http.dynamic_modules"
                 || f["name"] == "envoy.filters.http.router"
         });
-    let join = hcm["route_config"]["virtual_hosts"][0]["routes"]
-        .as_sequence_mut()
-        .context("envoy.yaml has no routes")?
-        .iter_mut()
-        .find(|r| r["name"] == "join")
-        .context("envoy.yaml has no route join")?;
-    let join = join.as_mapping_mut().context("route join")?;
+    let join = envoy::join_route_mut(&mut config)?
+        .as_mapping_mut()
+        .context("route join")?;
     join.remove("typed_per_filter_config");
     join.insert(
         "route".into(),
@@ -652,5 +640,88 @@ async fn main() -> Result<()> {
             &poc_routing_stack::envoy::repo_root().join("docs/BENCHMARKS.md"),
         ),
         Cmd::Hello { addr } => hello(addr).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_yaml::Value;
+
+    fn repo_envoy_yaml() -> String {
+        std::fs::read_to_string(envoy::repo_root().join("envoy.yaml")).unwrap()
+    }
+
+    fn filter_names(config: &Value) -> Vec<String> {
+        envoy::hcm_mut(&mut config.clone())["http_filters"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_no_filter_arm_keeps_the_guard_and_dfp_and_drops_the_routing_filters() {
+        let owner = "poc-routing-server-1:8081";
+        let mut config: Value =
+            serde_yaml::from_str(&no_filter_config(&repo_envoy_yaml(), owner).unwrap()).unwrap();
+        assert_eq!(
+            filter_names(&config),
+            [
+                "envoy.filters.http.set_metadata",
+                "envoy.filters.http.dynamic_forward_proxy",
+                "envoy.filters.http.rbac",
+                "envoy.filters.http.router"
+            ]
+        );
+        let join = envoy::join_route_mut(&mut config).unwrap();
+        let per_filter = &join["typed_per_filter_config"];
+        assert_eq!(
+            per_filter["envoy.filters.http.dynamic_forward_proxy"]["host_rewrite_literal"],
+            owner
+        );
+        assert!(
+            per_filter["envoy.filters.http.rbac"].is_mapping(),
+            "the guard stays"
+        );
+        assert!(per_filter["envoy.filters.http.lua"].is_null());
+        assert!(per_filter["envoy.filters.http.dynamic_modules"].is_null());
+    }
+
+    #[test]
+    fn the_cluster_specifier_arm_has_one_cluster_per_instance_and_no_guard_or_dfp() {
+        let hostports = vec![
+            "poc-routing-server-1:8081".to_owned(),
+            "poc-routing-server-2:8081".to_owned(),
+        ];
+        let mut config: Value = serde_yaml::from_str(
+            &cluster_specifier_config(&repo_envoy_yaml(), &hostports).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            filter_names(&config),
+            [
+                "envoy.filters.http.dynamic_modules",
+                "envoy.filters.http.router"
+            ]
+        );
+        let join = envoy::join_route_mut(&mut config).unwrap();
+        assert!(join["typed_per_filter_config"].is_null());
+        assert_eq!(
+            join["route"]["inline_cluster_specifier_plugin"]["extension"]["typed_config"]
+                ["specifier_name"],
+            "routing"
+        );
+        let clusters = config["static_resources"]["clusters"]
+            .as_sequence()
+            .unwrap();
+        for hostport in &hostports {
+            let c = clusters
+                .iter()
+                .find(|c| c["name"] == hostport.as_str())
+                .unwrap();
+            assert_eq!(c["cluster_type"]["name"], "envoy.cluster.dns");
+        }
     }
 }

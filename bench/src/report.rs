@@ -159,7 +159,7 @@ fn targets(scenarios: &BTreeMap<String, ScenarioJson>, jump: &[(f64, f64)]) -> V
         .map(|(moved, optimum)| (moved - optimum).abs() / optimum)
         .fold(0.0, f64::max);
     let errors: u64 = scenarios.values().map(|m| m.errors).sum();
-    let slower = slower_than_baseline(&scenarios);
+    let slower = slower_than_baseline(scenarios);
     // The /join flows against the native peer: as shipped, then each design of the module.
     let mut targets: Vec<Target> = [
         "envoy_join",

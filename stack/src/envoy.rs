@@ -167,13 +167,19 @@ impl Flow {
     }
 }
 
-fn routes(config: &Value) -> &Value {
+/// The HTTP connection manager's config: `envoy.yaml` has one listener with one.
+fn hcm(config: &Value) -> &Value {
     &config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-        ["route_config"]["virtual_hosts"][0]["routes"]
+}
+
+/// The HTTP connection manager's config, to edit (`envoy.yaml` variants of the bench).
+pub fn hcm_mut(config: &mut Value) -> &mut Value {
+    &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]
 }
 
 fn join_route(config: &Value) -> Result<&Value> {
-    routes(config)
+    hcm(config)["route_config"]["virtual_hosts"][0]["routes"]
         .as_sequence()
         .ok_or_else(|| anyhow!("envoy.yaml has no routes where expected"))?
         .iter()
@@ -181,17 +187,20 @@ fn join_route(config: &Value) -> Result<&Value> {
         .ok_or_else(|| anyhow!("envoy.yaml has no route named join"))
 }
 
+/// Route A (`join`), to edit.
+pub fn join_route_mut(config: &mut Value) -> Result<&mut Value> {
+    hcm_mut(config)["route_config"]["virtual_hosts"][0]["routes"]
+        .as_sequence_mut()
+        .ok_or_else(|| anyhow!("envoy.yaml has no routes where expected"))?
+        .iter_mut()
+        .find(|r| r["name"] == "join")
+        .ok_or_else(|| anyhow!("envoy.yaml has no route named join"))
+}
+
 /// Enables `flow`'s routing filter on route A and disables the other one; fails if
 /// `envoy.yaml` does not name both there.
 fn set_flow(config: &mut Value, flow: Flow) -> Result<()> {
-    let routes = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-        ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
-        .as_sequence_mut()
-        .ok_or_else(|| anyhow!("envoy.yaml has no routes where expected"))?;
-    let join = routes
-        .iter_mut()
-        .find(|r| r["name"] == "join")
-        .ok_or_else(|| anyhow!("envoy.yaml has no route named join"))?;
+    let join = join_route_mut(config)?;
     for filter in [MODULE_FILTER, LUA_FILTER] {
         let slot = join
             .get_mut("typed_per_filter_config")
