@@ -169,6 +169,10 @@ fn manifests_keep_the_invariants_real_clusters_depend_on() {
     // Every pod, ready or not, is named: servers see joining and leaving pods, and a crashed
     // pod keeps its name.
     assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
+    // Envoy's resolver cluster asks `server`: one address per ready pod (headless, no
+    // not-ready pods), so that Envoy health-checks each server, not one ClusterIP.
+    assert_eq!(resolver["spec"]["clusterIP"], "None");
+    assert!(resolver["spec"]["publishNotReadyAddresses"].is_null());
 
     // The names the server computes are the names Kubernetes gives the pods.
     assert_eq!(
