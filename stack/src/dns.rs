@@ -101,6 +101,20 @@ impl DnsResponder {
     }
 }
 
+impl DnsResponder {
+    /// Replaces every A and SRV record at once (PTR records stay), so that a reader never sees
+    /// half of an update.
+    pub fn replace(
+        &self,
+        a: HashMap<String, Vec<Ipv4Addr>>,
+        srv: HashMap<String, Vec<(String, u16)>>,
+    ) {
+        let mut zone = self.zone();
+        zone.a = a.into_iter().map(|(k, v)| (normalize(&k), v)).collect();
+        zone.srv = srv.into_iter().map(|(k, v)| (normalize(&k), v)).collect();
+    }
+}
+
 impl Drop for DnsResponder {
     fn drop(&mut self) {
         self.task.abort();

@@ -16,6 +16,7 @@
 
 pub mod dns;
 pub mod envoy;
+pub mod k8s_dns;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -64,6 +64,16 @@ enum Cmd {
         #[arg(long, value_enum)]
         flow: poc_routing_stack::envoy::Flow,
     },
+    /// Test infrastructure for `make test-k8s`: a stand-in for the cluster DNS, serving the
+    /// Services and Endpoints of the API server at API until stopped.
+    K8sDns {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        api: String,
+        #[arg(long, default_value = "cluster.local")]
+        domain: String,
+    },
     /// Stop a stack started with `up --detach`.
     Down {
         #[arg(long, default_value = ".stack")]
@@ -162,6 +172,17 @@ fn envoy_config(flow: poc_routing_stack::envoy::Flow) -> Result<()> {
     Ok(())
 }
 
+async fn k8s_dns(listen: SocketAddr, api: &str, domain: &str) -> Result<()> {
+    let dns = poc_routing_stack::dns::DnsResponder::start(listen)
+        .await
+        .with_context(|| format!("bind the DNS stand-in on {listen}"))?;
+    eprintln!("k8s-dns: serving {domain} from {api} on {}", dns.addr());
+    tokio::select! {
+        result = poc_routing_stack::k8s_dns::follow(&dns, api, domain, Duration::from_millis(300)) => result,
+        () = wait_for_signal() => Ok(()),
+    }
+}
+
 async fn up(config: StackConfig) -> Result<()> {
     let run_dir = config.run_dir.clone();
     let stack = Stack::start(config).await?;
@@ -231,6 +252,11 @@ async fn main() -> ExitCode {
         }
         Cmd::Down { run_dir } => down(&run_dir),
         Cmd::EnvoyConfig { flow } => envoy_config(flow),
+        Cmd::K8sDns {
+            listen,
+            api,
+            domain,
+        } => k8s_dns(listen, &api, &domain).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
