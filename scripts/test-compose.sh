@@ -116,8 +116,10 @@ step "1. docker compose up -d --build --scale server=2"
 docker compose down -v --remove-orphans >/dev/null 2>&1 || true
 docker compose up -d --build --scale server=2 --wait --wait-timeout 300
 wait_for "Envoy's resolver cluster to hold 2 healthy servers" 30 resolvers_are 2
-docker compose logs envoy 2>&1 | grep -q "Dynamic module ABI version v0.2.0 matched" ||
-  fail "Envoy did not load the routing module" "Dynamic module ABI version v0.2.0 matched" "$(docker compose logs envoy 2>&1 | grep -i dynamic | tail -n 5)"
+# To a file first: with pipefail, `logs | grep -q` fails when grep stops reading early.
+docker compose logs envoy >"$WORK/envoy.log" 2>&1
+grep -q "Dynamic module ABI version v0.2.0 matched" "$WORK/envoy.log" ||
+  fail "Envoy did not load the routing module" "Dynamic module ABI version v0.2.0 matched" "$(grep -i dynamic "$WORK/envoy.log" | tail -n 5)"
 wait_for "the routing module to hold 2 members" 10 module_members_are 2
 verify 1000 "$WORK/two.json"
 expect_all_correct "$WORK/two.json" 1000
@@ -251,7 +253,8 @@ answer=$("$CLIENT" join "$id" --url "$URL")
 owner=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["instance"])' "$answer")
 for c in "${running[@]}"; do
   n=$(number_of "$c")
-  if docker logs "$c" 2>&1 | grep -F "\"client_id\":\"$id\"" | grep -q 'client joined'; then
+  docker logs "$c" >"$WORK/server.log" 2>&1
+  if grep -F "\"client_id\":\"$id\"" "$WORK/server.log" | grep 'client joined' >/dev/null; then
     [ "$n" = "$owner" ] || fail "$c logged a join it does not own" "only poc-routing-server-$owner" "$c"
   else
     [ "$n" != "$owner" ] || fail "the owner did not log the join" "a 'client joined' line for $id in $c" "none"
