@@ -19,6 +19,7 @@
 # envoy.yaml ships.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 CLIENT=target/release/poc-client
 URL=http://127.0.0.1:10000
@@ -29,11 +30,6 @@ WORK=target/compose-test${FLOW:+-$FLOW}
 mkdir -p "$WORK" target/bench/faults
 
 step() { printf '\n=== %s  (%ss)\n' "$*" "$SECONDS"; }
-fail() {
-  printf 'FAIL: %s\n' "$1" >&2
-  [ $# -ge 3 ] && printf 'EXPECTED: %s\nRECEIVED: %s\n' "$2" "$3" >&2
-  exit 1
-}
 
 # --- prerequisites: fail loudly, never skip
 docker info >/dev/null 2>&1 || fail "Docker is not reachable: install Docker Engine and start it (dockerd)"
@@ -67,16 +63,6 @@ cleanup() {
   exit $rc
 }
 trap cleanup EXIT
-
-wait_for() { # wait_for DESCRIPTION SECONDS COMMAND...
-  local what=$1 limit=$2
-  shift 2
-  local deadline=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || fail "timed out after ${limit}s waiting for $what"
-    sleep 0.2
-  done
-}
 
 healthy_resolvers() { curl -fsS "$ADMIN/clusters" | grep -c '^resolver::.*::health_flags::healthy$' || true; }
 resolvers_are() { [ "$(healthy_resolvers)" = "$1" ]; }

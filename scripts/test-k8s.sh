@@ -12,6 +12,7 @@
 # Always tears the cluster down (scripts/k8s/cluster.sh down), even on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 CLIENT=target/release/poc-client
 API=http://127.0.0.1:8080
@@ -20,20 +21,6 @@ WORK=target/k8s-test
 mkdir -p "$WORK" target/bench/faults
 
 step() { printf '\n=== %s  (%ss)\n' "$*" "$SECONDS"; }
-fail() {
-  printf 'FAIL: %s\n' "$1" >&2
-  [ $# -ge 3 ] && printf 'EXPECTED: %s\nRECEIVED: %s\n' "$2" "$3" >&2
-  exit 1
-}
-wait_for() { # wait_for DESCRIPTION SECONDS COMMAND...
-  local what=$1 limit=$2
-  shift 2
-  local deadline=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || fail "timed out after ${limit}s waiting for $what"
-    sleep 0.5
-  done
-}
 KUBECTL=$(command -v kubectl || echo .venv/bin/kubectl)
 kctl() { "$KUBECTL" --server "$API" -n "$NS" "$@"; }
 

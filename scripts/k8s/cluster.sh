@@ -14,6 +14,7 @@
 # ever leaves the machine. The binaries come from scripts/k8s/build.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source scripts/lib.sh
 
 VERSION=v1.20.2
 BIN=${K8S_CACHE:-/var/cache/poc-routing/k8s}/$VERSION/bin
@@ -25,20 +26,9 @@ API=http://127.0.0.1:8080
 SERVICE_CIDR=10.96.0.0/24
 NODE=poc-node
 log() { printf '[k8s] %s\n' "$*"; }
-fail() { printf '[k8s] FAIL: %s\n' "$*" >&2; exit 1; }
 
 node_ip() { ip -4 -o addr show docker0 | awk '{print $4}' | cut -d/ -f1 | head -n 1; }
 kctl() { kubectl --server "$API" "$@"; }
-
-wait_for() { # wait_for DESCRIPTION SECONDS COMMAND...
-  local what=$1 limit=$2
-  shift 2
-  local deadline=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || fail "timed out after ${limit}s waiting for $what (logs in $RUN)"
-    sleep 0.5
-  done
-}
 
 start() { # start NAME COMMAND... : in the background, logging to $RUN/NAME.log
   local name=$1

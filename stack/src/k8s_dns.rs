@@ -131,6 +131,18 @@ fn records(services: &List<Service>, endpoints: &List<Endpoints>, domain: &str) 
     (a, srv)
 }
 
+/// One list from the API server.
+async fn get<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> Result<T> {
+    http.get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("GET {url}"))?
+        .json()
+        .await
+        .with_context(|| format!("GET {url}: not a list"))
+}
+
 /// Serves the cluster's names on `dns` from the API server at `api` (e.g.
 /// `http://127.0.0.1:8080`), refreshed every `every`, until the task is dropped.
 pub async fn follow(dns: &DnsResponder, api: &str, domain: &str, every: Duration) -> Result<()> {
@@ -138,22 +150,8 @@ pub async fn follow(dns: &DnsResponder, api: &str, domain: &str, every: Duration
         .timeout(Duration::from_secs(2))
         .build()?;
     loop {
-        let services: List<Service> = http
-            .get(format!("{api}/api/v1/services"))
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .context("GET /api/v1/services")?
-            .json()
-            .await?;
-        let endpoints: List<Endpoints> = http
-            .get(format!("{api}/api/v1/endpoints"))
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .context("GET /api/v1/endpoints")?
-            .json()
-            .await?;
+        let services: List<Service> = get(&http, &format!("{api}/api/v1/services")).await?;
+        let endpoints: List<Endpoints> = get(&http, &format!("{api}/api/v1/endpoints")).await?;
         let (a, srv) = records(&services, &endpoints, domain);
         dns.replace(a, srv);
         tokio::time::sleep(every).await;
