@@ -154,8 +154,8 @@ impl Flow {
 
     /// The flow `envoy_yaml` enables on route A.
     pub fn of(envoy_yaml: &str) -> Result<Flow> {
-        let config: Value = serde_yaml::from_str(envoy_yaml).context("parse envoy.yaml")?;
-        let per_filter = &join_route(&config)?["typed_per_filter_config"];
+        let mut config: Value = serde_yaml::from_str(envoy_yaml).context("parse envoy.yaml")?;
+        let per_filter = &join_route_mut(&mut config)?["typed_per_filter_config"];
         let enabled: Vec<Flow> = [Flow::Module, Flow::Resolver]
             .into_iter()
             .filter(|f| per_filter[f.filter()]["disabled"] == Value::Bool(false))
@@ -167,24 +167,10 @@ impl Flow {
     }
 }
 
-/// The HTTP connection manager's config: `envoy.yaml` has one listener with one.
-fn hcm(config: &Value) -> &Value {
-    &config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-}
-
-/// The HTTP connection manager's config, to edit (`envoy.yaml` variants of the bench).
+/// The HTTP connection manager's config (`envoy.yaml` has one listener with one), to edit.
 pub fn hcm_mut(config: &mut Value) -> &mut Value {
     &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         ["typed_config"]
-}
-
-fn join_route(config: &Value) -> Result<&Value> {
-    hcm(config)["route_config"]["virtual_hosts"][0]["routes"]
-        .as_sequence()
-        .ok_or_else(|| anyhow!("envoy.yaml has no routes where expected"))?
-        .iter()
-        .find(|r| r["name"] == "join")
-        .ok_or_else(|| anyhow!("envoy.yaml has no route named join"))
 }
 
 /// Route A (`join`), to edit.
