@@ -16,7 +16,7 @@ CARGO ?= cargo
 REPLICAS ?= 3
 INDEX_MODE ?= hash
 NAMING ?= compose
-# resolver (envoy.yaml's default) or module; empty: as envoy.yaml says
+# lua (envoy.yaml's default) or module; empty: as envoy.yaml says
 FLOW ?=
 COUNT ?= 1000
 

@@ -1,4 +1,4 @@
--- poc-routing: the resolver flow. Sends /join to the one instance that owns the client id.
+-- poc-routing: the Lua flow. Sends /join to the one instance that owns the client id.
 --
 -- Runs on route A when envoy.yaml enables it there in place of the Rust routing module (the
 -- module flow is the default; this is the original design, kept as the readable reference).
@@ -6,7 +6,7 @@
 --   1. finds the single client_id in the query, with the server's rules (missing, empty,
 --      repeated, over 256 bytes, not UTF-8 or holding control characters: 400 with the server's
 --      error code);
---   2. asks the resolver cluster GET /where?client_id=<the id as the client encoded it>, so the
+--   2. asks the servers cluster GET /where?client_id=<the id as the client encoded it>, so the
 --      server decodes the id the same way for /where and /join;
 --   3. checks the hostport, records it as dynamic metadata poc.routing/owner (the RBAC guard in
 --      envoy.yaml requires it), sets :authority to it, so the dynamic forward proxy dials
@@ -21,10 +21,10 @@
 local bit = require("bit")
 
 local MAX_ID_BYTES = 256
-local RESOLVER_CLUSTER = "resolver"
+local SERVERS_CLUSTER = "servers"
 -- /where answers in about a millisecond; an instance that takes longer is hung or overloaded.
 local RESOLVER_TIMEOUT_MS = 500
--- A replica that just died or hung stays in the resolver cluster until a health check (or
+-- A replica that just died or hung stays in the servers cluster until a health check (or
 -- outlier detection) notices it; one more attempt lands on another replica.
 local RESOLVER_ATTEMPTS = 2
 local METADATA_NAMESPACE = "poc.routing"
@@ -139,7 +139,7 @@ function M.extract_client_id(path)
 end
 
 ---------------------------------------------------------------------------------------------
--- Answers from the resolver cluster.
+-- Answers from the servers cluster.
 
 local function dns_label(s)
   return type(s) == "string" and #s >= 1 and #s <= 63 and s:find("^[%w%-]+$") ~= nil
@@ -205,13 +205,13 @@ local function reply(handle, status, code, message)
   handle:respond({ [":status"] = tostring(status), ["content-type"] = "application/json" }, body)
 end
 
-local function resolver_get(handle, path)
+local function where_get(handle, path)
   local headers, body
   for attempt = 1, RESOLVER_ATTEMPTS do
-    headers, body = handle:httpCall(RESOLVER_CLUSTER, {
+    headers, body = handle:httpCall(SERVERS_CLUSTER, {
       [":method"] = "GET",
       [":path"] = path,
-      [":authority"] = RESOLVER_CLUSTER,
+      [":authority"] = SERVERS_CLUSTER,
       ["accept"] = "application/json",
     }, "", RESOLVER_TIMEOUT_MS)
     local status = headers and headers[":status"]
@@ -225,18 +225,18 @@ end
 
 -- The owner's hostport and the epoch of the answer by asking /where (nil if the answer has
 -- none). Every other outcome is answered here: respond() ends the script.
-local function owner_from_resolver(handle, raw_id)
-  local status, body = resolver_get(handle, "/where?client_id=" .. raw_id)
+local function owner_from_where(handle, raw_id)
+  local status, body = where_get(handle, "/where?client_id=" .. raw_id)
   if status == "400" then
     -- The server rejected the id: pass its answer on, so clients see one set of error codes.
     handle:respond({ [":status"] = "400", ["content-type"] = "application/json" }, body or "")
     return nil
   elseif status == "503" then
-    return reply(handle, 503, "resolver_unavailable", "no server instance could be asked where this client belongs")
+    return reply(handle, 503, "where_unavailable", "no server instance could be asked where this client belongs")
   elseif status == "504" then
-    return reply(handle, 504, "resolver_timeout", "the server instance asked where this client belongs did not answer in time")
+    return reply(handle, 504, "where_timeout", "the server instance asked where this client belongs did not answer in time")
   elseif status ~= "200" then
-    return reply(handle, 502, "bad_resolver_answer", "the resolver answered HTTP " .. tostring(status))
+    return reply(handle, 502, "bad_where_answer", "/where answered HTTP " .. tostring(status))
   end
   return M.hostport_from_answer(body), M.epoch_from_answer(body)
 end
@@ -248,12 +248,12 @@ local function route(handle)
     return reply(handle, 400, id_or_code, message)
   end
   -- Answers the request itself (and never returns) when /where fails.
-  local hostport, epoch = owner_from_resolver(handle, raw_id)
+  local hostport, epoch = owner_from_where(handle, raw_id)
   if not M.valid_hostport(hostport) then
-    return reply(handle, 502, "bad_resolver_answer", "the resolver's answer has no usable hostport")
+    return reply(handle, 502, "bad_where_answer", "the /where answer has no usable hostport")
   end
   if not epoch then
-    return reply(handle, 502, "bad_resolver_answer", "the resolver's answer has no placement epoch")
+    return reply(handle, 502, "bad_where_answer", "the /where answer has no placement epoch")
   end
   local headers = handle:headers()
   handle:streamInfo():dynamicMetadata():set(METADATA_NAMESPACE, "owner", hostport)

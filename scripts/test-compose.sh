@@ -41,13 +41,13 @@ done
 [ -x "$CLIENT" ] || fail "$CLIENT is missing: run make build"
 case "$FLOW" in
   "") ;;
-  module | resolver)
+  module | lua)
     [ -x target/release/poc-stack ] || fail "target/release/poc-stack is missing: run make build"
     target/release/poc-stack envoy-config --flow "$FLOW" >"$WORK/envoy.yaml"
     export ENVOY_YAML="$PWD/$WORK/envoy.yaml"
     echo "route A runs the $FLOW flow ($ENVOY_YAML)"
     ;;
-  *) fail "FLOW=$FLOW: it accepts module or resolver (or nothing: as envoy.yaml ships)" ;;
+  *) fail "FLOW=$FLOW: it accepts module or lua (or nothing: as envoy.yaml ships)" ;;
 esac
 
 placeholders=()
@@ -101,7 +101,7 @@ small_verify_passes() { verify 50 "$WORK/probe.json" && [ "$(report "$WORK/probe
 step "1. docker compose up -d --build --scale server=2"
 docker compose down -v --remove-orphans >/dev/null 2>&1 || true
 docker compose up -d --build --scale server=2 --wait --wait-timeout 300
-wait_for "Envoy's resolver cluster to hold 2 healthy servers" 30 resolvers_are 2
+wait_for "Envoy's servers cluster to hold 2 healthy servers" 30 resolvers_are 2
 # To a file first: with pipefail, `logs | grep -q` fails when grep stops reading early.
 docker compose logs envoy >"$WORK/envoy.log" 2>&1
 grep -q "Dynamic module ABI version v0.2.0 matched" "$WORK/envoy.log" ||
@@ -141,7 +141,7 @@ for k in 3 2 4 1 3; do
   sent=$(report "$WORK/load-$k.json" 'r["sent"]')
   [ "$failures" = 0 ] || { cat "$WORK/views.txt"; fail "joins failed while scaling to $k" "0 non-2xx" "$summary"; }
   [ "$sent" -gt 500 ] || fail "too little load while scaling to $k" "> 500 joins" "$sent"
-  wait_for "Envoy's resolver cluster to hold $k healthy servers" 30 resolvers_are "$k"
+  wait_for "Envoy's servers cluster to hold $k healthy servers" 30 resolvers_are "$k"
   wait_for "the routing module to hold $k members" 10 module_members_are "$k"
   verify 1000 "$WORK/scaled-$k.json"
   expect_all_correct "$WORK/scaled-$k.json" 1000
@@ -155,7 +155,7 @@ victim_n=$(number_of "$victim")
 step "3. docker kill $victim: only its clients fail"
 old_ip=$(ip_of "$victim")
 docker kill "$victim" >/dev/null
-wait_for "Envoy's resolver cluster to drop the killed server" 30 resolvers_are 2
+wait_for "Envoy's servers cluster to drop the killed server" 30 resolvers_are 2
 verify 1000 "$WORK/killed.json" --seed 7 --results
 python3 - "$WORK/killed.json" "$victim_n" <<'EOF'
 import json, sys
@@ -213,7 +213,7 @@ figures=target/bench/faults/restart_recovery_compose${FLOW:+_$FLOW}.json
 printf '{"fault": "restart_recovery_compose%s", "figures": {"served_again_after_docker_start_ms": [%s], "worst_ms": %s}}\n' \
   "${FLOW:+_$FLOW}" "$(IFS=,; echo "${samples[*]}")" "$worst" >"$figures"
 echo "restart recovery on Compose: ${samples[*]} ms, worst $worst ms ($figures)"
-wait_for "Envoy's resolver cluster to hold 3 healthy servers" 30 resolvers_are 3
+wait_for "Envoy's servers cluster to hold 3 healthy servers" 30 resolvers_are 3
 verify 1000 "$WORK/restarted.json"
 expect_all_correct "$WORK/restarted.json" 1000
 

@@ -336,10 +336,10 @@ inline_cluster_specifier_plugin:
     let clusters = config["static_resources"]["clusters"]
         .as_sequence_mut()
         .context("envoy.yaml has no clusters")?;
-    let resolver = clusters
+    let servers = clusters
         .iter()
-        .find(|c| c["name"] == "resolver")
-        .context("envoy.yaml has no resolver cluster")?
+        .find(|c| c["name"] == "servers")
+        .context("envoy.yaml has no servers cluster")?
         .clone();
     for hostport in hostports {
         let (host, port) = hostport.rsplit_once(':').context("hostport")?;
@@ -355,7 +355,7 @@ load_assignment:
     - endpoint: {{ address: {{ socket_address: {{ address: "{host}", port_value: {port} }} }} }}
 "#
         ))?;
-        cluster["cluster_type"] = resolver["cluster_type"].clone();
+        cluster["cluster_type"] = servers["cluster_type"].clone();
         clusters.push(cluster);
     }
     Ok(serde_yaml::to_string(&config)?)
@@ -454,7 +454,7 @@ async fn run(
     // Each flow by name: measured again on this stack for the default one, else on its own.
     for (name, flow) in [
         ("envoy_join_module", Flow::Module),
-        ("envoy_join_lua", Flow::Resolver),
+        ("envoy_join_lua", Flow::Lua),
     ] {
         let measured = if flow == default_flow {
             scenario(name, join(&stack.url()), &settings).await
@@ -518,7 +518,7 @@ async fn run(
         scenario("envoy_join_no_filter", join(&stack.url()), &fixed_owner).await,
     );
     drop(stack);
-    let mut floor = stack_config("stack-lua-floor", replicas, Some(Flow::Resolver));
+    let mut floor = stack_config("stack-lua-floor", replicas, Some(Flow::Lua));
     floor.lua_override = Some(LUA_FLOOR.to_owned());
     let stack = Stack::start(floor).await?;
     scenarios.insert(

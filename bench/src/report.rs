@@ -329,7 +329,7 @@ const ORDER: [(&str, &str); 10] = [
     ("envoy_where", "GET /where through Envoy, route B"),
     (
         "envoy_join",
-        "GET /join as envoy.yaml ships it (its default flow: resolver)",
+        "GET /join as envoy.yaml ships it (its default flow: lua)",
     ),
     (
         "envoy_join_module",
@@ -337,7 +337,7 @@ const ORDER: [(&str, &str); 10] = [
     ),
     (
         "envoy_join_lua",
-        "GET /join, resolver flow: Lua asks /where on every request",
+        "GET /join, Lua flow: Lua asks /where on every request",
     ),
     (
         "envoy_join_cluster_specifier",
@@ -479,7 +479,7 @@ fn explain_misses(report: &Report) -> String {
     for t in missed {
         let rps = |n: &str| report.scenarios.get(n).map_or(0.0, |s| s.rps);
         let why = if t.name.starts_with("envoy_join ") {
-            "envoy.yaml ships the resolver flow as its default (README, \"How routing works\"), which asks GET /where through Envoy before every join: two trips through Envoy per join, where native hashing makes one"
+            "envoy.yaml ships the Lua flow as its default (README, \"How routing works\"), which asks GET /where through Envoy before every join: two trips through Envoy per join, where native hashing makes one"
         } else if t.name.starts_with("envoy_join_module") {
             &format!(
                 "the path, not the module: route A runs the routing filter, the RBAC guard and DFP's sub-cluster lookup, none of which the native path has. The same placement code as a cluster specifier on the native path's shape ran at {:.0} rps, and route A's guard and DFP with no routing filter at {:.0} rps, against {:.0} rps native (docs/BENCHMARKS-notes.md)",

@@ -8,7 +8,7 @@
 //!
 //! The member list and epoch come from the servers' `GET /placement`, fetched off the request
 //! path: a thread ticks every `refresh_interval_ms`, Envoy's main thread sends the request
-//! through the health-checked `resolver` cluster, and workers read the newest verified
+//! through the health-checked `servers` cluster, and workers read the newest verified
 //! snapshot. A request is never held up by that fetch.
 //!
 //! Layout: [`settings`] (the filter's JSON config), [`snapshot`] (a verified `/placement`

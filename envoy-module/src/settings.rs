@@ -24,7 +24,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            cluster: "resolver".into(),
+            cluster: "servers".into(),
             refresh_interval: Duration::from_millis(250),
             fetch_timeout: Duration::from_millis(500),
             stale_after: Duration::from_secs(10),

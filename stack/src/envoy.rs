@@ -130,7 +130,7 @@ pub enum Flow {
     /// The Rust dynamic module computes it from the servers' `/placement`.
     Module,
     /// `lua/routing.lua` asks `/where` on every request (`envoy.yaml`'s default).
-    Resolver,
+    Lua,
 }
 
 /// The HTTP filter that routes joins in each flow.
@@ -141,14 +141,14 @@ impl Flow {
     pub fn as_str(self) -> &'static str {
         match self {
             Flow::Module => "module",
-            Flow::Resolver => "resolver",
+            Flow::Lua => "lua",
         }
     }
 
     fn filter(self) -> &'static str {
         match self {
             Flow::Module => MODULE_FILTER,
-            Flow::Resolver => LUA_FILTER,
+            Flow::Lua => LUA_FILTER,
         }
     }
 
@@ -156,7 +156,7 @@ impl Flow {
     pub fn of(envoy_yaml: &str) -> Result<Flow> {
         let mut config: Value = serde_yaml::from_str(envoy_yaml).context("parse envoy.yaml")?;
         let per_filter = &join_route_mut(&mut config)?["typed_per_filter_config"];
-        let enabled: Vec<Flow> = [Flow::Module, Flow::Resolver]
+        let enabled: Vec<Flow> = [Flow::Module, Flow::Lua]
             .into_iter()
             .filter(|f| per_filter[f.filter()]["disabled"] == Value::Bool(false))
             .collect();
@@ -303,8 +303,8 @@ pub fn highest_glibc(objdump_t: &str) -> Option<(u32, u32)> {
         .max()
 }
 
-/// Counts the resolver cluster's hosts that Envoy's health checks consider healthy.
-pub async fn healthy_resolver_hosts(http: &reqwest::Client, admin: SocketAddr) -> Vec<String> {
+/// Counts the servers cluster's hosts that Envoy's health checks consider healthy.
+pub async fn healthy_servers_hosts(http: &reqwest::Client, admin: SocketAddr) -> Vec<String> {
     let Ok(response) = http.get(format!("http://{admin}/clusters")).send().await else {
         return Vec::new();
     };
@@ -312,7 +312,7 @@ pub async fn healthy_resolver_hosts(http: &reqwest::Client, admin: SocketAddr) -
         return Vec::new();
     };
     text.lines()
-        .filter_map(|l| l.strip_prefix("resolver::"))
+        .filter_map(|l| l.strip_prefix("servers::"))
         .filter_map(|l| l.strip_suffix("::health_flags::healthy"))
         .map(str::to_owned)
         .collect()
@@ -359,12 +359,12 @@ mod tests {
 
         assert_eq!(
             Flow::of(&yaml).unwrap(),
-            Flow::Resolver,
-            "the default flow is resolver"
+            Flow::Lua,
+            "the default flow is lua"
         );
         let module = local_config(&yaml, listen, admin, dns, Some(Flow::Module)).unwrap();
         assert_eq!(Flow::of(&module).unwrap(), Flow::Module);
-        let back = local_config(&module, listen, admin, dns, Some(Flow::Resolver)).unwrap();
-        assert_eq!(Flow::of(&back).unwrap(), Flow::Resolver);
+        let back = local_config(&module, listen, admin, dns, Some(Flow::Lua)).unwrap();
+        assert_eq!(Flow::of(&back).unwrap(), Flow::Lua);
     }
 }

@@ -30,7 +30,7 @@ use poc_routing_placement::{IndexMode, Placement};
 
 pub use dns::DnsResponder;
 
-/// The port every instance listens on, as in `envoy.yaml`'s resolver cluster.
+/// The port every instance listens on, as in `envoy.yaml`'s servers cluster.
 pub const SERVER_PORT: u16 = 8081;
 
 /// Which deployment's names the stack imitates.
@@ -411,7 +411,7 @@ impl Stack {
             .values()
             .map(|s| SocketAddr::from((s.ip, SERVER_PORT)))
             .collect();
-        self.wait_resolver_hosts(&all).await?;
+        self.wait_servers_cluster(&all).await?;
         if self.flow() == Some(envoy::Flow::Module) {
             self.wait_module_members(self.placement.members().len())
                 .await?;
@@ -463,15 +463,15 @@ impl Stack {
         .await
     }
 
-    /// Waits until the healthy hosts of Envoy's resolver cluster are exactly `expected`.
-    pub async fn wait_resolver_hosts(&self, expected: &[SocketAddr]) -> Result<()> {
+    /// Waits until the healthy hosts of Envoy's servers cluster are exactly `expected`.
+    pub async fn wait_servers_cluster(&self, expected: &[SocketAddr]) -> Result<()> {
         let mut want: Vec<String> = expected.iter().map(ToString::to_string).collect();
         want.sort();
         wait_for(
-            &format!("Envoy's resolver cluster to hold exactly {want:?}"),
+            &format!("Envoy's servers cluster to hold exactly {want:?}"),
             Duration::from_secs(15),
             || async {
-                let mut got = envoy::healthy_resolver_hosts(&self.http, self.config.admin).await;
+                let mut got = envoy::healthy_servers_hosts(&self.http, self.config.admin).await;
                 got.sort();
                 got == want
             },

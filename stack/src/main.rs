@@ -46,7 +46,7 @@ enum Cmd {
         /// The DNS responder's address (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         dns: SocketAddr,
-        /// How route A finds owners: module or resolver (default: as envoy.yaml says, resolver).
+        /// How route A finds owners: module or lua (default: as envoy.yaml says, lua).
         #[arg(long, value_enum)]
         flow: Option<poc_routing_stack::envoy::Flow>,
         /// Envoy's --component-log-level, e.g. lua:debug.

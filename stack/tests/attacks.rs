@@ -1,4 +1,4 @@
-//! Attacks on route A with the real Envoy. None may reach a host the client or a bad resolver
+//! Attacks on route A with the real Envoy. None may reach a host the client or a bad /where
 //! chose, and none may ever return Envoy's admin interface.
 
 mod common;
@@ -19,8 +19,8 @@ async fn a_host_header_never_chooses_the_upstream_in_the_module_flow() {
 }
 
 #[tokio::test]
-async fn a_host_header_never_chooses_the_upstream_in_the_resolver_flow() {
-    host_header_never_chooses(Flow::Resolver).await;
+async fn a_host_header_never_chooses_the_upstream_in_the_lua_flow() {
+    host_header_never_chooses(Flow::Lua).await;
 }
 
 async fn host_header_never_chooses(flow: Flow) {
@@ -85,16 +85,16 @@ async fn host_header_never_chooses(flow: Flow) {
 }
 
 #[tokio::test]
-async fn a_bad_resolver_answer_is_refused() {
+async fn a_bad_where_answer_is_refused() {
     let _turn = serial().await;
-    let mut c = config("bad-resolver", 2, Naming::Compose, IndexMode::Hash);
-    c.flow = Some(Flow::Resolver);
+    let mut c = config("bad-where", 2, Naming::Compose, IndexMode::Hash);
+    c.flow = Some(Flow::Lua);
     let mut stack = start(c).await;
-    // The real instances go away; `server` now names only the fake resolver.
+    // The real instances go away; `server` now names only the fake server.
     for index in [1, 2] {
         stack.stop_instance(index).unwrap();
     }
-    let fake = use_fake_resolver(&stack).await;
+    let fake = use_fake_server(&stack).await;
     let admin = stack.admin().to_string();
 
     let no_delay = Duration::ZERO;
@@ -104,14 +104,14 @@ async fn a_bad_resolver_answer_is_refused() {
             format!("{{\"hostport\":\"{admin}\",\"epoch\":\"{EPOCH}\"}}"),
             no_delay,
             502,
-            "bad_resolver_answer",
+            "bad_where_answer",
         ),
         (
             200,
             "{\"hostport\":\"evil.example:80\",\"epoch\":\"0123456789abcdef\"}".into(),
             no_delay,
             502,
-            "bad_resolver_answer",
+            "bad_where_answer",
         ),
         (
             200,
@@ -125,7 +125,7 @@ async fn a_bad_resolver_answer_is_refused() {
             "{\"hostport\":\"localhost:9901\",\"epoch\":\"0123456789abcdef\"}".into(),
             no_delay,
             502,
-            "bad_resolver_answer",
+            "bad_where_answer",
         ),
         (
             200,
@@ -140,39 +140,39 @@ async fn a_bad_resolver_answer_is_refused() {
                 .into(),
             no_delay,
             502,
-            "bad_resolver_answer",
+            "bad_where_answer",
         ),
         (
             200,
             "<html>garbage</html>".into(),
             no_delay,
             502,
-            "bad_resolver_answer",
+            "bad_where_answer",
         ),
-        (200, String::new(), no_delay, 502, "bad_resolver_answer"),
+        (200, String::new(), no_delay, 502, "bad_where_answer"),
         // An owner without the epoch it was computed under cannot be stamped: refused.
         (
             200,
             "{\"hostport\":\"poc-routing-server-1:8081\"}".into(),
             no_delay,
             502,
-            "bad_resolver_answer",
+            "bad_where_answer",
         ),
         (
             200,
             "{\"hostport\":\"poc-routing-server-1:8081\",\"epoch\":\"0123456789ABCDEF\"}".into(),
             no_delay,
             502,
-            "bad_resolver_answer",
+            "bad_where_answer",
         ),
         (
             500,
             "{\"hostport\":\"poc-routing-server-1:8081\",\"epoch\":\"0123456789abcdef\"}".into(),
             no_delay,
             502,
-            "bad_resolver_answer",
+            "bad_where_answer",
         ),
-        (302, String::new(), no_delay, 502, "bad_resolver_answer"),
+        (302, String::new(), no_delay, 502, "bad_where_answer"),
         // A well-formed instance name that does not exist: the guard allows it, DNS has nothing.
         (
             200,
@@ -181,19 +181,19 @@ async fn a_bad_resolver_answer_is_refused() {
             503,
             "owner_unavailable",
         ),
-        // Too slow: the 1 s resolver timeout answers.
+        // Too slow: the 1 s /where timeout answers.
         (
             200,
             "{\"hostport\":\"poc-routing-server-1:8081\",\"epoch\":\"0123456789abcdef\"}".into(),
             Duration::from_millis(1500),
             504,
-            "resolver_timeout",
+            "where_timeout",
         ),
     ];
     for (status, body, delay, want_status, want_code) in cases {
         *fake.answer.lock().unwrap() = (status, body.clone(), delay);
 
-        // A timed-out resolver is ejected for a while (outlier detection), so ask the slow
+        // A timed-out instance is ejected for a while (outlier detection), so ask the slow
         // one only once.
         let hosts = if delay.is_zero() {
             vec![None, Some(admin.as_str()), Some("example.com")]
@@ -206,7 +206,7 @@ async fn a_bad_resolver_answer_is_refused() {
             let parsed: serde_json::Value = serde_json::from_str(&got_body).unwrap_or_default();
             assert!(
                 got_status == want_status && parsed["error"] == want_code,
-                "resolver answered {status} {body:?}, Host {host:?}\nEXPECTED {want_status} {want_code}\nRECEIVED {got_status} {got_body}"
+                "/where answered {status} {body:?}, Host {host:?}\nEXPECTED {want_status} {want_code}\nRECEIVED {got_status} {got_body}"
             );
         }
     }
@@ -261,11 +261,11 @@ async fn a_bad_placement_rule_is_refused_or_ignored() {
     let mut c = config("bad-placement", 2, Naming::Compose, IndexMode::Hash);
     c.flow = Some(Flow::Module);
     let mut stack = start(c).await;
-    // The real instances go away; `server` now names only the fake resolver.
+    // The real instances go away; `server` now names only the fake server.
     for index in [1, 2] {
         stack.stop_instance(index).unwrap();
     }
-    let fake = use_fake_resolver(&stack).await;
+    let fake = use_fake_server(&stack).await;
     let rule = |prefix: &str, suffix: &str, port: u16, members: &[u64]| {
         Placement::new(IndexMode::Hash, 1, 1, prefix, suffix, port)
             .unwrap()
@@ -348,7 +348,7 @@ async fn until_stale(stack: &Stack) {
 #[tokio::test]
 async fn a_stale_placement_rule_is_caught_by_the_owner() {
     let _turn = serial().await;
-    // Three real servers; a resolver that still publishes the two-member rule, with the epoch
+    // Three real servers; a fake server that still publishes the two-member rule, with the epoch
     // that rule really has. No server holds that epoch, so no owner may serve by it.
     let mut c = config("stale-placement", 3, Naming::Compose, IndexMode::Hash);
     c.flow = Some(Flow::Module);
@@ -370,7 +370,7 @@ async fn a_stale_placement_rule_is_caught_by_the_owner() {
     )
     .await
     .unwrap();
-    let fake = use_fake_resolver(&stack).await;
+    let fake = use_fake_server(&stack).await;
     *fake.placement.lock().unwrap() = (200, published(&stale));
     // The module adopts the stale rule at its next fetch (every 250 ms).
     until_join_answers(&stack, "the stale rule in effect", 421, "misdirected").await;
@@ -397,7 +397,7 @@ async fn a_stale_placement_rule_is_caught_by_the_owner() {
 /// Starts a stack whose routing.lua is replaced by `script`.
 async fn with_script(name: &str, script: &str) -> poc_routing_stack::Stack {
     let mut c = config(name, 2, Naming::Compose, IndexMode::Hash);
-    c.flow = Some(Flow::Resolver);
+    c.flow = Some(Flow::Lua);
     c.lua_override = Some(script.to_owned());
     start(c).await
 }
@@ -437,7 +437,7 @@ async fn a_broken_script_fails_closed() {
 #[tokio::test]
 async fn an_error_inside_the_routing_logic_answers_500() {
     let _turn = serial().await;
-    // The real script with its resolver call broken: the script's own guard answers.
+    // The real script with its /where call broken: the script's own guard answers.
     let real =
         std::fs::read_to_string(poc_routing_stack::envoy::repo_root().join("lua/routing.lua"))
             .unwrap();

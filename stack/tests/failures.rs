@@ -1,4 +1,4 @@
-//! Failures with the real Envoy: an owner down, an owner back on a new address, no resolver.
+//! Failures with the real Envoy: an owner down, an owner back on a new address, no instance to ask /where.
 
 mod common;
 
@@ -68,7 +68,7 @@ async fn a_stopped_owner_fails_only_its_clients_and_recovers_on_a_new_address() 
 #[tokio::test]
 async fn with_every_instance_down_join_and_where_answer_503() {
     let _turn = serial().await;
-    for flow in [Flow::Module, Flow::Resolver] {
+    for flow in [Flow::Module, Flow::Lua] {
         let mut c = config(
             &format!("all-down-{flow:?}"),
             2,
@@ -81,15 +81,15 @@ async fn with_every_instance_down_join_and_where_answer_503() {
             stack.stop_instance(index).unwrap();
         }
         // The module still holds the last placement: the join goes to its owner, who is down.
-        // The resolver flow has no one to ask.
+        // The Lua flow has no one to ask.
         let join_code = match flow {
             Flow::Module => "owner_unavailable",
-            Flow::Resolver => "resolver_unavailable",
+            Flow::Lua => "where_unavailable",
         };
         let (status, body) = raw_get(&stack, "/join?client_id=abc", None).await;
         json_error(status, &body, 503, join_code);
         let (status, body) = raw_get(&stack, "/where?client_id=abc", None).await;
-        json_error(status, &body, 503, "resolver_unavailable");
+        json_error(status, &body, 503, "where_unavailable");
     }
 }
 

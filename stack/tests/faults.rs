@@ -301,15 +301,15 @@ async fn an_envoy_restart_recovers() {
     );
 }
 
-/// A resolver that answers 503 once is asked exactly once more; one that keeps answering 503
-/// is asked twice in all, then the client gets 503 `resolver_unavailable`.
+/// A /where that answers 503 once is asked exactly once more; one that keeps answering 503
+/// is asked twice in all, then the client gets 503 `where_unavailable`.
 #[tokio::test]
-async fn a_resolver_503_is_retried_exactly_once() {
+async fn a_where_503_is_retried_exactly_once() {
     let _turn = serial().await;
-    // The resolver flow asks /where per join (the module flow fetches /placement off the
+    // The Lua flow asks /where per join (the module flow fetches /placement off the
     // request path: attacks.rs `a_bad_placement_rule_is_refused_or_ignored`).
-    let mut c = config("fault-resolver-503", 2, Naming::Compose, IndexMode::Hash);
-    c.flow = Some(Flow::Resolver);
+    let mut c = config("fault-where-503", 2, Naming::Compose, IndexMode::Hash);
+    c.flow = Some(Flow::Lua);
     let stack = start(c).await;
     let id = id_owned_by(&stack, 2);
     let good = format!(
@@ -317,7 +317,7 @@ async fn a_resolver_503_is_retried_exactly_once() {
         stack.placement().epoch()
     );
     let unavailable = "{\"error\":\"not_ready\",\"message\":\"injected\"}".to_owned();
-    let fake = use_fake_resolver(&stack).await;
+    let fake = use_fake_server(&stack).await;
     *fake.answer.lock().unwrap() = (200, good, Duration::ZERO);
     fake.queue
         .lock()
@@ -335,15 +335,15 @@ async fn a_resolver_503_is_retried_exactly_once() {
     *fake.answer.lock().unwrap() = (503, unavailable, Duration::ZERO);
     fake.where_calls.store(0, Ordering::SeqCst);
     let (status, code, _) = timed_join(&http, &stack, &id).await;
-    assert_eq!((status, code.as_str()), (503, "resolver_unavailable"));
+    assert_eq!((status, code.as_str()), (503, "where_unavailable"));
     assert_eq!(
         fake.where_calls.load(Ordering::SeqCst),
         2,
         "exactly one retry"
     );
     record(
-        "resolver_503",
-        json!({"where_attempts_per_join": 2, "after_two_503": status_code(503, "resolver_unavailable")}),
+        "where_503",
+        json!({"where_attempts_per_join": 2, "after_two_503": status_code(503, "where_unavailable")}),
     );
 }
 
@@ -427,13 +427,13 @@ async fn overload_is_refused_with_retry_after_and_recovers() {
         .take(400)
         .collect();
     // Only instance 2 answers /where (the owner's own /where answers are not what this
-    // measures: a hung owner as resolver is `a_hung_owner_times_out_only_its_clients`).
-    let resolver = stack.instance_addr(2).unwrap();
-    let std::net::IpAddr::V4(ip) = resolver.ip() else {
+    // measures: a hung owner asked /where is `a_hung_owner_times_out_only_its_clients`).
+    let asked = stack.instance_addr(2).unwrap();
+    let std::net::IpAddr::V4(ip) = asked.ip() else {
         unreachable!("the stack uses IPv4")
     };
     stack.dns().set("server", vec![ip]);
-    stack.wait_resolver_hosts(&[resolver]).await.unwrap();
+    stack.wait_servers_cluster(&[asked]).await.unwrap();
     // The owner stops answering, so joins to it pile up in flight.
     stack.signal_instance(1, Signal::SIGSTOP).unwrap();
     let started = Instant::now();

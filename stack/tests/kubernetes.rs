@@ -30,7 +30,7 @@ fn kustomize(dir: &Path) -> String {
         .arg(dir)
         .output()
         .unwrap_or_else(|e| {
-            panic!("kubectl is needed to render minikube/ ({e}): apt-get install kubectl")
+            panic!("kubectl is needed to render minikube/ ({e}): make k8s-tools installs it into .venv")
         });
     assert!(
         out.status.success(),
@@ -160,7 +160,7 @@ fn manifests_keep_the_invariants_real_clusters_depend_on() {
     }
     let sts = find(&docs, "StatefulSet", "server");
     let headless = find(&docs, "Service", "server-headless");
-    let resolver = find(&docs, "Service", "server");
+    let server_svc = find(&docs, "Service", "server");
     let server = container(sts, "server");
 
     // serviceName matches the headless Service, which really is headless.
@@ -169,10 +169,10 @@ fn manifests_keep_the_invariants_real_clusters_depend_on() {
     // Every pod, ready or not, is named: servers see joining and leaving pods, and a crashed
     // pod keeps its name.
     assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
-    // Envoy's resolver cluster asks `server`: one address per ready pod (headless, no
+    // Envoy's servers cluster asks `server`: one address per ready pod (headless, no
     // not-ready pods), so that Envoy health-checks each server, not one ClusterIP.
-    assert_eq!(resolver["spec"]["clusterIP"], "None");
-    assert!(resolver["spec"]["publishNotReadyAddresses"].is_null());
+    assert_eq!(server_svc["spec"]["clusterIP"], "None");
+    assert!(server_svc["spec"]["publishNotReadyAddresses"].is_null());
 
     // The names the server computes are the names Kubernetes gives the pods.
     assert_eq!(
@@ -213,10 +213,10 @@ fn manifests_keep_the_invariants_real_clusters_depend_on() {
         "terminationGracePeriodSeconds must leave room for the drain"
     );
 
-    // Ports agree: container, PORT, both Services, and envoy.yaml's resolver cluster.
+    // Ports agree: container, PORT, both Services, and envoy.yaml's servers cluster.
     let port = port_named(server, "http");
     assert_eq!(env(server, "PORT"), port.to_string());
-    for svc in [headless, resolver] {
+    for svc in [headless, server_svc] {
         let p = &svc["spec"]["ports"][0];
         assert_eq!(p["port"].as_u64(), Some(port));
         assert_eq!(p["targetPort"], "http");
@@ -230,10 +230,10 @@ fn manifests_keep_the_invariants_real_clusters_depend_on() {
     let clusters = envoy_cfg["static_resources"]["clusters"]
         .as_sequence()
         .unwrap();
-    let resolver_cluster = clusters.iter().find(|c| c["name"] == "resolver").unwrap();
-    let endpoint = &resolver_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    let servers_cluster = clusters.iter().find(|c| c["name"] == "servers").unwrap();
+    let endpoint = &servers_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
         ["endpoint"]["address"]["socket_address"];
-    assert_eq!(endpoint["address"], resolver["metadata"]["name"]);
+    assert_eq!(endpoint["address"], server_svc["metadata"]["name"]);
     assert_eq!(endpoint["port_value"].as_u64(), Some(port));
     // The guard in envoy.yaml admits exactly these instance names.
     assert!(envoy_yaml.contains(&format!(

@@ -74,13 +74,13 @@ async fn every_join_lands_on_its_owner_with_kubernetes_naming() {
 }
 
 #[tokio::test]
-async fn every_join_lands_on_its_owner_in_the_resolver_flow_with_compose_naming() {
-    correctness(Naming::Compose, Flow::Resolver).await;
+async fn every_join_lands_on_its_owner_in_the_lua_flow_with_compose_naming() {
+    correctness(Naming::Compose, Flow::Lua).await;
 }
 
 #[tokio::test]
-async fn every_join_lands_on_its_owner_in_the_resolver_flow_with_kubernetes_naming() {
-    correctness(Naming::Kubernetes, Flow::Resolver).await;
+async fn every_join_lands_on_its_owner_in_the_lua_flow_with_kubernetes_naming() {
+    correctness(Naming::Kubernetes, Flow::Lua).await;
 }
 
 #[tokio::test]

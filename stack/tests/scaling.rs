@@ -1,6 +1,6 @@
 //! Scaling under steady load with the real Envoy: instances are added and removed live, as
 //! `docker compose up --scale` and `kubectl scale` do, and clients must not notice. The full
-//! sequences run the default module flow; a shorter one runs the resolver flow.
+//! sequences run the default module flow; a shorter one runs the Lua flow.
 //!
 //! For each step: steady `/join` traffic from 16 connections over 2000 ids, the change, then
 //! traffic until every instance holds the new view and a little longer. The step must see
@@ -195,14 +195,14 @@ async fn kubernetes_naming_scales_2_3_2_4_1_with_no_failed_join() {
     .await;
 }
 
-/// The resolver flow (Lua asks /where per join) follows the epoch too: no failed join while
+/// The Lua flow (Lua asks /where per join) follows the epoch too: no failed join while
 /// scaling, and afterwards every join lands on its owner.
 #[tokio::test]
-async fn the_resolver_flow_scales_with_no_failed_join() {
+async fn the_lua_flow_scales_with_no_failed_join() {
     scale_under_load(
         Naming::Compose,
         IndexMode::Jump,
-        Flow::Resolver,
+        Flow::Lua,
         1,
         &[
             Step {

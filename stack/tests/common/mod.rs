@@ -35,13 +35,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The flow to run tests in that do not choose one: `POC_FLOW` (module or resolver), else as
+/// The flow to run tests in that do not choose one: `POC_FLOW` (module or lua), else as
 /// `envoy.yaml` ships it. `make test` runs the failure and fault suites in both flows this way.
 pub fn flow_from_env() -> Option<Flow> {
     match std::env::var("POC_FLOW").ok()?.as_str() {
         "module" => Some(Flow::Module),
-        "resolver" => Some(Flow::Resolver),
-        other => panic!("POC_FLOW={other:?}: it accepts module or resolver"),
+        "lua" => Some(Flow::Lua),
+        other => panic!("POC_FLOW={other:?}: it accepts module or lua"),
     }
 }
 
@@ -145,22 +145,22 @@ pub fn decode_like_server(raw_query: &str) -> String {
     client_id_from_query(Some(raw_query)).unwrap().into_string()
 }
 
-/// A resolver that answers /where and /placement with whatever the test sets, and /health
+/// A fake server that answers /where and /placement with whatever the test sets, and /health
 /// with 200. `/where` answers from `queue` first, then `answer`; `where_calls` counts them.
 #[derive(Clone)]
-pub struct FakeResolver {
+pub struct FakeServer {
     pub answer: Arc<Mutex<(u16, String, Duration)>>,
     pub queue: Arc<Mutex<VecDeque<(u16, String)>>>,
     pub placement: Arc<Mutex<(u16, String)>>,
     pub where_calls: Arc<AtomicUsize>,
 }
 
-async fn fake_placement(State(fake): State<FakeResolver>) -> (axum::http::StatusCode, String) {
+async fn fake_placement(State(fake): State<FakeServer>) -> (axum::http::StatusCode, String) {
     let (status, body) = fake.placement.lock().unwrap().clone();
     (axum::http::StatusCode::from_u16(status).unwrap(), body)
 }
 
-async fn fake_where(State(fake): State<FakeResolver>) -> (axum::http::StatusCode, String) {
+async fn fake_where(State(fake): State<FakeServer>) -> (axum::http::StatusCode, String) {
     fake.where_calls.fetch_add(1, Ordering::SeqCst);
     let queued = fake.queue.lock().unwrap().pop_front();
     let (status, body, delay) = match queued {
@@ -171,8 +171,8 @@ async fn fake_where(State(fake): State<FakeResolver>) -> (axum::http::StatusCode
     (axum::http::StatusCode::from_u16(status).unwrap(), body)
 }
 
-async fn spawn_fake_resolver(ip: Ipv4Addr) -> FakeResolver {
-    let fake = FakeResolver {
+async fn spawn_fake_server(ip: Ipv4Addr) -> FakeServer {
+    let fake = FakeServer {
         answer: Arc::new(Mutex::new((200, "{\"fake\":true}".into(), Duration::ZERO))),
         queue: Arc::default(),
         // No rule by default: routing.lua falls back to asking /where.
@@ -191,20 +191,20 @@ async fn spawn_fake_resolver(ip: Ipv4Addr) -> FakeResolver {
     fake
 }
 
-/// Starts a fake resolver on `<net>.200:8081` and makes it the only `server` Envoy asks, as
+/// Starts a fake server on `<net>.200:8081` and makes it the only `server` Envoy asks, as
 /// DNS would after a swap; returns once requests through Envoy reach it.
-pub async fn use_fake_resolver(stack: &Stack) -> FakeResolver {
+pub async fn use_fake_server(stack: &Stack) -> FakeServer {
     let [a, b, c] = stack.config().net;
     let ip = Ipv4Addr::new(a, b, c, 200);
-    let fake = spawn_fake_resolver(ip).await;
+    let fake = spawn_fake_server(ip).await;
     stack.dns().set("server", vec![ip]);
     stack
-        .wait_resolver_hosts(&[SocketAddr::from((ip, SERVER_PORT))])
+        .wait_servers_cluster(&[SocketAddr::from((ip, SERVER_PORT))])
         .await
         .unwrap();
     // Health state reaches Envoy's workers a moment after its main thread: wait for route B.
     wait_for(
-        "route B to reach the fake resolver",
+        "route B to reach the fake server",
         Duration::from_secs(10),
         || async {
             raw_get(stack, "/where?client_id=abc", None)
