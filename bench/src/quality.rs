@@ -1,7 +1,7 @@
 //! Placement quality: how evenly `hash` and `jump` spread ids, and how many ids move when a
 //! replica is added, next to the optimum 1/(N+1).
 
-use poc_routing_placement::{ClientId, IndexMode, Placement};
+use poc_routing_placement::{ClientId, IndexMode, Naming, Placement, PlacementSpec};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -33,7 +33,11 @@ pub fn random_ids(count: usize, seed: u64) -> Vec<ClientId> {
 }
 
 fn placement(mode: IndexMode, replicas: u32) -> Placement {
-    Placement::new(mode, replicas, 0, "p", "", 1).expect("valid placement")
+    let naming = Naming {
+        base: 0,
+        ..Naming::compose()
+    };
+    Placement::contiguous(PlacementSpec::new(mode, naming), replicas).expect("valid placement")
 }
 
 /// One row per N in `range`, for `mode`.

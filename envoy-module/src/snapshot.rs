@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use poc_routing_placement::{ClientId, Epoch, IdError, IndexMode, Placement, PlacementError};
+use poc_routing_placement::{ClientId, Epoch, IdError, Placement, PlacementError, PlacementSpec};
 use serde::Deserialize;
 
 /// The fields of a `/placement` answer the filter needs (the rest is for operators).
@@ -17,11 +17,8 @@ struct Answer {
     state: String,
     epoch: Option<String>,
     members: Vec<u64>,
-    mode: String,
-    base: u32,
-    prefix: String,
-    suffix: String,
-    port: u16,
+    #[serde(flatten)]
+    rule: PlacementSpec,
 }
 
 /// One member list with its epoch, as a server published it.
@@ -43,8 +40,6 @@ pub enum SnapshotError {
     NotMember(String),
     #[error("the answer has no epoch")]
     NoEpoch,
-    #[error("unknown index mode {0:?}")]
-    Mode(String),
     #[error("the published rule is invalid: {0}")]
     Rule(#[from] PlacementError),
     #[error("the answer says epoch {stated}, but its rule and members give {computed}")]
@@ -60,19 +55,7 @@ impl Snapshot {
             return Err(SnapshotError::NotMember(answer.state));
         }
         let stated = answer.epoch.ok_or(SnapshotError::NoEpoch)?;
-        let mode: IndexMode = answer
-            .mode
-            .parse()
-            .map_err(|_| SnapshotError::Mode(answer.mode.clone()))?;
-        let placement = Placement::new(
-            mode,
-            1,
-            answer.base,
-            answer.prefix,
-            answer.suffix,
-            answer.port,
-        )?
-        .with_members(answer.members)?;
+        let placement = Placement::new(answer.rule, answer.members)?;
         let computed = placement.epoch().to_string();
         if stated.parse::<Epoch>().ok() != Some(placement.epoch()) {
             return Err(SnapshotError::EpochMismatch { stated, computed });
@@ -118,13 +101,19 @@ impl Snapshot {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use poc_routing_placement::{IndexMode, Naming};
+
+    fn compose(mode: IndexMode, members: &[u64]) -> Placement {
+        Placement::new(
+            PlacementSpec::new(mode, Naming::compose()),
+            members.iter().copied(),
+        )
+        .unwrap()
+    }
 
     /// A `/placement` body as a server writes it, for `members` of the Compose naming.
     pub(crate) fn answer(mode: &str, members: &[u64], epoch: Option<&str>) -> String {
-        let rule = Placement::new(mode.parse().unwrap(), 1, 1, "poc-routing-server", "", 8081)
-            .unwrap()
-            .with_members(members.iter().copied())
-            .unwrap();
+        let rule = compose(mode.parse().unwrap(), members);
         let epoch = epoch.map_or_else(|| rule.epoch().to_string(), str::to_owned);
         serde_json::json!({
             "instance": 1, "state": "member", "discovery": "dns", "epoch": epoch,
@@ -140,10 +129,7 @@ pub(crate) mod tests {
     fn owners_follow_the_placement_crate() {
         let body = answer("hash", &[1, 2, 4], None);
         let snapshot = Snapshot::parse(body.as_bytes(), Instant::now()).unwrap();
-        let rule = Placement::new(IndexMode::Hash, 1, 1, "poc-routing-server", "", 8081)
-            .unwrap()
-            .with_members([1, 2, 4])
-            .unwrap();
+        let rule = compose(IndexMode::Hash, &[1, 2, 4]);
         assert_eq!(snapshot.epoch(), rule.epoch().to_string());
         for i in 0..500 {
             let id = ClientId::try_from(format!("client-{i}").as_str()).unwrap();
@@ -169,13 +155,8 @@ pub(crate) mod tests {
         let good = answer("jump", &[1, 2, 3], None);
         let wrong_epoch = answer("jump", &[1, 2, 3], Some("0123456789abcdef"));
         let joining = good.replace("\"member\"", "\"joining\"");
-        let no_epoch = answer("hash", &[1], None).replace(
-            &Placement::new(IndexMode::Hash, 1, 1, "poc-routing-server", "", 8081)
-                .unwrap()
-                .epoch()
-                .to_string(),
-            "x",
-        );
+        let no_epoch = answer("hash", &[1], None)
+            .replace(&compose(IndexMode::Hash, &[1]).epoch().to_string(), "x");
         let cases: Vec<(String, &str)> = vec![
             ("{".into(), "not a /placement answer"),
             ("{}".into(), "missing field"),

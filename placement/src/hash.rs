@@ -6,7 +6,7 @@ const FNV32_PRIME: u32 = 0x0100_0193;
 const FNV64_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV64_PRIME: u64 = 0x0000_0100_0000_01b3;
 
-/// 32-bit FNV-1a of `bytes` (the seed's `hash` mode).
+/// 32-bit FNV-1a of `bytes` (what the `hash` mode reduces modulo the member count).
 pub fn fnv1a32(bytes: &[u8]) -> u32 {
     bytes.iter().fold(FNV32_OFFSET, |h, &b| {
         (h ^ u32::from(b)).wrapping_mul(FNV32_PRIME)

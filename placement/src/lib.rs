@@ -1,8 +1,8 @@
 //! Placement: which instance owns a client id.
 //!
 //! This crate is the single definition of the routing rule. The server answers `/where` and
-//! checks ownership on `/join` with it, the client uses it in tests, and the Lua port in
-//! `lua/routing.lua` is checked against the same vectors. It does no I/O, so every rule is
+//! checks ownership on `/join` with it, the Envoy module computes owners with it, and the bench
+//! and the end-to-end tests use it as the oracle. It does no I/O, so every rule is
 //! covered by table-driven tests (`tests/vectors.rs`).
 //!
 //! The three steps are kept apart on purpose:
@@ -25,17 +25,24 @@
 
 mod hash;
 mod id;
+mod spec;
 
 pub use hash::{fnv1a32, fnv1a64, jump_consistent_hash};
 pub use id::{client_id_from_query, ClientId, IdError, MAX_CLIENT_ID_BYTES};
+pub use spec::{
+    is_prefix, is_suffix, Naming, PlacementSpec, DEFAULT_PORT, PREFIX_ACCEPTS, SUFFIX_ACCEPTS,
+};
 
 use std::fmt;
 use std::str::FromStr;
 
-/// How a client id is turned into an instance index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// How a client id is turned into an instance index. Written `hash`, `numeric` or `jump`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum IndexMode {
-    /// `fnv1a32(id) mod replicas`: the seed's rule. Changing the replica count moves most ids.
+    /// `fnv1a32(id) mod replicas`: the default. Changing the replica count moves most ids.
     #[default]
     Hash,
     /// The id is a decimal `u64`; `value mod replicas`. Lets operators pin ids by number.
@@ -68,6 +75,14 @@ impl fmt::Display for IndexMode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown index mode {0:?}: expected hash, numeric or jump")]
 pub struct UnknownMode(pub String);
+
+impl TryFrom<String> for IndexMode {
+    type Error = UnknownMode;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
 
 impl FromStr for IndexMode {
     type Err = UnknownMode;
@@ -117,18 +132,16 @@ impl FromStr for Epoch {
     }
 }
 
-/// The placement rule of one deployment: how instances are named, and which are members.
+/// The placement rule of one deployment over its members: a [`PlacementSpec`] and the sorted
+/// instance indexes that are members.
 ///
-/// Construct it with [`Placement::new`] (members `base..base+replicas-1`) or narrow it to the
-/// deployed members with [`Placement::with_members`]. Both check the invariants once, so that
-/// [`Placement::index`] cannot fail for a valid id in hash or jump mode.
+/// Construct it with [`Placement::contiguous`] (members `base..base+replicas-1`) or
+/// [`Placement::new`] (an explicit member list), or narrow it with [`Placement::with_members`].
+/// Each checks the invariants once, so that [`Placement::index`] cannot fail for a valid id in
+/// hash or jump mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
-    mode: IndexMode,
-    base: u32,
-    prefix: String,
-    suffix: String,
-    port: u16,
+    spec: PlacementSpec,
     /// Sorted, without duplicates, never empty.
     members: Vec<u64>,
     epoch: Epoch,
@@ -145,74 +158,28 @@ pub enum PlacementError {
     TooManyMembers(usize),
     #[error("port must be between 1 and 65535")]
     ZeroPort,
-    #[error("prefix {0:?} is not a DNS label: it must start with a letter or digit and hold only letters, digits and '-'")]
+    #[error("prefix {0:?} is not {PREFIX_ACCEPTS}")]
     BadPrefix(String),
-    #[error("suffix {0:?} must be empty or a series of '.label' parts (letters, digits, '-')")]
+    #[error("suffix {0:?} must be {SUFFIX_ACCEPTS}")]
     BadSuffix(String),
 }
 
 impl Placement {
-    /// Checks and builds a placement rule.
-    pub fn new(
-        mode: IndexMode,
-        replicas: u32,
-        base: u32,
-        prefix: impl Into<String>,
-        suffix: impl Into<String>,
-        port: u16,
-    ) -> Result<Self, PlacementError> {
-        let prefix = prefix.into();
-        let suffix = suffix.into();
+    /// The rule over members `base..base+replicas-1`, as a fresh deployment numbers them.
+    pub fn contiguous(spec: PlacementSpec, replicas: u32) -> Result<Self, PlacementError> {
         if replicas == 0 {
             return Err(PlacementError::NoReplicas);
         }
-        if replicas as usize > MAX_MEMBERS {
-            return Err(PlacementError::TooManyMembers(replicas as usize));
-        }
-        if port == 0 {
-            return Err(PlacementError::ZeroPort);
-        }
-        if !is_dns_label(&prefix) {
-            return Err(PlacementError::BadPrefix(prefix));
-        }
-        let suffix_ok = suffix.is_empty()
-            || suffix
-                .strip_prefix('.')
-                .is_some_and(|rest| rest.split('.').all(is_dns_label));
-        if !suffix_ok {
-            return Err(PlacementError::BadSuffix(suffix));
-        }
-        let first = u64::from(base);
-        let members = (first..first + u64::from(replicas)).collect();
-        Ok(Self::build(mode, base, prefix, suffix, port, members))
+        let first = u64::from(spec.naming.base);
+        Self::new(spec, first..first + u64::from(replicas))
     }
 
-    fn build(
-        mode: IndexMode,
-        base: u32,
-        prefix: String,
-        suffix: String,
-        port: u16,
-        members: Vec<u64>,
-    ) -> Self {
-        let mut placement = Self {
-            mode,
-            base,
-            prefix,
-            suffix,
-            port,
-            members,
-            epoch: Epoch(0),
-        };
-        placement.epoch = Epoch(fnv1a64(placement.canonical().as_bytes()));
-        placement
-    }
-
-    /// The same rule over another member list (sorted and de-duplicated here).
-    pub fn with_members(
-        &self,
+    /// The rule over exactly `members` (sorted and de-duplicated here).
+    pub fn new(
+        spec: PlacementSpec,
         members: impl IntoIterator<Item = u64>,
     ) -> Result<Self, PlacementError> {
+        spec.naming.check()?;
         let mut members: Vec<u64> = members.into_iter().collect();
         members.sort_unstable();
         members.dedup();
@@ -222,26 +189,34 @@ impl Placement {
         if members.len() > MAX_MEMBERS {
             return Err(PlacementError::TooManyMembers(members.len()));
         }
-        Ok(Self::build(
-            self.mode,
-            self.base,
-            self.prefix.clone(),
-            self.suffix.clone(),
-            self.port,
+        let mut placement = Self {
+            spec,
             members,
-        ))
+            epoch: Epoch(0),
+        };
+        placement.epoch = Epoch(fnv1a64(placement.canonical().as_bytes()));
+        Ok(placement)
+    }
+
+    /// The same rule over another member list (sorted and de-duplicated here).
+    pub fn with_members(
+        &self,
+        members: impl IntoIterator<Item = u64>,
+    ) -> Result<Self, PlacementError> {
+        Self::new(self.spec.clone(), members)
     }
 
     /// The text the epoch hashes: `mode|prefix|suffix|port|m1,m2,...`, members ascending.
     /// Everything that decides an owner's hostport is in it, and nothing else.
     pub fn canonical(&self) -> String {
         let members: Vec<String> = self.members.iter().map(u64::to_string).collect();
+        let n = &self.spec.naming;
         format!(
             "{}|{}|{}|{}|{}",
-            self.mode,
-            self.prefix,
-            self.suffix,
-            self.port,
+            self.spec.mode,
+            n.prefix,
+            n.suffix,
+            n.port,
             members.join(",")
         )
     }
@@ -251,8 +226,15 @@ impl Placement {
         self.epoch
     }
 
+    /// The rule without its members.
+    pub fn spec(&self) -> &PlacementSpec {
+        &self.spec
+    }
+    pub fn naming(&self) -> &Naming {
+        &self.spec.naming
+    }
     pub fn mode(&self) -> IndexMode {
-        self.mode
+        self.spec.mode
     }
     /// How many members there are.
     pub fn replicas(&self) -> u32 {
@@ -260,16 +242,16 @@ impl Placement {
         self.members.len() as u32
     }
     pub fn base(&self) -> u32 {
-        self.base
+        self.spec.naming.base
     }
     pub fn prefix(&self) -> &str {
-        &self.prefix
+        &self.spec.naming.prefix
     }
     pub fn suffix(&self) -> &str {
-        &self.suffix
+        &self.spec.naming.suffix
     }
     pub fn port(&self) -> u16 {
-        self.port
+        self.spec.naming.port
     }
 
     /// The member indexes, ascending.
@@ -287,7 +269,7 @@ impl Placement {
     /// Fails only in numeric mode, when the id is not a decimal number that fits in a `u64`.
     pub fn index(&self, id: &ClientId) -> Result<u64, IdError> {
         let n = self.members.len() as u64;
-        let position = match self.mode {
+        let position = match self.spec.mode {
             IndexMode::Hash => u64::from(fnv1a32(id.as_bytes())) % n,
             IndexMode::Numeric => id::parse_decimal_u64(id.as_str())? % n,
             IndexMode::Jump => u64::from(jump_consistent_hash(
@@ -301,35 +283,19 @@ impl Placement {
 
     /// The host name of instance `index`, without the port.
     pub fn host(&self, index: u64) -> String {
-        format!("{}-{}{}", self.prefix, index, self.suffix)
+        self.spec.naming.host(index)
     }
 
     /// `SERVICE_PREFIX-<index>SERVICE_SUFFIX:PORT`: where the instance can be dialled.
     pub fn hostport(&self, index: u64) -> String {
-        format!("{}:{}", self.host(index), self.port)
+        self.spec.naming.hostport(index)
     }
 
-    /// The index encoded in a host name such as `server-3` (a StatefulSet pod) or
-    /// `server-3.server-headless.ns.svc.cluster.local`, if it names one of our instances.
+    /// The index encoded in a host name, if it names one of our instances
+    /// ([`Naming::index_from_hostname`]).
     pub fn index_from_hostname(&self, hostname: &str) -> Option<u64> {
-        let first_label = hostname.split('.').next()?;
-        let digits = first_label.strip_prefix(&self.prefix)?.strip_prefix('-')?;
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        digits.parse().ok()
+        self.spec.naming.index_from_hostname(hostname)
     }
-}
-
-/// A DNS label as RFC 1123 allows it: 1..=63 letters, digits and '-', not starting or ending in '-'.
-fn is_dns_label(label: &str) -> bool {
-    !label.is_empty()
-        && label.len() <= 63
-        && !label.starts_with('-')
-        && !label.ends_with('-')
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 #[cfg(test)]
@@ -337,21 +303,15 @@ mod tests {
     use super::*;
 
     fn compose() -> Placement {
-        Placement::new(IndexMode::Hash, 3, 1, "poc-routing-server", "", 8081).unwrap()
+        Placement::contiguous(PlacementSpec::new(IndexMode::Hash, Naming::compose()), 3).unwrap()
     }
 
     #[test]
-    fn hostport_follows_the_naming_scheme() {
+    fn hostport_follows_the_naming() {
         assert_eq!(compose().hostport(2), "poc-routing-server-2:8081");
-        let k8s = Placement::new(
-            IndexMode::Jump,
-            2,
-            0,
-            "server",
-            ".server-headless.poc-routing.svc.cluster.local",
-            8081,
-        )
-        .unwrap();
+        let k8s =
+            Placement::contiguous(PlacementSpec::new(IndexMode::Jump, Naming::kubernetes()), 2)
+                .unwrap();
         assert_eq!(
             k8s.hostport(0),
             "server-0.server-headless.poc-routing.svc.cluster.local:8081"
@@ -361,43 +321,37 @@ mod tests {
 
     #[test]
     fn rejects_bad_settings() {
-        let cases = [
-            (0, "p", "", 1, PlacementError::NoReplicas),
-            (1, "p", "", 0, PlacementError::ZeroPort),
-            (1, "", "", 1, PlacementError::BadPrefix(String::new())),
-            (1, "-p", "", 1, PlacementError::BadPrefix("-p".into())),
-            (1, "p_q", "", 1, PlacementError::BadPrefix("p_q".into())),
-            (1, "p", "x.y", 1, PlacementError::BadSuffix("x.y".into())),
-            (1, "p", ".", 1, PlacementError::BadSuffix(".".into())),
-            (
-                1,
-                "p",
-                ".a..b",
-                1,
-                PlacementError::BadSuffix(".a..b".into()),
-            ),
-        ];
-        for (replicas, prefix, suffix, port, want) in cases {
-            let got = Placement::new(IndexMode::Hash, replicas, 0, prefix, suffix, port);
-            assert_eq!(got, Err(want), "{replicas} {prefix:?} {suffix:?} {port}");
-        }
-    }
-
-    #[test]
-    fn index_from_hostname() {
-        let p = compose();
-        let cases = [
-            ("poc-routing-server-1", Some(1)),
-            ("poc-routing-server-17.local", Some(17)),
-            ("poc-routing-server-", None),
-            ("poc-routing-server-1a", None),
-            ("poc-routing-server", None),
-            ("0123456789ab", None),
-            ("other-1", None),
-        ];
-        for (host, want) in cases {
-            assert_eq!(p.index_from_hostname(host), want, "{host}");
-        }
+        let spec = |port| {
+            PlacementSpec::new(
+                IndexMode::Hash,
+                Naming {
+                    prefix: "p".into(),
+                    suffix: String::new(),
+                    port,
+                    base: 0,
+                },
+            )
+        };
+        assert_eq!(
+            Placement::contiguous(spec(1), 0),
+            Err(PlacementError::NoReplicas)
+        );
+        assert_eq!(
+            Placement::contiguous(spec(0), 1),
+            Err(PlacementError::ZeroPort)
+        );
+        assert_eq!(Placement::new(spec(1), []), Err(PlacementError::NoMembers));
+        let too_many = MAX_MEMBERS as u32 + 1;
+        assert_eq!(
+            Placement::contiguous(spec(1), too_many),
+            Err(PlacementError::TooManyMembers(too_many as usize))
+        );
+        let mut bad_prefix = spec(1);
+        bad_prefix.naming.prefix = "-p".into();
+        assert_eq!(
+            Placement::contiguous(bad_prefix, 1),
+            Err(PlacementError::BadPrefix("-p".into()))
+        );
     }
 
     #[test]
@@ -441,7 +395,8 @@ mod tests {
                 "{bad:?}"
             );
         }
-        let jump = Placement::new(IndexMode::Jump, 3, 1, "poc-routing-server", "", 8081).unwrap();
+        let jump = Placement::contiguous(PlacementSpec::new(IndexMode::Jump, Naming::compose()), 3)
+            .unwrap();
         assert_ne!(p.epoch(), jump.epoch(), "the mode is part of the epoch");
     }
 

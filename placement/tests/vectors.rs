@@ -1,7 +1,7 @@
 //! Every case in `tests/data/placement.json`, the reference vectors shared with the Lua port.
 
 use poc_routing_placement::{
-    fnv1a32, fnv1a64, jump_consistent_hash, ClientId, IndexMode, Placement,
+    fnv1a32, fnv1a64, jump_consistent_hash, ClientId, IndexMode, Naming, Placement, PlacementSpec,
 };
 use serde::Deserialize;
 
@@ -83,7 +83,8 @@ fn placement_vectors() {
     let mut invalid = 0;
     for case in &v.placement {
         let mode: IndexMode = case.mode.parse().unwrap();
-        let placement = Placement::new(mode, case.replicas, case.base, "p", "", 1).unwrap();
+        let placement =
+            Placement::contiguous(spec(mode, "p", "", 1, case.base), case.replicas).unwrap();
         let got = ClientId::try_from(case.client_id.as_str())
             .and_then(|id| placement.index(&id))
             .ok();
@@ -134,10 +135,8 @@ fn member_list_vectors() {
     assert!(v.members.len() > 2000);
     for case in &v.members {
         let mode: IndexMode = case.mode.parse().unwrap();
-        let placement = Placement::new(mode, 1, 0, "p", "", 1)
-            .unwrap()
-            .with_members(case.members.iter().copied())
-            .unwrap();
+        let placement =
+            Placement::new(spec(mode, "p", "", 1, 0), case.members.iter().copied()).unwrap();
         let got = ClientId::try_from(case.client_id.as_str())
             .and_then(|id| placement.index(&id))
             .ok();
@@ -150,10 +149,8 @@ fn member_list_vectors() {
     assert!(v.epochs.len() >= 48);
     for case in &v.epochs {
         let mode: IndexMode = case.mode.parse().unwrap();
-        let placement = Placement::new(mode, 1, 0, &*case.prefix, &*case.suffix, case.port)
-            .unwrap()
-            .with_members(case.members.iter().copied())
-            .unwrap();
+        let spec = spec(mode, &case.prefix, &case.suffix, case.port, 0);
+        let placement = Placement::new(spec, case.members.iter().copied()).unwrap();
         assert_eq!(
             placement.epoch().to_string(),
             case.epoch,
@@ -176,4 +173,17 @@ fn member_vectors_are_up_to_date() {
         status.success(),
         "placement/tests/data/members.json is stale: run python3 scripts/gen-member-vectors.py"
     );
+}
+
+/// A spec from its parts, as the vector files spell them.
+fn spec(mode: IndexMode, prefix: &str, suffix: &str, port: u16, base: u32) -> PlacementSpec {
+    PlacementSpec::new(
+        mode,
+        Naming {
+            prefix: prefix.into(),
+            suffix: suffix.into(),
+            port,
+            base,
+        },
+    )
 }

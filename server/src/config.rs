@@ -7,7 +7,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use poc_routing_placement::{IndexMode, Placement, PlacementError, MAX_MEMBERS};
+use poc_routing_placement::{
+    is_prefix, is_suffix, IndexMode, Naming, Placement, PlacementSpec, MAX_MEMBERS, PREFIX_ACCEPTS,
+    SUFFIX_ACCEPTS,
+};
 
 use crate::discovery::DnsDiscovery;
 use crate::membership::Timing;
@@ -51,11 +54,11 @@ pub struct ConfigError {
     pub accepts: String,
 }
 
-const DEFAULT_PREFIX: &str = "poc-routing-server";
 const DEFAULT_DISCOVERY_NAME: &str = "server";
-const DEFAULT_BASE: u32 = 1;
-const DEFAULT_PORT: u16 = 8081;
 const DEFAULT_REGISTRY_CAPACITY: usize = 100_000;
+
+/// The lookup a config is read through: `None` for unset (and for empty, except where noted).
+type Get<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 impl Config {
     /// Reads the process environment.
@@ -67,9 +70,6 @@ impl Config {
     /// An empty value counts as unset, except for `SERVICE_SUFFIX`, whose default is empty.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.is_empty());
-
-        let prefix = get("SERVICE_PREFIX").unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
-        let suffix = lookup("SERVICE_SUFFIX").unwrap_or_default();
         let expected_replicas = get("REPLICAS")
             .map(|v| {
                 parse(
@@ -81,45 +81,7 @@ impl Config {
                 )
             })
             .transpose()?;
-        let discovery = match get("DISCOVERY").as_deref() {
-            None | Some("dns") => Some(DnsDiscovery {
-                name: get("DISCOVERY_NAME").unwrap_or_else(|| DEFAULT_DISCOVERY_NAME.to_owned()),
-                server: get("DNS_SERVER")
-                    .map(|v| {
-                        parse(
-                            "DNS_SERVER",
-                            Some(v),
-                            SocketAddr::from(([127, 0, 0, 1], 53)),
-                            "an address and port such as 127.0.0.1:5353",
-                            |_| true,
-                        )
-                    })
-                    .transpose()?,
-            }),
-            Some("off") => None,
-            Some(other) => {
-                return Err(ConfigError {
-                    var: "DISCOVERY",
-                    value: other.to_owned(),
-                    accepts: "expected dns (members from DNS, the default) or off (a fixed member set from REPLICAS)".into(),
-                })
-            }
-        };
-        if let Some(d) = &discovery {
-            let ok = d.name.split('.').all(|l| {
-                !l.is_empty()
-                    && l.len() <= 63
-                    && l.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            });
-            if !ok {
-                return Err(ConfigError {
-                    var: "DISCOVERY_NAME",
-                    value: d.name.clone(),
-                    accepts: "expected a DNS name: `server` (A and PTR records, as Docker's DNS serves) or `_http._tcp.<headless service>` (SRV, as Kubernetes serves)".into(),
-                });
-            }
-        }
+        let discovery = discovery(&get)?;
         let replicas = match (expected_replicas, &discovery) {
             (Some(n), _) => n,
             (None, Some(_)) => 1,
@@ -131,59 +93,13 @@ impl Config {
                 })
             }
         };
-        let millis = |var: &'static str, default: u64, min: u64, max: u64| {
-            parse(
-                var,
-                get(var),
-                default,
-                &format!("an integer from {min} to {max} (milliseconds)"),
-                |v: &u64| (min..=max).contains(v),
-            )
-            .map(Duration::from_millis)
-        };
-        let timing = Timing {
-            probe_interval: millis("PROBE_INTERVAL_MS", 250, 10, 60_000)?,
-            transition_window: millis("TRANSITION_WINDOW_MS", 5_000, 0, 600_000)?,
-            down_timeout: Duration::from_secs(parse(
-                "DOWN_TIMEOUT_S",
-                get("DOWN_TIMEOUT_S"),
-                30,
-                "an integer from 1 to 86400 (seconds)",
-                |v: &u64| (1..=86_400).contains(v),
-            )?),
-            drain_timeout: millis("DRAIN_TIMEOUT_MS", 7_000, 0, 600_000)?,
-            drain_grace: millis("DRAIN_GRACE_MS", 2_500, 0, 600_000)?,
-            join_settle: millis("JOIN_SETTLE_MS", 2_000, 0, 600_000)?,
-        };
-        let mode = match get("INDEX_MODE") {
-            None => IndexMode::default(),
-            Some(v) => v.parse().map_err(|_| ConfigError {
-                var: "INDEX_MODE",
-                value: v,
-                accepts: "expected one of hash, numeric, jump".into(),
-            })?,
-        };
-        let base = parse(
-            "INDEX_BASE",
-            get("INDEX_BASE"),
-            DEFAULT_BASE,
-            "an integer from 0 to 4294967295",
-            |_| true,
-        )?;
-        let port = parse(
-            "PORT",
-            get("PORT"),
-            DEFAULT_PORT,
-            "a TCP port from 1 to 65535",
-            |v: &u16| *v >= 1,
-        )?;
-        let bind_addr = parse(
-            "BIND_ADDR",
-            get("BIND_ADDR"),
-            IpAddr::from([0, 0, 0, 0]),
-            "an IPv4 or IPv6 address such as 0.0.0.0",
-            |_| true,
-        )?;
+        let spec = placement_spec(&get, lookup("SERVICE_SUFFIX"))?;
+        // Every part was checked above, and replicas is within 1..=MAX_MEMBERS.
+        let placement = Placement::contiguous(spec, replicas).map_err(|e| ConfigError {
+            var: "REPLICAS",
+            value: replicas.to_string(),
+            accepts: e.to_string(),
+        })?;
         let instance_index = match get("INSTANCE_INDEX") {
             None => None,
             Some(v) => Some(v.parse::<u64>().map_err(|_| ConfigError {
@@ -192,63 +108,162 @@ impl Config {
                 accepts: "expected a non-negative integer".into(),
             })?),
         };
-        let log_format = match get("LOG_FORMAT").as_deref() {
-            None | Some("json") => LogFormat::Json,
-            Some("pretty") => LogFormat::Pretty,
-            Some(other) => {
-                return Err(ConfigError {
-                    var: "LOG_FORMAT",
-                    value: other.to_owned(),
-                    accepts: "expected json or pretty".into(),
-                })
-            }
-        };
-        let registry_capacity = parse(
-            "REGISTRY_CAPACITY",
-            get("REGISTRY_CAPACITY"),
-            DEFAULT_REGISTRY_CAPACITY,
-            "an integer of at least 1",
-            |v: &usize| *v >= 1,
-        )?;
-
-        let placement = Placement::new(mode, replicas, base, prefix.clone(), suffix.clone(), port)
-            .map_err(|e| match e {
-                PlacementError::BadPrefix(_) => ConfigError {
-                    var: "SERVICE_PREFIX",
-                    value: prefix,
-                    accepts: "expected a DNS label: letters, digits and '-', not starting or ending with '-'".into(),
-                },
-                PlacementError::BadSuffix(_) => ConfigError {
-                    var: "SERVICE_SUFFIX",
-                    value: suffix,
-                    accepts: "expected empty or DNS labels each preceded by '.', such as .svc.cluster.local".into(),
-                },
-                // Ruled out above; kept explicit so a new variant cannot slip through silently.
-                PlacementError::NoReplicas
-                | PlacementError::NoMembers
-                | PlacementError::TooManyMembers(_) => ConfigError {
-                    var: "REPLICAS",
-                    value: replicas.to_string(),
-                    accepts: e.to_string(),
-                },
-                PlacementError::ZeroPort => ConfigError {
-                    var: "PORT",
-                    value: port.to_string(),
-                    accepts: e.to_string(),
-                },
-            })?;
-
         Ok(Self {
             placement,
             discovery,
             expected_replicas,
-            timing,
-            bind_addr,
+            timing: timing(&get)?,
+            bind_addr: parse(
+                "BIND_ADDR",
+                get("BIND_ADDR"),
+                IpAddr::from([0, 0, 0, 0]),
+                "an IPv4 or IPv6 address such as 0.0.0.0",
+                |_| true,
+            )?,
             instance_index,
-            log_format,
-            registry_capacity,
+            log_format: log_format(&get)?,
+            registry_capacity: parse(
+                "REGISTRY_CAPACITY",
+                get("REGISTRY_CAPACITY"),
+                DEFAULT_REGISTRY_CAPACITY,
+                "an integer of at least 1",
+                |v: &usize| *v >= 1,
+            )?,
         })
     }
+}
+
+/// `DISCOVERY`, `DISCOVERY_NAME` and `DNS_SERVER`: how members are found (`None`: they are not).
+fn discovery(get: Get) -> Result<Option<DnsDiscovery>, ConfigError> {
+    let discovery = match get("DISCOVERY").as_deref() {
+        None | Some("dns") => DnsDiscovery {
+            name: get("DISCOVERY_NAME").unwrap_or_else(|| DEFAULT_DISCOVERY_NAME.to_owned()),
+            server: get("DNS_SERVER")
+                .map(|v| {
+                    parse(
+                        "DNS_SERVER",
+                        Some(v),
+                        SocketAddr::from(([127, 0, 0, 1], 53)),
+                        "an address and port such as 127.0.0.1:5353",
+                        |_| true,
+                    )
+                })
+                .transpose()?,
+        },
+        Some("off") => return Ok(None),
+        Some(other) => {
+            return Err(ConfigError {
+                var: "DISCOVERY",
+                value: other.to_owned(),
+                accepts: "expected dns (members from DNS, the default) or off (a fixed member set from REPLICAS)".into(),
+            })
+        }
+    };
+    let ok = discovery.name.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if !ok {
+        return Err(ConfigError {
+            var: "DISCOVERY_NAME",
+            value: discovery.name,
+            accepts: "expected a DNS name: `server` (A and PTR records, as Docker's DNS serves) or `_http._tcp.<headless service>` (SRV, as Kubernetes serves)".into(),
+        });
+    }
+    Ok(Some(discovery))
+}
+
+/// `LOG_FORMAT`: json (the default) or pretty.
+fn log_format(get: Get) -> Result<LogFormat, ConfigError> {
+    match get("LOG_FORMAT").as_deref() {
+        None | Some("json") => Ok(LogFormat::Json),
+        Some("pretty") => Ok(LogFormat::Pretty),
+        Some(other) => Err(ConfigError {
+            var: "LOG_FORMAT",
+            value: other.to_owned(),
+            accepts: "expected json or pretty".into(),
+        }),
+    }
+}
+
+/// The membership timers, each in its own variable.
+fn timing(get: Get) -> Result<Timing, ConfigError> {
+    let millis = |var: &'static str, default: u64, min: u64, max: u64| {
+        parse(
+            var,
+            get(var),
+            default,
+            &format!("an integer from {min} to {max} (milliseconds)"),
+            |v: &u64| (min..=max).contains(v),
+        )
+        .map(Duration::from_millis)
+    };
+    Ok(Timing {
+        probe_interval: millis("PROBE_INTERVAL_MS", 250, 10, 60_000)?,
+        transition_window: millis("TRANSITION_WINDOW_MS", 5_000, 0, 600_000)?,
+        down_timeout: Duration::from_secs(parse(
+            "DOWN_TIMEOUT_S",
+            get("DOWN_TIMEOUT_S"),
+            30,
+            "an integer from 1 to 86400 (seconds)",
+            |v: &u64| (1..=86_400).contains(v),
+        )?),
+        drain_timeout: millis("DRAIN_TIMEOUT_MS", 7_000, 0, 600_000)?,
+        drain_grace: millis("DRAIN_GRACE_MS", 2_500, 0, 600_000)?,
+        join_settle: millis("JOIN_SETTLE_MS", 2_000, 0, 600_000)?,
+    })
+}
+
+/// `INDEX_MODE`, `SERVICE_PREFIX`, `SERVICE_SUFFIX`, `PORT` and `INDEX_BASE`: the placement rule.
+/// Unset, they describe the Compose deployment ([`Naming::compose`]). `suffix` is read raw,
+/// since empty is a valid suffix.
+fn placement_spec(get: Get, suffix: Option<String>) -> Result<PlacementSpec, ConfigError> {
+    let defaults = Naming::compose();
+    let mode = match get("INDEX_MODE") {
+        None => IndexMode::default(),
+        Some(v) => v.parse().map_err(|_| ConfigError {
+            var: "INDEX_MODE",
+            value: v,
+            accepts: "expected one of hash, numeric, jump".into(),
+        })?,
+    };
+    let prefix = get("SERVICE_PREFIX").unwrap_or(defaults.prefix);
+    if !is_prefix(&prefix) {
+        return Err(ConfigError {
+            var: "SERVICE_PREFIX",
+            value: prefix,
+            accepts: format!("expected {PREFIX_ACCEPTS}"),
+        });
+    }
+    let suffix = suffix.unwrap_or(defaults.suffix);
+    if !is_suffix(&suffix) {
+        return Err(ConfigError {
+            var: "SERVICE_SUFFIX",
+            value: suffix,
+            accepts: format!("expected {SUFFIX_ACCEPTS}"),
+        });
+    }
+    let naming = Naming {
+        prefix,
+        suffix,
+        port: parse(
+            "PORT",
+            get("PORT"),
+            defaults.port,
+            "a TCP port from 1 to 65535",
+            |v: &u16| *v >= 1,
+        )?,
+        base: parse(
+            "INDEX_BASE",
+            get("INDEX_BASE"),
+            defaults.base,
+            "an integer from 0 to 4294967295",
+            |_| true,
+        )?,
+    };
+    Ok(PlacementSpec::new(mode, naming))
 }
 
 /// Parses an optional value with `FromStr`, applies `ok`, and explains `accepts` on failure.

@@ -139,10 +139,16 @@ pub fn discover_in_background(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use poc_routing_placement::IndexMode;
+    use poc_routing_placement::{IndexMode, Naming, PlacementSpec};
 
     fn placement() -> Placement {
-        Placement::new(IndexMode::Hash, 3, 0, "server", ".h.ns.svc", 8081).unwrap()
+        let naming = Naming {
+            prefix: "server".into(),
+            suffix: ".h.ns.svc".into(),
+            port: 8081,
+            base: 0,
+        };
+        Placement::contiguous(PlacementSpec::new(IndexMode::Hash, naming), 3).unwrap()
     }
 
     #[test]

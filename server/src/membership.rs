@@ -444,10 +444,10 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use poc_routing_placement::IndexMode;
+    use poc_routing_placement::{IndexMode, Naming, PlacementSpec};
 
     fn rule() -> Placement {
-        Placement::new(IndexMode::Hash, 1, 1, "poc-routing-server", "", 8081).unwrap()
+        Placement::contiguous(PlacementSpec::new(IndexMode::Hash, Naming::compose()), 1).unwrap()
     }
 
     fn timing() -> Timing {

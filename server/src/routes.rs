@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use poc_routing_placement::{client_id_from_query, Epoch};
+use poc_routing_placement::{client_id_from_query, Epoch, PlacementSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ErrorCode};
@@ -211,11 +211,9 @@ pub struct PlacementAnswer {
     pub epoch: Option<String>,
     pub members: Vec<u64>,
     pub replicas: u32,
-    pub mode: &'static str,
-    pub base: u32,
-    pub prefix: String,
-    pub suffix: String,
-    pub port: u16,
+    /// The rule: `mode`, `prefix`, `suffix`, `port`, `base`.
+    #[serde(flatten)]
+    pub rule: PlacementSpec,
     pub expected_replicas: Option<u32>,
     pub replicas_mismatch: bool,
     pub since_change_ms: Option<u64>,
@@ -275,11 +273,7 @@ pub async fn placement(State(state): State<Arc<AppState>>) -> Json<PlacementAnsw
         epoch: current.map(|c| c.epoch().to_string()),
         members: current.map(|c| c.members().to_vec()).unwrap_or_default(),
         replicas: current.map_or(0, |c| c.replicas()),
-        mode: rule.mode().as_str(),
-        base: rule.base(),
-        prefix: rule.prefix().to_owned(),
-        suffix: rule.suffix().to_owned(),
-        port: rule.port(),
+        rule: rule.spec().clone(),
         expected_replicas: m.expected_replicas,
         replicas_mismatch: m.replicas_mismatch(),
         since_change_ms: m

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use poc_routing_placement::{client_id_from_query, IndexMode, Placement};
+use poc_routing_placement::{client_id_from_query, IndexMode, Naming, Placement, PlacementSpec};
 use poc_routing_server::identity::Identity;
 use poc_routing_server::{run, AppState};
 use serde_json::Value;
@@ -56,7 +56,7 @@ impl TestApp {
 
 /// Starts a server in process with `instance` as its identity (None: unknown).
 async fn spawn_app(mode: IndexMode, instance: Option<u64>) -> TestApp {
-    let placement = Placement::new(mode, 3, 1, "poc-routing-server", "", 8081).unwrap();
+    let placement = Placement::contiguous(PlacementSpec::new(mode, Naming::compose()), 3).unwrap();
     let identity = Arc::new(instance.map(Identity::known).unwrap_or_default());
     let state = Arc::new(AppState::new(placement.clone(), identity, 1000));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

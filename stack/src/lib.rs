@@ -26,12 +26,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use poc_routing_placement::{IndexMode, Placement};
+use poc_routing_placement::{IndexMode, Placement, PlacementSpec};
 
 pub use dns::DnsResponder;
 
 /// The port every instance listens on, as in `envoy.yaml`'s servers cluster.
-pub const SERVER_PORT: u16 = 8081;
+pub const SERVER_PORT: u16 = poc_routing_placement::DEFAULT_PORT;
 
 /// Which deployment's names the stack imitates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -60,22 +60,11 @@ impl Naming {
         }
     }
 
-    pub fn prefix(self) -> &'static str {
+    /// The instance names, as the placement crate defines them for this deployment.
+    pub fn rule(self) -> poc_routing_placement::Naming {
         match self {
-            Naming::Compose => "poc-routing-server",
-            Naming::Kubernetes => "server",
-        }
-    }
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Naming::Compose => "",
-            Naming::Kubernetes => ".server-headless.poc-routing.svc.cluster.local",
-        }
-    }
-    pub fn base(self) -> u32 {
-        match self {
-            Naming::Compose => 1,
-            Naming::Kubernetes => 0,
+            Naming::Compose => poc_routing_placement::Naming::compose(),
+            Naming::Kubernetes => poc_routing_placement::Naming::kubernetes(),
         }
     }
 }
@@ -136,13 +125,9 @@ impl StackConfig {
 
     /// The placement of the first `replicas` instances.
     pub fn placement(&self) -> Placement {
-        Placement::new(
-            self.mode,
+        Placement::contiguous(
+            PlacementSpec::new(self.mode, self.naming.rule()),
             self.replicas,
-            self.naming.base(),
-            self.naming.prefix(),
-            self.naming.suffix(),
-            SERVER_PORT,
         )
         .expect("the stack's namings are valid placements")
     }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use poc_routing_placement::{IndexMode, Placement};
+use poc_routing_placement::{IndexMode, Placement, PlacementSpec};
 use poc_routing_stack::envoy::Flow;
 use poc_routing_stack::{Naming, Stack};
 
@@ -216,7 +216,7 @@ async fn a_bad_where_answer_is_refused() {
 fn published(rule: &Placement) -> String {
     serde_json::json!({
         "state": "member", "epoch": rule.epoch().to_string(), "members": rule.members(),
-        "mode": rule.mode().as_str(), "base": rule.base(), "prefix": rule.prefix(),
+        "mode": rule.mode(), "base": rule.base(), "prefix": rule.prefix(),
         "suffix": rule.suffix(), "port": rule.port(),
     })
     .to_string()
@@ -267,10 +267,17 @@ async fn a_bad_placement_rule_is_refused_or_ignored() {
     }
     let fake = use_fake_server(&stack).await;
     let rule = |prefix: &str, suffix: &str, port: u16, members: &[u64]| {
-        Placement::new(IndexMode::Hash, 1, 1, prefix, suffix, port)
-            .unwrap()
-            .with_members(members.iter().copied())
-            .unwrap()
+        let naming = poc_routing_placement::Naming {
+            prefix: prefix.into(),
+            suffix: suffix.into(),
+            port,
+            base: 1,
+        };
+        Placement::new(
+            PlacementSpec::new(IndexMode::Hash, naming),
+            members.iter().copied(),
+        )
+        .unwrap()
     };
     // Well-formed rules naming hosts that are not ours: the module routes by them, and the
     // guard refuses every such name.
