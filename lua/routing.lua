@@ -146,7 +146,9 @@ local function dns_label(s)
     and s:sub(1, 1) ~= "-" and s:sub(-1) ~= "-"
 end
 
--- A hostport as /where returns it: DNS labels, the first ending in -<index>, and a port.
+-- A hostport as /where returns it: DNS labels, the first ending in -<index>, and a port. Only
+-- the shape: which names are instances is decided by route A's RBAC guard in envoy.yaml, which
+-- deploy/tests/guard.rs checks against the placement crate's namings.
 function M.valid_hostport(hostport)
   if type(hostport) ~= "string" or #hostport > 300 then
     return false

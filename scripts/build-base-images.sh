@@ -31,10 +31,7 @@ if have "$DEBIAN_IMAGE" && have "$RUST_IMAGE" && have "$ENVOY_IMAGE"; then
   exit 0
 fi
 
-command -v debootstrap >/dev/null || {
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq debootstrap
-}
+bash "$(dirname "$0")/system-packages.sh" debootstrap
 
 # The Debian mirror apt is configured with (deb822 .sources files or the classic sources.list).
 mirror=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' | grep -v security | head -n 1 || true)

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use poc_routing_placement::client_id_query;
 use serde::Serialize;
 
 /// What one scenario measured.
@@ -117,8 +118,7 @@ pub fn urls(base: &str, path: &str, ids: &[String]) -> Arc<Vec<hyper::Uri>> {
     Arc::new(
         ids.iter()
             .map(|id| {
-                let encoded: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
-                format!("{base}{path}?client_id={encoded}")
+                format!("{base}{path}?{}", client_id_query(id))
                     .parse()
                     .expect("valid URI")
             })

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use poc_routing_placement::client_id_query;
 use serde::Deserialize;
 
 /// The answer of `/where`.
@@ -86,8 +87,7 @@ impl Api {
 
     /// `path?client_id=<id, form-urlencoded>`.
     pub fn url_for(&self, path: &str, id: &str) -> String {
-        let encoded: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
-        format!("{}{path}?client_id={encoded}", self.base)
+        format!("{}{path}?{}", self.base, client_id_query(id))
     }
 
     async fn get_json(

@@ -1,44 +1,19 @@
 //! `poc-client` against real `poc-server` processes.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use poc_routing_testkit::{free_port, wait_until_2xx, workspace_binary, KillOnDrop};
 
 /// A binary built by this workspace (`cargo test --workspace` builds them all first).
 fn workspace_bin(name: &str) -> PathBuf {
-    let mut dir = std::env::current_exe().expect("test binary path");
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build --workspace` (or run `make test`)",
-        path.display()
-    );
-    path
+    workspace_binary(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 struct Server {
-    child: Child,
+    _child: KillOnDrop,
     url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn spawn_server(replicas: u32, instance: u64) -> Server {
@@ -54,17 +29,17 @@ fn spawn_server(replicas: u32, instance: u64) -> Server {
         .spawn()
         .expect("start poc-server");
     let server = Server {
-        child,
+        _child: KillOnDrop::new(child),
         url: format!("http://127.0.0.1:{port}"),
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "poc-server did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let ready = tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(wait_until_2xx(
+            &reqwest::Client::new(),
+            &format!("{}/health", server.url),
+            Duration::from_secs(10),
+        ));
+    ready.unwrap_or_else(|e| panic!("poc-server did not come up: {e}"));
     server
 }
 

@@ -121,6 +121,14 @@ pub fn client_id_from_query(query: Option<&str>) -> Result<ClientId, IdError> {
     ClientId::new(form_decode(raw))
 }
 
+/// `client_id=<id>`, form-encoded (a space is `+`, other reserved bytes `%XX`): the query that
+/// [`client_id_from_query`] reads back as `id`. Clients and the bench build their URLs with it.
+pub fn client_id_query(id: &str) -> String {
+    let mut query = String::from("client_id=");
+    query.extend(form_urlencoded::byte_serialize(id.as_bytes()));
+    query
+}
+
 /// Parses a decimal `u64`: ASCII digits only, leading zeros allowed, no sign or spaces.
 pub(crate) fn parse_decimal_u64(s: &str) -> Result<u64, IdError> {
     if s.is_empty() {
@@ -139,6 +147,23 @@ pub(crate) fn parse_decimal_u64(s: &str) -> Result<u64, IdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_built_query_reads_back_as_its_id() {
+        let cases = [
+            ("abc", "client_id=abc"),
+            ("a b", "client_id=a+b"),
+            ("a&b=c", "client_id=a%26b%3Dc"),
+            ("a+b", "client_id=a%2Bb"),
+            ("Zoë", "client_id=Zo%C3%AB"),
+            ("100%", "client_id=100%25"),
+        ];
+        for (id, query) in cases {
+            assert_eq!(client_id_query(id), query, "{id:?}");
+            let back = client_id_from_query(Some(query)).unwrap();
+            assert_eq!(back.as_str(), id, "{query:?}");
+        }
+    }
 
     #[test]
     fn query_extraction() {

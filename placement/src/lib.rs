@@ -28,9 +28,10 @@ mod id;
 mod spec;
 
 pub use hash::{fnv1a32, fnv1a64, jump_consistent_hash};
-pub use id::{client_id_from_query, ClientId, IdError, MAX_CLIENT_ID_BYTES};
+pub use id::{client_id_from_query, client_id_query, ClientId, IdError, MAX_CLIENT_ID_BYTES};
 pub use spec::{
-    is_prefix, is_suffix, Naming, PlacementSpec, DEFAULT_PORT, PREFIX_ACCEPTS, SUFFIX_ACCEPTS,
+    is_prefix, is_suffix, Naming, PlacementSpec, DEFAULT_PORT, MAX_INDEX, PREFIX_ACCEPTS,
+    SUFFIX_ACCEPTS,
 };
 
 use std::fmt;
@@ -156,6 +157,8 @@ pub enum PlacementError {
     NoMembers,
     #[error("{0} members; at most {MAX_MEMBERS} are supported")]
     TooManyMembers(usize),
+    #[error("member index {0} is above {MAX_INDEX}")]
+    IndexTooLarge(u64),
     #[error("port must be between 1 and 65535")]
     ZeroPort,
     #[error("prefix {0:?} is not {PREFIX_ACCEPTS}")]
@@ -188,6 +191,9 @@ impl Placement {
         }
         if members.len() > MAX_MEMBERS {
             return Err(PlacementError::TooManyMembers(members.len()));
+        }
+        if let Some(&last) = members.last().filter(|&&m| m > MAX_INDEX) {
+            return Err(PlacementError::IndexTooLarge(last));
         }
         let mut placement = Self {
             spec,
@@ -341,6 +347,11 @@ mod tests {
             Err(PlacementError::ZeroPort)
         );
         assert_eq!(Placement::new(spec(1), []), Err(PlacementError::NoMembers));
+        assert_eq!(
+            Placement::new(spec(1), [0, MAX_INDEX + 1]),
+            Err(PlacementError::IndexTooLarge(MAX_INDEX + 1))
+        );
+        assert!(Placement::new(spec(1), [MAX_INDEX]).is_ok());
         let too_many = MAX_MEMBERS as u32 + 1;
         assert_eq!(
             Placement::contiguous(spec(1), too_many),

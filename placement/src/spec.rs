@@ -24,6 +24,10 @@ pub struct Naming {
     pub base: u32,
 }
 
+/// The largest instance index: 9 digits. Deployments number instances from 0 or 1, so this is
+/// never near, and it lets `envoy.yaml`'s guard admit exactly the names the rule writes.
+pub const MAX_INDEX: u64 = 999_999_999;
+
 /// The port both shipped namings use.
 pub const DEFAULT_PORT: u16 = 8081;
 
@@ -75,14 +79,16 @@ impl Naming {
     }
 
     /// The index encoded in a host name such as `server-3` (a StatefulSet pod) or
-    /// `server-3.server-headless.ns.svc.cluster.local`, if it names one of our instances.
+    /// `server-3.server-headless.ns.svc.cluster.local`, if it names one of our instances: the
+    /// index written as [`Self::host`] writes it (no leading zeros, at most [`MAX_INDEX`]).
     pub fn index_from_hostname(&self, hostname: &str) -> Option<u64> {
         let first_label = hostname.split('.').next()?;
         let digits = first_label.strip_prefix(&self.prefix)?.strip_prefix('-')?;
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        digits.parse().ok()
+        let canonical = !digits.is_empty()
+            && digits.len() <= 9
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" || !digits.starts_with('0'));
+        canonical.then(|| digits.parse().ok()).flatten()
     }
 }
 
@@ -179,6 +185,11 @@ mod tests {
             ("poc-routing-server-17.local", Some(17)),
             ("poc-routing-server-", None),
             ("poc-routing-server-1a", None),
+            ("poc-routing-server-0", Some(0)),
+            ("poc-routing-server-01", None),
+            ("poc-routing-server-999999999", Some(999_999_999)),
+            ("poc-routing-server-1000000000", None),
+            ("poc-routing-server-+1", None),
             ("poc-routing-server", None),
             ("0123456789ab", None),
             ("other-1", None),

@@ -8,8 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use poc_routing_placement::{
-    is_prefix, is_suffix, IndexMode, Naming, Placement, PlacementSpec, MAX_MEMBERS, PREFIX_ACCEPTS,
-    SUFFIX_ACCEPTS,
+    is_prefix, is_suffix, IndexMode, Naming, Placement, PlacementSpec, MAX_INDEX, MAX_MEMBERS,
+    PREFIX_ACCEPTS, SUFFIX_ACCEPTS,
 };
 
 use crate::discovery::DnsDiscovery;
@@ -100,14 +100,17 @@ impl Config {
             value: replicas.to_string(),
             accepts: e.to_string(),
         })?;
-        let instance_index = match get("INSTANCE_INDEX") {
-            None => None,
-            Some(v) => Some(v.parse::<u64>().map_err(|_| ConfigError {
-                var: "INSTANCE_INDEX",
-                value: v,
-                accepts: "expected a non-negative integer".into(),
-            })?),
-        };
+        let instance_index = get("INSTANCE_INDEX")
+            .map(|v| {
+                parse(
+                    "INSTANCE_INDEX",
+                    Some(v),
+                    0,
+                    "an integer from 0 to 999999999",
+                    |i: &u64| *i <= MAX_INDEX,
+                )
+            })
+            .transpose()?;
         Ok(Self {
             placement,
             discovery,
@@ -374,6 +377,7 @@ mod tests {
             ("PORT", "65536"),
             ("BIND_ADDR", "localhost"),
             ("INSTANCE_INDEX", "x"),
+            ("INSTANCE_INDEX", "1000000000"),
             ("LOG_FORMAT", "xml"),
             ("SERVICE_PREFIX", "bad_prefix"),
             ("SERVICE_SUFFIX", "no-dot"),

@@ -133,9 +133,22 @@ pub enum Flow {
     Lua,
 }
 
-/// The HTTP filter that routes joins in each flow.
-const MODULE_FILTER: &str = "envoy.filters.http.dynamic_modules";
-const LUA_FILTER: &str = "envoy.filters.http.lua";
+impl std::str::FromStr for Flow {
+    type Err = anyhow::Error;
+
+    /// `module` or `lua`, as `FLOW`, `POC_FLOW` and `--flow` spell them.
+    fn from_str(s: &str) -> Result<Self> {
+        Flow::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| anyhow!("unknown flow {s:?}: it accepts module or lua"))
+    }
+}
+
+/// The HTTP filter of the module flow.
+pub const MODULE_FILTER: &str = "envoy.filters.http.dynamic_modules";
+/// The HTTP filter of the Lua flow.
+pub const LUA_FILTER: &str = "envoy.filters.http.lua";
 
 impl Flow {
     pub fn as_str(self) -> &'static str {
@@ -144,6 +157,9 @@ impl Flow {
             Flow::Lua => "lua",
         }
     }
+
+    /// Every flow.
+    pub const ALL: [Flow; 2] = [Flow::Lua, Flow::Module];
 
     fn filter(self) -> &'static str {
         match self {

@@ -19,16 +19,17 @@ pub mod envoy;
 pub mod k8s_dns;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use poc_routing_placement::{IndexMode, Placement, PlacementSpec};
 
 pub use dns::DnsResponder;
+pub use poc_routing_testkit::{wait_for, workspace_binary};
+use poc_routing_testkit::{wait_until_2xx, KillOnDrop};
 
 /// The port every instance listens on, as in `envoy.yaml`'s servers cluster.
 pub const SERVER_PORT: u16 = poc_routing_placement::DEFAULT_PORT;
@@ -133,43 +134,8 @@ impl StackConfig {
     }
 }
 
-/// A binary of this workspace, next to the running executable (or its `deps/` parent).
-pub fn workspace_binary(name: &str) -> Result<PathBuf> {
-    let mut dir = std::env::current_exe()?;
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join(name);
-    if !path.is_file() {
-        bail!(
-            "{} is missing: build it first with `cargo build --workspace` (`make test` does)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// Polls `check` every 50 ms until it returns true or `timeout` passes.
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 struct ServerProcess {
-    child: Child,
+    child: KillOnDrop,
     ip: Ipv4Addr,
 }
 
@@ -181,7 +147,7 @@ pub struct Stack {
     placement: Placement,
     dns: DnsResponder,
     servers: BTreeMap<u64, ServerProcess>,
-    envoy: Option<Child>,
+    envoy: Option<KillOnDrop>,
     next_host: u8,
     http: reqwest::Client,
 }
@@ -248,7 +214,7 @@ impl Stack {
             .stderr(open_log(&self.config.run_dir.join("envoy.log"))?)
             .spawn()
             .context("start Envoy")?;
-        self.envoy = Some(child);
+        self.envoy = Some(KillOnDrop::new(child));
         Ok(())
     }
 
@@ -257,7 +223,6 @@ impl Stack {
     pub fn restart_envoy(&mut self) -> Result<Instant> {
         if let Some(mut envoy) = self.envoy.take() {
             envoy.kill()?;
-            envoy.wait()?;
         }
         let started = Instant::now();
         self.spawn_envoy()?;
@@ -266,7 +231,7 @@ impl Stack {
 
     /// Envoy's process id, while it runs.
     pub fn envoy_pid(&self) -> Option<u32> {
-        self.envoy.as_ref().map(Child::id)
+        self.envoy.as_ref().map(|e| e.id())
     }
 
     /// Sends `signal` to instance `index` (SIGSTOP makes it hang: the kernel still accepts
@@ -289,7 +254,6 @@ impl Stack {
             .get_mut(&index)
             .with_context(|| format!("instance {index} is not running"))?;
         server.child.kill()?;
-        server.child.wait()?;
         Ok(SocketAddr::from((server.ip, SERVER_PORT)))
     }
 
@@ -328,6 +292,7 @@ impl Stack {
             .stderr(open_log(&log)?)
             .spawn()
             .with_context(|| format!("start {}", server_bin.display()))?;
+        let child = KillOnDrop::new(child);
         self.servers.insert(index, ServerProcess { child, ip });
         let host = self.placement.host(index);
         self.dns.set(&host, vec![ip]);
@@ -363,14 +328,9 @@ impl Stack {
     async fn wait_instance_healthy(&self, index: u64) -> Result<()> {
         let ip = self.servers[&index].ip;
         let url = format!("http://{ip}:{SERVER_PORT}/health");
-        wait_for(
-            &format!("instance {index} at {url}"),
-            Duration::from_secs(10),
-            || async {
-                matches!(self.http.get(&url).send().await, Ok(r) if r.status().is_success())
-            },
-        )
-        .await
+        wait_until_2xx(&self.http, &url, Duration::from_secs(10))
+            .await
+            .with_context(|| format!("instance {index}"))
     }
 
     async fn wait_envoy_ready(&mut self) -> Result<()> {
@@ -403,14 +363,9 @@ impl Stack {
         }
         // Health state reaches Envoy's workers a moment after its main thread.
         let health = format!("{}/health", self.url());
-        wait_for(
-            "route B to answer /health",
-            Duration::from_secs(10),
-            || async {
-                matches!(self.http.get(&health).send().await, Ok(r) if r.status().is_success())
-            },
-        )
-        .await
+        wait_until_2xx(&self.http, &health, Duration::from_secs(10))
+            .await
+            .context("route B to answer /health")
     }
 
     /// The flow route A runs: the configured one, or what `envoy.yaml` (or its override)
@@ -505,7 +460,6 @@ impl Stack {
             .remove(&index)
             .with_context(|| format!("instance {index} is not running"))?;
         server.child.kill()?;
-        server.child.wait()?;
         self.unpublish(index, server.ip);
         Ok(())
     }
@@ -563,7 +517,6 @@ impl Stack {
                 }
                 if started.elapsed() > grace {
                     let _ = server.child.kill();
-                    let _ = server.child.wait();
                     break None;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -658,21 +611,16 @@ impl Stack {
             .unwrap_or_default()
     }
 
-    /// Stops Envoy and every server.
+    /// Stops Envoy, then every server (each is killed when its guard drops).
     pub fn stop(&mut self) {
-        if let Some(mut envoy) = self.envoy.take() {
-            let _ = envoy.kill();
-            let _ = envoy.wait();
-        }
-        for (_, mut s) in std::mem::take(&mut self.servers) {
-            let _ = s.child.kill();
-            let _ = s.child.wait();
-        }
+        self.envoy = None;
+        self.servers.clear();
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        // Envoy first, so that it does not health-check servers that are going away.
         self.stop();
     }
 }

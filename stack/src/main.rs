@@ -179,7 +179,7 @@ async fn k8s_dns(listen: SocketAddr, api: &str, domain: &str) -> Result<()> {
     eprintln!("k8s-dns: serving {domain} from {api} on {}", dns.addr());
     tokio::select! {
         result = poc_routing_stack::k8s_dns::follow(&dns, api, domain, Duration::from_millis(300)) => result,
-        () = wait_for_signal() => Ok(()),
+        () = poc_routing_testkit::shutdown_signal() => Ok(()),
     }
 }
 
@@ -207,19 +207,10 @@ async fn up(config: StackConfig) -> Result<()> {
     );
     std::fs::write(ready_file(&run_dir), &summary)?;
     print!("{summary}");
-    wait_for_signal().await;
+    poc_routing_testkit::shutdown_signal().await;
     drop(stack);
     let _ = std::fs::remove_file(ready_file(&run_dir));
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
 }
 
 #[tokio::main]

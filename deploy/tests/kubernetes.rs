@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use poc_routing_stack::envoy::repo_root;
+use poc_routing_deploy::repo_root;
 use serde::Deserialize;
 use serde_yaml::Value;
 
@@ -237,7 +237,7 @@ fn manifests_keep_the_invariants_real_clusters_depend_on() {
     assert_eq!(endpoint["port_value"].as_u64(), Some(port));
     // The guard in envoy.yaml admits exactly these instance names.
     assert!(envoy_yaml.contains(&format!(
-        "^server-[0-9]{{1,9}}\\\\.server-headless\\\\.{namespace}\\\\.svc\\\\.cluster\\\\.local:{port}$"
+        "^server-(0|[1-9][0-9]{{0,8}})\\\\.server-headless\\\\.{namespace}\\\\.svc\\\\.cluster\\\\.local:{port}$"
     )));
 
     // The ConfigMap holds exactly the repository's envoy.yaml and routing.lua.

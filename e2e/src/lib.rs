@@ -1,11 +1,14 @@
-//! Shared set-up for the end-to-end tests: every test starts its own local stack (real Envoy,
-//! real poc-server processes) through the same code as `make up`.
-
-#![allow(dead_code)]
+//! Shared set-up for the end-to-end tests in `tests/`: every test starts its own local stack
+//! (real Envoy, real poc-server processes) through the same code as `make up`.
+//!
+//! - `routing`: every join lands on its owner, for every naming, mode and flow;
+//! - `scaling`: no failed join while instances come and go;
+//! - `failures` and `faults` (`--features faults`): what clients see when parts fail;
+//! - `attacks`: what a client or a bad answer cannot make Envoy do;
+//! - `module`: the Envoy module's loading and its build.
 
 use std::collections::VecDeque;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,30 +30,22 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().await
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use poc_routing_testkit::free_port;
 
 /// The flow to run tests in that do not choose one: `POC_FLOW` (module or lua), else as
 /// `envoy.yaml` ships it. `make test` runs the failure and fault suites in both flows this way.
 pub fn flow_from_env() -> Option<Flow> {
-    match std::env::var("POC_FLOW").ok()?.as_str() {
-        "module" => Some(Flow::Module),
-        "lua" => Some(Flow::Lua),
-        other => panic!("POC_FLOW={other:?}: it accepts module or lua"),
-    }
+    let flow = std::env::var("POC_FLOW").ok()?;
+    Some(flow.parse().unwrap_or_else(|e| panic!("POC_FLOW: {e}")))
 }
 
 /// A stack config on fresh ports and a fresh 127.0.N.0/24 for the instances, in the flow
 /// [`flow_from_env`] gives (a test may set its own).
 pub fn config(name: &str, replicas: u32, naming: Naming, mode: IndexMode) -> StackConfig {
     let flow = flow_from_env().map_or(String::new(), |f| format!("-{}", f.as_str()));
-    let run_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("e2e")
+    // Where Cargo puts integration tests' files (`CARGO_TARGET_TMPDIR`, which only tests see).
+    let run_dir = poc_routing_stack::envoy::repo_root()
+        .join("target/tmp/e2e")
         .join(format!("{name}{flow}"));
     let _ = std::fs::remove_dir_all(&run_dir);
     let mut c = StackConfig::new(replicas, naming, mode, run_dir);

@@ -8,12 +8,10 @@
 //! joins sent, the non-2xx answers by code, the transition window (first to last join served
 //! under the previous epoch) and the time until every view agreed.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use poc_routing_client::{load, verify, LoadReport};
+use poc_routing_e2e::*;
 use poc_routing_placement::IndexMode;
 use poc_routing_stack::envoy::Flow;
 use poc_routing_stack::{Naming, Stack};

@@ -1,11 +1,9 @@
 //! Failures with the real Envoy: an owner down, an owner back on a new address, no instance to ask /where.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use poc_routing_client::{verify, Outcome};
+use poc_routing_e2e::*;
 use poc_routing_placement::IndexMode;
 use poc_routing_stack::envoy::Flow;
 use poc_routing_stack::{wait_for, Naming};

@@ -1,12 +1,10 @@
 //! Correctness with the real Envoy: every /join lands on the instance /where named, for
 //! REPLICAS in {1,2,3,5}, Compose and Kubernetes naming, and every index mode.
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
 use poc_routing_client::verify;
+use poc_routing_e2e::*;
 use poc_routing_placement::IndexMode;
 use poc_routing_stack::envoy::{self, Flow};
 use poc_routing_stack::Naming;

@@ -1,11 +1,9 @@
 //! Attacks on route A with the real Envoy. None may reach a host the client or a bad /where
 //! chose, and none may ever return Envoy's admin interface.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use poc_routing_e2e::*;
 use poc_routing_placement::{IndexMode, Placement, PlacementSpec};
 use poc_routing_stack::envoy::Flow;
 use poc_routing_stack::{Naming, Stack};

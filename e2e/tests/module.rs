@@ -2,14 +2,12 @@
 //! from this build. It must load with the ABI version Envoy expects, a broken build must stop
 //! Envoy with a message, and the library must load in the official Envoy image too.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use poc_routing_e2e::*;
 use poc_routing_placement::IndexMode;
 use poc_routing_stack::envoy::{self, Flow};
 use poc_routing_stack::Naming;

@@ -4,17 +4,15 @@
 //! Each test asserts what clients see and writes its figures to
 //! `target/bench/faults/<fault>.json`, next to the bench report, and prints them.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::*;
 use nix::sys::signal::Signal;
 use poc_routing_client::{load, verify};
+use poc_routing_e2e::*;
 use poc_routing_placement::IndexMode;
 use poc_routing_stack::envoy::Flow;
 use poc_routing_stack::{Naming, Stack};
