@@ -1,4 +1,5 @@
-//! Every case in `tests/data/placement.json`, the reference vectors shared with the Lua port.
+//! Every case in `tests/data/placement.json` and `tests/data/members.json`, the vectors
+//! `scripts/gen-vectors.py` writes.
 
 use poc_routing_placement::{
     fnv1a32, fnv1a64, jump_consistent_hash, ClientId, IndexMode, Naming, Placement, PlacementSpec,
@@ -128,7 +129,7 @@ fn member_vectors() -> MemberVectors {
     serde_json::from_str(&text).expect("parse member vectors")
 }
 
-/// Member lists with gaps: derived from the reference vectors by scripts/gen-member-vectors.py.
+/// Member lists with gaps, written by scripts/gen-vectors.py from the rules' definitions.
 #[test]
 fn member_list_vectors() {
     let v = member_vectors();
@@ -160,18 +161,19 @@ fn member_list_vectors() {
     }
 }
 
-/// The checked-in member vectors are what the generator writes today.
+/// The checked-in vectors (the reference placement.json and members.json) are exactly what the
+/// generator writes today: nobody edited them by hand, and the generator still agrees.
 #[test]
-fn member_vectors_are_up_to_date() {
+fn vectors_are_what_the_generator_writes() {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let status = std::process::Command::new("python3")
-        .args(["scripts/gen-member-vectors.py", "--check"])
+        .args(["scripts/gen-vectors.py", "--check"])
         .current_dir(root)
         .status()
         .expect("python3 runs the vector generator (apt-get install python3)");
     assert!(
         status.success(),
-        "placement/tests/data/members.json is stale: run python3 scripts/gen-member-vectors.py"
+        "placement/tests/data/ is stale: run python3 scripts/gen-vectors.py"
     );
 }
 
