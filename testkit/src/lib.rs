@@ -165,7 +165,10 @@ mod tests {
         let held = TcpListener::bind("127.0.0.1:0").unwrap();
         for _ in 0..20 {
             let port = free_port();
-            assert!(port < first, "{port} is in the ephemeral range {first}..{last}");
+            assert!(
+                port < first,
+                "{port} is in the ephemeral range {first}..{last}"
+            );
             assert_ne!(port, held.local_addr().unwrap().port());
             TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
         }
