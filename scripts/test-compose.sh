@@ -64,8 +64,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-healthy_resolvers() { curl -fsS "$ADMIN/clusters" | grep -c '^resolver::.*::health_flags::healthy$' || true; }
-resolvers_are() { [ "$(healthy_resolvers)" = "$1" ]; }
+healthy_servers() { curl -fsS "$ADMIN/clusters" | grep -c '^servers::.*::health_flags::healthy$' || true; }
+healthy_servers_are() { [ "$(healthy_servers)" = "$1" ]; }
 # The routing module holds a placement of exactly $1 members (it fetches /placement whichever
 # flow route A runs).
 module_members_are() {
@@ -101,7 +101,7 @@ small_verify_passes() { verify 50 "$WORK/probe.json" && [ "$(report "$WORK/probe
 step "1. docker compose up -d --build --scale server=2"
 docker compose down -v --remove-orphans >/dev/null 2>&1 || true
 docker compose up -d --build --scale server=2 --wait --wait-timeout 300
-wait_for "Envoy's servers cluster to hold 2 healthy servers" 30 resolvers_are 2
+wait_for "Envoy's servers cluster to hold 2 healthy servers" 30 healthy_servers_are 2
 # To a file first: with pipefail, `logs | grep -q` fails when grep stops reading early.
 docker compose logs envoy >"$WORK/envoy.log" 2>&1
 grep -q "Dynamic module ABI version v0.2.0 matched" "$WORK/envoy.log" ||
@@ -114,6 +114,9 @@ step "2. scale 2 -> 3 -> 2 -> 4 -> 1 -> 3 under steady /join load: docker compos
 for k in 3 2 4 1 3; do
   before=$(servers | tr '\n' ' ')
   ids_before=$(docker compose ps -q server | sort)
+  # The servers' logs during the step, kept even for the containers the step removes.
+  docker compose logs --follow --no-color --since "$(date -u +%Y-%m-%dT%H:%M:%SZ)" server >"$WORK/step-$k.log" 2>&1 &
+  logs_pid=$!
   "$CLIENT" load --url "$URL" --count 2000 --concurrency 16 --max-seconds 120 --json >"$WORK/load-$k.json" &
   load_pid=$!
   sleep 1
@@ -125,6 +128,8 @@ for k in 3 2 4 1 3; do
   sleep 1.5
   kill -INT "$load_pid"
   wait "$load_pid" || true
+  kill "$logs_pid" 2>/dev/null || true
+  wait "$logs_pid" 2>/dev/null || true
   after=$(servers | tr '\n' ' ')
   # The plain --scale command re-creates no surviving server: scaling up keeps every
   # container, scaling down only removes some.
@@ -139,9 +144,14 @@ for k in 3 2 4 1 3; do
   echo "scale to $k: [$before] -> [$after]: $summary; every view agreed ${agreed_ms} ms after the command started"
   failures=$(report "$WORK/load-$k.json" 'sum(r["non_2xx"].values())')
   sent=$(report "$WORK/load-$k.json" 'r["sent"]')
-  [ "$failures" = 0 ] || { cat "$WORK/views.txt"; fail "joins failed while scaling to $k" "0 non-2xx" "$summary"; }
+  if [ "$failures" != 0 ]; then
+    cat "$WORK/views.txt"
+    echo "--- the servers' view changes and refusals during the step ($WORK/step-$k.log) ---" >&2
+    grep -E 'epoch changed|misdirected|"member"|leaving' "$WORK/step-$k.log" | tail -n 80 >&2 || true
+    fail "joins failed while scaling to $k" "0 non-2xx" "$summary"
+  fi
   [ "$sent" -gt 500 ] || fail "too little load while scaling to $k" "> 500 joins" "$sent"
-  wait_for "Envoy's servers cluster to hold $k healthy servers" 30 resolvers_are "$k"
+  wait_for "Envoy's servers cluster to hold $k healthy servers" 30 healthy_servers_are "$k"
   wait_for "the routing module to hold $k members" 10 module_members_are "$k"
   verify 1000 "$WORK/scaled-$k.json"
   expect_all_correct "$WORK/scaled-$k.json" 1000
@@ -155,7 +165,7 @@ victim_n=$(number_of "$victim")
 step "3. docker kill $victim: only its clients fail"
 old_ip=$(ip_of "$victim")
 docker kill "$victim" >/dev/null
-wait_for "Envoy's servers cluster to drop the killed server" 30 resolvers_are 2
+wait_for "Envoy's servers cluster to drop the killed server" 30 healthy_servers_are 2
 verify 1000 "$WORK/killed.json" --seed 7 --results
 python3 - "$WORK/killed.json" "$victim_n" <<'EOF'
 import json, sys
@@ -213,7 +223,7 @@ figures=target/bench/faults/restart_recovery_compose${FLOW:+_$FLOW}.json
 printf '{"fault": "restart_recovery_compose%s", "figures": {"served_again_after_docker_start_ms": [%s], "worst_ms": %s}}\n' \
   "${FLOW:+_$FLOW}" "$(IFS=,; echo "${samples[*]}")" "$worst" >"$figures"
 echo "restart recovery on Compose: ${samples[*]} ms, worst $worst ms ($figures)"
-wait_for "Envoy's servers cluster to hold 3 healthy servers" 30 resolvers_are 3
+wait_for "Envoy's servers cluster to hold 3 healthy servers" 30 healthy_servers_are 3
 verify 1000 "$WORK/restarted.json"
 expect_all_correct "$WORK/restarted.json" 1000
 
