@@ -31,72 +31,91 @@ pub struct Load {
     pub duration: Duration,
     /// Total requests per second; None: as fast as answers come (closed loop).
     pub rate: Option<f64>,
-    /// Count 421 answers as served (the native-hash peer, whose owner is not ours).
+    /// Count 421 answers as served: the diagnostics that send every join to one fixed owner.
     pub accept_421: bool,
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
+
+/// What every worker shares: where to send, and the two switches the run flips.
+struct Shared {
+    client: HttpClient,
+    urls: Arc<Vec<hyper::Uri>>,
+    /// On between the warm-up and the end of the measured time.
+    recording: AtomicBool,
+    stop: AtomicBool,
+    accept_421: bool,
+    /// Each worker's pause between requests, for a fixed total rate.
+    interval: Option<Duration>,
+}
+
+/// One connection's loop: GET the next URL, and while recording, its latency and outcome.
+async fn worker(shared: Arc<Shared>, index: usize) -> (Histogram<u64>, u64, u64) {
+    let mut hist = histogram();
+    let (mut ok, mut errors) = (0u64, 0u64);
+    let mut i = index * 7919;
+    let mut ticker = shared.interval.map(|every| {
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    while !shared.stop.load(Ordering::Relaxed) {
+        if let Some(t) = ticker.as_mut() {
+            t.tick().await;
+        }
+        let uri = shared.urls[i % shared.urls.len()].clone();
+        i += 1;
+        let started = Instant::now();
+        let good = match shared.client.get(uri).await {
+            Ok(response) => {
+                let status = response.status();
+                response.into_body().collect().await.is_ok()
+                    && (status.is_success() || (shared.accept_421 && status.as_u16() == 421))
+            }
+            Err(_) => false,
+        };
+        if shared.recording.load(Ordering::Relaxed) {
+            hist.saturating_record(started.elapsed().as_micros() as u64);
+            if good {
+                ok += 1;
+            } else {
+                errors += 1;
+            }
+        }
+    }
+    (hist, ok, errors)
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds")
 }
 
 /// Sends GETs to `urls` in turn (each connection starts at a different offset).
 /// A request counts as an error unless it is answered with a 2xx status.
 pub async fn run(urls: Arc<Vec<hyper::Uri>>, load: &Load) -> Measured {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(load.concurrency)
-        .build_http();
-    let recording = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::with_capacity(load.concurrency);
-    let interval = load
-        .rate
-        .map(|r| Duration::from_secs_f64(load.concurrency as f64 / r.max(1.0)));
-    for worker in 0..load.concurrency {
-        let client = client.clone();
-        let urls = urls.clone();
-        let recording = recording.clone();
-        let stop = stop.clone();
-        let accept_421 = load.accept_421;
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
-            let (mut ok, mut errors) = (0u64, 0u64);
-            let mut i = worker * 7919;
-            let mut ticker = interval.map(|every| {
-                let mut t = tokio::time::interval(every);
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t
-            });
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(t) = ticker.as_mut() {
-                    t.tick().await;
-                }
-                let uri = urls[i % urls.len()].clone();
-                i += 1;
-                let started = Instant::now();
-                let good = match client.get(uri).await {
-                    Ok(response) => {
-                        let status = response.status();
-                        response.into_body().collect().await.is_ok()
-                            && (status.is_success() || (accept_421 && status.as_u16() == 421))
-                    }
-                    Err(_) => false,
-                };
-                if recording.load(Ordering::Relaxed) {
-                    hist.saturating_record(started.elapsed().as_micros() as u64);
-                    if good {
-                        ok += 1;
-                    } else {
-                        errors += 1;
-                    }
-                }
-            }
-            (hist, ok, errors)
-        }));
-    }
+    let shared = Arc::new(Shared {
+        client: Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(load.concurrency)
+            .build_http(),
+        urls,
+        recording: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        accept_421: load.accept_421,
+        interval: load
+            .rate
+            .map(|r| Duration::from_secs_f64(load.concurrency as f64 / r.max(1.0))),
+    });
+    let tasks: Vec<_> = (0..load.concurrency)
+        .map(|i| tokio::spawn(worker(shared.clone(), i)))
+        .collect();
     tokio::time::sleep(load.warmup).await;
-    recording.store(true, Ordering::Relaxed);
+    shared.recording.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(load.duration).await;
-    recording.store(false, Ordering::Relaxed);
+    shared.recording.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+    shared.stop.store(true, Ordering::Relaxed);
+    let mut hist = histogram();
     let (mut ok, mut errors) = (0, 0);
     for t in tasks {
         let (h, o, e) = t.await.expect("load task");

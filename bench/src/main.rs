@@ -307,25 +307,27 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-async fn soak(minutes: u64, rate: Option<f64>, replicas: u32) -> Result<()> {
+/// Half the measured maximum of the flow envoy.yaml ships, from the last `make bench`.
+fn soak_rate() -> Result<f64> {
     let report_path = bench_dir().join("report.json");
+    let report = report::Report::load(&report_path).with_context(|| {
+        format!(
+            "no rate given and no {} (run `make bench` first)",
+            report_path.display()
+        )
+    })?;
+    let name = scenarios::join_scenario(shipped_flow()?);
+    let measured = report
+        .scenarios
+        .get(name)
+        .with_context(|| format!("{} has no {name}", report_path.display()))?;
+    Ok(measured.rps / 2.0)
+}
+
+async fn soak(minutes: u64, rate: Option<f64>, replicas: u32) -> Result<()> {
     let rate = match rate {
         Some(r) => r,
-        None => {
-            let report = report::Report::load(&report_path).with_context(|| {
-                format!(
-                    "no rate given and no {} (run `make bench` first)",
-                    report_path.display()
-                )
-            })?;
-            let name = scenarios::join_scenario(shipped_flow()?);
-            report
-                .scenarios
-                .get(name)
-                .with_context(|| format!("{} has no {name}", report_path.display()))?
-                .rps
-                / 2.0
-        }
+        None => soak_rate()?,
     };
     let stack = Stack::start(stack_config("stack-soak", replicas, None)).await?;
     let pids = stack.instance_pids();

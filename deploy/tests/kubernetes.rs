@@ -145,10 +145,34 @@ fn tempfile_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The rendered manifests and the objects most checks look at.
+struct Rendered {
+    docs: Vec<Value>,
+}
+
+impl Rendered {
+    fn new() -> Self {
+        Self {
+            docs: documents(&kustomize(&repo_root().join("minikube"))),
+        }
+    }
+    fn find(&self, kind: &str, name: &str) -> &Value {
+        find(&self.docs, kind, name)
+    }
+    fn statefulset(&self) -> &Value {
+        self.find("StatefulSet", "server")
+    }
+    fn server(&self) -> &Value {
+        container(self.statefulset(), "server")
+    }
+}
+
+const NAMESPACE: &str = "poc-routing";
+
 #[test]
-fn manifests_keep_the_invariants_real_clusters_depend_on() {
-    let docs = documents(&kustomize(&repo_root().join("minikube")));
-    let namespace = "poc-routing";
+fn every_object_is_in_the_namespace() {
+    let docs = Rendered::new().docs;
+    let namespace = NAMESPACE;
     for d in &docs {
         if d["kind"] != "Namespace" {
             assert_eq!(
@@ -158,10 +182,15 @@ fn manifests_keep_the_invariants_real_clusters_depend_on() {
             );
         }
     }
-    let sts = find(&docs, "StatefulSet", "server");
-    let headless = find(&docs, "Service", "server-headless");
-    let server_svc = find(&docs, "Service", "server");
-    let server = container(sts, "server");
+}
+
+#[test]
+fn the_servers_names_and_members_are_the_ones_kubernetes_gives_the_pods() {
+    let r = Rendered::new();
+    let namespace = NAMESPACE;
+    let (sts, server) = (r.statefulset(), r.server());
+    let headless = r.find("Service", "server-headless");
+    let server_svc = r.find("Service", "server");
 
     // serviceName matches the headless Service, which really is headless.
     assert_eq!(sts["spec"]["serviceName"], "server-headless");
@@ -212,7 +241,15 @@ fn manifests_keep_the_invariants_real_clusters_depend_on() {
             .is_some_and(|s| s >= 10),
         "terminationGracePeriodSeconds must leave room for the drain"
     );
+}
 
+#[test]
+fn ports_agree_across_containers_services_and_envoy_yaml() {
+    let r = Rendered::new();
+    let namespace = NAMESPACE;
+    let (sts, server) = (r.statefulset(), r.server());
+    let headless = r.find("Service", "server-headless");
+    let server_svc = r.find("Service", "server");
     // Ports agree: container, PORT, both Services, and envoy.yaml's servers cluster.
     let port = port_named(server, "http");
     assert_eq!(env(server, "PORT"), port.to_string());
@@ -239,9 +276,16 @@ fn manifests_keep_the_invariants_real_clusters_depend_on() {
     assert!(envoy_yaml.contains(&format!(
         "^server-(0|[1-9][0-9]{{0,8}})\\\\.server-headless\\\\.{namespace}\\\\.svc\\\\.cluster\\\\.local:{port}$"
     )));
+}
 
+#[test]
+fn envoy_runs_the_repositorys_config_and_publishes_only_its_listener() {
+    let r = Rendered::new();
+    let docs = &r.docs;
+    let envoy_yaml = std::fs::read_to_string(repo_root().join("envoy.yaml")).unwrap();
+    let envoy_cfg: Value = serde_yaml::from_str(&envoy_yaml).unwrap();
     // The ConfigMap holds exactly the repository's envoy.yaml and routing.lua.
-    let cm = find(&docs, "ConfigMap", "envoy-config");
+    let cm = find(docs, "ConfigMap", "envoy-config");
     let data = cm["data"].as_mapping().unwrap();
     assert_eq!(data.len(), 2);
     assert_eq!(cm["data"]["envoy.yaml"].as_str(), Some(envoy_yaml.as_str()));
@@ -249,7 +293,7 @@ fn manifests_keep_the_invariants_real_clusters_depend_on() {
     assert_eq!(cm["data"]["routing.lua"].as_str(), Some(lua.as_str()));
 
     // Envoy mounts it where envoy.yaml looks for the script, and publishes only its listener.
-    let deploy = find(&docs, "Deployment", "envoy");
+    let deploy = find(docs, "Deployment", "envoy");
     let envoy = container(deploy, "envoy");
     assert_eq!(envoy["workingDir"], "/etc/envoy");
     let volume = &deploy["spec"]["template"]["spec"]["volumes"][0];
@@ -270,7 +314,7 @@ fn manifests_keep_the_invariants_real_clusters_depend_on() {
         .as_u64()
         .unwrap();
     assert_eq!(port_named(envoy, "admin"), admin_port);
-    let envoy_svc = find(&docs, "Service", "envoy");
+    let envoy_svc = find(docs, "Service", "envoy");
     assert_eq!(envoy_svc["spec"]["type"], "NodePort");
     for d in docs.iter().filter(|d| d["kind"] == "Service") {
         for p in d["spec"]["ports"].as_sequence().unwrap() {
@@ -290,7 +334,14 @@ fn manifests_keep_the_invariants_real_clusters_depend_on() {
         Some(30080)
     );
     assert_eq!(deploy["spec"]["replicas"].as_u64(), Some(2));
+}
 
+#[test]
+fn containers_are_hardened() {
+    let r = Rendered::new();
+    let (sts, server) = (r.statefulset(), r.server());
+    let deploy = r.find("Deployment", "envoy");
+    let envoy = container(deploy, "envoy");
     // Hardening.
     for c in [server, envoy] {
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);

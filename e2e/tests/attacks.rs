@@ -82,6 +82,77 @@ async fn host_header_never_chooses(flow: Flow) {
     }
 }
 
+/// A `/where` answer (status, body, delay) and what the client must get for it.
+type WhereCase = (u16, String, Duration, u16, &'static str);
+
+/// `/where` answers that must not route a join anywhere the guard does not allow: each with
+/// the status and error code the client gets.
+fn bad_where_answers(admin: &str) -> Vec<WhereCase> {
+    let ok = |body: String, want_status: u16, want_code: &'static str| {
+        (200, body, Duration::ZERO, want_status, want_code)
+    };
+    let answer = |hostport: &str, epoch: &str| {
+        format!("{{\"hostport\":\"{hostport}\",\"epoch\":\"{epoch}\"}}")
+    };
+    let good_epoch = "0123456789abcdef";
+    let bad = "bad_where_answer";
+    vec![
+        ok(answer(admin, EPOCH), 502, bad),
+        ok(answer("evil.example:80", good_epoch), 502, bad),
+        ok(
+            answer("evil-1.example:80", good_epoch),
+            403,
+            "route_refused",
+        ),
+        ok(answer("localhost:9901", good_epoch), 502, bad),
+        ok(
+            answer("poc-routing-server-1:9901", good_epoch),
+            403,
+            "route_refused",
+        ),
+        ok(
+            answer("poc-routing-server-1:8081\\\"x", good_epoch),
+            502,
+            bad,
+        ),
+        ok("<html>garbage</html>".into(), 502, bad),
+        ok(String::new(), 502, bad),
+        // An owner without the epoch it was computed under cannot be stamped: refused.
+        ok(
+            "{\"hostport\":\"poc-routing-server-1:8081\"}".into(),
+            502,
+            bad,
+        ),
+        ok(
+            answer("poc-routing-server-1:8081", "0123456789ABCDEF"),
+            502,
+            bad,
+        ),
+        (
+            500,
+            answer("poc-routing-server-1:8081", good_epoch),
+            Duration::ZERO,
+            502,
+            bad,
+        ),
+        (302, String::new(), Duration::ZERO, 502, bad),
+        // A well-formed instance name that does not exist: the guard allows it, DNS has nothing.
+        ok(
+            answer("poc-routing-server-9:8081", good_epoch),
+            503,
+            "owner_unavailable",
+        ),
+        // Too slow: the 1 s /where timeout answers.
+        (
+            200,
+            answer("poc-routing-server-1:8081", good_epoch),
+            Duration::from_millis(1500),
+            504,
+            "where_timeout",
+        ),
+    ]
+}
+
 #[tokio::test]
 async fn a_bad_where_answer_is_refused() {
     let _turn = serial().await;
@@ -94,101 +165,7 @@ async fn a_bad_where_answer_is_refused() {
     }
     let fake = use_fake_server(&stack).await;
     let admin = stack.admin().to_string();
-
-    let no_delay = Duration::ZERO;
-    let cases: Vec<(u16, String, Duration, u16, &str)> = vec![
-        (
-            200,
-            format!("{{\"hostport\":\"{admin}\",\"epoch\":\"{EPOCH}\"}}"),
-            no_delay,
-            502,
-            "bad_where_answer",
-        ),
-        (
-            200,
-            "{\"hostport\":\"evil.example:80\",\"epoch\":\"0123456789abcdef\"}".into(),
-            no_delay,
-            502,
-            "bad_where_answer",
-        ),
-        (
-            200,
-            "{\"hostport\":\"evil-1.example:80\",\"epoch\":\"0123456789abcdef\"}".into(),
-            no_delay,
-            403,
-            "route_refused",
-        ),
-        (
-            200,
-            "{\"hostport\":\"localhost:9901\",\"epoch\":\"0123456789abcdef\"}".into(),
-            no_delay,
-            502,
-            "bad_where_answer",
-        ),
-        (
-            200,
-            "{\"hostport\":\"poc-routing-server-1:9901\",\"epoch\":\"0123456789abcdef\"}".into(),
-            no_delay,
-            403,
-            "route_refused",
-        ),
-        (
-            200,
-            "{\"hostport\":\"poc-routing-server-1:8081\\\"x\",\"epoch\":\"0123456789abcdef\"}"
-                .into(),
-            no_delay,
-            502,
-            "bad_where_answer",
-        ),
-        (
-            200,
-            "<html>garbage</html>".into(),
-            no_delay,
-            502,
-            "bad_where_answer",
-        ),
-        (200, String::new(), no_delay, 502, "bad_where_answer"),
-        // An owner without the epoch it was computed under cannot be stamped: refused.
-        (
-            200,
-            "{\"hostport\":\"poc-routing-server-1:8081\"}".into(),
-            no_delay,
-            502,
-            "bad_where_answer",
-        ),
-        (
-            200,
-            "{\"hostport\":\"poc-routing-server-1:8081\",\"epoch\":\"0123456789ABCDEF\"}".into(),
-            no_delay,
-            502,
-            "bad_where_answer",
-        ),
-        (
-            500,
-            "{\"hostport\":\"poc-routing-server-1:8081\",\"epoch\":\"0123456789abcdef\"}".into(),
-            no_delay,
-            502,
-            "bad_where_answer",
-        ),
-        (302, String::new(), no_delay, 502, "bad_where_answer"),
-        // A well-formed instance name that does not exist: the guard allows it, DNS has nothing.
-        (
-            200,
-            "{\"hostport\":\"poc-routing-server-9:8081\",\"epoch\":\"0123456789abcdef\"}".into(),
-            no_delay,
-            503,
-            "owner_unavailable",
-        ),
-        // Too slow: the 1 s /where timeout answers.
-        (
-            200,
-            "{\"hostport\":\"poc-routing-server-1:8081\",\"epoch\":\"0123456789abcdef\"}".into(),
-            Duration::from_millis(1500),
-            504,
-            "where_timeout",
-        ),
-    ];
-    for (status, body, delay, want_status, want_code) in cases {
+    for (status, body, delay, want_status, want_code) in bad_where_answers(&admin) {
         *fake.answer.lock().unwrap() = (status, body.clone(), delay);
 
         // A timed-out instance is ejected for a while (outlier detection), so ask the slow
@@ -264,19 +241,6 @@ async fn a_bad_placement_rule_is_refused_or_ignored() {
         stack.stop_instance(index).unwrap();
     }
     let fake = use_fake_server(&stack).await;
-    let rule = |prefix: &str, suffix: &str, port: u16, members: &[u64]| {
-        let naming = poc_routing_placement::Naming {
-            prefix: prefix.into(),
-            suffix: suffix.into(),
-            port,
-            base: 1,
-        };
-        Placement::new(
-            PlacementSpec::new(IndexMode::Hash, naming),
-            members.iter().copied(),
-        )
-        .unwrap()
-    };
     // Well-formed rules naming hosts that are not ours: the module routes by them, and the
     // guard refuses every such name.
     for evil in [
@@ -297,9 +261,30 @@ async fn a_bad_placement_rule_is_refused_or_ignored() {
         "owner_unavailable",
     )
     .await;
-    // Answers that do not check out are not used: the module keeps routing by the last rule
-    // that did (to instance 9), and counts each refused fetch.
-    let good_text = published(&good);
+    untrusted_answers_are_not_used(&stack, &fake, &good).await;
+    // With no usable answer for longer than stale_after_ms (10 s), joins are refused outright.
+    until_stale(&stack).await;
+}
+
+/// A hash rule over `members`, naming instances `<prefix>-<index><suffix>:<port>`.
+fn rule(prefix: &str, suffix: &str, port: u16, members: &[u64]) -> Placement {
+    let naming = poc_routing_placement::Naming {
+        prefix: prefix.into(),
+        suffix: suffix.into(),
+        port,
+        base: 1,
+    };
+    Placement::new(
+        PlacementSpec::new(IndexMode::Hash, naming),
+        members.iter().copied(),
+    )
+    .unwrap()
+}
+
+/// Answers that do not check out are not used: the module keeps routing by the last rule that
+/// did (`good`, whose only member is instance 9), and counts each refused fetch.
+async fn untrusted_answers_are_not_used(stack: &Stack, fake: &FakeServer, good: &Placement) {
+    let good_text = published(good);
     let untrusted = [
         (
             200,
@@ -312,24 +297,22 @@ async fn a_bad_placement_rule_is_refused_or_ignored() {
         (500, good_text.clone()),
     ];
     for (status, body) in untrusted {
-        let before = fetch_failures(&stack).await;
+        let before = fetch_failures(stack).await;
         *fake.placement.lock().unwrap() = (status, body.clone());
         poc_routing_stack::wait_for(
             "two more refused /placement fetches",
             Duration::from_secs(5),
-            || async { fetch_failures(&stack).await >= before + 2 },
+            || async { fetch_failures(stack).await >= before + 2 },
         )
         .await
         .unwrap();
-        let (got, text) = raw_get(&stack, "/join?client_id=abc", None).await;
+        let (got, text) = raw_get(stack, "/join?client_id=abc", None).await;
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         assert!(
             got == 503 && parsed["owner"] == "poc-routing-server-9:8081",
             "/placement answered {status} {body:?}\nEXPECTED 503 owner_unavailable by the last good rule (owner poc-routing-server-9:8081)\nRECEIVED {got} {text}"
         );
     }
-    // With no usable answer for longer than stale_after_ms (10 s), joins are refused outright.
-    until_stale(&stack).await;
 }
 
 /// Waits out `stale_after_ms` (10 s in envoy.yaml) and checks the module then refuses joins.

@@ -165,6 +165,17 @@ impl Drop for Blackhole {
     }
 }
 
+/// A join's answer (status, code, time) must be 503 `owner_unavailable`, within `limit`.
+fn owner_unavailable_within(what: &str, got: &(u16, String, Duration), limit: Duration) {
+    assert!(
+        got.0 == 503 && got.1 == "owner_unavailable",
+        "{what}: EXPECTED 503 owner_unavailable\nRECEIVED {} {}",
+        got.0,
+        got.1
+    );
+    assert!(got.2 < limit, "{what}: {:?}", got.2);
+}
+
 /// A dead owner whose name still resolves, as Kubernetes keeps it with
 /// `publishNotReadyAddresses`: refused at once when the address is closed, after the 1 s
 /// connect timeout when packets vanish. Only its clients fail; nobody else is slowed.
@@ -189,17 +200,7 @@ async fn a_dead_owner_whose_name_still_resolves_fails_fast_and_alone() {
         others_meanwhile(&stack, 1, 200)
     );
     drop(blackhole);
-    assert!(
-        dropped.0 == 503 && dropped.1 == "owner_unavailable",
-        "blackholed: EXPECTED 503 owner_unavailable\nRECEIVED {} {}",
-        dropped.0,
-        dropped.1
-    );
-    assert!(
-        dropped.2 < Duration::from_millis(2500),
-        "blackholed: {:?}",
-        dropped.2
-    );
+    owner_unavailable_within("blackholed", &dropped, Duration::from_millis(2500));
 
     // The process is gone, its name still resolves: connection refused.
     stack.kill_instance_keeping_its_name(1).unwrap();
@@ -207,17 +208,7 @@ async fn a_dead_owner_whose_name_still_resolves_fails_fast_and_alone() {
         timed_join(&http, &stack, &id),
         others_meanwhile(&stack, 1, 200)
     );
-    assert!(
-        refused.0 == 503 && refused.1 == "owner_unavailable",
-        "refused: EXPECTED 503 owner_unavailable\nRECEIVED {} {}",
-        refused.0,
-        refused.1
-    );
-    assert!(
-        refused.2 < Duration::from_millis(1500),
-        "refused: {:?}",
-        refused.2
-    );
+    owner_unavailable_within("refused", &refused, Duration::from_millis(1500));
     for slowest in [others_dropped, others_refused] {
         assert!(
             slowest < Duration::from_secs(1),
@@ -404,7 +395,86 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// More joins in flight to one owner than Envoy's circuit breaker allows (256): the excess is
+/// What one join of a burst got: status, error code, `retry-after`, and when it was answered.
+type BurstAnswer = (u16, String, Option<String>, Duration);
+
+/// Sends every join of `ids` at once, each on its own connection.
+async fn burst_of_joins(stack: &Stack, ids: &[String]) -> Vec<BurstAnswer> {
+    let started = Instant::now();
+    let started = &started;
+    let burst = ids.iter().map(|id| async move {
+        let http = reqwest::Client::new();
+        let r = http
+            .get(format!("{}/join?client_id={id}", stack.url()))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        (
+            status,
+            body["error"].as_str().unwrap_or_default().to_owned(),
+            retry_after,
+            started.elapsed(),
+        )
+    });
+    futures::future::join_all(burst).await
+}
+
+/// Verifies 1000 ids every 500 ms until all are correct or `limit` has passed since `since`.
+async fn until_every_id_is_correct(stack: &Stack, since: Instant, limit: Duration) -> Duration {
+    let ids = test_ids(1000, IndexMode::Hash, 9);
+    let mut report = verify(&api(stack), ids.clone(), 16, |_| {}).await;
+    while !report.all_correct() && since.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        report = verify(&api(stack), ids.clone(), 16, |_| {}).await;
+    }
+    assert!(
+        report.all_correct(),
+        "{limit:?} after the overload: {}",
+        report.render()
+    );
+    since.elapsed()
+}
+
+/// Checks a burst's answers: each is 503 `overloaded` (with `retry-after: 1`) or 504
+/// `owner_timeout`, and at least 100 are `overloaded`. Returns the answers by code and when the
+/// first `overloaded` came.
+fn overload_answers(answers: &[BurstAnswer]) -> (BTreeMap<String, u64>, Duration) {
+    let mut by_code: BTreeMap<String, u64> = BTreeMap::new();
+    let mut first_overloaded = None::<Duration>;
+    for (status, code, retry_after, at) in answers {
+        *by_code.entry(status_code(*status, code)).or_default() += 1;
+        if code == "overloaded" {
+            assert_eq!(*status, 503);
+            assert_eq!(
+                retry_after.as_deref(),
+                Some("1"),
+                "retry-after on overloaded"
+            );
+            first_overloaded = Some(first_overloaded.map_or(*at, |f| f.min(*at)));
+        }
+    }
+    eprintln!("overload answers: {by_code:?}");
+    for (status, code, _, _) in answers {
+        assert!(
+            (*status == 503 && code == "overloaded") || (*status == 504 && code == "owner_timeout"),
+            "EXPECTED 503 overloaded or 504 owner_timeout\nRECEIVED {status} {code}; all: {by_code:?}"
+        );
+    }
+    let overloaded = by_code.get("503 overloaded").copied().unwrap_or(0);
+    assert!(
+        overloaded >= 100,
+        "EXPECTED the joins beyond 128 in flight refused as overloaded\nRECEIVED {by_code:?}"
+    );
+    (by_code, first_overloaded.expect("at least one overloaded"))
+}
+
+/// More joins in flight to one owner than Envoy's circuit breaker allows (128): the excess is
 /// refused at once with 503 `overloaded` and `retry-after`, Envoy neither crashes nor grows
 /// without bound, and everything is served again once the load stops.
 #[tokio::test]
@@ -434,61 +504,12 @@ async fn overload_is_refused_with_retry_after_and_recovers() {
     stack.wait_servers_cluster(&[asked]).await.unwrap();
     // The owner stops answering, so joins to it pile up in flight.
     stack.signal_instance(1, Signal::SIGSTOP).unwrap();
-    let started = Instant::now();
-    let started = &started;
-    let stack_ref = &stack;
-    let burst = ids.iter().map(|id| async move {
-        let http = reqwest::Client::new();
-        let r = http
-            .get(format!("{}/join?client_id={id}", stack_ref.url()))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let retry_after = r
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap().to_owned());
-        let body: serde_json::Value = r.json().await.unwrap_or_default();
-        (
-            status,
-            body["error"].as_str().unwrap_or_default().to_owned(),
-            retry_after,
-            started.elapsed(),
-        )
-    });
-    let answers = futures::future::join_all(burst).await;
+    let answers = burst_of_joins(&stack, &ids).await;
     stack.signal_instance(1, Signal::SIGCONT).unwrap();
     let resumed = Instant::now();
     let recovered = time_until_joined(&stack, &ids[0], resumed, Duration::from_secs(15)).await;
     let recovered = recovered.expect("the owner was never served again after the overload");
-    let mut by_code: BTreeMap<String, u64> = BTreeMap::new();
-    let mut first_overloaded = None::<Duration>;
-    for (status, code, retry_after, at) in &answers {
-        *by_code.entry(status_code(*status, code)).or_default() += 1;
-        if code == "overloaded" {
-            assert_eq!(*status, 503);
-            assert_eq!(
-                retry_after.as_deref(),
-                Some("1"),
-                "retry-after on overloaded"
-            );
-            first_overloaded = Some(first_overloaded.map_or(*at, |f| f.min(*at)));
-        }
-    }
-    eprintln!("overload answers: {by_code:?}");
-    for (status, code, _, _) in &answers {
-        assert!(
-            (*status == 503 && code == "overloaded") || (*status == 504 && code == "owner_timeout"),
-            "EXPECTED 503 overloaded or 504 owner_timeout\nRECEIVED {status} {code}; all: {by_code:?}"
-        );
-    }
-    let overloaded = by_code.get("503 overloaded").copied().unwrap_or(0);
-    assert!(
-        overloaded >= 100,
-        "EXPECTED the joins beyond 256 in flight refused as overloaded\nRECEIVED {by_code:?}"
-    );
-    let first_overloaded = first_overloaded.unwrap();
+    let (by_code, first_overloaded) = overload_answers(&answers);
     assert!(
         first_overloaded < Duration::from_secs(2),
         "{first_overloaded:?}"
@@ -505,18 +526,7 @@ async fn overload_is_refused_with_retry_after_and_recovers() {
     );
     // Full recovery: the resumed owner still works through the requests that were abandoned
     // and Envoy drops the connections it timed out, so a few joins may fail for a moment.
-    let ids_after = test_ids(1000, IndexMode::Hash, 9);
-    let mut report = verify(&api(&stack), ids_after.clone(), 16, |_| {}).await;
-    while !report.all_correct() && resumed.elapsed() < Duration::from_secs(15) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        report = verify(&api(&stack), ids_after.clone(), 16, |_| {}).await;
-    }
-    assert!(
-        report.all_correct(),
-        "15 s after the overload: {}",
-        report.render()
-    );
-    let fully_recovered = resumed.elapsed();
+    let fully_recovered = until_every_id_is_correct(&stack, resumed, Duration::from_secs(15)).await;
     record(
         "overload",
         json!({"joins_in_flight": answers.len(), "answers": by_code,

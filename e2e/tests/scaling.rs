@@ -91,27 +91,37 @@ async fn scale_under_load(naming: Naming, mode: IndexMode, flow: Flow, first: u6
             n + 1,
             report.summary()
         );
-        // `poc-client views` through Envoy: one instance and its report of every peer agree.
-        let seen = poc_routing_client::views::via(&api(&stack)).await;
-        assert!(
-            poc_routing_client::views::agree(&seen) && seen.len() == after.len(),
-            "{name} after step {}: EXPECTED {} agreeing views\nRECEIVED\n{}",
-            n + 1,
-            after.len(),
-            poc_routing_client::views::render(&seen)
-        );
-        let ids = test_ids(1000, mode, 100 + n as u64);
-        let verified = verify(&api(&stack), ids, 16, |_| {}).await;
-        assert!(
-            verified.all_correct(),
-            "{name} after step {}: EXPECTED every join on its owner\nRECEIVED {}",
-            n + 1,
-            verified.render()
-        );
-        let served: Vec<u64> = verified.joins_per_instance.keys().copied().collect();
-        assert_eq!(served, after, "every member owns some of 1000 ids");
+        settled_after(&stack, &format!("{name} after step {}", n + 1), mode, n).await;
     }
     // Every instance counted its epoch changes in its metrics.
+    let changes = epoch_changes(&stack).await;
+    assert!(changes >= steps.len() as u64, "{changes} epoch changes");
+}
+
+/// After a step: every view agrees (`poc-client views` through Envoy: one instance and its
+/// report of every peer), and 1000 ids are served by their owners, every member owning some.
+async fn settled_after(stack: &Stack, what: &str, mode: IndexMode, n: usize) {
+    let after = stack.running();
+    let seen = poc_routing_client::views::via(&api(stack)).await;
+    assert!(
+        poc_routing_client::views::agree(&seen) && seen.len() == after.len(),
+        "{what}: EXPECTED {} agreeing views\nRECEIVED\n{}",
+        after.len(),
+        poc_routing_client::views::render(&seen)
+    );
+    let ids = test_ids(1000, mode, 100 + n as u64);
+    let verified = verify(&api(stack), ids, 16, |_| {}).await;
+    assert!(
+        verified.all_correct(),
+        "{what}: EXPECTED every join on its owner\nRECEIVED {}",
+        verified.render()
+    );
+    let served: Vec<u64> = verified.joins_per_instance.keys().copied().collect();
+    assert_eq!(served, after, "every member owns some of 1000 ids");
+}
+
+/// `poc_epoch_changes_total` of the first running instance.
+async fn epoch_changes(stack: &Stack) -> u64 {
     let metrics = reqwest::get(format!(
         "http://{}/metrics",
         stack.instance_addr(stack.running()[0]).unwrap()
@@ -121,15 +131,11 @@ async fn scale_under_load(naming: Naming, mode: IndexMode, flow: Flow, first: u6
     .text()
     .await
     .unwrap();
-    let changes = metrics
+    metrics
         .lines()
         .find_map(|l| l.strip_prefix("poc_epoch_changes_total "))
         .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no poc_epoch_changes_total in\n{metrics}"));
-    assert!(
-        changes >= steps.len() as u64,
-        "{changes} epoch changes\n{metrics}"
-    );
+        .unwrap_or_else(|| panic!("no poc_epoch_changes_total in\n{metrics}"))
 }
 
 /// Compose numbering: container numbers are not kept contiguous. 2 -> 3 -> 2 (removing 1,

@@ -449,6 +449,58 @@ extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
     VERSION.as_ptr().cast()
 }
 
+/// Builds the filter config: checks the filter name and settings, defines the statistics and
+/// starts the placement refresh (a scheduler on Envoy's main thread, paced by a ticker thread).
+///
+/// # Safety
+/// `config_envoy` must be the filter config Envoy is creating, live for this call.
+unsafe fn new_config(
+    config_envoy: ConfigEnvoyPtr,
+    name: &[u8],
+    raw: &[u8],
+) -> Result<Config, String> {
+    if name != FILTER_NAME.as_bytes() {
+        return Err(format!(
+            "unknown filter_name {:?}; this module has one filter, {FILTER_NAME:?}",
+            String::from_utf8_lossy(name)
+        ));
+    }
+    let settings = Settings::parse(raw).map_err(|e| e.to_string())?;
+    // SAFETY: config_envoy is the filter config Envoy is creating, as `define` requires.
+    let stats = unsafe { Stats::define(config_envoy) }?;
+    // SAFETY: config_envoy is the live filter config Envoy is creating; the scheduler is
+    // deleted when Config drops.
+    let scheduler = std::sync::Arc::new(Scheduler(unsafe {
+        envoy_dynamic_module_callback_http_filter_config_scheduler_new(config_envoy)
+    }));
+    let router = std::sync::Arc::new(Router::new(settings.clone()));
+    crate::refresh::publish(&router);
+    let (ticking, pacing) = (
+        std::sync::Arc::clone(&scheduler),
+        std::sync::Arc::clone(&router),
+    );
+    let ticker = Ticker::start(Router::STARTING, move || {
+        ticking.commit();
+        pacing.next_fetch_in()
+    })
+    .map_err(|e| format!("cannot start the placement refresh thread: {e}"))?;
+    log(
+        LOG_INFO,
+        &format!(
+            "module loaded (ABI {}); GET /placement through cluster {:?} every {} ms",
+            crate::ABI_VERSION,
+            settings.cluster,
+            settings.refresh_interval.as_millis()
+        ),
+    );
+    Ok(Config {
+        router,
+        stats,
+        _ticker: ticker,
+        _scheduler: scheduler,
+    })
+}
+
 #[no_mangle]
 unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     config_envoy: ConfigEnvoyPtr,
@@ -457,48 +509,8 @@ unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
 ) -> ConfigModulePtr {
     // SAFETY: both buffers are Envoy's, valid for this hook.
     let (name, raw) = unsafe { (bytes(name), bytes(config)) };
-    let made = no_unwind(|| -> Result<Config, String> {
-        if name != FILTER_NAME.as_bytes() {
-            return Err(format!(
-                "unknown filter_name {:?}; this module has one filter, {FILTER_NAME:?}",
-                String::from_utf8_lossy(name)
-            ));
-        }
-        let settings = Settings::parse(raw).map_err(|e| e.to_string())?;
-        // SAFETY: config_envoy is the filter config Envoy is creating, as `define` requires.
-        let stats = unsafe { Stats::define(config_envoy) }?;
-        // SAFETY: config_envoy is the live filter config Envoy is creating; the scheduler is
-        // deleted when Config drops.
-        let scheduler = std::sync::Arc::new(Scheduler(unsafe {
-            envoy_dynamic_module_callback_http_filter_config_scheduler_new(config_envoy)
-        }));
-        let router = std::sync::Arc::new(Router::new(settings.clone()));
-        crate::refresh::publish(&router);
-        let (ticking, pacing) = (
-            std::sync::Arc::clone(&scheduler),
-            std::sync::Arc::clone(&router),
-        );
-        let ticker = Ticker::start(Router::STARTING, move || {
-            ticking.commit();
-            pacing.next_fetch_in()
-        })
-        .map_err(|e| format!("cannot start the placement refresh thread: {e}"))?;
-        log(
-            LOG_INFO,
-            &format!(
-                "module loaded (ABI {}); GET /placement through cluster {:?} every {} ms",
-                crate::ABI_VERSION,
-                settings.cluster,
-                settings.refresh_interval.as_millis()
-            ),
-        );
-        Ok(Config {
-            router,
-            stats,
-            _ticker: ticker,
-            _scheduler: scheduler,
-        })
-    });
+    // SAFETY: config_envoy is the filter config Envoy is creating, live for this hook.
+    let made = no_unwind(|| unsafe { new_config(config_envoy, name, raw) });
     match made {
         Some(Ok(config)) => Box::into_raw(Box::new(config)) as ConfigModulePtr,
         Some(Err(why)) => {
@@ -570,21 +582,18 @@ unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
     });
 }
 
-#[no_mangle]
-unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
-    config_envoy: ConfigEnvoyPtr,
-    config_module: ConfigModulePtr,
-    _callout_id: u64,
-    result: u32,
+/// The `:status` and the whole body of a callout's answer.
+///
+/// # Safety
+/// `headers` and `body_chunks` are arrays of the given sizes (or null with size 0), and every
+/// buffer in them is valid for the current hook.
+unsafe fn callout_answer<'a>(
     headers: *const HttpHeader,
     headers_size: usize,
     body_chunks: *const EnvoyBuffer,
     body_chunks_size: usize,
-) {
-    // SAFETY: Envoy passes our live config.
-    let config = unsafe { config(config_module) };
-    // SAFETY: headers/body_chunks are arrays of the given sizes, valid for this hook (or null
-    // with size 0 when the callout failed).
+) -> (Option<&'a [u8]>, Vec<u8>) {
+    // SAFETY: as the caller promises.
     let (headers, chunks) = unsafe {
         (
             if headers.is_null() {
@@ -620,6 +629,26 @@ unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_don
         // SAFETY: each chunk is Envoy's buffer, valid for this hook.
         body.extend_from_slice(unsafe { bytes(*chunk) });
     }
+    (status, body)
+}
+
+#[no_mangle]
+unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    config_envoy: ConfigEnvoyPtr,
+    config_module: ConfigModulePtr,
+    _callout_id: u64,
+    result: u32,
+    headers: *const HttpHeader,
+    headers_size: usize,
+    body_chunks: *const EnvoyBuffer,
+    body_chunks_size: usize,
+) {
+    // SAFETY: Envoy passes our live config.
+    let config = unsafe { config(config_module) };
+    // SAFETY: headers/body_chunks are arrays of the given sizes, valid for this hook (or null
+    // with size 0 when the callout failed).
+    let (status, body) =
+        unsafe { callout_answer(headers, headers_size, body_chunks, body_chunks_size) };
     let _ = no_unwind(|| {
         let outcome = if result == CALLOUT_SUCCESS {
             config.router.fetched(status, &body, Instant::now())

@@ -82,17 +82,7 @@ impl Config {
             })
             .transpose()?;
         let discovery = discovery(&get)?;
-        let replicas = match (expected_replicas, &discovery) {
-            (Some(n), _) => n,
-            (None, Some(_)) => 1,
-            (None, None) => {
-                return Err(ConfigError {
-                    var: "REPLICAS",
-                    value: String::new(),
-                    accepts: "expected the number of instances (1 to 65536): DISCOVERY=off needs a fixed member set".into(),
-                })
-            }
-        };
+        let replicas = initial_replicas(expected_replicas, discovery.is_some())?;
         let spec = placement_spec(&get, lookup("SERVICE_SUFFIX"))?;
         // Every part was checked above, and replicas is within 1..=MAX_MEMBERS.
         let placement = Placement::contiguous(spec, replicas).map_err(|e| ConfigError {
@@ -133,6 +123,20 @@ impl Config {
                 |v: &usize| *v >= 1,
             )?,
         })
+    }
+}
+
+/// How many members the first view has: `REPLICAS`; with discovery and no `REPLICAS`, one (this
+/// instance) until DNS says more. Without discovery `REPLICAS` is the fixed member set.
+fn initial_replicas(expected: Option<u32>, discovery: bool) -> Result<u32, ConfigError> {
+    match (expected, discovery) {
+        (Some(n), _) => Ok(n),
+        (None, true) => Ok(1),
+        (None, false) => Err(ConfigError {
+            var: "REPLICAS",
+            value: String::new(),
+            accepts: "expected the number of instances (1 to 65536): DISCOVERY=off needs a fixed member set".into(),
+        }),
     }
 }
 

@@ -28,7 +28,7 @@ use hickory_resolver::proto::xfer::{DnsHandle, DnsRequestOptions};
 use poc_routing_placement::{Epoch, Placement};
 
 use crate::identity::{own_addresses, Identity, Source};
-use crate::membership::{Membership, Peer, State};
+use crate::membership::{Change, Membership, Peer, State};
 use crate::metrics::Metrics;
 
 /// How the servers find each other.
@@ -304,18 +304,7 @@ impl Discovery {
                 return;
             }
         };
-        if self.identity.get().is_none() {
-            let own = own_addresses();
-            let mine: Vec<u64> = candidates
-                .iter()
-                .filter(|c| own.contains(&c.addr.ip()))
-                .map(|c| c.index)
-                .collect();
-            if let [index] = mine.as_slice() {
-                self.identity.set(*index);
-                tracing::info!(instance = index, source = ?Source::Dns, "identity found");
-            }
-        }
+        self.find_identity(&candidates);
         let me = self.identity.get();
         let peers = futures::future::join_all(
             candidates
@@ -333,31 +322,53 @@ impl Discovery {
             }
         }
         if let Some(change) = self.membership.update(me, peers, Instant::now()) {
-            self.metrics.epoch_changes.inc();
-            self.metrics.members.set(change.members.len() as i64);
-            tracing::info!(
-                from = ?change.from.map(|e| e.to_string()),
-                to = ?change.to.map(|e| e.to_string()),
-                members = ?change.members,
-                removed_as_down = ?change.removed_as_down,
-                "placement epoch changed"
+            self.report(&change);
+        }
+    }
+
+    /// Until this instance knows its index: the one candidate whose address is one of ours.
+    fn find_identity(&self, candidates: &[Candidate]) {
+        if self.identity.get().is_some() {
+            return;
+        }
+        let own = own_addresses();
+        let mine: Vec<u64> = candidates
+            .iter()
+            .filter(|c| own.contains(&c.addr.ip()))
+            .map(|c| c.index)
+            .collect();
+        if let [index] = mine.as_slice() {
+            self.identity.set(*index);
+            tracing::info!(instance = index, source = ?Source::Dns, "identity found");
+        }
+    }
+
+    /// Logs a member change and updates the metrics it moves.
+    fn report(&self, change: &Change) {
+        self.metrics.epoch_changes.inc();
+        self.metrics.members.set(change.members.len() as i64);
+        tracing::info!(
+            from = ?change.from.map(|e| e.to_string()),
+            to = ?change.to.map(|e| e.to_string()),
+            members = ?change.members,
+            removed_as_down = ?change.removed_as_down,
+            "placement epoch changed"
+        );
+        if !change.removed_as_down.is_empty() {
+            tracing::warn!(
+                removed = ?change.removed_as_down,
+                down_timeout_s = self.membership.timing.down_timeout.as_secs_f64(),
+                "members down for longer than the down timeout (or dropped by every peer) were removed; their clients move"
             );
-            if !change.removed_as_down.is_empty() {
-                tracing::warn!(
-                    removed = ?change.removed_as_down,
-                    down_timeout_s = self.membership.timing.down_timeout.as_secs_f64(),
-                    "members down for longer than the down timeout (or dropped by every peer) were removed; their clients move"
-                );
-            }
-            let mismatch = self.membership.replicas_mismatch();
-            self.metrics.replicas_mismatch.set(i64::from(mismatch));
-            if mismatch {
-                tracing::warn!(
-                    replicas = self.membership.expected_replicas,
-                    members = change.members.len(),
-                    "REPLICAS disagrees with the deployed members; REPLICAS is ignored while discovery is on"
-                );
-            }
+        }
+        let mismatch = self.membership.replicas_mismatch();
+        self.metrics.replicas_mismatch.set(i64::from(mismatch));
+        if mismatch {
+            tracing::warn!(
+                replicas = self.membership.expected_replicas,
+                members = change.members.len(),
+                "REPLICAS disagrees with the deployed members; REPLICAS is ignored while discovery is on"
+            );
         }
     }
 

@@ -343,6 +343,40 @@ impl Membership {
             .filter(|p| Some(p.instance) != me)
             .map(|p| (p.instance, p))
             .collect();
+        let (members, removed_as_down) = self.members_now(inner, me, &observed, now);
+        inner.peers = observed;
+
+        let until = now + self.timing.transition_window;
+        let next = self.rule.with_members(members.iter().copied()).ok();
+        let from = inner.views.current.as_ref().map(|c| c.epoch());
+        let to = next.as_ref().map(Placement::epoch);
+        let changed = from != to;
+        if changed {
+            let old = std::mem::replace(&mut inner.views.current, next.map(Arc::new));
+            if let Some(old) = old {
+                inner.views.remember(old, until, now);
+            }
+            inner.changed_at = Some(now);
+        }
+        self.remember_peer_views(inner, until, now);
+        changed.then(|| Change {
+            from,
+            to,
+            members: members.into_iter().collect(),
+            removed_as_down,
+        })
+    }
+
+    /// The members after this round, and those just removed as down: this instance while it is
+    /// a member, every member peer, and each remembered member that is absent but not yet past
+    /// the down timeout (unless it is leaving, or a member peer already dropped it).
+    fn members_now(
+        &self,
+        inner: &mut Inner,
+        me: Option<u64>,
+        observed: &BTreeMap<u64, Peer>,
+        now: Instant,
+    ) -> (BTreeSet<u64>, Vec<u64>) {
         // Views held by member peers: a first view starts from them, and an absent member that
         // a member peer has already dropped is dropped here too.
         let peer_views: Vec<&Vec<u64>> = observed
@@ -361,7 +395,7 @@ impl Membership {
             members.insert(me);
         }
         let mut removed_as_down = Vec::new();
-        for (&index, peer) in &observed {
+        for (&index, peer) in observed {
             match peer.state {
                 Some(State::Member) => {
                     members.insert(index);
@@ -389,22 +423,12 @@ impl Membership {
                 removed_as_down.push(index);
             }
         }
-        inner.peers = observed;
+        (members, removed_as_down)
+    }
 
-        let until = now + self.timing.transition_window;
-        let next = self.rule.with_members(members.iter().copied()).ok();
-        let from = inner.views.current.as_ref().map(|c| c.epoch());
-        let to = next.as_ref().map(Placement::epoch);
-        let changed = from != to;
-        if changed {
-            let old = std::mem::replace(&mut inner.views.current, next.map(Arc::new));
-            if let Some(old) = old {
-                inner.views.remember(old, until, now);
-            }
-            inner.changed_at = Some(now);
-        }
-        // Views peers hold, or just held: joins routed by them are served here too. Leaving
-        // peers count: until Envoy's health check drops them, they still answer /where.
+    /// Views peers hold, or just held: joins routed by them are served here too. Leaving peers
+    /// count: until Envoy's health check drops them, they still answer /where.
+    fn remember_peer_views(&self, inner: &mut Inner, until: Instant, now: Instant) {
         for peer in inner.peers.values() {
             if !matches!(peer.state, Some(State::Member | State::Leaving)) {
                 continue;
@@ -429,15 +453,6 @@ impl Membership {
                 }
             }
         }
-        if !changed {
-            return None;
-        }
-        Some(Change {
-            from,
-            to,
-            members: members.into_iter().collect(),
-            removed_as_down,
-        })
     }
 }
 

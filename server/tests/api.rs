@@ -293,6 +293,39 @@ async fn metrics_count_what_happened() {
     assert!(text.contains("route=\"/join\""), "{text}");
 }
 
+/// Sends `request`; its answer must be JSON (or OpenMetrics text from `/metrics`), and an
+/// error must carry `error` and `message`.
+async fn assert_json_answer(
+    request: reqwest::RequestBuilder,
+    method: &reqwest::Method,
+    path: &str,
+    query: &str,
+) {
+    let r = request.send().await.unwrap();
+    let status = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let text = r.text().await.unwrap();
+    if path == "/metrics" && status == 200 {
+        assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+        return;
+    }
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| {
+        panic!("{method} {path}{query:.60}: EXPECTED JSON\nRECEIVED {status} {ct} {text:.200}")
+    });
+    assert!(ct.starts_with("application/json"), "{method} {path}: {ct}");
+    if status >= 400 {
+        assert!(
+            body["error"].as_str().is_some_and(|c| !c.is_empty())
+                && body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{method} {path}{query:.60}: EXPECTED {{\"error\",\"message\"}}\nRECEIVED {status} {text:.200}"
+        );
+    }
+}
+
 /// Every answer is JSON, and every error carries a machine code: every endpoint swept with
 /// malformed queries, methods, headers and bodies.
 #[tokio::test]
@@ -341,30 +374,8 @@ async fn every_answer_is_json_with_an_error_code() {
                         .body("client_id=2"),
                 ];
                 for request in requests {
-                    let r = request.send().await.unwrap();
-                    let status = r.status().as_u16();
-                    let ct = r
-                        .headers()
-                        .get("content-type")
-                        .map(|v| v.to_str().unwrap().to_owned())
-                        .unwrap_or_default();
-                    let text = r.text().await.unwrap();
+                    assert_json_answer(request, &method, path, query).await;
                     checked += 1;
-                    if path == "/metrics" && status == 200 {
-                        assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
-                        continue;
-                    }
-                    let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| {
-                        panic!("{method} {path}{query:.60}: EXPECTED JSON\nRECEIVED {status} {ct} {text:.200}")
-                    });
-                    assert!(ct.starts_with("application/json"), "{method} {path}: {ct}");
-                    if status >= 400 {
-                        assert!(
-                            body["error"].as_str().is_some_and(|c| !c.is_empty())
-                                && body["message"].as_str().is_some_and(|m| !m.is_empty()),
-                            "{method} {path}{query:.60}: EXPECTED {{\"error\",\"message\"}}\nRECEIVED {status} {text:.200}"
-                        );
-                    }
                 }
             }
         }
