@@ -16,6 +16,7 @@ mod load;
 mod quality;
 mod report;
 mod scenarios;
+mod soak;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -97,12 +98,12 @@ async fn hello(addr: SocketAddr) -> Result<()> {
     }
 }
 
-fn bench_dir() -> PathBuf {
+pub(crate) fn bench_dir() -> PathBuf {
     poc_routing_stack::envoy::repo_root().join("target/bench")
 }
 
 /// A bench stack on its own loopback addresses, quiet logs.
-fn stack_config(name: &str, replicas: u32, flow: Option<Flow>) -> StackConfig {
+pub(crate) fn stack_config(name: &str, replicas: u32, flow: Option<Flow>) -> StackConfig {
     let mut c = StackConfig::new(
         replicas,
         Naming::Compose,
@@ -170,7 +171,7 @@ async fn start_hello() -> Result<(KillOnDrop, String)> {
     Ok((child, url))
 }
 
-fn bench_ids() -> Vec<String> {
+pub(crate) fn bench_ids() -> Vec<String> {
     quality::random_ids(10_000, 42)
         .into_iter()
         .map(|id| id.into_string())
@@ -293,89 +294,10 @@ async fn run(
 }
 
 /// The flow `envoy.yaml` ships as its default.
-fn shipped_flow() -> Result<Flow> {
+pub(crate) fn shipped_flow() -> Result<Flow> {
     Flow::of(&std::fs::read_to_string(
         envoy::repo_root().join("envoy.yaml"),
     )?)
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Half the measured maximum of the flow envoy.yaml ships, from the last `make bench`.
-fn soak_rate() -> Result<f64> {
-    let report_path = bench_dir().join("report.json");
-    let report = report::Report::load(&report_path).with_context(|| {
-        format!(
-            "no rate given and no {} (run `make bench` first)",
-            report_path.display()
-        )
-    })?;
-    let name = scenarios::join_scenario(shipped_flow()?);
-    let measured = report
-        .scenarios
-        .get(name)
-        .with_context(|| format!("{} has no {name}", report_path.display()))?;
-    Ok(measured.rps / 2.0)
-}
-
-async fn soak(minutes: u64, rate: Option<f64>, replicas: u32) -> Result<()> {
-    let rate = match rate {
-        Some(r) => r,
-        None => soak_rate()?,
-    };
-    let stack = Stack::start(stack_config("stack-soak", replicas, None)).await?;
-    let pids = stack.instance_pids();
-    let ids = bench_ids();
-    let urls = load::urls(&stack.url(), "/join", &ids);
-    let total = Duration::from_secs(minutes * 60);
-    // Ten slices, so that memory is sampled along the way; the first minute is warm-up.
-    let slices = 10u32;
-    let slice = total / slices;
-    let mut samples = Vec::new();
-    let mut measured = Vec::new();
-    eprintln!("[soak] {minutes} min of /join at {rate:.0} rps over {replicas} servers");
-    for i in 0..slices {
-        let settings = load::Load {
-            concurrency: 32,
-            warmup: Duration::ZERO,
-            duration: slice,
-            rate: Some(rate),
-            accept_421: false,
-        };
-        let m = load::run(urls.clone(), &settings).await;
-        let rss: u64 = pids.iter().filter_map(|p| rss_kib(*p)).sum();
-        eprintln!(
-            "[soak] {}/{slices}: {:.0} rps, p99 {:.2} ms, {} errors, servers' RSS {} KiB",
-            i + 1,
-            m.rps,
-            m.p99_ms,
-            m.errors,
-            rss
-        );
-        samples.push(rss);
-        measured.push(m);
-    }
-    let soak = report::Soak::new(minutes, rate, replicas, samples, measured);
-    soak.save(&bench_dir().join("soak.json"))?;
-    report::render(
-        &bench_dir(),
-        &poc_routing_stack::envoy::repo_root().join("docs/BENCHMARKS.md"),
-    )?;
-    drop(stack);
-    if !soak.passed() {
-        bail!(
-            "soak failed: {} errors, RSS growth {:.1}%",
-            soak.errors,
-            soak.rss_growth_pct
-        );
-    }
-    Ok(())
 }
 
 #[tokio::main]
@@ -392,7 +314,7 @@ async fn main() -> Result<()> {
             minutes,
             rate,
             replicas,
-        } => soak(minutes, rate, replicas).await,
+        } => soak::run(minutes, rate, replicas).await,
         Cmd::Render => report::render(
             &bench_dir(),
             &poc_routing_stack::envoy::repo_root().join("docs/BENCHMARKS.md"),

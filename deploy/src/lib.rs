@@ -61,3 +61,43 @@ pub fn guard_authority_patterns(config: &Value) -> Vec<String> {
         })
         .collect()
 }
+
+/// Every document of a multi-document YAML text.
+pub fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect()
+}
+
+/// The object of `kind` named `name` (a ConfigMap also by its generated `name-<hash>`).
+pub fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| {
+            d["kind"] == kind
+                && d["metadata"]["name"].as_str().is_some_and(|n| {
+                    n == name || (kind == "ConfigMap" && n.starts_with(&format!("{name}-")))
+                })
+        })
+        .unwrap_or_else(|| panic!("no {kind} {name} in the rendered manifests"))
+}
+
+/// The value of environment variable `name` in a container.
+pub fn env<'a>(container: &'a Value, name: &str) -> &'a str {
+    container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_else(|| panic!("no env {name}"))
+}
+
+/// The container `name` of a workload's pod template.
+pub fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    workload["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()
+}

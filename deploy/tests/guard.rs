@@ -6,7 +6,9 @@
 //! `/where` or `/placement` answer) sets as `:authority`, only an instance name gets through.
 //! Envoy matches with RE2; the `regex` crate implements the same syntax for these patterns.
 
-use poc_routing_deploy::{envoy_config, guard_authority_patterns, read};
+use poc_routing_deploy::{
+    container, documents, env, envoy_config, find, guard_authority_patterns, read,
+};
 use poc_routing_placement::Naming;
 use regex::Regex;
 
@@ -148,35 +150,28 @@ fn the_guard_admits_nothing_else() {
 #[test]
 fn compose_and_kubernetes_configure_the_servers_with_the_rules_namings() {
     let compose: serde_yaml::Value = serde_yaml::from_str(&read("docker-compose.yaml")).unwrap();
-    let env = &compose["services"]["server"]["environment"];
+    let compose_env = &compose["services"]["server"]["environment"];
     let want = Naming::compose();
-    assert_eq!(env["SERVICE_PREFIX"].as_str(), Some(want.prefix.as_str()));
-    assert_eq!(env["SERVICE_SUFFIX"].as_str(), Some(want.suffix.as_str()));
     assert_eq!(
-        env["INDEX_BASE"].as_str(),
+        compose_env["SERVICE_PREFIX"].as_str(),
+        Some(want.prefix.as_str())
+    );
+    assert_eq!(
+        compose_env["SERVICE_SUFFIX"].as_str(),
+        Some(want.suffix.as_str())
+    );
+    assert_eq!(
+        compose_env["INDEX_BASE"].as_str(),
         Some(want.base.to_string().as_str())
     );
-    assert_eq!(env["PORT"].as_str(), Some(want.port.to_string().as_str()));
+    assert_eq!(
+        compose_env["PORT"].as_str(),
+        Some(want.port.to_string().as_str())
+    );
 
-    let text = read("minikube/server-statefulset.yaml");
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
-    let set = docs
-        .iter()
-        .find(|d| d["kind"] == "StatefulSet")
-        .expect("minikube/server-statefulset.yaml has the StatefulSet");
-    let container = &set["spec"]["template"]["spec"]["containers"][0];
-    let var = |name: &str| {
-        container["env"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == name)
-            .and_then(|e| e["value"].as_str())
-            .unwrap_or_else(|| panic!("the StatefulSet sets no {name}"))
-            .to_owned()
-    };
+    let docs = documents(&read("minikube/server-statefulset.yaml"));
+    let container = container(find(&docs, "StatefulSet", "server"), "server");
+    let var = |name: &str| env(container, name).to_owned();
     let want = Naming::kubernetes();
     assert_eq!(var("SERVICE_PREFIX"), want.prefix);
     assert_eq!(var("SERVICE_SUFFIX"), want.suffix);

@@ -7,8 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use poc_routing_deploy::repo_root;
-use serde::Deserialize;
+use poc_routing_deploy::{container, documents, env, find, repo_root};
 use serde_yaml::Value;
 
 /// The Kubernetes version the manifests are validated against.
@@ -38,42 +37,6 @@ fn kustomize(dir: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| Value::deserialize(d).unwrap())
-        .collect()
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| {
-            d["kind"] == kind
-                && d["metadata"]["name"].as_str().is_some_and(|n| {
-                    n == name || (kind == "ConfigMap" && n.starts_with(&format!("{name}-")))
-                })
-        })
-        .unwrap_or_else(|| panic!("no {kind} {name} in the rendered manifests"))
-}
-
-fn env<'a>(container: &'a Value, name: &str) -> &'a str {
-    container["env"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == name)
-        .and_then(|e| e["value"].as_str())
-        .unwrap_or_else(|| panic!("no env {name}"))
-}
-
-fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
-    workload["spec"]["template"]["spec"]["containers"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap()
 }
 
 fn port_named(c: &Value, name: &str) -> u64 {
