@@ -111,11 +111,13 @@ verify 1000 "$WORK/two.json"
 expect_all_correct "$WORK/two.json" 1000
 
 step "2. scale 2 -> 3 -> 2 -> 4 -> 1 -> 3 under steady /join load: docker compose up -d --scale server=K"
+n=0
 for k in 3 2 4 1 3; do
+  n=$((n + 1))
   before=$(servers | tr '\n' ' ')
   ids_before=$(docker compose ps -q server | sort)
   # The servers' logs during the step, kept even for the containers the step removes.
-  docker compose logs --follow --no-color --since "$(date -u +%Y-%m-%dT%H:%M:%SZ)" server >"$WORK/step-$k.log" 2>&1 &
+  docker compose logs --follow --no-color --since "$(date -u +%Y-%m-%dT%H:%M:%SZ)" server >"$WORK/step-$n-to-$k.log" 2>&1 &
   logs_pid=$!
   "$CLIENT" load --url "$URL" --count 2000 --concurrency 16 --max-seconds 120 --json >"$WORK/load-$k.json" &
   load_pid=$!
@@ -146,8 +148,8 @@ for k in 3 2 4 1 3; do
   sent=$(report "$WORK/load-$k.json" 'r["sent"]')
   if [ "$failures" != 0 ]; then
     cat "$WORK/views.txt"
-    echo "--- the servers' view changes and refusals during the step ($WORK/step-$k.log) ---" >&2
-    grep -E 'epoch changed|misdirected|"member"|leaving' "$WORK/step-$k.log" | tail -n 80 >&2 || true
+    echo "--- the servers' view changes and refusals during the step ($WORK/step-$n-to-$k.log) ---" >&2
+    grep -E 'epoch changed|misdirected|"member"|leaving' "$WORK/step-$n-to-$k.log" | tail -n 80 >&2 || true
     fail "joins failed while scaling to $k" "0 non-2xx" "$summary"
   fi
   [ "$sent" -gt 500 ] || fail "too little load while scaling to $k" "> 500 joins" "$sent"
