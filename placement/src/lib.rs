@@ -1,9 +1,10 @@
 //! Placement: which instance owns a client id.
 //!
 //! This crate is the single definition of the routing rule. The server answers `/where` and
-//! checks ownership on `/join` with it, the Envoy module computes owners with it, and the bench
-//! and the end-to-end tests use it as the oracle. It does no I/O, so every rule is
-//! covered by table-driven tests (`tests/vectors.rs`).
+//! checks ownership on `/join` with it, the Envoy module computes owners with it, the client
+//! builds its queries with it ([`client_id_query`]), and the bench and the end-to-end tests use
+//! it as the oracle. It does no I/O, so every rule is covered by table-driven tests
+//! (`tests/vectors.rs`, against the vectors `scripts/gen-vectors.py` writes).
 //!
 //! The three steps are kept apart on purpose:
 //! 1. [`client_id_from_query`] finds exactly one `client_id` in a raw query string and decodes it
