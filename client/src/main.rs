@@ -62,12 +62,8 @@ struct VerifyArgs {
     /// Read ids from FILE, one per line, instead of generating them.
     #[arg(long, value_name = "FILE")]
     ids: Option<PathBuf>,
-    /// Which random ids to generate.
-    #[arg(long, value_enum, default_value_t = IdKind::Mixed)]
-    id_kind: IdKind,
-    /// Seed for the random ids (default: random).
-    #[arg(long)]
-    seed: Option<u64>,
+    #[command(flatten)]
+    random: RandomIds,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -88,12 +84,27 @@ struct LoadArgs {
     /// Stop after this long at the latest.
     #[arg(long, default_value_t = 120)]
     max_seconds: u64,
-    #[arg(long, value_enum, default_value_t = IdKind::Mixed)]
-    id_kind: IdKind,
-    #[arg(long)]
-    seed: Option<u64>,
+    #[command(flatten)]
+    random: RandomIds,
     #[arg(long)]
     json: bool,
+}
+
+/// How `verify` and `load` generate their random ids.
+#[derive(clap::Args)]
+struct RandomIds {
+    /// Which random ids to generate.
+    #[arg(long, value_enum, default_value_t = IdKind::Mixed)]
+    id_kind: IdKind,
+    /// Seed for the random ids (default: random).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl RandomIds {
+    fn generate(&self, count: usize) -> Vec<String> {
+        ids::generate(count, self.id_kind, self.seed.unwrap_or_else(rand::random))
+    }
 }
 
 #[derive(clap::Args)]
@@ -167,8 +178,7 @@ fn exit_code(ok: bool) -> ExitCode {
 }
 
 async fn run_load(args: LoadArgs) -> ExitCode {
-    let seed = args.seed.unwrap_or_else(rand::random);
-    let ids = ids::generate(args.count.max(1), args.id_kind, seed);
+    let ids = args.random.generate(args.count.max(1));
     let api = Api::new(&args.url);
     if let Err(e) = reachable(&api, &ids[0]).await {
         return fail(e);
@@ -216,11 +226,7 @@ async fn run_verify(args: VerifyArgs) -> ExitCode {
             Ok(ids) => ids,
             Err(e) => return fail(format!("cannot read {}: {e}", path.display())),
         },
-        None => ids::generate(
-            args.count,
-            args.id_kind,
-            args.seed.unwrap_or_else(rand::random),
-        ),
+        None => args.random.generate(args.count),
     };
     if ids.is_empty() {
         return fail("no ids to verify");
