@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +29,7 @@ use poc_routing_placement::{Epoch, Placement};
 use crate::identity::{own_addresses, Identity, Source};
 use crate::membership::{Change, Membership, Peer, State};
 use crate::metrics::Metrics;
+use crate::rounds::Rounds;
 
 /// How the servers find each other.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,12 +227,8 @@ pub struct Discovery {
     pub identity: Arc<Identity>,
     pub metrics: Arc<Metrics>,
     http: reqwest::Client,
-    /// Serialises rounds: the loop and on-demand refreshes never run two at once.
-    round: tokio::sync::Mutex<()>,
-    /// Rounds finished so far.
-    finished: AtomicU64,
-    /// When the last round asked for by a request ([`Discovery::refresh`]) finished.
-    last_refresh: std::sync::Mutex<Option<Instant>>,
+    /// One round at a time; each caller waits for one that started after it asked.
+    rounds: Rounds,
     /// When this instance, joining, first knew who it is and found member peers.
     settling_since: std::sync::Mutex<Option<Instant>>,
 }
@@ -255,45 +251,23 @@ impl Discovery {
             identity,
             metrics,
             http,
-            round: tokio::sync::Mutex::new(()),
-            finished: AtomicU64::new(0),
-            last_refresh: std::sync::Mutex::new(None),
+            rounds: Rounds::default(),
             settling_since: std::sync::Mutex::new(None),
         }
     }
 
-    /// Runs one round unless another finished after `seen` (its answer is as fresh). Returns
-    /// the round counter after it.
-    pub async fn round_after(&self, seen: u64) -> u64 {
-        let _one_at_a_time = self.round.lock().await;
-        let finished = self.finished.load(Ordering::Acquire);
-        if finished > seen {
-            return finished;
-        }
-        self.one_round().await;
-        self.finished.fetch_add(1, Ordering::AcqRel) + 1
+    /// Waits for a round that started after this call (the loop's and the leaving check's).
+    pub async fn round(&self) {
+        self.rounds.fresh(None, || self.one_round()).await;
     }
 
-    /// A round on behalf of a request routed by an epoch this instance does not hold, unless
-    /// another such round finished in the last 50 ms: however many of these requests come (a
-    /// forged epoch sent straight to a server, say), they cost at most 20 extra rounds a second.
+    /// A round on behalf of a join routed by an epoch this instance does not hold. Such rounds
+    /// start at least 50 ms apart, so however many of these requests come (a forged epoch sent
+    /// straight to a server, say), they cost at most 20 extra rounds a second; a request
+    /// waits for the next one rather than being refused on an older observation.
     pub async fn refresh(&self) {
         const MIN_GAP: Duration = Duration::from_millis(50);
-        let seen = self.rounds();
-        let recent = self
-            .last_refresh
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|t| t.elapsed() < MIN_GAP);
-        if !recent {
-            self.round_after(seen).await;
-            *self.last_refresh.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        }
-    }
-
-    /// The number of rounds finished so far.
-    pub fn rounds(&self) -> u64 {
-        self.finished.load(Ordering::Acquire)
+        self.rounds.fresh(Some(MIN_GAP), || self.one_round()).await;
     }
 
     async fn one_round(&self) {
@@ -398,7 +372,7 @@ impl Discovery {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            self.round_after(self.rounds()).await;
+            self.round().await;
         }
     }
 
@@ -412,7 +386,7 @@ impl Discovery {
         let deadline = started + timing.drain_timeout;
         let mut agreed = false;
         while Instant::now() < deadline {
-            self.round_after(self.rounds()).await;
+            self.round().await;
             let mine = self.membership.current().map(|c| c.epoch());
             let peers = self.membership.peers();
             let members: Vec<&Peer> = peers

@@ -21,6 +21,7 @@ pub mod identity;
 pub mod membership;
 mod metrics;
 mod registry;
+mod rounds;
 pub mod routes;
 pub mod telemetry;
 
