@@ -45,30 +45,23 @@ fn admitted(guard: &[Regex], authority: &str) -> bool {
 fn near_misses(naming: &Naming, index: u64) -> Vec<String> {
     let name = naming.hostport(index);
     let host = naming.host(index);
+    // The name with `middle` where the rule writes `-<index>`.
+    let around =
+        |middle: &str| format!("{}{middle}{}:{}", naming.prefix, naming.suffix, naming.port);
     let mut v = vec![
-        format!(
-            "{}-0{index}{}:{}",
-            naming.prefix, naming.suffix, naming.port
-        ),
-        format!(
-            "{}-+{index}{}:{}",
-            naming.prefix, naming.suffix, naming.port
-        ),
-        format!(
-            "{}--{index}{}:{}",
-            naming.prefix, naming.suffix, naming.port
-        ),
-        format!(
-            "{}-{index}a{}:{}",
-            naming.prefix, naming.suffix, naming.port
-        ),
-        format!("{}-{}:{}", naming.prefix, naming.suffix, naming.port),
-        format!("{}{index}{}:{}", naming.prefix, naming.suffix, naming.port),
+        around(&format!("-0{index}")),
+        around(&format!("-+{index}")),
+        around(&format!("--{index}")),
+        around(&format!("-{index}a")),
+        around("-"),
+        around(&index.to_string()),
+        around("-1234567890"),
         format!("{host}:{}", naming.port + 1),
         format!("{host}:9901"),
         format!("{host}:0{}", naming.port),
         host.clone(),
         format!("{host}:"),
+        format!("{host}.:{}", naming.port),
         format!("{name} "),
         format!(" {name}"),
         format!("{name}\n"),
@@ -77,15 +70,8 @@ fn near_misses(naming: &Naming, index: u64) -> Vec<String> {
         format!("evil.example/{name}"),
         format!("{name}@evil.example"),
         name.to_uppercase(),
-        format!(
-            "{}-1234567890{}:{}",
-            naming.prefix, naming.suffix, naming.port
-        ),
     ];
-    if naming.suffix.is_empty() {
-        v.push(format!("{host}.:{}", naming.port));
-    } else {
-        v.push(format!("{host}.:{}", naming.port));
+    if !naming.suffix.is_empty() {
         v.push(format!("{}-{index}:{}", naming.prefix, naming.port));
         v.push(name.replace(".svc.", ".svc.x."));
         v.push(name.replace('.', "x"));
