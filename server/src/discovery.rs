@@ -257,7 +257,7 @@ impl Discovery {
     }
 
     /// Waits for a round that started after this call (the loop's and the leaving check's).
-    pub async fn round(&self) {
+    async fn round(&self) {
         self.rounds.fresh(None, || self.one_round()).await;
     }
 
