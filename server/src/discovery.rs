@@ -169,6 +169,26 @@ fn is_no_records(e: &hickory_resolver::error::ResolveError) -> bool {
     )
 }
 
+/// With a fixed member set there are no discovery rounds: each member's name is resolved with
+/// the system resolver every `every` instead, so that `/placement` still says where each
+/// member is (the proxy dials addresses, not names).
+pub async fn resolve_fixed_members(membership: Arc<Membership>, every: Duration) {
+    loop {
+        let rule = &membership.rule;
+        let mut found = BTreeMap::new();
+        for &member in rule.members() {
+            if let Some(ip) = crate::identity::system_resolve(rule.host(member))
+                .await
+                .first()
+            {
+                found.insert(member, SocketAddr::new(*ip, rule.port()));
+            }
+        }
+        membership.set_addresses(found);
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// The part of a peer's `/placement` answer that membership needs.
 #[derive(Debug, serde::Deserialize)]
 struct PeerAnswer {
@@ -279,6 +299,8 @@ impl Discovery {
             }
         };
         self.find_identity(&candidates);
+        self.membership
+            .set_addresses(candidates.iter().map(|c| (c.index, c.addr)).collect());
         let me = self.identity.get();
         let peers = futures::future::join_all(
             candidates

@@ -145,6 +145,10 @@ impl Application {
                 );
             }
             let state = AppState::new(config.placement, identity, config.registry_capacity);
+            tokio::spawn(discovery::resolve_fixed_members(
+                state.membership.clone(),
+                Duration::from_secs(1),
+            ));
             return Ok(Self {
                 listener,
                 state: Arc::new(state),

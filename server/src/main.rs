@@ -55,11 +55,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(telemetry::subscriber(
-        "info",
-        config.log_format,
-        std::io::stdout,
-    ));
+    // Buffered, flushed every 100 ms (telemetry::Buffered); `_flush` flushes the rest at exit.
+    let stdout = telemetry::Buffered::stdout();
+    let _flush = stdout.clone();
+    telemetry::init(telemetry::subscriber("info", config.log_format, stdout));
     let bind = format!("{}:{}", config.bind_addr, config.placement.port());
     let app = match Application::build(config).await {
         Ok(app) => app,

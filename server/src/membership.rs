@@ -19,6 +19,7 @@
 //! the second, which its peers held.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -214,6 +215,9 @@ struct Inner {
     /// Members that are not observed as members right now, and since when.
     down_since: BTreeMap<u64, Instant>,
     changed_at: Option<Instant>,
+    /// Where each instance was last found (DNS): what `/placement` publishes for the proxy to
+    /// dial. Not part of the epoch: an address says where an owner is, not who owns what.
+    addresses: BTreeMap<u64, SocketAddr>,
 }
 
 /// One instance's membership: shared by the request handlers and the discovery loop.
@@ -275,6 +279,7 @@ impl Membership {
                 peers: BTreeMap::new(),
                 down_since: BTreeMap::new(),
                 changed_at: None,
+                addresses: BTreeMap::new(),
             }),
         }
     }
@@ -317,6 +322,21 @@ impl Membership {
 
     pub fn peers(&self) -> Vec<Peer> {
         self.read().peers.values().cloned().collect()
+    }
+
+    /// Records where every instance was found this round, replacing the last round's: an
+    /// instance that is no longer found has no address (its joins are refused, not guessed).
+    pub fn set_addresses(&self, found: BTreeMap<u64, SocketAddr>) {
+        self.write().addresses = found;
+    }
+
+    /// The address of each of `members` that was found.
+    pub fn addresses_of(&self, members: &[u64]) -> BTreeMap<u64, SocketAddr> {
+        let inner = self.read();
+        members
+            .iter()
+            .filter_map(|m| inner.addresses.get(m).map(|a| (*m, *a)))
+            .collect()
     }
 
     /// When the current view was adopted.

@@ -1,6 +1,7 @@
 //! HTTP handlers. Each reads the raw query itself, so that the id is decoded by the placement
 //! crate exactly once and the same way for `/where` and `/join`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -210,6 +211,9 @@ pub struct PlacementAnswer {
     /// `null` while joining.
     pub epoch: Option<String>,
     pub members: Vec<u64>,
+    /// Where each member was found (`ip:port`, by index); a member that is not found (crashed,
+    /// restarting) is missing. The proxy dials these addresses; they are not part of the epoch.
+    pub addresses: BTreeMap<u64, String>,
     pub replicas: u32,
     /// The rule: `mode`, `prefix`, `suffix`, `port`, `base`.
     #[serde(flatten)]
@@ -272,6 +276,11 @@ pub async fn placement(State(state): State<Arc<AppState>>) -> Json<PlacementAnsw
         discovery: state.discovery.as_ref().map_or("off", |_| "dns"),
         epoch: current.map(|c| c.epoch().to_string()),
         members: current.map(|c| c.members().to_vec()).unwrap_or_default(),
+        addresses: m
+            .addresses_of(current.map(|c| c.members()).unwrap_or_default())
+            .into_iter()
+            .map(|(index, addr)| (index, addr.to_string()))
+            .collect(),
         replicas: current.map_or(0, |c| c.replicas()),
         rule: rule.spec().clone(),
         expected_replicas: m.expected_replicas,

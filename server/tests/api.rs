@@ -207,6 +207,8 @@ async fn placement_is_published() {
             "instance": 1, "state": "member", "discovery": "off",
             "mode": "jump", "base": 1, "prefix": "poc-routing-server", "suffix": "", "port": 8081,
             "epoch": app.placement.epoch().to_string(), "members": [1, 2, 3], "replicas": 3,
+            // No name resolves here, so no member has an address.
+            "addresses": {},
             "expected_replicas": null, "replicas_mismatch": false, "since_change_ms": null,
             "previous": null, "peers": [],
         })
