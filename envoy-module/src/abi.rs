@@ -8,8 +8,8 @@
 //! Pointer ownership, in short:
 //! - the filter config pointer we return is a leaked `Box<Config>`, freed in
 //!   `..._config_destroy`, which Envoy calls after every filter made from it is gone;
-//! - per stream we return that same config pointer (the filter keeps no per-stream state), so
-//!   `..._filter_destroy` frees nothing;
+//! - per stream we return a leaked `Box<StreamState>` (the config, and the join counted in
+//!   flight to its owner), freed in `..._filter_destroy`, which Envoy calls once per stream;
 //! - buffers Envoy hands us are valid until the hook returns, or until we call a setter.
 //!
 //! Every hook body runs inside [`no_unwind`]: a panic answers 500 `routing_error` (on a request)
@@ -22,6 +22,7 @@ use std::time::Instant;
 use crate::refresh::{no_unwind, FetchOutcome, Router, Ticker};
 use crate::routing::Refusal;
 use crate::settings::Settings;
+use crate::snapshot::InFlight;
 use crate::{EPOCH_HEADER, FILTER_NAME, METADATA_NAMESPACE, METADATA_OWNER_KEY, RESPONSE_DETAILS};
 
 type ConfigEnvoyPtr = *mut c_void;
@@ -29,7 +30,6 @@ type ConfigModulePtr = *const c_void;
 type FilterEnvoyPtr = *mut c_void;
 type FilterModulePtr = *const c_void;
 type SchedulerPtr = *mut c_void;
-type SpecifierContextPtr = *mut c_void;
 
 /// `envoy_dynamic_module_type_envoy_buffer`: bytes owned by Envoy.
 #[repr(C)]
@@ -79,6 +79,7 @@ impl HttpHeader {
 
 // envoy_dynamic_module_type_http_header_type
 const REQUEST_HEADER: u32 = 0;
+const RESPONSE_HEADER: u32 = 2;
 // envoy_dynamic_module_type_log_level
 const LOG_INFO: u32 = 2;
 const LOG_WARN: u32 = 3;
@@ -158,17 +159,11 @@ extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> u32;
-    fn envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(
-        context: SpecifierContextPtr,
-        key: ModuleBuffer,
-        result: *mut EnvoyBuffer,
-        index: usize,
-        total_count: *mut usize,
+    fn envoy_dynamic_module_callback_http_set_upstream_override_host(
+        filter: FilterEnvoyPtr,
+        host: ModuleBuffer,
+        strict: bool,
     ) -> bool;
-    fn envoy_dynamic_module_callback_cluster_specifier_set_cluster_name(
-        context: SpecifierContextPtr,
-        cluster_name: ModuleBuffer,
-    );
     fn envoy_dynamic_module_callback_http_filter_config_http_callout(
         config: ConfigEnvoyPtr,
         callout_id_out: *mut u64,
@@ -333,8 +328,9 @@ unsafe fn bytes<'a>(buffer: EnvoyBuffer) -> &'a [u8] {
 struct Stream(FilterEnvoyPtr);
 
 impl Stream {
-    /// The value of a request header, copied (Envoy's buffer is only valid until a setter).
-    fn request_header(&self, key: &str) -> Option<Vec<u8>> {
+    /// The value of a header of `header_type`, borrowed from Envoy: the `&mut self` borrow
+    /// keeps every setter away while it is held, since Envoy's buffer is only valid until one.
+    fn header(&mut self, header_type: u32, key: &str) -> Option<&[u8]> {
         let mut out = EnvoyBuffer {
             ptr: std::ptr::null(),
             length: 0,
@@ -344,15 +340,16 @@ impl Stream {
         let found = unsafe {
             envoy_dynamic_module_callback_http_get_header(
                 self.0,
-                REQUEST_HEADER,
+                header_type,
                 ModuleBuffer::of(key.as_bytes()),
                 &mut out,
                 0,
                 std::ptr::null_mut(),
             )
         };
-        // SAFETY: `out` is Envoy's buffer for this hook, read before any setter is called.
-        found.then(|| unsafe { bytes(out) }.to_vec())
+        // SAFETY: `out` is Envoy's buffer for this hook; the returned borrow of `self` ends
+        // before any setter (all take `&self` of the same Stream) can be called.
+        found.then(|| unsafe { bytes(out) })
     }
 
     fn set_request_header(&self, key: &str, value: &str) -> bool {
@@ -363,6 +360,22 @@ impl Stream {
                 REQUEST_HEADER,
                 ModuleBuffer::of(key.as_bytes()),
                 ModuleBuffer::of(value.as_bytes()),
+            )
+        }
+    }
+
+    /// Sends the request to exactly `address` (`ip:port`) of the route's cluster: with
+    /// `strict`, a host that is not in the cluster (or not healthy) fails the request (503 UH)
+    /// instead of letting the cluster's load balancer choose. False if Envoy refused the
+    /// address.
+    fn set_upstream_override(&self, address: &str) -> bool {
+        // SAFETY: live filter; the buffer points into `address`, which outlives the call, and
+        // Envoy copies it.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_upstream_override_host(
+                self.0,
+                ModuleBuffer::of(address.as_bytes()),
+                true,
             )
         }
     }
@@ -381,9 +394,13 @@ impl Stream {
 
     fn refuse(&self, refusal: &Refusal) {
         let body = refusal.body();
-        let mut headers = [HttpHeader::of("content-type", b"application/json")];
-        // SAFETY: live filter; the header array and the body outlive the call, and Envoy
-        // copies them into the local reply.
+        let retry_after = refusal.retry_after.map(|s| s.to_string());
+        let mut headers = vec![HttpHeader::of("content-type", b"application/json")];
+        if let Some(seconds) = &retry_after {
+            headers.push(HttpHeader::of("retry-after", seconds.as_bytes()));
+        }
+        // SAFETY: live filter; the header array, its strings and the body outlive the call,
+        // and Envoy copies them into the local reply.
         unsafe {
             envoy_dynamic_module_callback_http_send_response(
                 self.0,
@@ -397,28 +414,58 @@ impl Stream {
     }
 }
 
-/// Routes one join: sets the owner, the epoch and `:authority`, or answers it here.
-fn on_request(config: &Config, stream: &Stream) -> u32 {
-    let path = stream.request_header(":path").unwrap_or_default();
-    config
+/// What one stream keeps: the config it was made from, and, once routed, its join counted in
+/// flight to the owner (released when Envoy destroys the stream).
+struct StreamState {
+    config: ConfigModulePtr,
+    in_flight: std::cell::Cell<Option<InFlight>>,
+}
+
+/// # Safety
+/// `ptr` must be a pointer `..._filter_new` returned and Envoy has not yet destroyed, as
+/// Envoy guarantees for every per-stream hook that passes it.
+unsafe fn stream_state<'a>(ptr: FilterModulePtr) -> &'a StreamState {
+    // SAFETY: per this function's contract.
+    unsafe { &*(ptr as *const StreamState) }
+}
+
+/// Routes one join: sends the request to exactly its owner's address and stamps the epoch, or
+/// answers it here. The owner's name is recorded (as dynamic metadata, for `envoy.yaml`'s error
+/// bodies and the access log) only if the join fails: [`record_owner`].
+fn on_request(config: &Config, state: &StreamState, stream: &mut Stream) -> u32 {
+    let path = stream.header(REQUEST_HEADER, ":path").unwrap_or_default();
+    let decided = config
         .router
-        .decide(&path, Instant::now(), |decision| match decision {
-            Ok(route) => {
-                stream.set_metadata(METADATA_OWNER_KEY, route.hostport);
-                if stream.set_request_header(":authority", route.hostport)
-                    && stream.set_request_header(EPOCH_HEADER, route.epoch)
-                {
-                    CONTINUE
-                } else {
-                    stream.refuse(&Refusal::routing_error());
-                    STOP_ITERATION
-                }
+        .decide(path, Instant::now())
+        .and_then(|route| {
+            if !stream.set_upstream_override(route.address()) {
+                return Err(Refusal::owner_unavailable(route.in_flight.hostport()));
             }
-            Err(refusal) => {
-                stream.refuse(&refusal);
-                STOP_ITERATION
+            if !stream.set_request_header(EPOCH_HEADER, route.epoch()) {
+                return Err(Refusal::routing_error());
             }
-        })
+            state.in_flight.set(Some(route.in_flight));
+            Ok(())
+        });
+    match decided {
+        Ok(()) => CONTINUE,
+        Err(refusal) => {
+            stream.refuse(&refusal);
+            STOP_ITERATION
+        }
+    }
+}
+
+/// Records the name of the owner a join was sent to, once it failed: a local reply (the owner
+/// unreachable, timed out, not in the `owners` cluster) or an error answer from upstream (421).
+/// Only failures are logged and only their bodies name the owner, so a successful join pays
+/// for no metadata write.
+fn record_owner(state: &StreamState, stream: &Stream) {
+    let routed = state.in_flight.take();
+    if let Some(in_flight) = &routed {
+        stream.set_metadata(METADATA_OWNER_KEY, in_flight.hostport());
+    }
+    state.in_flight.set(routed);
 }
 
 /// Logs a fetch's outcome (an outage once per reason) and records it in the statistics.
@@ -474,7 +521,6 @@ unsafe fn new_config(
         envoy_dynamic_module_callback_http_filter_config_scheduler_new(config_envoy)
     }));
     let router = std::sync::Arc::new(Router::new(settings.clone()));
-    crate::refresh::publish(&router);
     let (ticking, pacing) = (
         std::sync::Arc::clone(&scheduler),
         std::sync::Arc::clone(&router),
@@ -670,8 +716,12 @@ extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config: ConfigModulePtr,
     _filter_envoy: FilterEnvoyPtr,
 ) -> FilterModulePtr {
-    // No per-stream state: the config is all a request needs.
-    config
+    // Cannot panic: an allocation failure aborts the process.
+    let state = Box::new(StreamState {
+        config,
+        in_flight: std::cell::Cell::new(None),
+    });
+    Box::into_raw(state).cast_const().cast()
 }
 
 #[no_mangle]
@@ -680,10 +730,13 @@ unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter_module: FilterModulePtr,
     _end_of_stream: bool,
 ) -> u32 {
-    // SAFETY: filter_module is what filter_new returned: our live config.
-    let config = unsafe { config(filter_module) };
-    let stream = Stream(filter_envoy);
-    match no_unwind(|| on_request(config, &stream)) {
+    // SAFETY: filter_module is what filter_new returned, live until filter_destroy.
+    let state = unsafe { stream_state(filter_module) };
+    // SAFETY: the stream's config outlives every stream made from it (config_destroy comes
+    // after every filter_destroy).
+    let config = unsafe { config(state.config) };
+    let mut stream = Stream(filter_envoy);
+    match no_unwind(|| on_request(config, state, &mut stream)) {
         Some(status) => status,
         None => {
             log(
@@ -697,7 +750,12 @@ unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
 }
 
 #[no_mangle]
-extern "C" fn envoy_dynamic_module_on_http_filter_destroy(_filter_module: FilterModulePtr) {}
+unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter_module: FilterModulePtr) {
+    // SAFETY: the Box leaked in filter_new, destroyed exactly once, here; dropping it releases
+    // the join's place in its owner's in-flight count.
+    let state = unsafe { Box::from_raw(filter_module as *mut StreamState) };
+    let _ = no_unwind(move || drop(state));
+}
 
 // Hooks Envoy requires but this filter has nothing to do in: pass everything through.
 
@@ -718,12 +776,24 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     CONTINUE
 }
 
+/// An error answer from the owner (421, say): the owner's name goes into the metadata.
 #[no_mangle]
-extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
-    _f: FilterEnvoyPtr,
-    _m: FilterModulePtr,
+unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    filter_envoy: FilterEnvoyPtr,
+    filter_module: FilterModulePtr,
     _end: bool,
 ) -> u32 {
+    // SAFETY: filter_module is what filter_new returned, live until filter_destroy.
+    let state = unsafe { stream_state(filter_module) };
+    let mut stream = Stream(filter_envoy);
+    let _ = no_unwind(|| {
+        let failed = stream
+            .header(RESPONSE_HEADER, ":status")
+            .is_some_and(|status| status >= b"400".as_slice() && status.len() == 3);
+        if failed {
+            record_owner(state, &stream);
+        }
+    });
     CONTINUE
 }
 
@@ -751,14 +821,20 @@ extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
 ) {
 }
 
+/// A reply Envoy makes itself (the owner unreachable, timed out, not in `owners`): the owner's
+/// name goes into the metadata before `envoy.yaml`'s local_reply_config writes the body.
 #[no_mangle]
-extern "C" fn envoy_dynamic_module_on_http_filter_local_reply(
-    _f: FilterEnvoyPtr,
-    _m: FilterModulePtr,
+unsafe extern "C" fn envoy_dynamic_module_on_http_filter_local_reply(
+    filter_envoy: FilterEnvoyPtr,
+    filter_module: FilterModulePtr,
     _response_code: u32,
     _details: EnvoyBuffer,
     _reset_imminent: bool,
 ) -> u32 {
+    // SAFETY: filter_module is what filter_new returned, live until filter_destroy.
+    let state = unsafe { stream_state(filter_module) };
+    let stream = Stream(filter_envoy);
+    let _ = no_unwind(|| record_owner(state, &stream));
     CONTINUE // envoy_dynamic_module_type_on_http_filter_local_reply_status_Continue
 }
 
@@ -922,90 +998,4 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset(
     _stream: u64,
     _reason: u32,
 ) {
-}
-
-// ------------------------------------------------------------------------------------------
-// The cluster-specifier design, measured by `make bench` (envoy_join_cluster_specifier) and
-// not shipped: it routes by the newest HTTP filter config's placement (that config fetches
-// /placement even where the filter is disabled on every route), picks one cluster per
-// instance, named by its hostport, and sets nothing else. It cannot answer JSON errors (a
-// refused join selects a cluster that does not exist: the route's cluster_not_found code) nor
-// stamp x-poc-epoch (its ABI sets no request header).
-
-/// What `..._cluster_specifier_config_new` returns a pointer to (no settings).
-static SPECIFIER: u8 = 0;
-
-/// The cluster a refused join is sent to: it never exists, so Envoy answers with the route's
-/// `cluster_not_found_response_code`.
-const REFUSED_CLUSTER: &str = "poc_routing_refused";
-
-#[no_mangle]
-unsafe extern "C" fn envoy_dynamic_module_on_cluster_specifier_config_new(
-    _config_envoy: *mut c_void,
-    name: EnvoyBuffer,
-    config: EnvoyBuffer,
-) -> *const c_void {
-    // SAFETY: both buffers are Envoy's, valid for this hook.
-    let (name, config) = unsafe { (bytes(name), bytes(config)) };
-    if name == FILTER_NAME.as_bytes() && (config.is_empty() || config == b"{}") {
-        log(
-            LOG_INFO,
-            "cluster specifier loaded: routes by the HTTP filter config's placement",
-        );
-        return std::ptr::from_ref(&SPECIFIER).cast();
-    }
-    log(
-        LOG_ERROR,
-        &format!("cluster specifier refused: specifier_name must be {FILTER_NAME:?} with no specifier_config"),
-    );
-    std::ptr::null()
-}
-
-#[no_mangle]
-extern "C" fn envoy_dynamic_module_on_cluster_specifier_config_destroy(_config: *const c_void) {}
-
-#[no_mangle]
-unsafe extern "C" fn envoy_dynamic_module_on_cluster_specifier_select(
-    _config: *const c_void,
-    context: SpecifierContextPtr,
-) -> bool {
-    let choose = |cluster: &str| {
-        // SAFETY: context is the live selection context of this hook; the name outlives the
-        // call and Envoy copies it.
-        unsafe {
-            envoy_dynamic_module_callback_cluster_specifier_set_cluster_name(
-                context,
-                ModuleBuffer::of(cluster.as_bytes()),
-            )
-        }
-    };
-    let decided = no_unwind(|| {
-        let mut path = EnvoyBuffer {
-            ptr: std::ptr::null(),
-            length: 0,
-        };
-        // SAFETY: live context; `path` is a valid out-pointer; the count pointer may be null.
-        let found = unsafe {
-            envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(
-                context,
-                ModuleBuffer::of(b":path"),
-                &mut path,
-                0,
-                std::ptr::null_mut(),
-            )
-        };
-        // SAFETY: Envoy's buffer, valid for this hook.
-        let path = if found { unsafe { bytes(path) } } else { &[] };
-        match crate::refresh::published() {
-            Some(router) => router.decide(path, Instant::now(), |d| match d {
-                Ok(route) => choose(route.hostport),
-                Err(_) => choose(REFUSED_CLUSTER),
-            }),
-            None => choose(REFUSED_CLUSTER),
-        }
-    });
-    if decided.is_none() {
-        choose(REFUSED_CLUSTER);
-    }
-    true
 }

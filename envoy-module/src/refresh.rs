@@ -4,11 +4,11 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::routing::{route, Refusal, Route};
+use crate::routing::{route, Limits, Refusal, Route};
 use crate::settings::Settings;
 use crate::snapshot::Snapshot;
 
@@ -16,7 +16,7 @@ use crate::snapshot::Snapshot;
 pub struct Router {
     settings: Settings,
     started: Instant,
-    current: RwLock<Option<Snapshot>>,
+    current: RwLock<Option<Arc<Snapshot>>>,
     fetching: AtomicBool,
     /// The last fetch problem logged, so that an outage is logged once, not every tick.
     last_problem: Mutex<Option<String>>,
@@ -102,7 +102,11 @@ impl Router {
             );
             return self.problem(format!("GET /placement answered HTTP {status}"));
         }
-        let snapshot = match Snapshot::parse(body, now) {
+        let parsed = {
+            let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+            Snapshot::parse(body, now, current.as_deref())
+        };
+        let snapshot = match parsed {
             Ok(s) => s,
             Err(e) => return self.problem(format!("GET /placement: {e}")),
         };
@@ -120,7 +124,7 @@ impl Router {
         } else {
             FetchOutcome::Unchanged
         };
-        *current = Some(snapshot);
+        *current = Some(Arc::new(snapshot));
         outcome
     }
 
@@ -130,38 +134,19 @@ impl Router {
         current.as_ref().map_or(0, |s| s.members().len())
     }
 
-    /// Decides one join and hands the decision to `apply` while the snapshot is held.
-    pub fn decide<R>(
-        &self,
-        path: &[u8],
-        now: Instant,
-        apply: impl FnOnce(Result<Route<'_>, Refusal>) -> R,
-    ) -> R {
-        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
-        apply(route(
-            path,
-            current.as_ref(),
-            self.settings.stale_after,
-            now,
-        ))
+    /// Decides one join by the current snapshot.
+    pub fn decide(&self, path: &[u8], now: Instant) -> Result<Route, Refusal> {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let limits = Limits {
+            stale_after: self.settings.stale_after,
+            max_in_flight: self.settings.max_in_flight_per_owner,
+        };
+        route(path, current.as_ref(), limits, now)
     }
-}
-
-/// The router of the newest HTTP filter config, for the cluster-specifier design (which has no
-/// way to fetch `/placement` itself: its ABI has no callouts or scheduler).
-static PUBLISHED: RwLock<Weak<Router>> = RwLock::new(Weak::new());
-
-/// Makes `router` the one [`published`] returns.
-pub fn publish(router: &Arc<Router>) {
-    *PUBLISHED.write().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(router);
-}
-
-/// The router of the newest live HTTP filter config, if any.
-pub fn published() -> Option<Arc<Router>> {
-    PUBLISHED
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .upgrade()
 }
 
 /// Runs `f`, turning a panic into `None`: no panic may unwind into Envoy's C++ frames.
@@ -238,7 +223,7 @@ mod tests {
     fn epochs_are_adopted_and_bad_answers_keep_the_last_good_one() {
         let r = Router::new(Settings::default());
         let now = Instant::now();
-        let refused = |r: &Router| r.decide(b"/join?client_id=a", now, |d| d.unwrap_err().code);
+        let refused = |r: &Router| r.decide(b"/join?client_id=a", now).unwrap_err().code;
         assert_eq!(refused(&r), "placement_unavailable");
 
         let first = answer("hash", &[1, 2], None);
@@ -249,7 +234,11 @@ mod tests {
             r.fetched(Some(b"200"), first.as_bytes(), now),
             FetchOutcome::Unchanged
         );
-        let epoch = r.decide(b"/join?client_id=a", now, |d| d.unwrap().epoch.to_owned());
+        let epoch = r
+            .decide(b"/join?client_id=a", now)
+            .unwrap()
+            .epoch()
+            .to_owned();
 
         // Outages are logged once per reason, and routing goes on by the last good snapshot.
         assert!(
@@ -263,7 +252,10 @@ mod tests {
             matches!(r.fetched(Some(b"200"), b"{", now), FetchOutcome::Failed(m) if m.contains("not a /placement"))
         );
         assert_eq!(
-            r.decide(b"/join?client_id=a", now, |d| d.unwrap().epoch.to_owned()),
+            r.decide(b"/join?client_id=a", now)
+                .unwrap()
+                .epoch()
+                .to_owned(),
             epoch
         );
 
@@ -273,21 +265,12 @@ mod tests {
             FetchOutcome::Changed(_)
         ));
         assert_ne!(
-            r.decide(b"/join?client_id=a", now, |d| d.unwrap().epoch.to_owned()),
+            r.decide(b"/join?client_id=a", now)
+                .unwrap()
+                .epoch()
+                .to_owned(),
             epoch
         );
-    }
-
-    #[test]
-    fn the_newest_router_is_published_while_it_lives() {
-        let first = Arc::new(Router::new(Settings::default()));
-        publish(&first);
-        assert!(Arc::ptr_eq(&published().unwrap(), &first));
-        let second = Arc::new(Router::new(Settings::default()));
-        publish(&second);
-        assert!(Arc::ptr_eq(&published().unwrap(), &second));
-        drop(second);
-        assert!(published().is_none(), "a destroyed config is not used");
     }
 
     #[test]

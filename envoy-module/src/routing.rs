@@ -1,19 +1,38 @@
 //! The per-request decision: from the request's `:path` and the current snapshot to the
-//! owner's hostport and epoch, or to a refusal with the same status, code and message as
-//! `lua/routing.lua` and the server give.
+//! owner (its name, its address and the epoch), or to a refusal with the same status, code and
+//! message as `lua/routing.lua`, the server and `envoy.yaml`'s own answers give.
 #![forbid(unsafe_code)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use poc_routing_placement::{client_id_from_query, ClientId, IdError};
 
-use crate::snapshot::Snapshot;
+use crate::snapshot::{InFlight, Snapshot};
 
-/// Where a join goes.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Route<'a> {
-    pub hostport: &'a str,
-    pub epoch: &'a str,
+/// Where a join goes: its owner in the snapshot it was decided by (held, so that the decision
+/// needs no lock while Envoy is told).
+#[derive(Debug)]
+pub struct Route {
+    snapshot: Arc<Snapshot>,
+    position: usize,
+    /// Counts the join in flight to its owner until the stream ends, and names the owner.
+    pub in_flight: InFlight,
+}
+
+impl Route {
+    /// `ip:port`: the one host of the `owners` cluster the join may go to.
+    pub fn address(&self) -> &str {
+        self.snapshot.owners()[self.position]
+            .address
+            .as_deref()
+            .expect("a route is made only for an owner with an address")
+    }
+
+    /// The epoch the join was routed by.
+    pub fn epoch(&self) -> &str {
+        self.snapshot.epoch()
+    }
 }
 
 /// A join answered by the filter itself, never forwarded.
@@ -22,29 +41,69 @@ pub struct Refusal {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
+    /// The owner's name, when the refusal is about it.
+    pub owner: Option<String>,
+    /// `retry-after` in seconds, when trying again shortly is the remedy.
+    pub retry_after: Option<u32>,
 }
 
 impl Refusal {
-    fn bad_id(e: &IdError) -> Self {
+    fn new(status: u16, code: &'static str, message: String) -> Self {
         Self {
-            status: 400,
-            code: e.code(),
-            message: e.to_string(),
+            status,
+            code,
+            message,
+            owner: None,
+            retry_after: None,
         }
+    }
+
+    fn bad_id(e: &IdError) -> Self {
+        Self::new(400, e.code(), e.to_string())
     }
 
     /// The filter itself failed (a panic was caught): nothing is forwarded.
     pub fn routing_error() -> Self {
+        Self::new(
+            500,
+            "routing_error",
+            "the routing filter failed; the request was not forwarded".into(),
+        )
+    }
+
+    /// The owner is not found where the servers look (crashed or restarting), or Envoy could
+    /// not take its address: the same answer `envoy.yaml` gives when it cannot reach it.
+    pub fn owner_unavailable(owner: &str) -> Self {
         Self {
-            status: 500,
-            code: "routing_error",
-            message: "the routing filter failed; the request was not forwarded".into(),
+            owner: Some(owner.to_owned()),
+            ..Self::new(
+                503,
+                "owner_unavailable",
+                "the instance that owns this client is unreachable".into(),
+            )
         }
     }
 
-    /// The JSON body: `{"error": code, "message": message}`, as every error of the project.
+    fn overloaded(owner: &str, limit: u32) -> Self {
+        Self {
+            owner: Some(owner.to_owned()),
+            retry_after: Some(1),
+            ..Self::new(
+                503,
+                "overloaded",
+                format!("more than {limit} requests in flight to the owner; retry after 1 s"),
+            )
+        }
+    }
+
+    /// The JSON body: `{"error": code, "message": message}` (and `owner`), as every error of
+    /// the project.
     pub fn body(&self) -> String {
-        serde_json::json!({ "error": self.code, "message": self.message }).to_string()
+        let mut body = serde_json::json!({ "error": self.code, "message": self.message });
+        if let Some(owner) = &self.owner {
+            body["owner"] = owner.as_str().into();
+        }
+        body.to_string()
     }
 }
 
@@ -73,50 +132,74 @@ pub fn client_id(path: &[u8]) -> Result<ClientId, IdError> {
     client_id_from_query(Some(&kept.join("&")))
 }
 
+/// How a join is decided, from the filter's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A snapshot older than this is not used.
+    pub stale_after: Duration,
+    /// The most joins in flight to one owner.
+    pub max_in_flight: u32,
+}
+
 /// Routes one join: the id is checked first (a bad id is the client's error whatever the
-/// state of the placement), then the snapshot must exist and be younger than `stale_after`.
-pub fn route<'s>(
+/// state of the placement), then the snapshot must exist and be younger than `stale_after`,
+/// the owner must have an address, and fewer than `max_in_flight` joins may be in flight to it.
+pub fn route(
     path: &[u8],
-    snapshot: Option<&'s Snapshot>,
-    stale_after: Duration,
+    snapshot: Option<&Arc<Snapshot>>,
+    limits: Limits,
     now: Instant,
-) -> Result<Route<'s>, Refusal> {
+) -> Result<Route, Refusal> {
     let id = client_id(path).map_err(|e| Refusal::bad_id(&e))?;
     let Some(snapshot) = snapshot else {
-        return Err(Refusal {
-            status: 503,
-            code: "placement_unavailable",
-            message: "no server instance has published the placement yet; retry shortly".into(),
-        });
+        return Err(Refusal::new(
+            503,
+            "placement_unavailable",
+            "no server instance has published the placement yet; retry shortly".into(),
+        ));
     };
     let age = now.saturating_duration_since(snapshot.fetched_at());
-    if age > stale_after {
-        return Err(Refusal {
-            status: 503,
-            code: "placement_unavailable",
-            message: format!(
+    if age > limits.stale_after {
+        return Err(Refusal::new(
+            503,
+            "placement_unavailable",
+            format!(
                 "the placement was last fetched {} ms ago (limit {} ms); no server instance answers GET /placement",
                 age.as_millis(),
-                stale_after.as_millis()
+                limits.stale_after.as_millis()
             ),
-        });
+        ));
     }
-    let hostport = snapshot.owner(&id).map_err(|e| Refusal::bad_id(&e))?;
+    let position = snapshot
+        .owner_position(&id)
+        .map_err(|e| Refusal::bad_id(&e))?;
+    let owner = &snapshot.owners()[position];
+    if owner.address.is_none() {
+        return Err(Refusal::owner_unavailable(owner.hostport()));
+    }
+    let in_flight = InFlight::try_start(owner, limits.max_in_flight)
+        .ok_or_else(|| Refusal::overloaded(owner.hostport(), limits.max_in_flight))?;
     Ok(Route {
-        hostport,
-        epoch: snapshot.epoch(),
+        snapshot: snapshot.clone(),
+        position,
+        in_flight,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::tests::answer;
+    use crate::snapshot::tests::{address, answer};
 
-    const STALE: Duration = Duration::from_secs(10);
+    const STALE: Limits = Limits {
+        stale_after: Duration::from_secs(10),
+        max_in_flight: 128,
+    };
 
-    fn snapshot(mode: &str, members: &[u64]) -> Snapshot {
-        Snapshot::parse(answer(mode, members, None).as_bytes(), Instant::now()).unwrap()
+    fn snapshot(mode: &str, members: &[u64]) -> Arc<Snapshot> {
+        Arc::new(
+            Snapshot::parse(answer(mode, members, None).as_bytes(), Instant::now(), None).unwrap(),
+        )
     }
 
     /// A case: the path, and the id it routes by or (status, code, part of the message).
@@ -166,7 +249,9 @@ mod tests {
                 Ok(id) => {
                     let id = ClientId::try_from(id).unwrap();
                     let want = s.owner(&id).unwrap();
-                    assert_eq!(got.unwrap().hostport, want, "{shown}");
+                    let got = got.unwrap();
+                    assert_eq!(got.in_flight.hostport(), want.hostport(), "{shown}");
+                    assert_eq!(Some(got.address()), want.address.as_deref(), "{shown}");
                 }
                 Err((status, code, message)) => {
                     let r = got.unwrap_err();
@@ -185,8 +270,36 @@ mod tests {
     fn routes_carry_the_snapshot_epoch() {
         let s = snapshot("jump", &[1, 3]);
         let r = route(b"/join?client_id=7", Some(&s), STALE, Instant::now()).unwrap();
-        assert_eq!(r.epoch, s.epoch());
-        assert!(["poc-routing-server-1:8081", "poc-routing-server-3:8081"].contains(&r.hostport));
+        assert_eq!(r.epoch(), s.epoch());
+        assert!(["poc-routing-server-1:8081", "poc-routing-server-3:8081"]
+            .contains(&r.in_flight.hostport()));
+        assert!([address(1), address(3)].contains(&r.address().to_owned()));
+    }
+
+    #[test]
+    fn an_owner_without_an_address_or_with_too_many_joins_in_flight_is_refused() {
+        let body = answer("hash", &[1], None).replace(&format!("\"1\":\"{}\"", address(1)), "");
+        let s = Arc::new(Snapshot::parse(body.as_bytes(), Instant::now(), None).unwrap());
+        let r = route(b"/join?client_id=a", Some(&s), STALE, Instant::now()).unwrap_err();
+        assert_eq!((r.status, r.code), (503, "owner_unavailable"));
+        assert_eq!(r.owner.as_deref(), Some("poc-routing-server-1:8081"));
+        let body: serde_json::Value = serde_json::from_str(&r.body()).unwrap();
+        assert_eq!(body["owner"], "poc-routing-server-1:8081");
+
+        let s = snapshot("hash", &[1]);
+        let two = Limits {
+            max_in_flight: 2,
+            ..STALE
+        };
+        let first = route(b"/join?client_id=a", Some(&s), two, Instant::now()).unwrap();
+        let second = route(b"/join?client_id=b", Some(&s), two, Instant::now()).unwrap();
+        let r = route(b"/join?client_id=c", Some(&s), two, Instant::now()).unwrap_err();
+        assert_eq!(
+            (r.status, r.code, r.retry_after),
+            (503, "overloaded", Some(1))
+        );
+        drop((first, second));
+        assert!(route(b"/join?client_id=c", Some(&s), two, Instant::now()).is_ok());
     }
 
     #[test]
@@ -204,7 +317,7 @@ mod tests {
         let r = route(b"/join", None, STALE, Instant::now()).unwrap_err();
         assert_eq!(r.status, 400);
         let s = snapshot("hash", &[1]);
-        let later = Instant::now() + STALE + Duration::from_secs(1);
+        let later = Instant::now() + STALE.stale_after + Duration::from_secs(1);
         let r = route(b"/join?client_id=a", Some(&s), STALE, later).unwrap_err();
         assert_eq!((r.status, r.code), (503, "placement_unavailable"));
         assert!(r.message.contains("limit 10000 ms"), "{}", r.message);

@@ -19,6 +19,10 @@ pub struct Settings {
     /// A snapshot older than this is not used: joins are refused with 503 until a fetch
     /// succeeds again.
     pub stale_after: Duration,
+    /// The most joins in flight to one owner; beyond it, 503 `overloaded` at once. Envoy's
+    /// circuit breakers count per cluster (per host only connections), and `owners` is one
+    /// cluster for every instance, so the per-owner bound is kept here.
+    pub max_in_flight_per_owner: u32,
 }
 
 impl Default for Settings {
@@ -28,6 +32,7 @@ impl Default for Settings {
             refresh_interval: Duration::from_millis(250),
             fetch_timeout: Duration::from_millis(500),
             stale_after: Duration::from_secs(10),
+            max_in_flight_per_owner: 128,
         }
     }
 }
@@ -39,12 +44,13 @@ struct Raw {
     refresh_interval_ms: Option<u64>,
     fetch_timeout_ms: Option<u64>,
     stale_after_ms: Option<u64>,
+    max_in_flight_per_owner: Option<u32>,
 }
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SettingsError {
-    #[error("filter_config is not a JSON object with cluster, refresh_interval_ms, fetch_timeout_ms, stale_after_ms: {0}")]
+    #[error("filter_config is not a JSON object with cluster, refresh_interval_ms, fetch_timeout_ms, stale_after_ms, max_in_flight_per_owner: {0}")]
     Syntax(String),
     #[error("filter_config.cluster must be a non-empty cluster name")]
     EmptyCluster,
@@ -116,6 +122,18 @@ impl Settings {
                 100,
                 3_600_000,
             )?,
+            max_in_flight_per_owner: match raw.max_in_flight_per_owner {
+                None => defaults.max_in_flight_per_owner,
+                Some(got @ 1..=1_000_000) => got,
+                Some(got) => {
+                    return Err(SettingsError::OutOfRange {
+                        field: "max_in_flight_per_owner",
+                        min: 1,
+                        max: 1_000_000,
+                        got: got.into(),
+                    })
+                }
+            },
         };
         if settings.stale_after <= settings.refresh_interval {
             return Err(SettingsError::StaleBeforeRefresh {
@@ -140,9 +158,10 @@ mod tests {
     #[test]
     fn every_field() {
         let s = Settings::parse(
-            br#"{"cluster":"x","refresh_interval_ms":100,"fetch_timeout_ms":300,"stale_after_ms":2000}"#,
+            br#"{"cluster":"x","refresh_interval_ms":100,"fetch_timeout_ms":300,"stale_after_ms":2000,"max_in_flight_per_owner":7}"#,
         )
         .unwrap();
+        assert_eq!(s.max_in_flight_per_owner, 7);
         assert_eq!(s.cluster, "x");
         assert_eq!(s.refresh_interval, Duration::from_millis(100));
         assert_eq!(s.fetch_timeout, Duration::from_millis(300));
@@ -168,6 +187,10 @@ mod tests {
                 "must be larger than refresh_interval_ms",
             ),
             (b"{\"stale_after_ms\":\"1\"}", "invalid type"),
+            (
+                b"{\"max_in_flight_per_owner\":0}",
+                "filter_config.max_in_flight_per_owner must be between 1",
+            ),
         ];
         for (config, expected) in cases {
             let err = Settings::parse(config).unwrap_err().to_string();
