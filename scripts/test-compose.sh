@@ -14,9 +14,8 @@
 #   7. Envoy's admin port is not reachable from a non-loopback address of the host
 # Always tears down (down -v); dumps `compose logs` when a step fails.
 #
-# FLOW=module runs it all with route A switched to the Rust module (envoy.yaml rewritten by
-# `poc-stack envoy-config --flow module`, mounted through ENVOY_YAML); the default is the flow
-# envoy.yaml ships.
+# FLOW=lua runs it all with route A switched to the Lua flow (envoy-lua.yaml, mounted through
+# ENVOY_YAML, as README says); the default is the flow envoy.yaml ships (the module flow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -40,14 +39,12 @@ for image in debian:bookworm-slim rust:1.95-slim-bookworm envoyproxy/envoy:v1.40
 done
 [ -x "$CLIENT" ] || fail "$CLIENT is missing: run make build"
 case "$FLOW" in
-  "") ;;
-  module | lua)
-    [ -x target/release/poc-stack ] || fail "target/release/poc-stack is missing: run make build"
-    target/release/poc-stack envoy-config --flow "$FLOW" >"$WORK/envoy.yaml"
-    export ENVOY_YAML="$PWD/$WORK/envoy.yaml"
-    echo "route A runs the $FLOW flow ($ENVOY_YAML)"
+  "" | module) ;;
+  lua)
+    export ENVOY_YAML="$PWD/envoy-lua.yaml"
+    echo "route A runs the Lua flow ($ENVOY_YAML)"
     ;;
-  *) fail "FLOW=$FLOW: it accepts module or lua (or nothing: as envoy.yaml ships)" ;;
+  *) fail "FLOW=$FLOW: it accepts module or lua (or nothing: as envoy.yaml ships, the module flow)" ;;
 esac
 
 placeholders=()
@@ -249,6 +246,7 @@ step "6. the join is logged by the owning container, and only by it"
 id="log-check-$RANDOM$RANDOM"
 answer=$("$CLIENT" join "$id" --url "$URL")
 owner=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["instance"])' "$answer")
+sleep 0.5 # the servers flush their logs every 100 ms
 for c in "${running[@]}"; do
   n=$(number_of "$c")
   docker logs "$c" >"$WORK/server.log" 2>&1

@@ -9,6 +9,8 @@
 #      by the new pod once it is back (measured, with the failed joins meanwhile)
 #   5. kubectl scale statefulset/server --replicas=K, 2 -> 3 -> 2, under steady /join load: 0
 #      non-2xx during each step, then 1000 ids 100% correct
+#   6. the Lua flow: minikube-lua/ applied the same way (Envoy's ConfigMap from envoy-lua.yaml),
+#      Envoy rolled; verify 1000 ids, then step 5 again
 # Always tears the cluster down (scripts/k8s/cluster.sh down), even on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -107,7 +109,7 @@ echo "$victim replaced; its clients served by the new pod $((SECONDS - deleted))
 # scale_to K: kubectl scale under steady /join load; 0 non-2xx, then 1000 ids 100% correct.
 scale_to() {
   local k=$1
-  "$CLIENT" load --url "$URL" --count 2000 --concurrency 16 --max-seconds 120 --json >"$WORK/load-$k.json" &
+  "$CLIENT" load --url "$URL" --count 2000 --concurrency 16 --max-seconds 120 --json >"$WORK/load${TAG:-}-$k.json" &
   local load_pid=$! scaled
   sleep 1
   scaled=$SECONDS
@@ -119,16 +121,30 @@ scale_to() {
   kill -INT "$load_pid"
   wait "$load_pid" || true
   local summary failures
-  summary=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("joins sent %d, non-2xx %d %s, previous-epoch joins %d" % (r["sent"], sum(r["non_2xx"].values()), dict(r["non_2xx"]), r["previous_epoch_joins"]))' "$WORK/load-$k.json")
+  summary=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("joins sent %d, non-2xx %d %s, previous-epoch joins %d" % (r["sent"], sum(r["non_2xx"].values()), dict(r["non_2xx"]), r["previous_epoch_joins"]))' "$WORK/load${TAG:-}-$k.json")
   echo "scale to $k: $summary; every view agreed ${agreed} s after kubectl scale"
-  failures=$(python3 -c 'import json,sys; print(sum(json.load(open(sys.argv[1]))["non_2xx"].values()))' "$WORK/load-$k.json")
+  failures=$(python3 -c 'import json,sys; print(sum(json.load(open(sys.argv[1]))["non_2xx"].values()))' "$WORK/load${TAG:-}-$k.json")
   [ "$failures" = 0 ] || fail "joins failed while scaling to $k" "0 non-2xx" "$summary"
-  "$CLIENT" verify --url "$URL" --count 1000 --concurrency 16 --json >"$WORK/verify-$k.json" ||
-    fail "poc-client verify after scaling to $k" "1000 correct" "$(cat "$WORK/verify-$k.json")"
+  "$CLIENT" verify --url "$URL" --count 1000 --concurrency 16 --json >"$WORK/verify${TAG:-}-$k.json" ||
+    fail "poc-client verify after scaling to $k" "1000 correct" "$(cat "$WORK/verify${TAG:-}-$k.json")"
   echo "1000/1000 correct with $k servers"
 }
 
 step "5. kubectl -n $NS scale statefulset/server --replicas=K under steady /join load: 2 -> 3 -> 2"
+scale_to 3
+scale_to 2
+
+step "6. the Lua flow: kubectl kustomize minikube-lua/ | kubectl apply; verify; 2 -> 3 -> 2 under load"
+"$KUBECTL" kustomize --load-restrictor LoadRestrictionsNone minikube-lua/ |
+  "$KUBECTL" --server "$API" apply --server-side -f -
+wait_for "deployment/envoy rolled out with the Lua flow" 180 kctl rollout status deployment/envoy --timeout=5s
+# Every Envoy pod left runs the Lua flow once none of the old ReplicaSet's pods is left.
+wait_for "the module-flow Envoy pods to be gone" 120 bash -c "[ \"\$(kubectl --server $API -n $NS get pods -l app.kubernetes.io/name=poc-routing-envoy --no-headers | wc -l)\" = 2 ]"
+wait_for "Envoy to answer on the NodePort" 60 curl -fsS "$URL/where?client_id=probe"
+"$CLIENT" verify --url "$URL" --count 1000 --concurrency 16 --json >"$WORK/verify-lua.json" ||
+  fail "poc-client verify through the NodePort, Lua flow" "1000 correct" "$(cat "$WORK/verify-lua.json")"
+echo "1000/1000 correct through $URL in the Lua flow"
+TAG=-lua
 scale_to 3
 scale_to 2
 

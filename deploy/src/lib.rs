@@ -39,8 +39,8 @@ pub fn guard_authority_patterns(config: &Value) -> Vec<String> {
         .as_sequence()
         .and_then(|r| r.iter().find(|r| r["name"] == "join"))
         .expect("envoy.yaml has route join");
-    let policies =
-        &join["typed_per_filter_config"]["envoy.filters.http.rbac"]["rbac"]["rules"]["policies"];
+    let policies = &join["typed_per_filter_config"]["envoy.filters.http.rbac"]["config"]["rbac"]
+        ["rules"]["policies"];
     let policy = policies
         .as_mapping()
         .and_then(|p| p.values().next())

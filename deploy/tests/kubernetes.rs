@@ -161,10 +161,11 @@ fn the_servers_names_and_members_are_the_ones_kubernetes_gives_the_pods() {
     // Every pod, ready or not, is named: servers see joining and leaving pods, and a crashed
     // pod keeps its name.
     assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
-    // Envoy's servers cluster asks `server`: one address per ready pod (headless, no
-    // not-ready pods), so that Envoy health-checks each server, not one ClusterIP.
+    // Envoy's servers and owners clusters ask `server`: one address per pod (headless), so
+    // that Envoy health-checks each server, not one ClusterIP, and every pod, ready or not, so
+    // that a leaving owner still gets the joins routed to it under the previous epoch.
     assert_eq!(server_svc["spec"]["clusterIP"], "None");
-    assert!(server_svc["spec"]["publishNotReadyAddresses"].is_null());
+    assert_eq!(server_svc["spec"]["publishNotReadyAddresses"], true);
 
     // The names the server computes are the names Kubernetes gives the pods.
     assert_eq!(
@@ -230,11 +231,16 @@ fn ports_agree_across_containers_services_and_envoy_yaml() {
     let clusters = envoy_cfg["static_resources"]["clusters"]
         .as_sequence()
         .unwrap();
-    let servers_cluster = clusters.iter().find(|c| c["name"] == "servers").unwrap();
-    let endpoint = &servers_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
-        ["endpoint"]["address"]["socket_address"];
-    assert_eq!(endpoint["address"], server_svc["metadata"]["name"]);
-    assert_eq!(endpoint["port_value"].as_u64(), Some(port));
+    for name in ["servers", "owners"] {
+        let cluster = clusters.iter().find(|c| c["name"] == name).unwrap();
+        let endpoint = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+            ["address"]["socket_address"];
+        assert_eq!(
+            endpoint["address"], server_svc["metadata"]["name"],
+            "{name}"
+        );
+        assert_eq!(endpoint["port_value"].as_u64(), Some(port), "{name}");
+    }
     // The guard in envoy.yaml admits exactly these instance names.
     assert!(envoy_yaml.contains(&format!(
         "^server-(0|[1-9][0-9]{{0,8}})\\\\.server-headless\\\\.{namespace}\\\\.svc\\\\.cluster\\\\.local:{port}$"
@@ -359,4 +365,37 @@ fn scaling_changes_only_the_count_so_no_pod_restarts() {
     // The pod template is the same, as after `kubectl scale`: no rolling update, no pods that
     // disagree about a count.
     assert_eq!(sts2["spec"]["template"], sts5["spec"]["template"]);
+}
+
+/// `minikube-lua/` is `minikube/` with Envoy's ConfigMap built from `envoy-lua.yaml` (the
+/// Lua flow) instead of `envoy.yaml`: nothing else differs but the ConfigMap's generated name,
+/// which the Envoy Deployment follows.
+#[test]
+fn the_lua_overlay_changes_only_envoys_config() {
+    let base = Rendered::new().docs;
+    let lua = documents(&kustomize(&repo_root().join("minikube-lua")));
+    let cm = find(&lua, "ConfigMap", "envoy-config");
+    let envoy_lua = std::fs::read_to_string(repo_root().join("envoy-lua.yaml")).unwrap();
+    assert_eq!(cm["data"]["envoy.yaml"].as_str(), Some(envoy_lua.as_str()));
+    let routing = std::fs::read_to_string(repo_root().join("lua/routing.lua")).unwrap();
+    assert_eq!(cm["data"]["routing.lua"].as_str(), Some(routing.as_str()));
+    let base_cm = find(&base, "ConfigMap", "envoy-config")["metadata"]["name"].clone();
+    let lua_cm = cm["metadata"]["name"].clone();
+    assert_ne!(base_cm, lua_cm, "a new name, so that Envoy's pods roll");
+    assert_eq!(base.len(), lua.len());
+    for (b, l) in base.iter().zip(&lua) {
+        if b["kind"] == "ConfigMap" {
+            continue;
+        }
+        let renamed = serde_yaml::to_string(b)
+            .unwrap()
+            .replace(base_cm.as_str().unwrap(), lua_cm.as_str().unwrap());
+        assert_eq!(
+            serde_yaml::from_str::<Value>(&renamed).unwrap(),
+            *l,
+            "{} {}",
+            b["kind"].as_str().unwrap(),
+            b["metadata"]["name"].as_str().unwrap()
+        );
+    }
 }

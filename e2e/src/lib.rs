@@ -238,3 +238,76 @@ pub async fn time_until_joined(
     }
     None
 }
+
+/// The repository's `envoy.yaml` with `edit` applied: a variant for one test (the stack still
+/// applies its own local edits on top).
+pub fn envoy_yaml_with(edit: impl FnOnce(&mut serde_yaml::Value)) -> String {
+    let path = poc_routing_stack::envoy::repo_root().join("envoy.yaml");
+    let mut config: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut config);
+    serde_yaml::to_string(&config).unwrap()
+}
+
+/// The cluster named `name` in an Envoy config, to edit.
+pub fn cluster_mut<'a>(config: &'a mut serde_yaml::Value, name: &str) -> &'a mut serde_yaml::Value {
+    config["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("envoy.yaml has no cluster {name}"))
+}
+
+/// The instances whose registry holds `id` (`/clients`, asked of each running instance
+/// directly).
+pub async fn registered_at(stack: &Stack, id: &str) -> Vec<u64> {
+    let http = reqwest::Client::new();
+    let mut at = Vec::new();
+    for index in stack.running() {
+        let addr = stack.instance_addr(index).unwrap();
+        let url = format!("http://{addr}/clients?limit=1000");
+        let Ok(r) = http.get(url).send().await else {
+            continue;
+        };
+        let clients: serde_json::Value = r.json().await.unwrap_or_default();
+        let held = clients["clients"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c == id));
+        if held {
+            at.push(index);
+        }
+    }
+    at
+}
+
+/// The hosts of Envoy's cluster `name`, as its admin `/clusters` lists them (`ip:port`).
+pub async fn cluster_hosts(stack: &Stack, name: &str) -> Vec<String> {
+    let url = format!("http://{}/clusters", stack.admin());
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let prefix = format!("{name}::");
+    let mut hosts: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|l| l.split_once("::"))
+        .filter(|(host, _)| host.contains(':'))
+        .map(|(host, _)| host.to_owned())
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+/// One statistic of Envoy's (admin `/stats`), 0 if absent.
+pub async fn envoy_stat(stack: &Stack, name: &str) -> u64 {
+    let url = format!(
+        "http://{}/stats?filter=^{}$",
+        stack.admin(),
+        name.replace('.', "\\.")
+    );
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.rsplit(' ')
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -1,5 +1,13 @@
 //! Attacks on route A with the real Envoy. None may reach a host the client or a bad /where
 //! chose, and none may ever return Envoy's admin interface.
+//!
+//! The module flow fails closed by construction: route A's `owners` cluster never picks a host
+//! by itself, so a join reaches an instance only through the module's strict override to its
+//! owner's address. Each way around that is tested here: an address that is not in `owners`,
+//! a retry after a connection failure (Envoy drops the override on retries), the filter not
+//! running, and headers naming another instance. (`owners` has no health check, so "an
+//! unhealthy owner" is not a state it has: a dead owner fails its own joins with 503, in
+//! `failures.rs` and `faults.rs`.)
 
 use std::time::Duration;
 
@@ -33,10 +41,12 @@ async fn host_header_never_chooses(flow: Flow) {
     let stack = start(c).await;
     let admin = stack.admin().to_string();
     let id = id_owned_by(&stack, 2);
+    let other = stack.instance_addr(1).unwrap().to_string();
     for host in [
         admin.as_str(),
         "example.com",
         "poc-routing-server-1:8081",
+        other.as_str(),
         "localhost:9901",
     ] {
         // A valid id: served by its owner, whatever the Host header says.
@@ -75,11 +85,32 @@ async fn host_header_never_chooses(flow: Flow) {
                 "forged x-poc-epoch {forged:?}: EXPECTED 200 under the current epoch\nRECEIVED {status} {body}"
             );
         }
+        // Headers Envoy itself reads to pick or re-pick an upstream name another instance.
+        let r = reqwest::Client::new()
+            .get(format!("{}/join?client_id={id}", stack.url()))
+            .header("host", host)
+            .header("x-envoy-original-dst-host", &other)
+            .header("x-envoy-retry-on", "5xx,connect-failure")
+            .header("x-envoy-upstream-alt-stat-name", "x")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        assert!(
+            status == 200 && body["instance"] == 2,
+            "Host {host} with x-envoy-original-dst-host {other}: EXPECTED 200 from the owner (instance 2)\nRECEIVED {status} {body}"
+        );
         // /joinx is route B: proxied to an instance, never dialled by name.
         let (status, body) = raw_get(&stack, "/joinx?client_id=1", Some(host)).await;
         assert_not_admin(&body);
         json_error(status, &body, 404, "not_found");
     }
+    assert_eq!(
+        registered_at(&stack, &id).await,
+        [2],
+        "{id} is registered on its owner only"
+    );
 }
 
 /// A `/where` answer (status, body, delay) and what the client must get for it.
@@ -187,12 +218,17 @@ async fn a_bad_where_answer_is_refused() {
     }
 }
 
-/// A `/placement` answer as a server writes it, for `rule` (its epoch is the rule's own).
-fn published(rule: &Placement) -> String {
+/// A `/placement` answer as a server writes it, for `rule` (its epoch is the rule's own), with
+/// the member addresses `addresses` (index, `ip:port`).
+fn published(rule: &Placement, addresses: &[(u64, String)]) -> String {
+    let addresses: serde_json::Map<String, serde_json::Value> = addresses
+        .iter()
+        .map(|(index, addr)| (index.to_string(), addr.as_str().into()))
+        .collect();
     serde_json::json!({
         "state": "member", "epoch": rule.epoch().to_string(), "members": rule.members(),
-        "mode": rule.mode(), "base": rule.base(), "prefix": rule.prefix(),
-        "suffix": rule.suffix(), "port": rule.port(),
+        "addresses": addresses, "mode": rule.mode(), "base": rule.base(),
+        "prefix": rule.prefix(), "suffix": rule.suffix(), "port": rule.port(),
     })
     .to_string()
 }
@@ -200,18 +236,31 @@ fn published(rule: &Placement) -> String {
 /// Asks `/join?client_id=abc` (Host: the admin address) until it answers `want_status` with
 /// error `want_code`, for up to 8 s; fails with what it last received.
 async fn until_join_answers(stack: &Stack, why: &str, want_status: u16, want_code: &str) {
+    until_join_answers_naming(stack, why, want_status, want_code, None).await;
+}
+
+/// [`until_join_answers`], and the answer's `owner` must be `want_owner` when given: the name
+/// `abc`'s owner has under the rule the module should have adopted.
+async fn until_join_answers_naming(
+    stack: &Stack,
+    why: &str,
+    want_status: u16,
+    want_code: &str,
+    want_owner: Option<&str>,
+) {
     let admin = stack.admin().to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(8);
     loop {
         let (status, body) = raw_get(stack, "/join?client_id=abc", Some(&admin)).await;
         assert_not_admin(&body);
         let parsed: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        if status == want_status && parsed["error"] == want_code {
+        let owner_ok = want_owner.map_or(true, |o| parsed["owner"] == o);
+        if status == want_status && parsed["error"] == want_code && owner_ok {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{why}\nEXPECTED {want_status} {want_code}\nRECEIVED {status} {body}"
+            "{why}\nEXPECTED {want_status} {want_code} (owner {want_owner:?})\nRECEIVED {status} {body}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -219,15 +268,7 @@ async fn until_join_answers(stack: &Stack, why: &str, want_status: u16, want_cod
 
 /// The module's count of failed `/placement` fetches (admin `/stats`).
 async fn fetch_failures(stack: &Stack) -> u64 {
-    let url = format!(
-        "http://{}/stats?filter=^dynamicmodulescustom\\.placement_fetch_failures$",
-        stack.admin()
-    );
-    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-    text.rsplit(' ')
-        .next()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    envoy_stat(stack, "dynamicmodulescustom.placement_fetch_failures").await
 }
 
 #[tokio::test]
@@ -236,34 +277,54 @@ async fn a_bad_placement_rule_is_refused_or_ignored() {
     let mut c = config("bad-placement", 2, Naming::Compose, IndexMode::Hash);
     c.flow = Some(Flow::Module);
     let mut stack = start(c).await;
-    // The real instances go away; `server` now names only the fake server.
+    // The real instances go away; `server` now names only the fake server, so the owners
+    // cluster holds only its address.
     for index in [1, 2] {
         stack.stop_instance(index).unwrap();
     }
     let fake = use_fake_server(&stack).await;
-    // Well-formed rules naming hosts that are not ours: the module routes by them, and the
-    // guard refuses every such name.
-    for evil in [
-        rule("evil", "", 8081, &[1, 2, 3]),
-        rule("poc-routing-server", "", 9901, &[1, 2, 3]),
-        rule("poc-routing-server", ".evil.example", 8081, &[1, 2, 3]),
+    // Rules naming hosts that are not ours, at addresses that are not in the owners cluster
+    // (Envoy's admin, another port, a host elsewhere): the strict override refuses each one.
+    let admin = stack.admin().to_string();
+    let everywhere =
+        |addr: &str| -> Vec<(u64, String)> { (1..=3).map(|i| (i, addr.to_owned())).collect() };
+    for (evil, at) in [
+        (rule("evil", "", 8081, &[1, 2, 3]), admin.as_str()),
+        (
+            rule("poc-routing-server", "", 9901, &[1, 2, 3]),
+            "127.0.0.1:9901",
+        ),
+        (
+            rule("poc-routing-server", ".evil.example", 8081, &[1, 2, 3]),
+            "10.255.255.1:8081",
+        ),
     ] {
-        *fake.placement.lock().unwrap() = (200, published(&evil));
-        until_join_answers(&stack, &published(&evil), 403, "route_refused").await;
+        let answer = published(&evil, &everywhere(at));
+        *fake.placement.lock().unwrap() = (200, answer.clone());
+        let owner = owner_of_abc(&evil);
+        until_join_answers_naming(&stack, &answer, 503, "owner_unavailable", Some(&owner)).await;
     }
-    // A good rule whose only member does not exist: the owner is unavailable.
+    // A good rule whose only member is not found anywhere (no address): the owner is
+    // unavailable, said by the module itself.
     let good = rule("poc-routing-server", "", 8081, &[9]);
-    *fake.placement.lock().unwrap() = (200, published(&good));
-    until_join_answers(
+    *fake.placement.lock().unwrap() = (200, published(&good, &[]));
+    until_join_answers_naming(
         &stack,
         "a rule naming only instance 9",
         503,
         "owner_unavailable",
+        Some("poc-routing-server-9:8081"),
     )
     .await;
     untrusted_answers_are_not_used(&stack, &fake, &good).await;
     // With no usable answer for longer than stale_after_ms (10 s), joins are refused outright.
     until_stale(&stack).await;
+}
+
+/// The name of `abc`'s owner under `rule`.
+fn owner_of_abc(rule: &Placement) -> String {
+    let id = poc_routing_placement::ClientId::try_from("abc").unwrap();
+    rule.hostport(rule.index(&id).unwrap())
 }
 
 /// A hash rule over `members`, naming instances `<prefix>-<index><suffix>:<port>`.
@@ -284,7 +345,7 @@ fn rule(prefix: &str, suffix: &str, port: u16, members: &[u64]) -> Placement {
 /// Answers that do not check out are not used: the module keeps routing by the last rule that
 /// did (`good`, whose only member is instance 9), and counts each refused fetch.
 async fn untrusted_answers_are_not_used(stack: &Stack, fake: &FakeServer, good: &Placement) {
-    let good_text = published(good);
+    let good_text = published(good, &[]);
     let untrusted = [
         (
             200,
@@ -293,10 +354,28 @@ async fn untrusted_answers_are_not_used(stack: &Stack, fake: &FakeServer, good: 
         (200, "garbage".to_owned()),
         (200, good_text.replace(&good.epoch().to_string(), EPOCH)),
         (200, good_text.replace("[9]", "[9,10]")),
+        (
+            200,
+            good_text.replace(
+                "\"addresses\":{}",
+                "\"addresses\":{\"9\":\"not-an-address\"}",
+            ),
+        ),
+        (
+            200,
+            good_text.replace(
+                "\"addresses\":{}",
+                "\"addresses\":{\"8\":\"127.0.0.8:8081\"}",
+            ),
+        ),
         (200, good_text.replace("\"member\"", "\"joining\"")),
         (500, good_text.clone()),
     ];
     for (status, body) in untrusted {
+        assert!(
+            status != 200 || body != good_text,
+            "each answer differs from the good one"
+        );
         let before = fetch_failures(stack).await;
         *fake.placement.lock().unwrap() = (status, body.clone());
         poc_routing_stack::wait_for(
@@ -333,14 +412,55 @@ async fn until_stale(stack: &Stack) {
     }
 }
 
+/// A module-flow stack whose `owners` cluster resolves `owner-hosts` (set to the real
+/// instances here) instead of `server`, so that a test can make a fake server the only one
+/// Envoy asks for `/placement` while joins still reach the real instances.
+async fn with_owners_apart(name: &str, replicas: u32) -> Stack {
+    let mut c = config(name, replicas, Naming::Compose, IndexMode::Hash);
+    c.flow = None;
+    c.envoy_yaml_override = Some(envoy_yaml_with(|config| {
+        assert_eq!(Flow::of_config(config).unwrap(), Flow::Module);
+        cluster_mut(config, "owners")["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+            ["endpoint"]["address"]["socket_address"]["address"] = "owner-hosts".into();
+    }));
+    let stack = start(c).await;
+    let mut real = Vec::new();
+    let mut want = Vec::new();
+    for index in stack.running() {
+        let addr = stack.instance_addr(index).unwrap();
+        let std::net::IpAddr::V4(ip) = addr.ip() else {
+            unreachable!("the stack uses IPv4")
+        };
+        real.push(ip);
+        want.push(addr.to_string());
+    }
+    want.sort();
+    stack.dns().set("owner-hosts", real);
+    poc_routing_stack::wait_for(
+        "the owners cluster to hold every instance",
+        Duration::from_secs(10),
+        || async { cluster_hosts(&stack, "owners").await == want },
+    )
+    .await
+    .unwrap();
+    stack
+}
+
+/// The addresses of the stack's running instances, as `/placement` publishes them.
+fn addresses(stack: &Stack) -> Vec<(u64, String)> {
+    stack
+        .running()
+        .into_iter()
+        .map(|i| (i, stack.instance_addr(i).unwrap().to_string()))
+        .collect()
+}
+
 #[tokio::test]
 async fn a_stale_placement_rule_is_caught_by_the_owner() {
     let _turn = serial().await;
     // Three real servers; a fake server that still publishes the two-member rule, with the epoch
     // that rule really has. No server holds that epoch, so no owner may serve by it.
-    let mut c = config("stale-placement", 3, Naming::Compose, IndexMode::Hash);
-    c.flow = Some(Flow::Module);
-    let stack = start(c).await;
+    let stack = with_owners_apart("stale-placement", 3).await;
     let current = stack.placement().epoch().to_string();
     let stale = stack.placement().with_members([1, 2]).unwrap();
     // The servers may have held {1, 2} for a moment while starting: wait until no earlier view
@@ -359,7 +479,11 @@ async fn a_stale_placement_rule_is_caught_by_the_owner() {
     .await
     .unwrap();
     let fake = use_fake_server(&stack).await;
-    *fake.placement.lock().unwrap() = (200, published(&stale));
+    let members: Vec<(u64, String)> = addresses(&stack)
+        .into_iter()
+        .filter(|(i, _)| stale.members().contains(i))
+        .collect();
+    *fake.placement.lock().unwrap() = (200, published(&stale, &members));
     // The module adopts the stale rule at its next fetch (every 250 ms).
     until_join_answers(&stack, "the stale rule in effect", 421, "misdirected").await;
     let mut refused = 0;
@@ -380,6 +504,120 @@ async fn a_stale_placement_rule_is_caught_by_the_owner() {
         refused += 1;
     }
     assert_eq!(refused, 300);
+}
+
+#[tokio::test]
+async fn an_address_that_is_another_instance_is_refused_by_it() {
+    let _turn = serial().await;
+    // A placement source that swaps two members' addresses: each join reaches an instance of
+    // ours, which is not the owner and refuses it (421). A wrong address is never a wrong
+    // registration.
+    let stack = with_owners_apart("swapped-addresses", 2).await;
+    let fake = use_fake_server(&stack).await;
+    let a = addresses(&stack);
+    let swapped = vec![(a[0].0, a[1].1.clone()), (a[1].0, a[0].1.clone())];
+    *fake.placement.lock().unwrap() = (200, published(stack.placement(), &swapped));
+    until_join_answers(
+        &stack,
+        "the swapped addresses in effect",
+        421,
+        "misdirected",
+    )
+    .await;
+    for i in 0..100 {
+        let id = format!("swapped-{i}");
+        let (status, body) = raw_get(&stack, &format!("/join?client_id={id}"), None).await;
+        json_error(status, &body, 421, "misdirected");
+        assert!(
+            registered_at(&stack, &id).await.is_empty(),
+            "{id} was registered"
+        );
+    }
+}
+
+/// Asks `/join` for `id` with Host headers and Envoy's own headers naming other hosts, and
+/// expects `want_status` `want_code` for each; the id must be registered nowhere after.
+async fn every_join_refused(stack: &Stack, id: &str, want_status: u16, want_code: &str) {
+    let admin = stack.admin().to_string();
+    let other = stack.instance_addr(1).unwrap().to_string();
+    for host in [
+        None,
+        Some(admin.as_str()),
+        Some(other.as_str()),
+        Some("poc-routing-server-1:8081"),
+    ] {
+        let mut request =
+            reqwest::Client::new().get(format!("{}/join?client_id={id}", stack.url()));
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        let r = request
+            .header("x-envoy-original-dst-host", &other)
+            .header(
+                "x-envoy-retry-on",
+                "5xx,connect-failure,refused-stream,reset",
+            )
+            .header("x-envoy-max-retries", "3")
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        assert_not_admin(&body);
+        json_error(status, &body, want_status, want_code);
+    }
+    assert!(
+        registered_at(stack, id).await.is_empty(),
+        "{id} was registered: {:?}",
+        registered_at(stack, id).await
+    );
+}
+
+#[tokio::test]
+async fn without_the_routing_module_a_join_goes_nowhere() {
+    let _turn = serial().await;
+    // Route A with the module switched off: the owners cluster has every instance, but picks
+    // none of them by itself.
+    let mut c = config("module-off", 3, Naming::Compose, IndexMode::Hash);
+    // As the edited file says: a flow switch would enable the module again.
+    c.flow = None;
+    c.envoy_yaml_override = Some(envoy_yaml_with(|config| {
+        assert_eq!(Flow::of_config(config).unwrap(), Flow::Module);
+        poc_routing_stack::envoy::join_route_mut(config).unwrap()["typed_per_filter_config"]
+            [poc_routing_stack::envoy::MODULE_FILTER]["disabled"] = true.into();
+    }));
+    let stack = start(c).await;
+    assert_eq!(cluster_hosts(&stack, "owners").await.len(), 3);
+    every_join_refused(&stack, &id_owned_by(&stack, 2), 403, "route_refused").await;
+}
+
+#[tokio::test]
+async fn a_retry_after_a_connection_failure_never_leaves_the_owner() {
+    let _turn = serial().await;
+    // Route A given a retry policy, and clients asking for retries too: the owner is dead but
+    // its address is still in DNS (a Kubernetes pod published while not ready), so the first
+    // attempt fails to connect and Envoy retries, without the override. The owners cluster
+    // picks nothing for the retry.
+    let mut c = config("retry", 3, Naming::Compose, IndexMode::Hash);
+    c.flow = None;
+    c.envoy_yaml_override = Some(envoy_yaml_with(|config| {
+        assert_eq!(Flow::of_config(config).unwrap(), Flow::Module);
+        let route = poc_routing_stack::envoy::join_route_mut(config).unwrap();
+        route["route"]["retry_policy"] = serde_json::from_value(serde_json::json!({
+            "retry_on": "connect-failure,refused-stream,reset,5xx",
+            "num_retries": 3
+        }))
+        .unwrap();
+    }));
+    let mut stack = start(c).await;
+    let id = id_owned_by(&stack, 2);
+    stack.kill_instance_keeping_its_name(2).unwrap();
+    every_join_refused(&stack, &id, 503, "owner_unavailable").await;
+    let retries = envoy_stat(&stack, "cluster.owners.upstream_rq_retry").await;
+    assert!(
+        retries > 0,
+        "EXPECTED Envoy to have retried (and the retries refused)\nRECEIVED cluster.owners.upstream_rq_retry {retries}"
+    );
 }
 
 /// Starts a stack whose routing.lua is replaced by `script`.

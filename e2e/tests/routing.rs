@@ -2,12 +2,13 @@
 //! REPLICAS in {1,2,3,5}, Compose and Kubernetes naming, and every index mode.
 
 use std::process::Command;
+use std::time::Duration;
 
 use poc_routing_client::verify;
 use poc_routing_e2e::*;
 use poc_routing_placement::IndexMode;
 use poc_routing_stack::envoy::{self, Flow};
-use poc_routing_stack::Naming;
+use poc_routing_stack::{wait_for, Naming};
 
 #[test]
 fn envoy_yaml_passes_validate_mode() {
@@ -105,13 +106,23 @@ async fn ids_are_decoded_once_and_alike_on_both_hops() {
             "{raw}: EXPECTED 200 on instance {want} for {id:?}\nRECEIVED {status} {body}"
         );
     }
-    // The owner's process logged the join, with the id as decoded once.
+    // The owner's process logged the join, with the id as decoded once (its log is flushed
+    // every 100 ms).
     let owner_of_a_b = owner(&stack, "a b");
-    let log = stack.server_log(owner_of_a_b);
+    let logged = || {
+        stack
+            .server_log(owner_of_a_b)
+            .lines()
+            .any(|l| l.contains("\"client joined\"") && l.contains("\"client_id\":\"a b\""))
+    };
+    let waited = wait_for("the join's log line", Duration::from_secs(2), || async {
+        logged()
+    })
+    .await;
     assert!(
-        log.lines()
-            .any(|l| l.contains("\"client joined\"") && l.contains("\"client_id\":\"a b\"")),
-        "EXPECTED a 'client joined' line for \"a b\" in server-{owner_of_a_b}.log\nRECEIVED\n{log}"
+        waited.is_ok(),
+        "EXPECTED a 'client joined' line for \"a b\" in server-{owner_of_a_b}.log\nRECEIVED\n{}",
+        stack.server_log(owner_of_a_b)
     );
 
     // /join/... is route A too (the filter answers), /joinx is not (the server answers 404).
