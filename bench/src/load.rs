@@ -24,6 +24,25 @@ pub struct Measured {
     pub requests: u64,
 }
 
+impl Measured {
+    /// The median of each figure over several rounds of one scenario (errors and requests are
+    /// summed): one slow or fast round on a shared machine moves nothing.
+    pub fn median(rounds: &[Measured]) -> Measured {
+        let median = |f: fn(&Measured) -> f64| {
+            let mut v: Vec<f64> = rounds.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        Measured {
+            rps: median(|m| m.rps),
+            p50_ms: median(|m| m.p50_ms),
+            p99_ms: median(|m| m.p99_ms),
+            errors: rounds.iter().map(|m| m.errors).sum(),
+            requests: rounds.iter().map(|m| m.requests).sum(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Load {
     pub concurrency: usize,

@@ -51,11 +51,19 @@ enum Cmd {
         /// Seconds measured per scenario.
         #[arg(long, default_value_t = 10)]
         duration: u64,
+        /// Times the whole table runs; the report shows each scenario's median, so that one
+        /// round slowed by the shared machine does not decide a ratio.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
         #[arg(long, default_value_t = 3)]
         replicas: u32,
         /// Ids for the placement-quality study.
         #[arg(long, default_value_t = 1_000_000)]
         quality_ids: usize,
+        /// Run only these scenarios (comma-separated names), print what they measure, and
+        /// write no report: for comparing a change, not for docs/BENCHMARKS.md.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// /join through Envoy at a fixed rate (default: half of the measured maximum).
     Soak {
@@ -73,7 +81,8 @@ enum Cmd {
         #[arg(long)]
         addr: SocketAddr,
     },
-    /// Write bench/envoy/no-filter.yaml and cluster-specifier.yaml again from envoy.yaml.
+    /// Write bench/envoy/no-filter.yaml and native-module.yaml again from envoy.yaml and
+    /// native-hash.yaml.
     EnvoyConfigs,
 }
 
@@ -135,24 +144,10 @@ async fn start_stack(setup: &Setup, replicas: u32) -> Result<Stack> {
         config.lua_override =
             Some(std::fs::read_to_string(root.join(lua)).with_context(|| format!("read {lua}"))?);
     }
-    let hostports: Vec<String> = {
-        let p = config.placement();
-        p.members().iter().map(|&m| p.hostport(m)).collect()
-    };
-    if setup.module_placement {
-        let declared = configs::cluster_names(config.envoy_yaml_override.as_deref().unwrap_or(""))?;
-        if let Some(missing) = hostports.iter().find(|h| !declared.contains(h)) {
-            bail!(
-                "{} declares no cluster for {missing}: it is generated for {} instances (run with --replicas {})",
-                setup.envoy,
-                configs::INSTANCES,
-                configs::INSTANCES
-            );
-        }
-    }
+    let members = config.placement().members().len();
     let stack = Stack::start(config).await?;
     if setup.module_placement {
-        stack.wait_module_members(hostports.len()).await?;
+        stack.wait_module_members(members).await?;
     }
     Ok(stack)
 }
@@ -179,11 +174,24 @@ pub(crate) fn bench_ids() -> Vec<String> {
 }
 
 /// Runs every row of [`SCENARIOS`] in order; consecutive rows with the same setup share a stack.
-async fn run_scenarios(settings: &load::Load, replicas: u32) -> Result<report::Scenarios> {
+async fn run_scenarios(
+    settings: &load::Load,
+    replicas: u32,
+    only: &[String],
+) -> Result<report::Scenarios> {
+    if let Some(unknown) = only
+        .iter()
+        .find(|o| !SCENARIOS.iter().any(|s| s.name == *o))
+    {
+        bail!("--only: no scenario named {unknown:?}");
+    }
     let ids = bench_ids();
     let mut scenarios = report::Scenarios::new();
     let mut stack: Option<(Setup, Stack)> = None;
-    for s in SCENARIOS {
+    let chosen = SCENARIOS
+        .iter()
+        .filter(|s| only.is_empty() || only.iter().any(|o| o == s.name));
+    for s in chosen {
         // A stack the next row does not need is stopped before anything else starts.
         if stack.as_ref().map(|(setup, _)| Some(*setup)) != Some(s.setup) {
             stack = None;
@@ -258,26 +266,54 @@ fn docs_dir() -> Result<PathBuf> {
     Ok(docs)
 }
 
-async fn run(
-    concurrency: usize,
-    warmup: u64,
-    duration: u64,
+/// What `poc-bench run` is asked.
+struct RunArgs {
+    settings: load::Load,
+    rounds: u32,
     replicas: u32,
     quality_ids: usize,
-) -> Result<()> {
+    only: Vec<String>,
+}
+
+/// Runs the table `rounds` times; each scenario's median.
+async fn run_rounds(args: &RunArgs) -> Result<report::Scenarios> {
+    let mut rounds: Vec<report::Scenarios> = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        eprintln!("[bench] round {round} of {}", args.rounds.max(1));
+        rounds.push(run_scenarios(&args.settings, args.replicas, &args.only).await?);
+    }
+    Ok(rounds[0]
+        .keys()
+        .map(|name| {
+            let measured: Vec<load::Measured> =
+                rounds.iter().filter_map(|r| r.get(name).cloned()).collect();
+            (name.clone(), load::Measured::median(&measured))
+        })
+        .collect())
+}
+
+async fn run(args: RunArgs) -> Result<()> {
     std::fs::create_dir_all(bench_dir())?;
-    let settings = load::Load {
-        concurrency,
-        warmup: Duration::from_secs(warmup),
-        duration: Duration::from_secs(duration),
-        rate: None,
-        accept_421: false,
-    };
-    let scenarios = run_scenarios(&settings, replicas).await?;
+    let (settings, replicas, quality_ids, only) =
+        (&args.settings, args.replicas, args.quality_ids, &args.only);
+    let scenarios = run_rounds(&args).await?;
+    if !only.is_empty() {
+        for (name, m) in &scenarios {
+            eprintln!(
+                "[bench] median of {} rounds: {name}: {:.0} rps, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                args.rounds, m.rps, m.p50_ms, m.p99_ms, m.errors
+            );
+        }
+    }
+    if !only.is_empty() {
+        eprintln!("[bench] --only: no report written");
+        return Ok(());
+    }
     let (hash, jump) = placement_quality(quality_ids)?;
     let default_flow = shipped_flow()?;
     let report = report::Report::new(
-        settings,
+        settings.clone(),
+        args.rounds,
         replicas,
         default_flow,
         scenarios,
@@ -307,9 +343,26 @@ async fn main() -> Result<()> {
             concurrency,
             warmup,
             duration,
+            rounds,
             replicas,
             quality_ids,
-        } => run(concurrency, warmup, duration, replicas, quality_ids).await,
+            only,
+        } => {
+            run(RunArgs {
+                settings: load::Load {
+                    concurrency,
+                    warmup: Duration::from_secs(warmup),
+                    duration: Duration::from_secs(duration),
+                    rate: None,
+                    accept_421: false,
+                },
+                rounds,
+                replicas,
+                quality_ids,
+                only,
+            })
+            .await
+        }
         Cmd::Soak {
             minutes,
             rate,

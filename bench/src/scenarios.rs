@@ -26,7 +26,8 @@ pub struct Setup {
     pub flow: Option<Flow>,
     /// A file under `bench/envoy/` that replaces `lua/routing.lua`.
     pub lua: Option<&'static str>,
-    /// Route A picks clusters by the module's placement: wait until it holds every member.
+    /// The routing module runs in a config that is not `envoy.yaml`'s module flow: wait
+    /// until it holds every member before measuring.
     pub module_placement: bool,
 }
 
@@ -108,26 +109,16 @@ pub const SCENARIOS: &[Scenario] = &[
     ),
     row(
         "envoy_join_lua",
-        "GET /join, Lua flow: Lua asks /where on every request",
+        "GET /join, Lua flow: Lua asks /where on every request, then the guard and DFP",
         Target::Envoy,
         Setup::shipped(Some(Flow::Lua)),
         "/join",
     ),
     row(
         "envoy_join_module",
-        "GET /join, module flow: the Rust dynamic module computes the owner from the cached /placement",
+        "GET /join, module flow: the Rust dynamic module computes the owner from the cached /placement and sends the join to its address (strict override, owners cluster)",
         Target::Envoy,
         Setup::shipped(Some(Flow::Module)),
-        "/join",
-    ),
-    row(
-        "envoy_join_cluster_specifier",
-        "GET /join, design 2 (not shipped): the module as a cluster specifier, one cluster per instance, no filter, guard or DFP",
-        Target::Envoy,
-        Setup {
-            module_placement: true,
-            ..Setup::file("bench/envoy/cluster-specifier.yaml")
-        },
         "/join",
     ),
     row(
@@ -137,11 +128,21 @@ pub const SCENARIOS: &[Scenario] = &[
         Setup::file("bench/envoy/native-hash.yaml"),
         "/where",
     ),
+    row(
+        "envoy_native_module",
+        "diagnostic: the peer's route and MAGLEV cluster with our module in front (its decision, epoch and strict override): the module filter's own cost",
+        Target::Envoy,
+        Setup {
+            module_placement: true,
+            ..Setup::file("bench/envoy/native-module.yaml")
+        },
+        "/join",
+    ),
     Scenario {
         fixed_owner: true,
         ..row(
             "envoy_join_no_filter",
-            "diagnostic: route A's guard + DFP path with no routing filter (one fixed owner)",
+            "diagnostic: the Lua flow's route shape (guard + DFP) with no routing filter (one fixed owner)",
             Target::Envoy,
             Setup::file("bench/envoy/no-filter.yaml"),
             "/join",
