@@ -23,11 +23,13 @@ COPY . .
 RUN cargo build --release --locked --package poc-routing-server --package poc-routing-envoy-module
 
 # --- Envoy with the routing module. The module is built on Debian bookworm (glibc 2.36) and
-# needs at most GLIBC_2.34 (stack/tests/module.rs checks it), so it also loads in the official
+# needs at most GLIBC_2.34 (e2e/tests/module.rs checks it), so it also loads in the official
 # envoyproxy/envoy image (Ubuntu noble, glibc 2.39). envoy.yaml and lua/ are mounted at
-# /etc/envoy (Compose volumes, Kubernetes ConfigMap).
+# /etc/envoy (Compose volumes, Kubernetes ConfigMap). envoy-admin reaches the admin interface,
+# which listens on the container's loopback only (the image has no curl).
 FROM envoyproxy/envoy:v1.40.0 AS envoy
 COPY --from=builder /app/target/release/libpoc_routing_envoy_module.so /usr/local/lib/envoy/
+COPY scripts/envoy-admin /usr/local/bin/envoy-admin
 ENV ENVOY_DYNAMIC_MODULES_SEARCH_PATH=/usr/local/lib/envoy
 WORKDIR /etc/envoy
 EXPOSE 10000

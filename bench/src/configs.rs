@@ -185,10 +185,17 @@ mod tests {
 
     #[test]
     fn every_config_passes_the_stacks_own_edits() {
-        let addr = "127.0.0.1:1".parse().unwrap();
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let at = envoy::Addresses {
+            listen: addr,
+            admin: addr,
+            probe: addr,
+            operator: addr,
+            dns: addr,
+        };
         for name in ["native-hash.yaml", "no-filter.yaml", "native-module.yaml"] {
             let yaml = std::fs::read_to_string(path(name)).unwrap();
-            envoy::local_config(&yaml, addr, addr, addr, None)
+            envoy::local_config(&yaml, &at, None)
                 .unwrap_or_else(|e| panic!("bench/envoy/{name}: {e:#}"));
         }
     }

@@ -27,7 +27,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use poc_routing_placement::IndexMode;
 use poc_routing_stack::envoy::{self, Flow};
-use poc_routing_stack::{Naming, Stack, StackConfig};
+use poc_routing_stack::{Deployment, Stack, StackConfig};
 use poc_routing_testkit::{free_port, wait_until_2xx, KillOnDrop};
 
 use scenarios::{Scenario, Setup, Target, SCENARIOS};
@@ -115,12 +115,14 @@ pub(crate) fn bench_dir() -> PathBuf {
 pub(crate) fn stack_config(name: &str, replicas: u32, flow: Option<Flow>) -> StackConfig {
     let mut c = StackConfig::new(
         replicas,
-        Naming::Compose,
+        Deployment::Compose,
         IndexMode::Hash,
         bench_dir().join(name),
     );
     c.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     c.admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    c.probe = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    c.operator = SocketAddr::from(([127, 0, 0, 1], free_port()));
     c.net = [127, 0, 77];
     c.flow = flow;
     c.envoy_component_log_level = "lua:warn,dynamic_modules:warn".into();

@@ -3,23 +3,16 @@
 use std::time::Duration;
 
 use poc_routing_placement::client_id_query;
-use serde::Deserialize;
+use poc_routing_wire::{ErrorBody, JoinAnswer, Misdirected, WhereAnswer};
+use serde::de::DeserializeOwned;
 
-/// The answer of `/where`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct Where {
-    pub client_id: String,
-    pub index: u64,
-    pub hostport: String,
-}
-
-/// What `/join` answered, success or not.
+/// What `/join` answered: joined, or refused by an instance that is not the owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Join {
-    /// 200: joined on `instance`.
-    Joined { instance: u64 },
-    /// 421: the instance that answered is not the owner.
-    Misdirected { instance: u64, owner: u64 },
+    /// 200: joined on its owner.
+    Joined(JoinAnswer),
+    /// 421: the instance that answered is not the owner, and says which is.
+    Misdirected(Misdirected),
 }
 
 /// A call that did not produce a usable answer.
@@ -123,46 +116,57 @@ impl Api {
         Ok((status, body))
     }
 
-    fn status_error(status: u16, body: &serde_json::Value) -> CallError {
+    fn status_error(status: u16, body: serde_json::Value) -> CallError {
+        let body: Option<ErrorBody> = serde_json::from_value(body).ok();
         CallError::Status {
             status,
-            code: body["error"].as_str().unwrap_or("unknown").to_owned(),
-            message: body["message"].as_str().unwrap_or("").to_owned(),
+            code: body.as_ref().map_or("unknown", |b| &b.error).to_owned(),
+            message: body.map(|b| b.message).unwrap_or_default(),
         }
     }
 
+    /// `body` as a `T` of the wire contract, or why it is not one.
+    fn typed<T: DeserializeOwned>(
+        url: &str,
+        status: u16,
+        body: serde_json::Value,
+    ) -> Result<T, CallError> {
+        serde_json::from_value(body).map_err(|e| CallError::BadAnswer {
+            url: url.to_owned(),
+            reason: format!("HTTP {status}: {e}"),
+        })
+    }
+
     /// Asks which instance owns `id`.
-    pub async fn where_(&self, id: &str) -> Result<Where, CallError> {
+    pub async fn where_(&self, id: &str) -> Result<WhereAnswer, CallError> {
         let url = self.url_for("/where", id);
         let (status, body) = self.get_json(url.clone(), false).await?;
         if status != 200 {
-            return Err(Self::status_error(status, &body));
+            return Err(Self::status_error(status, body));
         }
-        serde_json::from_value(body).map_err(|e| CallError::BadAnswer {
-            url,
-            reason: e.to_string(),
-        })
+        Self::typed(&url, status, body)
     }
 
     /// Joins `id`. A 421 is an answer (the instance said who owns it), not an error.
     pub async fn join(&self, id: &str) -> Result<Join, CallError> {
         let url = self.url_for("/join", id);
         let (status, body) = self.get_json(url.clone(), true).await?;
-        let field = |name: &str| {
-            body[name].as_u64().ok_or_else(|| CallError::BadAnswer {
-                url: url.clone(),
-                reason: format!("HTTP {status} without a numeric {name:?}"),
-            })
-        };
         match status {
-            200 => Ok(Join::Joined {
-                instance: field("instance")?,
-            }),
-            421 => Ok(Join::Misdirected {
-                instance: field("instance")?,
-                owner: field("owner")?,
-            }),
-            _ => Err(Self::status_error(status, &body)),
+            200 => Ok(Join::Joined(Self::typed(&url, status, body)?)),
+            421 => {
+                let refusal: ErrorBody = Self::typed(&url, status, body)?;
+                refusal
+                    .misdirected()
+                    .map(Join::Misdirected)
+                    .ok_or_else(|| CallError::BadAnswer {
+                        url,
+                        reason: format!(
+                            "HTTP 421 {} without the misdirected fields",
+                            refusal.error
+                        ),
+                    })
+            }
+            _ => Err(Self::status_error(status, body)),
         }
     }
 
@@ -171,7 +175,7 @@ impl Api {
         self.get_json(format!("{}{path}", self.base), false).await
     }
 
-    /// The raw JSON answer of any GET, for the `where`/`join` commands that print it.
+    /// The raw JSON answer of `path` for `id`, for the `where`/`join` commands that print it.
     pub async fn get_raw(
         &self,
         path: &str,

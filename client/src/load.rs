@@ -13,7 +13,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::api::{Api, CallError};
+use poc_routing_wire::ServedUnder;
+
+use crate::api::{Api, CallError, Join};
 
 /// What the clients saw.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -61,27 +63,24 @@ impl LoadReport {
         )
     }
 
-    fn record(&mut self, at_ms: u64, answer: Result<(u16, serde_json::Value), CallError>) {
+    fn record(&mut self, at_ms: u64, answer: Result<Join, CallError>) {
         self.sent += 1;
         match answer {
-            Ok((status, body)) if (200..300).contains(&status) => {
+            Ok(Join::Joined(joined)) => {
                 self.ok += 1;
-                if let Some(epoch) = body["epoch"].as_str() {
-                    if !self.epochs.iter().any(|e| e == epoch) {
-                        self.epochs.push(epoch.to_owned());
-                    }
+                if !self.epochs.contains(&joined.epoch) {
+                    self.epochs.push(joined.epoch);
                 }
-                if body["served_under"] == "previous" {
+                if joined.served_under == ServedUnder::Previous {
                     self.previous_epoch_joins += 1;
                     let (first, _) = self.transition_window_ms.unwrap_or((at_ms, at_ms));
                     self.transition_window_ms = Some((first, at_ms));
                 }
             }
-            Ok((status, body)) => {
-                let code = body["error"].as_str().unwrap_or("unknown");
+            Ok(Join::Misdirected(_)) => {
                 *self
                     .non_2xx
-                    .entry(format!("http_{status}_{code}"))
+                    .entry("http_421_misdirected".into())
                     .or_default() += 1;
             }
             Err(e) => *self.non_2xx.entry(e.kind()).or_default() += 1,
@@ -110,7 +109,7 @@ pub async fn run(
             tokio::spawn(async move {
                 while !*stop_rx.borrow() {
                     let id = &ids[next.fetch_add(1, Ordering::Relaxed) % ids.len()];
-                    let answer = api.get_raw("/join", id).await;
+                    let answer = api.join(id).await;
                     let at_ms = started.elapsed().as_millis() as u64;
                     report
                         .lock()
@@ -133,20 +132,46 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use poc_routing_wire::{JoinAnswer, Misdirected};
 
     #[test]
     fn answers_are_counted_by_kind_and_the_window_spans_previous_epoch_joins() {
         let mut r = LoadReport::default();
-        let ok =
-            |under: &str, epoch: &str| Ok((200, json!({"served_under": under, "epoch": epoch})));
-        r.record(5, ok("current", "a"));
-        r.record(10, ok("previous", "a"));
-        r.record(12, ok("current", "b"));
-        r.record(40, ok("previous", "a"));
-        r.record(41, Ok((421, json!({"error": "misdirected"}))));
-        r.record(42, Ok((503, json!({"error": "owner_unavailable"}))));
-        r.record(43, Ok((503, json!({"error": "owner_unavailable"}))));
+        let ok = |served_under: ServedUnder, epoch: &str| {
+            Ok(Join::Joined(JoinAnswer {
+                client_id: "c".into(),
+                status: "joined".into(),
+                instance: 1,
+                owner: 1,
+                hostport: "h:1".into(),
+                epoch: epoch.into(),
+                served_under,
+            }))
+        };
+        let unavailable = || {
+            Err(CallError::Status {
+                status: 503,
+                code: "owner_unavailable".into(),
+                message: String::new(),
+            })
+        };
+        r.record(5, ok(ServedUnder::Current, "a"));
+        r.record(10, ok(ServedUnder::Previous, "a"));
+        r.record(12, ok(ServedUnder::Current, "b"));
+        r.record(40, ok(ServedUnder::Previous, "a"));
+        r.record(
+            41,
+            Ok(Join::Misdirected(Misdirected {
+                client_id: "c".into(),
+                instance: 1,
+                owner: 2,
+                owner_hostport: "h:2".into(),
+                epoch: "b".into(),
+                routed_epoch: None,
+            })),
+        );
+        r.record(42, unavailable());
+        r.record(43, unavailable());
         r.record(
             44,
             Err(CallError::Timeout {

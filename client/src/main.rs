@@ -9,9 +9,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use poc_routing_client::ids::{self, IdKind};
-use poc_routing_client::{load, verify, views, Api, CallError};
+use poc_routing_client::{load, scale, verify, views, Api, CallError};
 
+/// Envoy's public listener: /join, /where and /health.
 const DEFAULT_URL: &str = "http://127.0.0.1:10000";
+/// Envoy's operator listener: every instance endpoint, on the host's loopback only.
+const OPERATOR_URL: &str = "http://127.0.0.1:9903";
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +50,34 @@ enum Command {
     /// Every instance's placement view side by side, flagging the ones that disagree. Exits 0
     /// only when every view was read and all hold the same epoch.
     Views(ViewsArgs),
+    /// Runs COMMAND (a scale change: `docker compose up -d --scale server=3`, `kubectl scale
+    /// ...`) under steady /join load, waits until every view agrees on --expect members, then
+    /// verifies 1000 ids. Exits 0 only with 0 non-2xx answers during the step and every id on
+    /// its owner after it; prints what clients saw (JSON with --json).
+    ScaleStep(ScaleStepArgs),
+}
+
+#[derive(clap::Args)]
+struct ScaleStepArgs {
+    /// Envoy's public listener: the load and the verification go through it.
+    #[arg(long, default_value = DEFAULT_URL)]
+    url: String,
+    /// Envoy's operator listener: the views are read through it.
+    #[arg(long, default_value = OPERATOR_URL)]
+    operator_url: String,
+    /// The member count every view must agree on after the change.
+    #[arg(long)]
+    expect: usize,
+    /// How long the views may take to agree, from the start of COMMAND.
+    #[arg(long, default_value_t = 60)]
+    within_seconds: u64,
+    #[command(flatten)]
+    random: RandomIds,
+    #[arg(long)]
+    json: bool,
+    /// The change, run as given (no shell).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -109,8 +140,9 @@ impl RandomIds {
 
 #[derive(clap::Args)]
 struct ViewsArgs {
-    /// Ask through Envoy: one instance's /placement and its report of every peer.
-    #[arg(long, default_value = DEFAULT_URL)]
+    /// Ask through Envoy's operator listener: one instance's /placement and its report of
+    /// every peer. The public listener (10000) does not serve /placement.
+    #[arg(long, default_value = OPERATOR_URL)]
     url: String,
     /// Ask these instances directly instead (repeat), e.g. http://172.18.0.3:8081.
     #[arg(long = "instance", value_name = "URL")]
@@ -209,7 +241,7 @@ async fn run_views(args: ViewsArgs) -> ExitCode {
     } else {
         print!("{}", views::render(&views));
     }
-    let count_ok = args.expect.map_or(true, |n| n == views.len());
+    let count_ok = args.expect.is_none_or(|n| n == views.len());
     if !count_ok {
         eprintln!(
             "poc-client: {} views, expected {}",
@@ -256,6 +288,47 @@ async fn run_verify(args: VerifyArgs) -> ExitCode {
     exit_code(report.all_correct())
 }
 
+/// Runs `command` to completion; its output is kept for the error.
+async fn run_change(command: &[String]) -> Result<(), String> {
+    let (program, args) = command.split_first().ok_or("no command")?;
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} exited with {}: {}",
+            command.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+async fn run_scale_step(args: ScaleStepArgs) -> ExitCode {
+    let expect = scale::Expect {
+        members: args.expect,
+        agree_within: std::time::Duration::from_secs(args.within_seconds),
+        id_kind: args.random.id_kind,
+    };
+    let seed = args.random.seed.unwrap_or_else(rand::random);
+    let (public, operator) = (Api::new(&args.url), Api::new(&args.operator_url));
+    match scale::step(&public, &operator, &expect, seed, run_change(&args.command)).await {
+        Ok(report) if args.json => {
+            print_json(&report);
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            println!("{}", report.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("scale step `{}`: {e}", args.command.join(" "))),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {
@@ -264,5 +337,6 @@ async fn main() -> ExitCode {
         Command::Load(args) => run_load(args).await,
         Command::Views(args) => run_views(args).await,
         Command::Verify(args) => run_verify(args).await,
+        Command::ScaleStep(args) => run_scale_step(args).await,
     }
 }

@@ -8,6 +8,8 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use poc_routing_wire::{JoinAnswer, Misdirected};
+
 use crate::api::{Api, CallError, Join};
 
 /// What happened to one id.
@@ -44,13 +46,14 @@ pub async fn check(api: &Api, id: &str) -> (IdResult, Option<Duration>, Option<D
     let joined = api.join(id).await;
     let join_time = started.elapsed();
     let outcome = match joined {
-        Ok(Join::Joined { instance }) if instance == owner => Outcome::Correct { instance },
-        Ok(Join::Joined { instance }) | Ok(Join::Misdirected { instance, .. }) => {
-            Outcome::Misrouted {
-                expected: owner,
-                answered_by: instance,
-            }
-        }
+        Ok(Join::Joined(joined)) if joined.instance == owner => Outcome::Correct {
+            instance: joined.instance,
+        },
+        Ok(Join::Joined(JoinAnswer { instance, .. }))
+        | Ok(Join::Misdirected(Misdirected { instance, .. })) => Outcome::Misrouted {
+            expected: owner,
+            answered_by: instance,
+        },
         Err(e) => {
             return (
                 error_result(id, Some(owner), "join", &e),

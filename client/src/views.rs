@@ -2,12 +2,13 @@
 //!
 //! Like Ringpop's membership checksums, the epoch is what is compared: instances that hold the
 //! same epoch route every id alike. Views come either from each instance directly (`--instance`
-//! URLs), or through Envoy from one instance's `/placement`, which lists what it last heard from
-//! every peer.
+//! URLs), or through Envoy's operator listener from one instance's `/placement`, which lists what
+//! it last heard from every peer.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use poc_routing_wire::PlacementAnswer;
 use serde::Serialize;
 
 use crate::api::Api;
@@ -26,15 +27,13 @@ pub struct InstanceView {
 }
 
 impl InstanceView {
-    fn from_placement(source: String, body: &serde_json::Value) -> Self {
+    fn from_placement(source: String, answer: &PlacementAnswer) -> Self {
         Self {
             source,
-            instance: body["instance"].as_u64(),
-            state: body["state"].as_str().map(str::to_owned),
-            epoch: body["epoch"].as_str().map(str::to_owned),
-            members: body["members"]
-                .as_array()
-                .map(|m| m.iter().filter_map(serde_json::Value::as_u64).collect()),
+            instance: answer.instance,
+            state: Some(answer.state.as_str().to_owned()),
+            epoch: answer.epoch.clone(),
+            members: Some(answer.members.clone()),
             error: None,
         }
     }
@@ -51,9 +50,11 @@ impl InstanceView {
     }
 }
 
-async fn placement(api: &Api) -> Result<serde_json::Value, String> {
+async fn placement(api: &Api) -> Result<PlacementAnswer, String> {
     match api.get_path("/placement").await {
-        Ok((200, body)) => Ok(body),
+        Ok((200, body)) => {
+            serde_json::from_value(body).map_err(|e| format!("not a /placement answer: {e}"))
+        }
         Ok((status, body)) => Err(format!("HTTP {status}: {body}")),
         Err(e) => Err(e.to_string()),
     }
@@ -70,7 +71,8 @@ pub async fn direct(urls: &[String]) -> Vec<InstanceView> {
     futures::future::join_all(reads).await
 }
 
-/// Reads one instance's `/placement` through `api` (Envoy), and its report of every peer.
+/// Reads one instance's `/placement` through `api` (Envoy's operator listener), and its report
+/// of every peer.
 pub async fn via(api: &Api) -> Vec<InstanceView> {
     let body = match placement(api).await {
         Ok(body) => body,
@@ -80,15 +82,19 @@ pub async fn via(api: &Api) -> Vec<InstanceView> {
         format!("{}/placement", api.base()),
         &body,
     )];
-    for peer in body["peers"].as_array().into_iter().flatten() {
+    let via = body
+        .instance
+        .map_or_else(|| "?".to_owned(), |i| i.to_string());
+    for peer in &body.peers {
         views.push(InstanceView {
-            source: format!("via instance {}", body["instance"]),
-            instance: peer["instance"].as_u64(),
-            state: peer["state"].as_str().map(str::to_owned),
-            epoch: peer["epoch"].as_str().map(str::to_owned),
+            source: format!("via instance {via}"),
+            instance: Some(peer.instance),
+            state: peer.state.map(|s| s.as_str().to_owned()),
+            epoch: peer.epoch.clone(),
             members: None,
-            error: peer["state"]
-                .is_null()
+            error: peer
+                .state
+                .is_none()
                 .then(|| "did not answer its last probe".to_owned()),
         });
     }

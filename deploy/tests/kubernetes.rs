@@ -275,27 +275,53 @@ fn envoy_runs_the_repositorys_config_and_publishes_only_its_listener() {
         .collect();
     assert_eq!(paths, ["envoy.yaml", "lua/routing.lua"]);
     assert!(envoy_yaml.contains("filename: lua/routing.lua"));
-    let listener_port = envoy_cfg["static_resources"]["listeners"][0]["address"]["socket_address"]
-        ["port_value"]
-        .as_u64();
-    assert_eq!(Some(port_named(envoy, "http")), listener_port);
-    let admin_port = envoy_cfg["admin"]["address"]["socket_address"]["port_value"]
-        .as_u64()
-        .unwrap();
-    assert_eq!(port_named(envoy, "admin"), admin_port);
+    let port_of = |listener: &str| {
+        envoy_cfg["static_resources"]["listeners"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == listener)
+            .and_then(|l| l["address"]["socket_address"]["port_value"].as_u64())
+            .unwrap_or_else(|| panic!("envoy.yaml has no listener {listener}"))
+    };
+    assert_eq!(port_named(envoy, "http"), port_of("ingress"));
+    assert_eq!(port_named(envoy, "probe"), port_of("probe"));
+    assert_eq!(port_named(envoy, "operator"), port_of("operator"));
+    // The admin interface listens on the pod's loopback only, and no container port names it.
+    let admin = &envoy_cfg["admin"]["address"]["socket_address"];
+    assert_eq!(
+        admin["address"], "127.0.0.1",
+        "Envoy's admin interface on loopback only"
+    );
+    let admin_port = admin["port_value"].as_u64().unwrap();
+    assert!(
+        envoy["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .all(|p| p["containerPort"].as_u64() != Some(admin_port)),
+        "no container port for the admin interface"
+    );
+    // The probes ask the probe listener, never the admin interface.
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(envoy[probe]["httpGet"]["port"], "probe", "{probe}");
+        assert_eq!(envoy[probe]["httpGet"]["path"], "/ready", "{probe}");
+    }
+    // Only the public listener has a Service.
     let envoy_svc = find(docs, "Service", "envoy");
     assert_eq!(envoy_svc["spec"]["type"], "NodePort");
     for d in docs.iter().filter(|d| d["kind"] == "Service") {
         for p in d["spec"]["ports"].as_sequence().unwrap() {
-            assert_ne!(
-                p["port"].as_u64(),
-                Some(admin_port),
-                "a Service exposes Envoy's admin port"
-            );
-            assert_ne!(
-                p["targetPort"], "admin",
-                "a Service exposes Envoy's admin port"
-            );
+            for (name, port) in [
+                ("admin", admin_port),
+                ("probe", port_of("probe")),
+                ("operator", port_of("operator")),
+            ] {
+                assert!(
+                    p["port"].as_u64() != Some(port) && p["targetPort"] != name,
+                    "a Service exposes Envoy's {name} port"
+                );
+            }
         }
     }
     assert_eq!(

@@ -20,7 +20,7 @@ use poc_routing_client::ids::{self, IdKind};
 use poc_routing_client::Api;
 use poc_routing_placement::{client_id_from_query, ClientId, IndexMode};
 use poc_routing_stack::envoy::Flow;
-use poc_routing_stack::{wait_for, Naming, Stack, StackConfig, SERVER_PORT};
+use poc_routing_stack::{wait_for, Deployment, Stack, StackConfig, SERVER_PORT};
 
 /// Stacks are heavy (Envoy plus servers on 2 cores): tests take turns.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -41,7 +41,7 @@ pub fn flow_from_env() -> Option<Flow> {
 
 /// A stack config on fresh ports and a fresh 127.0.N.0/24 for the instances, in the flow
 /// [`flow_from_env`] gives (a test may set its own).
-pub fn config(name: &str, replicas: u32, naming: Naming, mode: IndexMode) -> StackConfig {
+pub fn config(name: &str, replicas: u32, naming: Deployment, mode: IndexMode) -> StackConfig {
     let flow = flow_from_env().map_or(String::new(), |f| format!("-{}", f.as_str()));
     // Where Cargo puts integration tests' files (`CARGO_TARGET_TMPDIR`, which only tests see).
     let run_dir = poc_routing_stack::envoy::repo_root()
@@ -51,6 +51,8 @@ pub fn config(name: &str, replicas: u32, naming: Naming, mode: IndexMode) -> Sta
     let mut c = StackConfig::new(replicas, naming, mode, run_dir);
     c.listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     c.admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    c.probe = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    c.operator = SocketAddr::from(([127, 0, 0, 1], free_port()));
     c.net = [127, 0, NEXT_NET.fetch_add(1, Ordering::Relaxed)];
     c.flow = flow_from_env();
     c

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use poc_routing_e2e::*;
 use poc_routing_placement::{IndexMode, Placement, PlacementSpec};
+use poc_routing_wire::{Discovery, MemberState, PlacementAnswer};
 use poc_routing_stack::envoy::Flow;
-use poc_routing_stack::{Naming, Stack};
+use poc_routing_stack::{Deployment, Stack};
 
 /// A well-formed epoch that no server holds.
 const EPOCH: &str = "0123456789abcdef";
@@ -34,7 +35,7 @@ async fn host_header_never_chooses(flow: Flow) {
     let mut c = config(
         &format!("host-header-{flow:?}"),
         3,
-        Naming::Compose,
+        Deployment::Compose,
         IndexMode::Hash,
     );
     c.flow = Some(flow);
@@ -187,7 +188,7 @@ fn bad_where_answers(admin: &str) -> Vec<WhereCase> {
 #[tokio::test]
 async fn a_bad_where_answer_is_refused() {
     let _turn = serial().await;
-    let mut c = config("bad-where", 2, Naming::Compose, IndexMode::Hash);
+    let mut c = config("bad-where", 2, Deployment::Compose, IndexMode::Hash);
     c.flow = Some(Flow::Lua);
     let mut stack = start(c).await;
     // The real instances go away; `server` now names only the fake server.
@@ -218,19 +219,25 @@ async fn a_bad_where_answer_is_refused() {
     }
 }
 
-/// A `/placement` answer as a server writes it, for `rule` (its epoch is the rule's own), with
-/// the member addresses `addresses` (index, `ip:port`).
+/// A `/placement` answer as a server writes it (the wire contract's type), for `rule` (its epoch
+/// is the rule's own), with the member addresses `addresses` (index, `ip:port`).
 fn published(rule: &Placement, addresses: &[(u64, String)]) -> String {
-    let addresses: serde_json::Map<String, serde_json::Value> = addresses
-        .iter()
-        .map(|(index, addr)| (index.to_string(), addr.as_str().into()))
-        .collect();
-    serde_json::json!({
-        "state": "member", "epoch": rule.epoch().to_string(), "members": rule.members(),
-        "addresses": addresses, "mode": rule.mode(), "base": rule.base(),
-        "prefix": rule.prefix(), "suffix": rule.suffix(), "port": rule.port(),
-    })
-    .to_string()
+    let answer = PlacementAnswer {
+        instance: rule.members().first().copied(),
+        state: MemberState::Member,
+        discovery: Discovery::Dns,
+        epoch: Some(rule.epoch().to_string()),
+        members: rule.members().to_vec(),
+        addresses: addresses.iter().cloned().collect(),
+        replicas: rule.replicas(),
+        rule: rule.spec().clone(),
+        expected_replicas: None,
+        replicas_mismatch: false,
+        since_change_ms: Some(0),
+        previous: None,
+        peers: Vec::new(),
+    };
+    serde_json::to_string(&answer).unwrap()
 }
 
 /// Asks `/join?client_id=abc` (Host: the admin address) until it answers `want_status` with
@@ -254,7 +261,7 @@ async fn until_join_answers_naming(
         let (status, body) = raw_get(stack, "/join?client_id=abc", Some(&admin)).await;
         assert_not_admin(&body);
         let parsed: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        let owner_ok = want_owner.map_or(true, |o| parsed["owner"] == o);
+        let owner_ok = want_owner.is_none_or(|o| parsed["owner"] == o);
         if status == want_status && parsed["error"] == want_code && owner_ok {
             return;
         }
@@ -274,7 +281,7 @@ async fn fetch_failures(stack: &Stack) -> u64 {
 #[tokio::test]
 async fn a_bad_placement_rule_is_refused_or_ignored() {
     let _turn = serial().await;
-    let mut c = config("bad-placement", 2, Naming::Compose, IndexMode::Hash);
+    let mut c = config("bad-placement", 2, Deployment::Compose, IndexMode::Hash);
     c.flow = Some(Flow::Module);
     let mut stack = start(c).await;
     // The real instances go away; `server` now names only the fake server, so the owners
@@ -416,7 +423,7 @@ async fn until_stale(stack: &Stack) {
 /// instances here) instead of `server`, so that a test can make a fake server the only one
 /// Envoy asks for `/placement` while joins still reach the real instances.
 async fn with_owners_apart(name: &str, replicas: u32) -> Stack {
-    let mut c = config(name, replicas, Naming::Compose, IndexMode::Hash);
+    let mut c = config(name, replicas, Deployment::Compose, IndexMode::Hash);
     c.flow = None;
     c.envoy_yaml_override = Some(envoy_yaml_with(|config| {
         assert_eq!(Flow::of_config(config).unwrap(), Flow::Module);
@@ -473,7 +480,7 @@ async fn a_stale_placement_rule_is_caught_by_the_owner() {
                 .views()
                 .await
                 .values()
-                .all(|v| v["previous"].is_null())
+                .all(|v| v.as_ref().is_some_and(|v| v.previous.is_none()))
         },
     )
     .await
@@ -578,7 +585,7 @@ async fn without_the_routing_module_a_join_goes_nowhere() {
     let _turn = serial().await;
     // Route A with the module switched off: the owners cluster has every instance, but picks
     // none of them by itself.
-    let mut c = config("module-off", 3, Naming::Compose, IndexMode::Hash);
+    let mut c = config("module-off", 3, Deployment::Compose, IndexMode::Hash);
     // As the edited file says: a flow switch would enable the module again.
     c.flow = None;
     c.envoy_yaml_override = Some(envoy_yaml_with(|config| {
@@ -598,7 +605,7 @@ async fn a_retry_after_a_connection_failure_never_leaves_the_owner() {
     // its address is still in DNS (a Kubernetes pod published while not ready), so the first
     // attempt fails to connect and Envoy retries, without the override. The owners cluster
     // picks nothing for the retry.
-    let mut c = config("retry", 3, Naming::Compose, IndexMode::Hash);
+    let mut c = config("retry", 3, Deployment::Compose, IndexMode::Hash);
     c.flow = None;
     c.envoy_yaml_override = Some(envoy_yaml_with(|config| {
         assert_eq!(Flow::of_config(config).unwrap(), Flow::Module);
@@ -622,7 +629,7 @@ async fn a_retry_after_a_connection_failure_never_leaves_the_owner() {
 
 /// Starts a stack whose routing.lua is replaced by `script`.
 async fn with_script(name: &str, script: &str) -> poc_routing_stack::Stack {
-    let mut c = config(name, 2, Naming::Compose, IndexMode::Hash);
+    let mut c = config(name, 2, Deployment::Compose, IndexMode::Hash);
     c.flow = Some(Flow::Lua);
     c.lua_override = Some(script.to_owned());
     start(c).await
@@ -682,7 +689,7 @@ async fn an_error_inside_the_routing_logic_answers_500() {
 async fn envoy_answers_malformed_requests_with_json() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _turn = serial().await;
-    let stack = start(config("malformed", 2, Naming::Compose, IndexMode::Hash)).await;
+    let stack = start(config("malformed", 2, Deployment::Compose, IndexMode::Hash)).await;
     let listen = stack.config().listen;
     let big = format!(
         "GET /join?client_id={} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",

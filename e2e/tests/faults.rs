@@ -15,7 +15,7 @@ use poc_routing_client::{load, verify};
 use poc_routing_e2e::*;
 use poc_routing_placement::IndexMode;
 use poc_routing_stack::envoy::Flow;
-use poc_routing_stack::{Naming, Stack};
+use poc_routing_stack::{Deployment, Stack};
 use serde_json::json;
 
 /// Where the figures go: `target/bench/faults/`.
@@ -87,7 +87,13 @@ fn millis(d: Duration) -> u64 {
 #[tokio::test]
 async fn a_hung_owner_times_out_only_its_clients() {
     let _turn = serial().await;
-    let stack = start(config("fault-hung", 3, Naming::Compose, IndexMode::Hash)).await;
+    let stack = start(config(
+        "fault-hung",
+        3,
+        Deployment::Compose,
+        IndexMode::Hash,
+    ))
+    .await;
     let id = id_owned_by(&stack, 2);
     stack.signal_instance(2, Signal::SIGSTOP).unwrap();
     let http = reqwest::Client::new();
@@ -185,7 +191,7 @@ async fn a_dead_owner_whose_name_still_resolves_fails_fast_and_alone() {
     let mut stack = start(config(
         "fault-blackhole",
         3,
-        Naming::Kubernetes,
+        Deployment::Kubernetes,
         IndexMode::Jump,
     ))
     .await;
@@ -229,7 +235,13 @@ async fn a_dead_owner_whose_name_still_resolves_fails_fast_and_alone() {
 #[tokio::test]
 async fn sigterm_under_load_fails_no_join() {
     let _turn = serial().await;
-    let mut stack = start(config("fault-sigterm", 3, Naming::Compose, IndexMode::Hash)).await;
+    let mut stack = start(config(
+        "fault-sigterm",
+        3,
+        Deployment::Compose,
+        IndexMode::Hash,
+    ))
+    .await;
     let api = api(&stack);
     let ids = test_ids(2000, IndexMode::Hash, 21);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -268,7 +280,13 @@ async fn sigterm_under_load_fails_no_join() {
 #[tokio::test]
 async fn an_envoy_restart_recovers() {
     let _turn = serial().await;
-    let mut stack = start(config("fault-envoy", 2, Naming::Compose, IndexMode::Hash)).await;
+    let mut stack = start(config(
+        "fault-envoy",
+        2,
+        Deployment::Compose,
+        IndexMode::Hash,
+    ))
+    .await;
     let mut samples = Vec::new();
     for _ in 0..3 {
         let started = stack.restart_envoy().unwrap();
@@ -297,7 +315,7 @@ async fn a_where_503_is_retried_exactly_once() {
     let _turn = serial().await;
     // The Lua flow asks /where per join (the module flow fetches /placement off the
     // request path: attacks.rs `a_bad_placement_rule_is_refused_or_ignored`).
-    let mut c = config("fault-where-503", 2, Naming::Compose, IndexMode::Hash);
+    let mut c = config("fault-where-503", 2, Deployment::Compose, IndexMode::Hash);
     c.flow = Some(Flow::Lua);
     let stack = start(c).await;
     let id = id_owned_by(&stack, 2);
@@ -341,7 +359,13 @@ async fn a_where_503_is_retried_exactly_once() {
 #[tokio::test]
 async fn the_same_id_from_64_connections_has_one_owner_and_one_entry() {
     let _turn = serial().await;
-    let stack = start(config("fault-same-id", 3, Naming::Compose, IndexMode::Hash)).await;
+    let stack = start(config(
+        "fault-same-id",
+        3,
+        Deployment::Compose,
+        IndexMode::Hash,
+    ))
+    .await;
     let id = "the-same-client";
     let joins = (0..64).map(|_| async {
         // A client of its own: its own connection.
@@ -483,7 +507,7 @@ async fn overload_is_refused_with_retry_after_and_recovers() {
     let stack = start(config(
         "fault-overload",
         2,
-        Naming::Compose,
+        Deployment::Compose,
         IndexMode::Hash,
     ))
     .await;
@@ -546,7 +570,13 @@ async fn overload_is_refused_with_retry_after_and_recovers() {
 #[tokio::test]
 async fn restart_recovery_from_process_start() {
     let _turn = serial().await;
-    let mut stack = start(config("fault-restart", 3, Naming::Compose, IndexMode::Hash)).await;
+    let mut stack = start(config(
+        "fault-restart",
+        3,
+        Deployment::Compose,
+        IndexMode::Hash,
+    ))
+    .await;
     let id = id_owned_by(&stack, 2);
     let http = reqwest::Client::new();
     let mut samples = Vec::new();

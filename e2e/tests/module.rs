@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use poc_routing_e2e::*;
 use poc_routing_placement::IndexMode;
 use poc_routing_stack::envoy::{self, Flow};
-use poc_routing_stack::Naming;
+use poc_routing_stack::Deployment;
 
 #[tokio::test]
 async fn envoy_loads_the_module_and_logs_the_matched_abi_version() {
     let _turn = serial().await;
-    let mut c = config("module-load", 2, Naming::Compose, IndexMode::Hash);
+    let mut c = config("module-load", 2, Deployment::Compose, IndexMode::Hash);
     c.flow = Some(Flow::Module);
     let stack = start(c).await;
     let log = stack.envoy_log();
@@ -75,9 +75,13 @@ async fn a_module_missing_a_hook_stops_envoy_with_a_message() {
     let free = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
     envoy::prepare_run_dir(
         &dir,
-        free(0),
-        free(1),
-        free(2),
+        &envoy::Addresses {
+            listen: free(0),
+            admin: free(1),
+            probe: free(2),
+            operator: free(3),
+            dns: free(4),
+        },
         Some(Flow::Module),
         envoy::Overrides::default(),
     )

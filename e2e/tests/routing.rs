@@ -8,7 +8,7 @@ use poc_routing_client::verify;
 use poc_routing_e2e::*;
 use poc_routing_placement::IndexMode;
 use poc_routing_stack::envoy::{self, Flow};
-use poc_routing_stack::{wait_for, Naming};
+use poc_routing_stack::{wait_for, Deployment};
 
 #[test]
 fn envoy_yaml_passes_validate_mode() {
@@ -32,7 +32,7 @@ fn envoy_yaml_passes_validate_mode() {
     );
 }
 
-async fn correctness(naming: Naming, flow: Flow) {
+async fn correctness(naming: Deployment, flow: Flow) {
     let _turn = serial().await;
     for replicas in [1, 2, 3, 5] {
         for mode in IndexMode::ALL {
@@ -64,28 +64,28 @@ async fn correctness(naming: Naming, flow: Flow) {
 
 #[tokio::test]
 async fn every_join_lands_on_its_owner_with_compose_naming() {
-    correctness(Naming::Compose, Flow::Module).await;
+    correctness(Deployment::Compose, Flow::Module).await;
 }
 
 #[tokio::test]
 async fn every_join_lands_on_its_owner_with_kubernetes_naming() {
-    correctness(Naming::Kubernetes, Flow::Module).await;
+    correctness(Deployment::Kubernetes, Flow::Module).await;
 }
 
 #[tokio::test]
 async fn every_join_lands_on_its_owner_in_the_lua_flow_with_compose_naming() {
-    correctness(Naming::Compose, Flow::Lua).await;
+    correctness(Deployment::Compose, Flow::Lua).await;
 }
 
 #[tokio::test]
 async fn every_join_lands_on_its_owner_in_the_lua_flow_with_kubernetes_naming() {
-    correctness(Naming::Kubernetes, Flow::Lua).await;
+    correctness(Deployment::Kubernetes, Flow::Lua).await;
 }
 
 #[tokio::test]
 async fn ids_are_decoded_once_and_alike_on_both_hops() {
     let _turn = serial().await;
-    let stack = start(config("decoding", 3, Naming::Compose, IndexMode::Hash)).await;
+    let stack = start(config("decoding", 3, Deployment::Compose, IndexMode::Hash)).await;
     // Raw queries whose decoding is easy to get wrong between Lua, Envoy and the server.
     for raw in [
         "client_id=a+b",
@@ -135,7 +135,13 @@ async fn ids_are_decoded_once_and_alike_on_both_hops() {
 #[tokio::test]
 async fn bad_ids_are_refused_by_the_filter_with_the_servers_codes() {
     let _turn = serial().await;
-    let stack = start(config("bad-ids", 2, Naming::Compose, IndexMode::Numeric)).await;
+    let stack = start(config(
+        "bad-ids",
+        2,
+        Deployment::Compose,
+        IndexMode::Numeric,
+    ))
+    .await;
     let long = "x".repeat(257);
     let long_encoded = "%C3%A9".repeat(129); // 258 bytes once decoded
     let cases = [

@@ -2,19 +2,20 @@
 //! `docker compose up --scale` and `kubectl scale` do, and clients must not notice. The full
 //! sequences run the default module flow; a shorter one runs the Lua flow.
 //!
-//! For each step: steady `/join` traffic from 16 connections over 2000 ids, the change, then
-//! traffic until every instance holds the new view and a little longer. The step must see
-//! **0 non-2xx answers**, and afterwards 1000 ids are verified 100% correct. Each step prints the
-//! joins sent, the non-2xx answers by code, the transition window (first to last join served
-//! under the previous epoch) and the time until every view agreed.
+//! Each step is `poc_routing_client::scale::step`, the same check `make test-compose` and
+//! `make test-k8s` run through `poc-client scale-step`: steady `/join` traffic, the change,
+//! traffic until every view agrees and a little longer, **0 non-2xx answers**, then 1000 ids
+//! verified. Here the change is the local stack adding or removing instances.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use poc_routing_client::{load, verify, LoadReport};
+use poc_routing_client::ids::IdKind;
+use poc_routing_client::scale::{self, Expect};
+use poc_routing_client::Api;
 use poc_routing_e2e::*;
 use poc_routing_placement::IndexMode;
 use poc_routing_stack::envoy::Flow;
-use poc_routing_stack::{Naming, Stack};
+use poc_routing_stack::{Deployment, Stack};
 
 /// One scaling step: instances to add, then instances to remove (SIGTERM, all at once).
 struct Step {
@@ -22,102 +23,84 @@ struct Step {
     remove: &'static [u64],
 }
 
-/// Runs `change` under load; returns what the clients saw and how long until every view agreed
-/// (measured from the start of the change).
-async fn under_load(stack: &mut Stack, step: &Step, ids: &[String]) -> (LoadReport, Duration) {
-    let api = api(stack);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let load = {
-        let (api, ids) = (api.clone(), ids.to_vec());
-        tokio::spawn(async move {
-            load::run(&api, ids, 16, async {
-                let _ = stop_rx.await;
-            })
-            .await
-        })
-    };
-    // Steady traffic before the change.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let changed = Instant::now();
+/// The step's change, as `--scale` makes it: new instances started (and healthy), or the
+/// removed ones sent SIGTERM and gone on their own, well inside Compose's 10 s grace period.
+async fn change(stack: &mut Stack, step: &Step) -> Result<(), String> {
     if !step.add.is_empty() {
-        stack.add_instances(step.add).await.expect("add instances");
+        stack
+            .add_instances(step.add)
+            .await
+            .map_err(|e| format!("add {:?}: {e:#}", step.add))?;
     }
     if !step.remove.is_empty() {
         let took = stack
             .remove_instances(step.remove)
             .await
-            .expect("the leaving instances exit on their own after SIGTERM");
-        assert!(
-            took < Duration::from_secs(8),
-            "EXPECTED leaving instances to exit well inside Compose's 10 s grace period\nRECEIVED {took:?}"
-        );
+            .map_err(|e| format!("the leaving instances exit on their own: {e:#}"))?;
+        if took >= Duration::from_secs(8) {
+            return Err(format!(
+                "EXPECTED leaving instances to exit well inside Compose's 10 s grace period, RECEIVED {took:?}"
+            ));
+        }
     }
-    stack
-        .wait_views_agree(Duration::from_secs(20))
-        .await
-        .expect("every view agrees");
-    let agreed = changed.elapsed();
-    // Steady traffic after the change, past the transition window's traffic.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let _ = stop_tx.send(());
-    (load.await.expect("the load task"), agreed)
+    Ok(())
 }
 
-async fn scale_under_load(naming: Naming, mode: IndexMode, flow: Flow, first: u64, steps: &[Step]) {
+async fn scale_under_load(
+    deployment: Deployment,
+    mode: IndexMode,
+    flow: Flow,
+    first: u64,
+    steps: &[Step],
+) {
     let _turn = serial().await;
-    let name = format!("scaling-{naming:?}-{mode}-{flow:?}");
-    let mut c = config(&name, 2, naming, mode);
+    let name = format!("scaling-{deployment:?}-{mode}-{flow:?}");
+    let mut c = config(&name, 2, deployment, mode);
     c.flow = Some(flow);
     let mut stack = start(c).await;
     assert_eq!(stack.running(), [first, first + 1]);
-    let load_ids = test_ids(2000, mode, 3);
+    let (public, operator) = (api(&stack), Api::new(&stack.operator_url()));
+    let id_kind = if mode == IndexMode::Numeric {
+        IdKind::Numeric
+    } else {
+        IdKind::Mixed
+    };
     for (n, step) in steps.iter().enumerate() {
         let before = stack.running();
-        let (report, agreed) = under_load(&mut stack, step, &load_ids).await;
+        let members = before.len() + step.add.len() - step.remove.len();
+        let expect = Expect {
+            members,
+            agree_within: Duration::from_secs(20),
+            id_kind,
+        };
+        let report = scale::step(
+            &public,
+            &operator,
+            &expect,
+            100 + n as u64,
+            change(&mut stack, step),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{name} step {}: {before:?} -> {:?}: {e}",
+                n + 1,
+                stack.running()
+            )
+        });
         let after = stack.running();
         eprintln!(
-            "{name} step {}: {before:?} -> {after:?}: {}; every view agreed {:.2} s after the change",
-            n + 1,
-            report.summary(),
-            agreed.as_secs_f64()
-        );
-        assert!(
-            report.sent > 500,
-            "too little load to mean anything: {report:?}"
-        );
-        assert!(
-            report.failures() == 0,
-            "{name} step {}: EXPECTED 0 non-2xx answers while scaling {before:?} -> {after:?}\nRECEIVED {}",
+            "{name} step {}: {before:?} -> {after:?}: {}",
             n + 1,
             report.summary()
         );
-        settled_after(&stack, &format!("{name} after step {}", n + 1), mode, n).await;
+        // Every member owns some of the 1000 ids.
+        let served: Vec<u64> = report.verified.joins_per_instance.keys().copied().collect();
+        assert_eq!(served, after, "every member owns some of 1000 ids");
     }
     // Every instance counted its epoch changes in its metrics.
     let changes = epoch_changes(&stack).await;
     assert!(changes >= steps.len() as u64, "{changes} epoch changes");
-}
-
-/// After a step: every view agrees (`poc-client views` through Envoy: one instance and its
-/// report of every peer), and 1000 ids are served by their owners, every member owning some.
-async fn settled_after(stack: &Stack, what: &str, mode: IndexMode, n: usize) {
-    let after = stack.running();
-    let seen = poc_routing_client::views::via(&api(stack)).await;
-    assert!(
-        poc_routing_client::views::agree(&seen) && seen.len() == after.len(),
-        "{what}: EXPECTED {} agreeing views\nRECEIVED\n{}",
-        after.len(),
-        poc_routing_client::views::render(&seen)
-    );
-    let ids = test_ids(1000, mode, 100 + n as u64);
-    let verified = verify(&api(stack), ids, 16, |_| {}).await;
-    assert!(
-        verified.all_correct(),
-        "{what}: EXPECTED every join on its owner\nRECEIVED {}",
-        verified.render()
-    );
-    let served: Vec<u64> = verified.joins_per_instance.keys().copied().collect();
-    assert_eq!(served, after, "every member owns some of 1000 ids");
 }
 
 /// `poc_epoch_changes_total` of the first running instance.
@@ -143,7 +126,7 @@ async fn epoch_changes(stack: &Stack) -> u64 {
 #[tokio::test]
 async fn compose_naming_scales_2_3_2_4_1_with_no_failed_join() {
     scale_under_load(
-        Naming::Compose,
+        Deployment::Compose,
         IndexMode::Hash,
         Flow::Module,
         1,
@@ -173,7 +156,7 @@ async fn compose_naming_scales_2_3_2_4_1_with_no_failed_join() {
 #[tokio::test]
 async fn kubernetes_naming_scales_2_3_2_4_1_with_no_failed_join() {
     scale_under_load(
-        Naming::Kubernetes,
+        Deployment::Kubernetes,
         IndexMode::Jump,
         Flow::Module,
         0,
@@ -204,7 +187,7 @@ async fn kubernetes_naming_scales_2_3_2_4_1_with_no_failed_join() {
 #[tokio::test]
 async fn the_lua_flow_scales_with_no_failed_join() {
     scale_under_load(
-        Naming::Compose,
+        Deployment::Compose,
         IndexMode::Jump,
         Flow::Lua,
         1,

@@ -8,12 +8,12 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::routing::{route, Limits, Refusal, Route};
+use crate::routing::{route, Limits, LocalReply, Route};
 use crate::settings::Settings;
 use crate::snapshot::Snapshot;
 
 /// One filter configuration's view of the placement.
-pub struct Router {
+pub struct PlacementCache {
     settings: Settings,
     started: Instant,
     current: RwLock<Option<Arc<Snapshot>>>,
@@ -35,7 +35,7 @@ pub enum FetchOutcome {
     StillFailing,
 }
 
-impl Router {
+impl PlacementCache {
     pub fn new(settings: Settings) -> Self {
         Self {
             settings,
@@ -50,7 +50,7 @@ impl Router {
         &self.settings
     }
 
-    /// How long until the next fetch: the refresh interval, or at most [`Router::STARTING`]
+    /// How long until the next fetch: the refresh interval, or at most [`PlacementCache::STARTING`]
     /// until the first placement arrives, so that a starting Envoy routes joins at once.
     pub fn next_fetch_in(&self) -> Duration {
         if self.members() == 0 {
@@ -114,7 +114,7 @@ impl Router {
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         let changed = current
             .as_ref()
-            .map_or(true, |c| c.epoch() != snapshot.epoch());
+            .is_none_or(|c| c.epoch() != snapshot.epoch());
         let outcome = if changed {
             FetchOutcome::Changed(format!(
                 "placement epoch {} with members {:?}",
@@ -135,7 +135,7 @@ impl Router {
     }
 
     /// Decides one join by the current snapshot.
-    pub fn decide(&self, path: &[u8], now: Instant) -> Result<Route, Refusal> {
+    pub fn decide(&self, path: &[u8], now: Instant) -> Result<Route, LocalReply> {
         let current = self
             .current
             .read()
@@ -212,7 +212,7 @@ mod tests {
 
     #[test]
     fn one_fetch_at_a_time() {
-        let r = Router::new(Settings::default());
+        let r = PlacementCache::new(Settings::default());
         assert!(r.begin_fetch());
         assert!(!r.begin_fetch());
         r.fetch_failed("x".into());
@@ -221,9 +221,9 @@ mod tests {
 
     #[test]
     fn epochs_are_adopted_and_bad_answers_keep_the_last_good_one() {
-        let r = Router::new(Settings::default());
+        let r = PlacementCache::new(Settings::default());
         let now = Instant::now();
-        let refused = |r: &Router| r.decide(b"/join?client_id=a", now).unwrap_err().code;
+        let refused = |r: &PlacementCache| r.decide(b"/join?client_id=a", now).unwrap_err().code;
         assert_eq!(refused(&r), "placement_unavailable");
 
         let first = answer("hash", &[1, 2], None);
@@ -299,8 +299,8 @@ mod tests {
 
     #[test]
     fn fetches_are_fast_until_the_first_placement() {
-        let r = Router::new(Settings::default());
-        assert_eq!(r.next_fetch_in(), Router::STARTING);
+        let r = PlacementCache::new(Settings::default());
+        assert_eq!(r.next_fetch_in(), PlacementCache::STARTING);
         assert!(!r.failure_is_news(), "quiet while starting");
         let body = answer("hash", &[1], None);
         r.fetched(Some(b"200"), body.as_bytes(), Instant::now());

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use poc_routing_placement::{client_id_from_query, ClientId, IdError};
+use poc_routing_wire::ErrorBody;
 
 use crate::snapshot::{InFlight, Snapshot};
 
@@ -37,7 +38,7 @@ impl Route {
 
 /// A join answered by the filter itself, never forwarded.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Refusal {
+pub struct LocalReply {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
@@ -47,7 +48,7 @@ pub struct Refusal {
     pub retry_after: Option<u32>,
 }
 
-impl Refusal {
+impl LocalReply {
     fn new(status: u16, code: &'static str, message: String) -> Self {
         Self {
             status,
@@ -99,11 +100,11 @@ impl Refusal {
     /// The JSON body: `{"error": code, "message": message}` (and `owner`), as every error of
     /// the project.
     pub fn body(&self) -> String {
-        let mut body = serde_json::json!({ "error": self.code, "message": self.message });
+        let mut body = ErrorBody::new(self.code, self.message.clone());
         if let Some(owner) = &self.owner {
-            body["owner"] = owner.as_str().into();
+            body.details.insert("owner".into(), owner.as_str().into());
         }
-        body.to_string()
+        serde_json::to_string(&body).expect("an error body is plain JSON")
     }
 }
 
@@ -149,10 +150,10 @@ pub fn route(
     snapshot: Option<&Arc<Snapshot>>,
     limits: Limits,
     now: Instant,
-) -> Result<Route, Refusal> {
-    let id = client_id(path).map_err(|e| Refusal::bad_id(&e))?;
+) -> Result<Route, LocalReply> {
+    let id = client_id(path).map_err(|e| LocalReply::bad_id(&e))?;
     let Some(snapshot) = snapshot else {
-        return Err(Refusal::new(
+        return Err(LocalReply::new(
             503,
             "placement_unavailable",
             "no server instance has published the placement yet; retry shortly".into(),
@@ -160,7 +161,7 @@ pub fn route(
     };
     let age = now.saturating_duration_since(snapshot.fetched_at());
     if age > limits.stale_after {
-        return Err(Refusal::new(
+        return Err(LocalReply::new(
             503,
             "placement_unavailable",
             format!(
@@ -172,13 +173,13 @@ pub fn route(
     }
     let position = snapshot
         .owner_position(&id)
-        .map_err(|e| Refusal::bad_id(&e))?;
+        .map_err(|e| LocalReply::bad_id(&e))?;
     let owner = &snapshot.owners()[position];
     if owner.address.is_none() {
-        return Err(Refusal::owner_unavailable(owner.hostport()));
+        return Err(LocalReply::owner_unavailable(owner.hostport()));
     }
     let in_flight = InFlight::try_start(owner, limits.max_in_flight)
-        .ok_or_else(|| Refusal::overloaded(owner.hostport(), limits.max_in_flight))?;
+        .ok_or_else(|| LocalReply::overloaded(owner.hostport(), limits.max_in_flight))?;
     Ok(Route {
         snapshot: snapshot.clone(),
         position,
@@ -326,7 +327,7 @@ mod tests {
     #[test]
     fn bodies_are_json_with_a_code() {
         let body: serde_json::Value =
-            serde_json::from_str(&Refusal::routing_error().body()).unwrap();
+            serde_json::from_str(&LocalReply::routing_error().body()).unwrap();
         assert_eq!(body["error"], "routing_error");
         assert!(body["message"].as_str().unwrap().contains("not forwarded"));
     }

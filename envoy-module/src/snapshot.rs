@@ -9,26 +9,13 @@
 //! since Envoy's `owners` cluster holds nothing else, and that instance refuses the join.
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use poc_routing_placement::{ClientId, Epoch, IdError, Placement, PlacementError, PlacementSpec};
-use serde::Deserialize;
-
-/// The fields of a `/placement` answer the filter needs (the rest is for operators).
-#[derive(Deserialize)]
-struct Answer {
-    state: String,
-    epoch: Option<String>,
-    members: Vec<u64>,
-    #[serde(default)]
-    addresses: BTreeMap<u64, String>,
-    #[serde(flatten)]
-    rule: PlacementSpec,
-}
+use poc_routing_placement::{ClientId, Epoch, IdError, Placement, PlacementError};
+use poc_routing_wire::{MemberState, PlacementAnswer};
 
 /// One member, as joins are sent to it.
 #[derive(Debug)]
@@ -119,10 +106,10 @@ impl Snapshot {
         fetched_at: Instant,
         previous: Option<&Snapshot>,
     ) -> Result<Self, SnapshotError> {
-        let answer: Answer =
+        let answer: PlacementAnswer =
             serde_json::from_slice(body).map_err(|e| SnapshotError::Syntax(e.to_string()))?;
-        if answer.state != "member" {
-            return Err(SnapshotError::NotMember(answer.state));
+        if answer.state != MemberState::Member {
+            return Err(SnapshotError::NotMember(answer.state.as_str().to_owned()));
         }
         let stated = answer.epoch.ok_or(SnapshotError::NoEpoch)?;
         let placement = Placement::new(answer.rule, answer.members)?;
@@ -214,7 +201,8 @@ impl Snapshot {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use poc_routing_placement::{IndexMode, Naming};
+    use poc_routing_placement::{IndexMode, Naming, PlacementSpec};
+    use std::collections::BTreeMap;
 
     fn compose(mode: IndexMode, members: &[u64]) -> Placement {
         Placement::new(

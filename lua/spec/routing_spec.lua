@@ -114,3 +114,40 @@ describe("json_string", function()
     assert.are.equal('"a\\"b\\\\c\\u000a"', routing.json_string('a"b\\c\n'))
   end)
 end)
+
+-- The wire contract's golden files (wire/tests/golden/, which the Rust types write exactly): the
+-- script must read the answers the servers really write, field order included.
+describe("the golden answers of the wire contract", function()
+  local function golden(name)
+    local file = assert(io.open("wire/tests/golden/" .. name, "r"))
+    local text = file:read("*a")
+    file:close()
+    return text
+  end
+  -- The values wire/tests/golden.rs writes into the files.
+  local epoch_of = function(text)
+    return text:match('^{[^{]-"epoch":"(%x+)"')
+  end
+
+  it("reads hostport and epoch from /where", function()
+    local body = golden("where.json")
+    assert.are.equal("poc-routing-server-2:8081", routing.hostport_from_answer(body))
+    local epoch = routing.epoch_from_answer(body)
+    assert.is_true(routing.valid_epoch(epoch))
+    assert.are.equal(epoch_of(body), epoch)
+  end)
+
+  it("reads the top-level epoch of /placement, not the previous view's", function()
+    local body = golden("placement.json")
+    local previous = body:match('"previous":{"epoch":"(%x+)"')
+    assert.is_truthy(previous, "the golden answer has a previous view")
+    local epoch = routing.epoch_from_answer(body)
+    assert.is_true(routing.valid_epoch(epoch))
+    assert.are_not.equal(previous, epoch)
+    assert.are.equal(epoch_of(body), epoch)
+  end)
+
+  it("reads no epoch from a joining instance's /placement", function()
+    assert.is_nil(routing.epoch_from_answer(golden("placement-joining.json")))
+  end)
+end)

@@ -25,9 +25,10 @@ use hickory_resolver::proto::op::Query;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::proto::xfer::{DnsHandle, DnsRequestOptions};
 use poc_routing_placement::{Epoch, Placement};
+use poc_routing_wire::PlacementAnswer;
 
 use crate::identity::{own_addresses, Identity, Source};
-use crate::membership::{Change, Membership, Peer, State};
+use crate::membership::{Change, MemberState, Membership, Peer};
 use crate::metrics::Metrics;
 use crate::rounds::Rounds;
 
@@ -189,24 +190,6 @@ pub async fn resolve_fixed_members(membership: Arc<Membership>, every: Duration)
     }
 }
 
-/// The part of a peer's `/placement` answer that membership needs.
-#[derive(Debug, serde::Deserialize)]
-struct PeerAnswer {
-    instance: Option<u64>,
-    state: State,
-    epoch: Option<String>,
-    #[serde(default)]
-    members: Vec<u64>,
-    previous: Option<PreviousAnswer>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct PreviousAnswer {
-    epoch: String,
-    members: Vec<u64>,
-    window_left_ms: u64,
-}
-
 /// Asks one candidate for its state; an unreachable or confused peer has no state.
 async fn probe(http: &reqwest::Client, candidate: Candidate) -> Peer {
     let unknown = Peer {
@@ -220,7 +203,7 @@ async fn probe(http: &reqwest::Client, candidate: Candidate) -> Peer {
     let Ok(response) = http.get(url).send().await else {
         return unknown;
     };
-    let Ok(answer) = response.json::<PeerAnswer>().await else {
+    let Ok(answer) = response.json::<PlacementAnswer>().await else {
         return unknown;
     };
     // A peer that is not who DNS says it is (an address reused by another instance) is not
@@ -309,11 +292,11 @@ impl Discovery {
                 .map(|c| probe(&self.http, *c)),
         )
         .await;
-        if let (Some(me), State::Joining) = (me, self.membership.state()) {
+        if let (Some(me), MemberState::Joining) = (me, self.membership.state()) {
             if self.settled(me, &peers) {
                 // Ready: it knows who it is, has heard from every peer DNS names, and the
                 // proxy has had time to learn its address.
-                self.membership.set_state(State::Member);
+                self.membership.set_state(MemberState::Member);
                 tracing::info!(instance = me, "member");
             }
         }
@@ -375,7 +358,7 @@ impl Discovery {
     fn settled(&self, me: u64, peers: &[Peer]) -> bool {
         let members: Vec<&Peer> = peers
             .iter()
-            .filter(|p| p.state == Some(State::Member))
+            .filter(|p| p.state == Some(MemberState::Member))
             .collect();
         if members.is_empty() || members.iter().any(|p| p.members.contains(&me)) {
             return true;
@@ -403,7 +386,7 @@ impl Discovery {
     /// joins already routed. Returns when the server may stop.
     pub async fn leave(&self) {
         let started = Instant::now();
-        self.membership.set_state(State::Leaving);
+        self.membership.set_state(MemberState::Leaving);
         let timing = self.membership.timing;
         let deadline = started + timing.drain_timeout;
         let mut agreed = false;
@@ -413,7 +396,7 @@ impl Discovery {
             let peers = self.membership.peers();
             let members: Vec<&Peer> = peers
                 .iter()
-                .filter(|p| p.state == Some(State::Member))
+                .filter(|p| p.state == Some(MemberState::Member))
                 .collect();
             if members.iter().all(|p| p.epoch == mine) {
                 agreed = true;

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use poc_routing_placement::IdError;
-use serde_json::json;
+use poc_routing_wire::{ErrorBody, Misdirected};
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +75,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.code();
-        let mut body = json!({ "error": code, "message": self.to_string() });
+        let mut body = ErrorBody::new(code, self.to_string());
         if let ApiError::Misdirected {
             client_id,
             instance,
@@ -85,12 +85,14 @@ impl IntoResponse for ApiError {
             routed_epoch,
         } = &self
         {
-            body["client_id"] = json!(client_id);
-            body["instance"] = json!(instance);
-            body["owner"] = json!(owner);
-            body["owner_hostport"] = json!(owner_hostport);
-            body["epoch"] = json!(epoch);
-            body["routed_epoch"] = json!(routed_epoch);
+            body = body.with(&Misdirected {
+                client_id: client_id.clone(),
+                instance: *instance,
+                owner: *owner,
+                owner_hostport: owner_hostport.clone(),
+                epoch: epoch.clone(),
+                routed_epoch: routed_epoch.clone(),
+            });
         }
         let mut response = (self.status(), Json(body)).into_response();
         response.extensions_mut().insert(ErrorCode(code));

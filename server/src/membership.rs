@@ -24,37 +24,16 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use poc_routing_placement::{ClientId, Epoch, IdError, Placement};
-use serde::Serialize;
 
-/// Where an instance is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// Started, not yet ready: it does not know the member list yet. Not a member.
-    Joining,
-    /// Ready and counted in the member list.
-    Member,
-    /// Told to stop (SIGTERM): no longer counted, still serving the joins routed to it under
-    /// the previous epoch until every view has moved on.
-    Leaving,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Joining => "joining",
-            State::Member => "member",
-            State::Leaving => "leaving",
-        }
-    }
-}
+/// Where an instance is in its life: part of the wire contract (`/placement`, `/health`).
+pub use poc_routing_wire::{MemberState, ServedUnder};
 
 /// What this instance last learnt about one peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub instance: u64,
     /// `None` when the last probe got no usable answer.
-    pub state: Option<State>,
+    pub state: Option<MemberState>,
     pub epoch: Option<Epoch>,
     pub members: Vec<u64>,
     /// The peer's previous view (epoch and members) and how long its window still lasts.
@@ -71,13 +50,6 @@ pub struct Views {
     /// Views held just before (by this instance or a member peer), newest first, each with
     /// the moment until which joins routed by it are still served.
     pub recent: Vec<(Arc<Placement>, Instant)>,
-}
-
-/// Under which view a join is served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Under {
-    Current,
-    Previous,
 }
 
 /// Why a join may not be served here.
@@ -103,13 +75,13 @@ impl Views {
         id: &ClientId,
         routed: Option<Epoch>,
         now: Instant,
-    ) -> Result<(Under, Arc<Placement>), Refusal> {
+    ) -> Result<(ServedUnder, Arc<Placement>), Refusal> {
         let current = self.current.as_ref().ok_or(Refusal::NoView)?;
         let current_owner = current.index(id).map_err(Refusal::BadId)?;
         let under = match routed {
-            None => Some((Under::Current, current)),
-            Some(e) if e == current.epoch() => Some((Under::Current, current)),
-            Some(e) => self.recent(e, now).map(|p| (Under::Previous, p)),
+            None => Some((ServedUnder::Current, current)),
+            Some(e) if e == current.epoch() => Some((ServedUnder::Current, current)),
+            Some(e) => self.recent(e, now).map(|p| (ServedUnder::Previous, p)),
         };
         let Some((under, placement)) = under else {
             return Err(Refusal::UnknownEpoch {
@@ -117,8 +89,8 @@ impl Views {
             });
         };
         let owner = match under {
-            Under::Current => current_owner,
-            Under::Previous => placement.index(id).map_err(Refusal::BadId)?,
+            ServedUnder::Current => current_owner,
+            ServedUnder::Previous => placement.index(id).map_err(Refusal::BadId)?,
         };
         if owner == me {
             Ok((under, placement.clone()))
@@ -209,7 +181,7 @@ impl Default for Timing {
 /// The mutable part: views, own state, what peers said, when absent members were last seen.
 #[derive(Debug)]
 struct Inner {
-    state: State,
+    state: MemberState,
     views: Views,
     peers: BTreeMap<u64, Peer>,
     /// Members that are not observed as members right now, and since when.
@@ -248,7 +220,7 @@ impl Membership {
             current: Some(Arc::new(rule.clone())),
             recent: Vec::new(),
         };
-        Self::with(rule, Timing::default(), None, State::Member, views)
+        Self::with(rule, Timing::default(), None, MemberState::Member, views)
     }
 
     /// Discovered membership: joining, with no view until the first round.
@@ -257,7 +229,7 @@ impl Membership {
             rule,
             timing,
             expected_replicas,
-            State::Joining,
+            MemberState::Joining,
             Views::default(),
         )
     }
@@ -266,7 +238,7 @@ impl Membership {
         rule: Placement,
         timing: Timing,
         expected_replicas: Option<u32>,
-        state: State,
+        state: MemberState,
         views: Views,
     ) -> Self {
         Self {
@@ -292,11 +264,11 @@ impl Membership {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn state(&self) -> State {
+    pub fn state(&self) -> MemberState {
         self.read().state
     }
 
-    pub fn set_state(&self, state: State) {
+    pub fn set_state(&self, state: MemberState) {
         self.write().state = state;
     }
 
@@ -311,7 +283,7 @@ impl Membership {
         id: &ClientId,
         routed: Option<Epoch>,
         now: Instant,
-    ) -> Result<(Under, Arc<Placement>), Refusal> {
+    ) -> Result<(ServedUnder, Arc<Placement>), Refusal> {
         self.read().views.judge(me, id, routed, now)
     }
 
@@ -401,7 +373,7 @@ impl Membership {
         // a member peer has already dropped is dropped here too.
         let peer_views: Vec<&Vec<u64>> = observed
             .values()
-            .filter(|p| p.state == Some(State::Member) && p.epoch.is_some())
+            .filter(|p| p.state == Some(MemberState::Member) && p.epoch.is_some())
             .map(|p| &p.members)
             .collect();
         let mut remembered: BTreeSet<u64> = match &inner.views.current {
@@ -411,17 +383,17 @@ impl Membership {
         remembered.extend(inner.down_since.keys().copied());
 
         let mut members = BTreeSet::new();
-        if let (Some(me), State::Member) = (me, inner.state) {
+        if let (Some(me), MemberState::Member) = (me, inner.state) {
             members.insert(me);
         }
         let mut removed_as_down = Vec::new();
         for (&index, peer) in observed {
             match peer.state {
-                Some(State::Member) => {
+                Some(MemberState::Member) => {
                     members.insert(index);
                     inner.down_since.remove(&index);
                 }
-                Some(State::Leaving) => {
+                Some(MemberState::Leaving) => {
                     inner.down_since.remove(&index);
                 }
                 _ => {}
@@ -431,7 +403,7 @@ impl Membership {
             if members.contains(&index) || Some(index) == me {
                 continue;
             }
-            if observed.get(&index).and_then(|p| p.state) == Some(State::Leaving) {
+            if observed.get(&index).and_then(|p| p.state) == Some(MemberState::Leaving) {
                 continue;
             }
             let since = *inner.down_since.entry(index).or_insert(now);
@@ -450,7 +422,7 @@ impl Membership {
     /// count: until Envoy's health check drops them, they still answer /where.
     fn remember_peer_views(&self, inner: &mut Inner, until: Instant, now: Instant) {
         for peer in inner.peers.values() {
-            if !matches!(peer.state, Some(State::Member | State::Leaving)) {
+            if !matches!(peer.state, Some(MemberState::Member | MemberState::Leaving)) {
                 continue;
             }
             // A view a peer holds now is live for a full window; one it held before, for
@@ -493,7 +465,7 @@ mod tests {
         }
     }
 
-    fn peer(instance: u64, state: Option<State>, members: &[u64]) -> Peer {
+    fn peer(instance: u64, state: Option<MemberState>, members: &[u64]) -> Peer {
         let epoch = (!members.is_empty()).then(|| {
             rule()
                 .with_members(members.iter().copied())
@@ -520,15 +492,19 @@ mod tests {
         let m = Membership::discovered(rule(), timing(), None);
         let t0 = Instant::now();
         // Joining: no view, even with member peers.
-        let change = m.update(Some(3), vec![peer(1, Some(State::Member), &[1, 2])], t0);
+        let change = m.update(
+            Some(3),
+            vec![peer(1, Some(MemberState::Member), &[1, 2])],
+            t0,
+        );
         assert_eq!(change.unwrap().members, vec![1, 2]);
-        m.set_state(State::Member);
+        m.set_state(MemberState::Member);
         let round = |t, peers| m.update(Some(3), peers, t);
         assert!(round(
             t0,
             vec![
-                peer(1, Some(State::Member), &[1, 2]),
-                peer(2, Some(State::Member), &[1, 2])
+                peer(1, Some(MemberState::Member), &[1, 2]),
+                peer(2, Some(MemberState::Member), &[1, 2])
             ]
         )
         .is_some());
@@ -538,12 +514,15 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         assert!(round(
             t1,
-            vec![peer(1, Some(State::Member), &[1, 2, 3]), peer(2, None, &[])]
+            vec![
+                peer(1, Some(MemberState::Member), &[1, 2, 3]),
+                peer(2, None, &[])
+            ]
         )
         .is_none());
         assert!(round(
             t1 + Duration::from_secs(10),
-            vec![peer(1, Some(State::Member), &[1, 2, 3])]
+            vec![peer(1, Some(MemberState::Member), &[1, 2, 3])]
         )
         .is_none());
         assert_eq!(members(&m), [1, 2, 3]);
@@ -551,26 +530,26 @@ mod tests {
         assert!(round(
             t1 + Duration::from_secs(11),
             vec![
-                peer(1, Some(State::Member), &[1, 2, 3]),
-                peer(2, Some(State::Joining), &[])
+                peer(1, Some(MemberState::Member), &[1, 2, 3]),
+                peer(2, Some(MemberState::Joining), &[])
             ]
         )
         .is_none());
         assert!(round(
             t1 + Duration::from_secs(12),
             vec![
-                peer(1, Some(State::Member), &[1, 2, 3]),
-                peer(2, Some(State::Member), &[1, 2, 3])
+                peer(1, Some(MemberState::Member), &[1, 2, 3]),
+                peer(2, Some(MemberState::Member), &[1, 2, 3])
             ]
         )
         .is_none());
 
         // Gone for longer than the timeout: removed.
         let t2 = t1 + Duration::from_secs(20);
-        assert!(round(t2, vec![peer(1, Some(State::Member), &[1, 2, 3])]).is_none());
+        assert!(round(t2, vec![peer(1, Some(MemberState::Member), &[1, 2, 3])]).is_none());
         let change = round(
             t2 + Duration::from_secs(31),
-            vec![peer(1, Some(State::Member), &[1, 2, 3])],
+            vec![peer(1, Some(MemberState::Member), &[1, 2, 3])],
         )
         .unwrap();
         assert_eq!(change.members, vec![1, 3]);
@@ -580,14 +559,14 @@ mod tests {
     #[test]
     fn a_leaving_peer_leaves_at_once_and_a_dropped_member_follows_the_peers() {
         let m = Membership::discovered(rule(), timing(), Some(3));
-        m.set_state(State::Member);
+        m.set_state(MemberState::Member);
         let t0 = Instant::now();
         let all = [1, 2, 3];
         m.update(
             Some(1),
             vec![
-                peer(2, Some(State::Member), &all),
-                peer(3, Some(State::Member), &all),
+                peer(2, Some(MemberState::Member), &all),
+                peer(3, Some(MemberState::Member), &all),
             ],
             t0,
         );
@@ -597,8 +576,8 @@ mod tests {
             .update(
                 Some(1),
                 vec![
-                    peer(2, Some(State::Member), &[1, 2]),
-                    peer(3, Some(State::Leaving), &[1, 2]),
+                    peer(2, Some(MemberState::Member), &[1, 2]),
+                    peer(3, Some(MemberState::Leaving), &[1, 2]),
                 ],
                 t0,
             )
@@ -614,14 +593,18 @@ mod tests {
         m.update(
             Some(1),
             vec![
-                peer(2, Some(State::Member), &[1, 2, 4]),
-                peer(4, Some(State::Member), &[1, 2, 4]),
+                peer(2, Some(MemberState::Member), &[1, 2, 4]),
+                peer(4, Some(MemberState::Member), &[1, 2, 4]),
             ],
             t0,
         );
         assert_eq!(members(&m), [1, 2, 4]);
         let change = m
-            .update(Some(1), vec![peer(2, Some(State::Member), &[1, 2])], t0)
+            .update(
+                Some(1),
+                vec![peer(2, Some(MemberState::Member), &[1, 2])],
+                t0,
+            )
             .unwrap();
         assert_eq!(change.members, vec![1, 2]);
     }
@@ -629,15 +612,19 @@ mod tests {
     #[test]
     fn judge_serves_the_current_and_the_previous_view_inside_the_window() {
         let m = Membership::discovered(rule(), timing(), None);
-        m.set_state(State::Member);
+        m.set_state(MemberState::Member);
         let t0 = Instant::now();
-        m.update(Some(1), vec![peer(2, Some(State::Member), &[1, 2])], t0);
+        m.update(
+            Some(1),
+            vec![peer(2, Some(MemberState::Member), &[1, 2])],
+            t0,
+        );
         let old = m.current().unwrap();
         m.update(
             Some(1),
             vec![
-                peer(2, Some(State::Member), &[1, 2, 3]),
-                peer(3, Some(State::Member), &[1, 2, 3]),
+                peer(2, Some(MemberState::Member), &[1, 2, 3]),
+                peer(3, Some(MemberState::Member), &[1, 2, 3]),
             ],
             t0,
         );
@@ -657,12 +644,15 @@ mod tests {
 
         assert_eq!(
             views.judge(1, owned, Some(new.epoch()), soon).unwrap().0,
-            Under::Current
+            ServedUnder::Current
         );
-        assert_eq!(views.judge(1, owned, None, late).unwrap().0, Under::Current);
+        assert_eq!(
+            views.judge(1, owned, None, late).unwrap().0,
+            ServedUnder::Current
+        );
         assert_eq!(
             views.judge(1, moved, Some(old.epoch()), soon).unwrap().0,
-            Under::Previous
+            ServedUnder::Previous
         );
         let new_owner = new.index(moved).unwrap();
         assert_eq!(
@@ -688,21 +678,25 @@ mod tests {
     fn a_view_only_peers_held_is_accepted_inside_the_window() {
         // This instance went from {1,2} straight to {1,2,3,4}; a peer held {1,2,3} between.
         let m = Membership::discovered(rule(), timing(), None);
-        m.set_state(State::Member);
+        m.set_state(MemberState::Member);
         let t0 = Instant::now();
-        m.update(Some(1), vec![peer(2, Some(State::Member), &[1, 2])], t0);
+        m.update(
+            Some(1),
+            vec![peer(2, Some(MemberState::Member), &[1, 2])],
+            t0,
+        );
         let between = rule().with_members([1, 2, 3]).unwrap();
-        let mut reporting = peer(2, Some(State::Member), &[1, 2, 3, 4]);
+        let mut reporting = peer(2, Some(MemberState::Member), &[1, 2, 3, 4]);
         reporting.previous = Some((between.epoch(), vec![1, 2, 3], Duration::from_secs(5)));
         // A forged previous (an epoch those members do not give) is ignored.
-        let mut forged = peer(3, Some(State::Member), &[1, 2, 3, 4]);
+        let mut forged = peer(3, Some(MemberState::Member), &[1, 2, 3, 4]);
         forged.previous = Some((Epoch(7), vec![1], Duration::from_secs(5)));
         m.update(
             Some(1),
             vec![
                 reporting,
                 forged,
-                peer(4, Some(State::Member), &[1, 2, 3, 4]),
+                peer(4, Some(MemberState::Member), &[1, 2, 3, 4]),
             ],
             t0,
         );
@@ -717,19 +711,19 @@ mod tests {
             .unwrap();
         assert_eq!(
             views.judge(1, &id, Some(between.epoch()), t0).unwrap().0,
-            Under::Previous
+            ServedUnder::Previous
         );
     }
 
     #[test]
     fn a_previous_view_passed_between_peers_still_ends_with_its_window() {
         let m = Membership::discovered(rule(), timing(), None);
-        m.set_state(State::Member);
+        m.set_state(MemberState::Member);
         let t0 = Instant::now();
         let old = rule().with_members([1, 2, 3]).unwrap();
         // The peer's window for {1,2,3} has 1 s left; hearing it again and again adds nothing.
         for step in 0..5 {
-            let mut p = peer(2, Some(State::Member), &[1, 2]);
+            let mut p = peer(2, Some(MemberState::Member), &[1, 2]);
             p.previous = Some((
                 old.epoch(),
                 vec![1, 2, 3],

@@ -1,7 +1,6 @@
 //! HTTP handlers. Each reads the raw query itself, so that the id is decoded by the placement
 //! crate exactly once and the same way for `/where` and `/join`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,26 +10,17 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use poc_routing_placement::{client_id_from_query, Epoch, PlacementSpec};
-use serde::{Deserialize, Serialize};
+use poc_routing_placement::{client_id_from_query, Epoch};
+use poc_routing_wire::{
+    Discovery, JoinAnswer, PeerView, PlacementAnswer, PreviousView, ServedUnder, WhereAnswer,
+    EPOCH_HEADER,
+};
+use serde::Deserialize;
 
 use crate::error::{ApiError, ErrorCode};
-use crate::membership::{Refusal, State as MemberState, Under};
+use crate::membership::{MemberState, Refusal};
 use crate::metrics::{CodeLabel, RequestLabels};
 use crate::AppState;
-
-/// The header in which Envoy's routing filter stamps the epoch it routed a join by.
-pub const EPOCH_HEADER: &str = "x-poc-epoch";
-
-#[derive(Serialize)]
-pub struct WhereAnswer {
-    pub client_id: String,
-    pub index: u64,
-    pub hostport: String,
-    pub mode: &'static str,
-    pub replicas: u32,
-    pub epoch: String,
-}
 
 pub async fn where_(
     State(state): State<Arc<AppState>>,
@@ -44,23 +34,10 @@ pub async fn where_(
         client_id: id.into_string(),
         index,
         hostport: placement.hostport(index),
-        mode: placement.mode().as_str(),
+        mode: placement.mode(),
         replicas: placement.replicas(),
         epoch: placement.epoch().to_string(),
     }))
-}
-
-#[derive(Serialize)]
-pub struct JoinAnswer {
-    pub client_id: String,
-    pub status: &'static str,
-    pub instance: u64,
-    pub owner: u64,
-    pub hostport: String,
-    /// The epoch the join was served under.
-    pub epoch: String,
-    /// `current`, or `previous` inside the transition window after a member change.
-    pub served_under: &'static str,
 }
 
 /// The epoch stamped by the routing filter, if any.
@@ -113,24 +90,20 @@ pub async fn join(
             });
         }
     };
-    if under == Under::Previous {
+    if under == ServedUnder::Previous {
         state.metrics.previous_epoch_joins.inc();
     }
     state.registry.record(id.as_str());
     state.metrics.joins.inc();
-    let served_under = match under {
-        Under::Current => "current",
-        Under::Previous => "previous",
-    };
-    tracing::info!(client_id = %id, instance, owner = instance, epoch = %placement.epoch(), served_under, "client joined");
+    tracing::info!(client_id = %id, instance, epoch = %placement.epoch(), served_under = under.as_str(), "client joined");
     Ok(Json(JoinAnswer {
         client_id: id.into_string(),
-        status: "joined",
+        status: "joined".into(),
         instance,
         owner: instance,
         hostport: placement.hostport(instance),
         epoch: placement.epoch().to_string(),
-        served_under,
+        served_under: under,
     }))
 }
 
@@ -197,54 +170,6 @@ pub async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-/// This instance's view, as `GET /placement` answers it.
-///
-/// Field order is part of the format: the top-level `epoch` and `members` come before the
-/// nested `previous` and `peers`, so a reader that takes the first `"epoch"` (the Lua filter)
-/// takes the top-level one.
-#[derive(Serialize)]
-pub struct PlacementAnswer {
-    pub instance: Option<u64>,
-    pub state: &'static str,
-    /// `dns` or `off`.
-    pub discovery: &'static str,
-    /// `null` while joining.
-    pub epoch: Option<String>,
-    pub members: Vec<u64>,
-    /// Where each member was found (`ip:port`, by index); a member that is not found (crashed,
-    /// restarting) is missing. The proxy dials these addresses; they are not part of the epoch.
-    pub addresses: BTreeMap<u64, String>,
-    pub replicas: u32,
-    /// The rule: `mode`, `prefix`, `suffix`, `port`, `base`.
-    #[serde(flatten)]
-    pub rule: PlacementSpec,
-    pub expected_replicas: Option<u32>,
-    pub replicas_mismatch: bool,
-    pub since_change_ms: Option<u64>,
-    pub previous: Option<PreviousView>,
-    pub peers: Vec<PeerView>,
-}
-
-/// The previous view, while joins routed by it are still served.
-#[derive(Serialize)]
-pub struct PreviousView {
-    pub epoch: String,
-    pub members: Vec<u64>,
-    pub window_left_ms: u64,
-}
-
-/// What this instance last learnt from one peer's `/placement`.
-#[derive(Serialize)]
-pub struct PeerView {
-    pub instance: u64,
-    pub hostport: String,
-    /// `null` when the peer did not answer.
-    pub state: Option<&'static str>,
-    pub epoch: Option<String>,
-    /// Whether the peer holds the same epoch as this instance.
-    pub agrees: bool,
-}
-
 /// This instance's view: the rule, the members and their epoch, its own state, the previous
 /// epoch while its window lasts, and what it last saw of each peer. A proxy computes owners
 /// from it without asking per request; `poc-client views` compares every instance's.
@@ -265,15 +190,18 @@ pub async fn placement(State(state): State<Arc<AppState>>) -> Json<PlacementAnsw
         .map(|p| PeerView {
             instance: p.instance,
             hostport: rule.hostport(p.instance),
-            state: p.state.map(MemberState::as_str),
+            state: p.state,
             epoch: p.epoch.map(|e| e.to_string()),
             agrees: p.epoch.is_some() && p.epoch == current.map(|c| c.epoch()),
         })
         .collect();
     Json(PlacementAnswer {
         instance: state.identity.get(),
-        state: m.state().as_str(),
-        discovery: state.discovery.as_ref().map_or("off", |_| "dns"),
+        state: m.state(),
+        discovery: state
+            .discovery
+            .as_ref()
+            .map_or(Discovery::Off, |_| Discovery::Dns),
         epoch: current.map(|c| c.epoch().to_string()),
         members: current.map(|c| c.members().to_vec()).unwrap_or_default(),
         addresses: m

@@ -276,15 +276,38 @@ pub fn flow_config(flow: Flow) -> Result<String> {
 /// The checked-in Lua-flow config, next to `envoy.yaml`.
 pub const LUA_FLOW_FILE: &str = "envoy-lua.yaml";
 
+/// Where the local stack's Envoy listens: each of `envoy.yaml`'s listeners, by name, and the
+/// admin interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addresses {
+    /// `ingress`: the public listener (10000 in `envoy.yaml`).
+    pub listen: SocketAddr,
+    /// The admin interface (loopback 9901).
+    pub admin: SocketAddr,
+    /// `probe`: GET /ready only (9902).
+    pub probe: SocketAddr,
+    /// `operator`: every instance endpoint, for operators (9903).
+    pub operator: SocketAddr,
+    /// The DNS responder every resolver is pointed at.
+    pub dns: SocketAddr,
+}
+
+impl Addresses {
+    /// The address of the listener named `name`, if it is one of ours.
+    fn of_listener(&self, name: &str) -> Option<SocketAddr> {
+        match name {
+            "ingress" => Some(self.listen),
+            "probe" => Some(self.probe),
+            "operator" => Some(self.operator),
+            _ => None,
+        }
+    }
+}
+
 /// The repository's `envoy.yaml` with only bind addresses and DNS resolvers changed, and the
-/// routing flow when `flow` is given.
-pub fn local_config(
-    envoy_yaml: &str,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    dns: SocketAddr,
-    flow: Option<Flow>,
-) -> Result<String> {
+/// routing flow when `flow` is given. A listener the stack does not know by name is refused:
+/// it would bind where the file says.
+pub fn local_config(envoy_yaml: &str, at: &Addresses, flow: Option<Flow>) -> Result<String> {
     let mut config: Value = serde_yaml::from_str(envoy_yaml).context("parse envoy.yaml")?;
     if let Some(flow) = flow {
         set_flow(&mut config, flow)?;
@@ -292,22 +315,22 @@ pub fn local_config(
     *config
         .get_mut("admin")
         .and_then(|a| a.get_mut("address"))
-        .ok_or_else(|| anyhow!("envoy.yaml has no admin.address"))? = socket_address(admin);
+        .ok_or_else(|| anyhow!("envoy.yaml has no admin.address"))? = socket_address(at.admin);
     let listeners = config
         .get_mut("static_resources")
         .and_then(|s| s.get_mut("listeners"))
         .and_then(Value::as_sequence_mut)
         .ok_or_else(|| anyhow!("envoy.yaml has no static_resources.listeners"))?;
-    if listeners.len() != 1 {
-        bail!(
-            "envoy.yaml has {} listeners; the local stack expects exactly one",
-            listeners.len()
-        );
+    for listener in listeners {
+        let name = listener["name"].as_str().unwrap_or_default().to_owned();
+        let addr = at.of_listener(&name).ok_or_else(|| {
+            anyhow!("envoy.yaml has a listener {name:?}; the local stack knows ingress, probe and operator")
+        })?;
+        *listener
+            .get_mut("address")
+            .ok_or_else(|| anyhow!("listener {name} has no address"))? = socket_address(addr);
     }
-    *listeners[0]
-        .get_mut("address")
-        .ok_or_else(|| anyhow!("the listener has no address"))? = socket_address(listen);
-    if set_dns_resolvers(&mut config, dns) == 0 {
+    if set_dns_resolvers(&mut config, at.dns) == 0 {
         bail!("envoy.yaml has no CaresDnsResolverConfig to point at the local DNS responder");
     }
     Ok(serde_yaml::to_string(&config)?)
@@ -327,9 +350,7 @@ pub struct Overrides<'a> {
 /// unless `overrides` replace them.
 pub fn prepare_run_dir(
     run_dir: &Path,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    dns: SocketAddr,
+    at: &Addresses,
     flow: Option<Flow>,
     overrides: Overrides<'_>,
 ) -> Result<()> {
@@ -339,10 +360,7 @@ pub fn prepare_run_dir(
         None => std::fs::read_to_string(root.join("envoy.yaml")).context("read envoy.yaml")?,
     };
     std::fs::create_dir_all(run_dir.join("lua"))?;
-    std::fs::write(
-        run_dir.join("envoy.yaml"),
-        local_config(&yaml, listen, admin, dns, flow)?,
-    )?;
+    std::fs::write(run_dir.join("envoy.yaml"), local_config(&yaml, at, flow)?)?;
     let lua = match overrides.lua {
         Some(source) => source.to_owned(),
         None => {
@@ -416,32 +434,47 @@ mod tests {
         assert_eq!(Flow::of(&got).unwrap(), Flow::Lua);
     }
 
+    fn addresses() -> Addresses {
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Addresses {
+            listen: at(18000),
+            admin: at(18001),
+            probe: at(18002),
+            operator: at(18003),
+            dns: at(15353),
+        }
+    }
+
     #[test]
     fn local_config_changes_only_addresses_and_resolvers() {
         let yaml = std::fs::read_to_string(repo_root().join("envoy.yaml")).unwrap();
-        let listen: SocketAddr = "127.0.0.1:18000".parse().unwrap();
-        let admin: SocketAddr = "127.0.0.1:18001".parse().unwrap();
-        let dns: SocketAddr = "127.0.0.1:15353".parse().unwrap();
-        let out: Value =
-            serde_yaml::from_str(&local_config(&yaml, listen, admin, dns, None).unwrap()).unwrap();
+        let at = addresses();
+        let out: Value = serde_yaml::from_str(&local_config(&yaml, &at, None).unwrap()).unwrap();
         let mut original: Value = serde_yaml::from_str(&yaml).unwrap();
-        assert_eq!(out["admin"]["address"], socket_address(admin));
-        assert_eq!(
-            out["static_resources"]["listeners"][0]["address"],
-            socket_address(listen)
-        );
-        // Apply the same three edits to the original: nothing else may differ.
-        original["admin"]["address"] = socket_address(admin);
-        original["static_resources"]["listeners"][0]["address"] = socket_address(listen);
-        assert!(set_dns_resolvers(&mut original, dns) >= 2);
+        assert_eq!(out["admin"]["address"], socket_address(at.admin));
+        // Apply the same edits to the original: nothing else may differ.
+        original["admin"]["address"] = socket_address(at.admin);
+        let listeners = original["static_resources"]["listeners"]
+            .as_sequence_mut()
+            .unwrap();
+        assert_eq!(listeners.len(), 3, "ingress, probe and operator");
+        for (listener, want) in listeners.iter_mut().zip([at.listen, at.probe, at.operator]) {
+            listener["address"] = socket_address(want);
+        }
+        assert!(set_dns_resolvers(&mut original, at.dns) >= 2);
         assert_eq!(out, original);
+
+        // A listener the stack does not know would bind where the file says: refused.
+        let extra = yaml.replacen("  - name: probe", "  - name: surprise", 1);
+        let err = local_config(&extra, &at, None).unwrap_err().to_string();
+        assert!(err.contains("\"surprise\""), "{err}");
 
         assert_eq!(
             Flow::of(&yaml).unwrap(),
             Flow::Module,
             "the default flow is module"
         );
-        let lua = local_config(&yaml, listen, admin, dns, Some(Flow::Lua)).unwrap();
+        let lua = local_config(&yaml, &at, Some(Flow::Lua)).unwrap();
         assert_eq!(Flow::of(&lua).unwrap(), Flow::Lua);
         let mut lua: Value = serde_yaml::from_str(&lua).unwrap();
         let route = join_route_mut(&mut lua).unwrap();
@@ -449,12 +482,10 @@ mod tests {
         for filter in [LUA_FILTER, RBAC_FILTER, DFP_FILTER] {
             assert_eq!(route["typed_per_filter_config"][filter]["disabled"], false);
         }
-        let back = local_config(&yaml, listen, admin, dns, Some(Flow::Lua))
-            .and_then(|lua| local_config(&lua, listen, admin, dns, Some(Flow::Module)))
+        let back = local_config(&yaml, &at, Some(Flow::Lua))
+            .and_then(|lua| local_config(&lua, &at, Some(Flow::Module)))
             .unwrap();
         let back: Value = serde_yaml::from_str(&back).unwrap();
-        let out: Value =
-            serde_yaml::from_str(&local_config(&yaml, listen, admin, dns, None).unwrap()).unwrap();
         assert_eq!(back, out, "switching there and back changes nothing");
     }
 }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use poc_routing_placement::{IndexMode, Placement, PlacementSpec};
+use poc_routing_wire::PlacementAnswer;
 
 pub use dns::DnsResponder;
 pub use poc_routing_testkit::{wait_for, workspace_binary};
@@ -34,21 +35,21 @@ use poc_routing_testkit::{wait_until_2xx, KillOnDrop};
 /// The port every instance listens on, as in `envoy.yaml`'s servers cluster.
 pub const SERVER_PORT: u16 = poc_routing_placement::DEFAULT_PORT;
 
-/// Which deployment's names the stack imitates.
+/// Which deployment the stack imitates: its instance names and how they are discovered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Naming {
+pub enum Deployment {
     /// `poc-routing-server-1..N`, index base 1.
     Compose,
     /// `server-0..N-1.server-headless.poc-routing.svc.cluster.local`, index base 0.
     Kubernetes,
 }
 
-impl Naming {
+impl Deployment {
     /// The name the servers look up to find each other (`DISCOVERY_NAME`).
     pub fn discovery_name(self) -> &'static str {
         match self {
-            Naming::Compose => "server",
-            Naming::Kubernetes => "_http._tcp.server-headless.poc-routing.svc.cluster.local",
+            Deployment::Compose => "server",
+            Deployment::Kubernetes => "_http._tcp.server-headless.poc-routing.svc.cluster.local",
         }
     }
 
@@ -56,16 +57,16 @@ impl Naming {
     /// container name and the network.
     fn reverse_name(self, host: &str) -> String {
         match self {
-            Naming::Compose => format!("{host}.poc-routing_default"),
-            Naming::Kubernetes => host.to_owned(),
+            Deployment::Compose => format!("{host}.poc-routing_default"),
+            Deployment::Kubernetes => host.to_owned(),
         }
     }
 
     /// The instance names, as the placement crate defines them for this deployment.
     pub fn rule(self) -> poc_routing_placement::Naming {
         match self {
-            Naming::Compose => poc_routing_placement::Naming::compose(),
-            Naming::Kubernetes => poc_routing_placement::Naming::kubernetes(),
+            Deployment::Compose => poc_routing_placement::Naming::compose(),
+            Deployment::Kubernetes => poc_routing_placement::Naming::kubernetes(),
         }
     }
 }
@@ -74,11 +75,14 @@ impl Naming {
 #[derive(Debug, Clone)]
 pub struct StackConfig {
     pub replicas: u32,
-    pub naming: Naming,
+    pub naming: Deployment,
     pub mode: IndexMode,
-    /// Envoy's listener and admin addresses.
+    /// Envoy's public listener, admin interface, probe listener (GET /ready) and operator
+    /// listener (every instance endpoint).
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    pub probe: SocketAddr,
+    pub operator: SocketAddr,
     /// Where the DNS responder listens (port 0: any free port).
     pub dns: SocketAddr,
     /// Instance addresses are `<net>.<first_host + i>`; later restarts get higher host numbers.
@@ -102,15 +106,17 @@ pub struct StackConfig {
 }
 
 impl StackConfig {
-    /// The defaults of `make up`: 127.0.0.1:10000, admin 127.0.0.1:9901, instances on
-    /// 127.0.0.11 and up.
-    pub fn new(replicas: u32, naming: Naming, mode: IndexMode, run_dir: PathBuf) -> Self {
+    /// The defaults of `make up`: 127.0.0.1:10000, admin 127.0.0.1:9901, probe 127.0.0.1:9902,
+    /// operator 127.0.0.1:9903, instances on 127.0.0.11 and up.
+    pub fn new(replicas: u32, naming: Deployment, mode: IndexMode, run_dir: PathBuf) -> Self {
         Self {
             replicas,
             naming,
             mode,
             listen: SocketAddr::from(([127, 0, 0, 1], 10000)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            probe: SocketAddr::from(([127, 0, 0, 1], 9902)),
+            operator: SocketAddr::from(([127, 0, 0, 1], 9903)),
             dns: SocketAddr::from(([127, 0, 0, 1], 0)),
             net: [127, 0, 0],
             first_host: 11,
@@ -187,9 +193,13 @@ impl Stack {
 
         envoy::prepare_run_dir(
             &stack.config.run_dir,
-            stack.config.listen,
-            stack.config.admin,
-            stack.dns.addr(),
+            &envoy::Addresses {
+                listen: stack.config.listen,
+                admin: stack.config.admin,
+                probe: stack.config.probe,
+                operator: stack.config.operator,
+                dns: stack.dns.addr(),
+            },
             stack.config.flow,
             envoy::Overrides {
                 envoy_yaml: stack.config.envoy_yaml_override.as_deref(),
@@ -314,7 +324,7 @@ impl Stack {
     fn publish_service_names(&self) {
         self.dns
             .set("server", self.servers.values().map(|s| s.ip).collect());
-        if self.config.naming == Naming::Kubernetes {
+        if self.config.naming == Deployment::Kubernetes {
             let targets = self
                 .servers
                 .keys()
@@ -334,7 +344,7 @@ impl Stack {
     }
 
     async fn wait_envoy_ready(&mut self) -> Result<()> {
-        let ready_url = format!("http://{}/ready", self.config.admin);
+        let ready_url = format!("http://{}/ready", self.config.probe);
         let deadline = Duration::from_secs(30);
         let http = self.http.clone();
         let envoy = self.envoy.as_mut().expect("started");
@@ -419,9 +429,19 @@ impl Stack {
         .await
     }
 
-    /// Envoy's listener, e.g. `http://127.0.0.1:10000`.
+    /// Envoy's public listener, e.g. `http://127.0.0.1:10000`.
     pub fn url(&self) -> String {
         format!("http://{}", self.config.listen)
+    }
+
+    /// Envoy's operator listener, e.g. `http://127.0.0.1:9903`.
+    pub fn operator_url(&self) -> String {
+        format!("http://{}", self.config.operator)
+    }
+
+    /// Envoy's probe listener, e.g. `http://127.0.0.1:9902`.
+    pub fn probe_url(&self) -> String {
+        format!("http://{}", self.config.probe)
     }
 
     pub fn admin(&self) -> SocketAddr {
@@ -543,14 +563,15 @@ impl Stack {
         self.servers.keys().copied().collect()
     }
 
-    /// What every running instance answers at `/placement`, by instance.
-    pub async fn views(&self) -> BTreeMap<u64, serde_json::Value> {
+    /// What every running instance answers at `/placement`, by instance (`None`: no usable
+    /// answer).
+    pub async fn views(&self) -> BTreeMap<u64, Option<PlacementAnswer>> {
         let mut views = BTreeMap::new();
         for (&index, server) in &self.servers {
             let url = format!("http://{}:{SERVER_PORT}/placement", server.ip);
             let view = match self.http.get(&url).send().await {
-                Ok(r) => r.json().await.unwrap_or(serde_json::Value::Null),
-                Err(_) => serde_json::Value::Null,
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
             };
             views.insert(index, view);
         }
@@ -572,10 +593,10 @@ impl Stack {
             ),
             timeout,
             || async {
-                self.views()
-                    .await
-                    .values()
-                    .all(|v| v["epoch"].as_str() == Some(want.as_str()))
+                self.views().await.values().all(|v| {
+                    v.as_ref()
+                        .is_some_and(|v| v.epoch.as_deref() == Some(want.as_str()))
+                })
             },
         )
         .await;

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use poc_routing_placement::IndexMode;
-use poc_routing_stack::{Naming, Stack, StackConfig};
+use poc_routing_stack::{Deployment, Stack, StackConfig};
 
 #[derive(Parser)]
 #[command(
@@ -34,8 +34,8 @@ enum Cmd {
     Up {
         #[arg(long, env = "REPLICAS", default_value_t = 3)]
         replicas: u32,
-        #[arg(long, value_enum, default_value_t = Naming::Compose)]
-        naming: Naming,
+        #[arg(long, value_enum, default_value_t = Deployment::Compose)]
+        naming: Deployment,
         /// hash, numeric or jump.
         #[arg(long, env = "INDEX_MODE", default_value = "hash")]
         mode: IndexMode,
@@ -43,10 +43,16 @@ enum Cmd {
         listen: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
+        /// Envoy's probe listener (GET /ready only).
+        #[arg(long, default_value = "127.0.0.1:9902")]
+        probe: SocketAddr,
+        /// Envoy's operator listener (every instance endpoint, for poc-client views).
+        #[arg(long, default_value = "127.0.0.1:9903")]
+        operator: SocketAddr,
         /// The DNS responder's address (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         dns: SocketAddr,
-        /// How route A finds owners: module or lua (default: as envoy.yaml says, lua).
+        /// How route A finds owners: module or lua (default: as envoy.yaml says, module).
         #[arg(long, value_enum)]
         flow: Option<poc_routing_stack::envoy::Flow>,
         /// Envoy's --component-log-level, e.g. lua:debug.
@@ -181,8 +187,10 @@ async fn up(config: StackConfig) -> Result<()> {
     let stack = Stack::start(config).await?;
     let p = stack.placement();
     let mut summary = format!(
-        "local stack ready: Envoy {} (admin http://{}), {} replicas, mode {}, names {}\n",
+        "local stack ready: Envoy {} (operator {}, probe {}/ready, admin http://{}), {} replicas, mode {}, names {}\n",
         stack.url(),
+        stack.operator_url(),
+        stack.probe_url(),
         stack.admin(),
         p.replicas(),
         p.mode(),
@@ -220,6 +228,8 @@ async fn main() -> ExitCode {
             mode,
             listen,
             admin,
+            probe,
+            operator,
             dns,
             flow,
             envoy_log_level,
@@ -229,6 +239,8 @@ async fn main() -> ExitCode {
             let mut config = StackConfig::new(replicas, naming, mode, run_dir);
             config.listen = listen;
             config.admin = admin;
+            config.probe = probe;
+            config.operator = operator;
             config.dns = dns;
             config.flow = flow;
             config.envoy_component_log_level = envoy_log_level;

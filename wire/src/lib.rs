@@ -1,0 +1,212 @@
+//! The wire contract of poc-routing: every JSON answer, header and dynamic-metadata name that
+//! crosses a process boundary, defined once.
+//!
+//! The servers write these types; the Envoy module, the servers' discovery (reading peers'
+//! `/placement`), the client and the test stack read them, by deserializing these same types.
+//! `lua/routing.lua`, which cannot link Rust, reads `/where` answers by pattern, and is tested
+//! against the golden files in `tests/golden/`, which pin the field names and order
+//! (`tests/golden.rs` checks that these types still write exactly those files).
+//!
+//! A crate of its own rather than a module of the placement crate: the placement crate is the
+//! rule (what owns what), and stays free of any format; this crate is the format, which the rule's
+//! users share. Like linkerd's proxy-api, it changes only with the contract.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use poc_routing_placement::{IndexMode, PlacementSpec};
+use serde::{Deserialize, Serialize};
+
+/// The header in which Envoy's routing filter stamps the epoch it routed a join by. The owner
+/// judges the join under that epoch; Envoy removes a client's own on every route.
+pub const EPOCH_HEADER: &str = "x-poc-epoch";
+
+/// The dynamic metadata namespace and key where the routing filter records the owner's name
+/// (`envoy.yaml`'s error bodies and access log read it; the Lua flow's guard requires it).
+pub const METADATA_NAMESPACE: &str = "poc.routing";
+pub const METADATA_OWNER_KEY: &str = "owner";
+
+/// The version of Envoy's dynamic-module ABI the routing module is written against; Envoy 1.40
+/// logs whether it matches its own.
+pub const MODULE_ABI_VERSION: &str = "v0.2.0";
+
+/// Response code details of every reply the routing module makes itself (`envoy.yaml`'s
+/// local_reply_config leaves them as they are: they are JSON already).
+pub const MODULE_RESPONSE_DETAILS: &str = "poc_routing_module";
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Started, not yet ready: it does not know the member list yet. Not a member.
+    Joining,
+    /// Ready and counted in the member list.
+    Member,
+    /// Told to stop (SIGTERM): no longer counted, still serving the joins routed to it under
+    /// the previous epoch until every view has moved on.
+    Leaving,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Joining => "joining",
+            MemberState::Member => "member",
+            MemberState::Leaving => "leaving",
+        }
+    }
+}
+
+/// `GET /where?client_id=ID`: the owner of `ID`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhereAnswer {
+    pub client_id: String,
+    pub index: u64,
+    pub hostport: String,
+    pub mode: IndexMode,
+    pub replicas: u32,
+    pub epoch: String,
+}
+
+/// Under which view a join was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServedUnder {
+    /// The current member list.
+    Current,
+    /// A recent one, inside the transition window after a member change.
+    Previous,
+}
+
+impl ServedUnder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServedUnder::Current => "current",
+            ServedUnder::Previous => "previous",
+        }
+    }
+}
+
+/// `/join?client_id=ID`, served by its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinAnswer {
+    pub client_id: String,
+    /// Always `joined`.
+    pub status: String,
+    pub instance: u64,
+    pub owner: u64,
+    pub hostport: String,
+    /// The epoch the join was served under.
+    pub epoch: String,
+    pub served_under: ServedUnder,
+}
+
+/// How an instance learns its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discovery {
+    /// Found in DNS.
+    Dns,
+    /// A fixed member set (`DISCOVERY=off`).
+    Off,
+}
+
+/// `GET /placement`: one instance's view.
+///
+/// Field order is part of the format: the top-level `epoch` and `members` come before the
+/// nested `previous` and `peers`, so a reader that takes the first `"epoch"` (the Lua filter's
+/// pattern) takes the top-level one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementAnswer {
+    pub instance: Option<u64>,
+    pub state: MemberState,
+    pub discovery: Discovery,
+    /// `null` while joining.
+    pub epoch: Option<String>,
+    pub members: Vec<u64>,
+    /// Where each member was found (`ip:port`, by index); a member that is not found (crashed,
+    /// restarting) is missing. Proxies dial these addresses; they are not part of the epoch.
+    #[serde(default)]
+    pub addresses: BTreeMap<u64, String>,
+    pub replicas: u32,
+    /// The rule: `mode`, `prefix`, `suffix`, `port`, `base`.
+    #[serde(flatten)]
+    pub rule: PlacementSpec,
+    pub expected_replicas: Option<u32>,
+    pub replicas_mismatch: bool,
+    pub since_change_ms: Option<u64>,
+    pub previous: Option<PreviousView>,
+    pub peers: Vec<PeerView>,
+}
+
+/// The previous view, while joins routed by it are still served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousView {
+    pub epoch: String,
+    pub members: Vec<u64>,
+    pub window_left_ms: u64,
+}
+
+/// What an instance last learnt from one peer's `/placement`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub instance: u64,
+    pub hostport: String,
+    /// `null` when the peer did not answer.
+    pub state: Option<MemberState>,
+    pub epoch: Option<String>,
+    /// Whether the peer holds the same epoch as this instance.
+    pub agrees: bool,
+}
+
+/// Every error answer, from the servers, the routing filters and Envoy itself:
+/// `{"error": <machine code>, "message": <human text>, ...details}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+    /// What some codes add: `owner` (Envoy's and the module's `owner_unavailable`,
+    /// `overloaded`), the [`Misdirected`] fields (421), `details` (Envoy's `bad_request`).
+    #[serde(flatten)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a 421 `misdirected` adds to its [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Misdirected {
+    pub client_id: String,
+    /// The instance that refused the join.
+    pub instance: u64,
+    /// The current owner, by index, and where it is dialled.
+    pub owner: u64,
+    pub owner_hostport: String,
+    pub epoch: String,
+    /// The epoch the join was routed by, if it carried one.
+    pub routed_epoch: Option<String>,
+}
+
+impl ErrorBody {
+    pub fn new(error: &str, message: String) -> Self {
+        Self {
+            error: error.to_owned(),
+            message,
+            details: serde_json::Map::new(),
+        }
+    }
+
+    /// Adds the fields of `details` (a struct that serializes to a JSON object).
+    pub fn with(mut self, details: &impl Serialize) -> Self {
+        if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(details) {
+            self.details.extend(fields);
+        }
+        self
+    }
+
+    /// The 421 fields, when this is a `misdirected` answer.
+    pub fn misdirected(&self) -> Option<Misdirected> {
+        if self.error != "misdirected" {
+            return None;
+        }
+        serde_json::from_value(serde_json::Value::Object(self.details.clone())).ok()
+    }
+}

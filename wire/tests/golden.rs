@@ -1,0 +1,173 @@
+//! The golden files pin the wire format: field names, order and encodings. Each type writes
+//! exactly its file and reads it back to the same value. `lua/spec/routing_spec.lua` parses the
+//! same files, so a change that would break the Lua filter's reading fails there too.
+//!
+//! After an intended change of format: `UPDATE_GOLDEN=1 cargo test -p poc-routing-wire`, and
+//! review the diff of `tests/golden/`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use poc_routing_placement::{IndexMode, Naming, Placement, PlacementSpec};
+use poc_routing_wire::*;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+fn golden(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name)
+}
+
+/// `value` writes exactly `tests/golden/<name>` and reads back from it unchanged.
+fn pinned<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(name: &str, value: &T) {
+    let written = serde_json::to_string(value).unwrap() + "\n";
+    let path = golden(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &written).unwrap();
+    }
+    let pinned = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        written == pinned,
+        "{name}: the format changed (UPDATE_GOLDEN=1 cargo test -p poc-routing-wire writes it)\nEXPECTED {pinned}\nRECEIVED {written}"
+    );
+    let read: T = serde_json::from_str(&pinned).unwrap();
+    assert_eq!(&read, value, "{name} reads back to the same value");
+}
+
+fn rule() -> Placement {
+    Placement::new(
+        PlacementSpec::new(IndexMode::Hash, Naming::compose()),
+        [1, 2, 4],
+    )
+    .unwrap()
+}
+
+#[test]
+fn where_answer() {
+    let rule = rule();
+    pinned(
+        "where.json",
+        &WhereAnswer {
+            client_id: "alice".into(),
+            index: 2,
+            hostport: rule.hostport(2),
+            mode: IndexMode::Hash,
+            replicas: 3,
+            epoch: rule.epoch().to_string(),
+        },
+    );
+}
+
+#[test]
+fn join_answer() {
+    let rule = rule();
+    pinned(
+        "join.json",
+        &JoinAnswer {
+            client_id: "alice".into(),
+            status: "joined".into(),
+            instance: 2,
+            owner: 2,
+            hostport: rule.hostport(2),
+            epoch: rule.epoch().to_string(),
+            served_under: ServedUnder::Previous,
+        },
+    );
+}
+
+#[test]
+fn placement_answer() {
+    let rule = rule();
+    let previous = rule.with_members([1, 2]).unwrap();
+    pinned(
+        "placement.json",
+        &PlacementAnswer {
+            instance: Some(1),
+            state: MemberState::Member,
+            discovery: Discovery::Dns,
+            epoch: Some(rule.epoch().to_string()),
+            members: rule.members().to_vec(),
+            addresses: BTreeMap::from([
+                (1, "172.18.0.3:8081".into()),
+                (2, "172.18.0.4:8081".into()),
+            ]),
+            replicas: 3,
+            rule: rule.spec().clone(),
+            expected_replicas: None,
+            replicas_mismatch: false,
+            since_change_ms: Some(1200),
+            previous: Some(PreviousView {
+                epoch: previous.epoch().to_string(),
+                members: previous.members().to_vec(),
+                window_left_ms: 3800,
+            }),
+            peers: vec![
+                PeerView {
+                    instance: 2,
+                    hostport: rule.hostport(2),
+                    state: Some(MemberState::Member),
+                    epoch: Some(rule.epoch().to_string()),
+                    agrees: true,
+                },
+                PeerView {
+                    instance: 4,
+                    hostport: rule.hostport(4),
+                    state: None,
+                    epoch: None,
+                    agrees: false,
+                },
+            ],
+        },
+    );
+}
+
+#[test]
+fn a_joining_instance_has_no_epoch() {
+    let rule = rule();
+    pinned(
+        "placement-joining.json",
+        &PlacementAnswer {
+            instance: Some(4),
+            state: MemberState::Joining,
+            discovery: Discovery::Dns,
+            epoch: None,
+            members: vec![],
+            addresses: BTreeMap::new(),
+            replicas: 0,
+            rule: rule.spec().clone(),
+            expected_replicas: Some(3),
+            replicas_mismatch: true,
+            since_change_ms: None,
+            previous: None,
+            peers: vec![],
+        },
+    );
+}
+
+#[test]
+fn misdirected_error() {
+    let rule = rule();
+    let misdirected = Misdirected {
+        client_id: "alice".into(),
+        instance: 1,
+        owner: 2,
+        owner_hostport: rule.hostport(2),
+        epoch: rule.epoch().to_string(),
+        routed_epoch: Some("0123456789abcdef".into()),
+    };
+    let body = ErrorBody::new(
+        "misdirected",
+        "client \"alice\" is owned by instance 2".into(),
+    )
+    .with(&misdirected);
+    pinned("misdirected.json", &body);
+    assert_eq!(body.misdirected(), Some(misdirected));
+}
+
+#[test]
+fn plain_error() {
+    let body = ErrorBody::new("missing_client_id", "no client_id in the query".into());
+    pinned("error.json", &body);
+    assert_eq!(body.misdirected(), None);
+}
