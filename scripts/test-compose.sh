@@ -259,7 +259,7 @@ code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 "http://$host_ip:1000
 # (connection refused on 9901; 404 on the others), even for POST /quitquitquit, and Envoy keeps
 # serving. The server image has bash, which is all this needs.
 neighbour() {
-  docker run --rm --network "$NETWORK" --entrypoint bash poc-routing-server:latest -c "$1"
+  docker run --rm --network "$NETWORK" --entrypoint bash poc-routing-server:latest -c "$1" 2>/dev/null
 }
 ask='ask() { exec 3<>"/dev/tcp/envoy/$2" || { echo refused; return; }; printf "%s %s HTTP/1.1\r\nHost: envoy\r\nConnection: close\r\nContent-Length: 0\r\n\r\n" "$1" "$3" >&3; head -n 1 <&3 | cut -d" " -f2; }'
 answers=$(neighbour "$ask; for p in 9901 9902 9903 10000; do echo \"\$p \$(ask POST \$p /quitquitquit) \$(ask GET \$p /server_info)\"; done; echo \"ready \$(ask GET 9902 /ready)\"")
@@ -270,7 +270,9 @@ sleep 2
 curl -fsS "$URL/where?client_id=1" >/dev/null || fail "Envoy should keep serving after the attempts"
 curl -fsS "$PROBE/ready" >/dev/null || fail "Envoy should still be ready after the attempts"
 # Operators reach the whole admin interface from inside Envoy's container.
-admin /server_info | grep -q '"state": "LIVE"' || fail "envoy-admin /server_info inside the container" LIVE "$(admin /server_info | head -c 300)"
+# To a variable first: with pipefail, `admin | grep -q` fails when grep stops reading early.
+info=$(admin /server_info)
+grep -q '"state": "LIVE"' <<<"$info" || fail "envoy-admin /server_info inside the container" LIVE "${info:0:300}"
 echo "admin: refused from other containers, answered inside Envoy's; probe: /ready only; operator: loopback only"
 
 step "PASS: Docker Compose stack${FLOW:+, $FLOW flow}"
