@@ -136,7 +136,9 @@ where
     })
 }
 
-/// Waits until every view agrees and there are `expect.members` of them.
+/// Waits until there are `expect.members` views, every one a member's, all holding the same
+/// epoch. A joining instance already holds its peers' view but is not in it yet, and a leaving
+/// one is on its way out: neither counts as agreement.
 async fn agree(
     operator: &Api,
     expect: &Expect,
@@ -144,7 +146,8 @@ async fn agree(
 ) -> Result<Vec<InstanceView>, StepError> {
     loop {
         let seen = views::via(operator).await;
-        if views::agree(&seen) && seen.len() == expect.members {
+        let members = seen.iter().all(|v| v.state.as_deref() == Some("member"));
+        if views::agree(&seen) && members && seen.len() == expect.members {
             return Ok(seen);
         }
         if started.elapsed() > expect.agree_within {
