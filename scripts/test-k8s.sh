@@ -144,12 +144,14 @@ for path in /server_info /stats /quitquitquit; do
   code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://$pod_ip:9902$path")
   [ "$code" = 404 ] || fail "the probe listener answers only /ready: POST $path" 404 "$code"
 done
-kctl get pod "$pod" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -q True ||
-  fail "Envoy's pod should be Ready (its probes ask the probe listener)"
+ready=$(kctl get pod "$pod" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')
+[ "$ready" = True ] || fail "Envoy's pod should be Ready (its probes ask the probe listener)" True "$ready"
 kctl port-forward "pod/$pod" 19901:9901 >"$WORK/port-forward.log" 2>&1 &
 forward_pid=$!
 wait_for "kubectl port-forward to Envoy's admin interface" 30 curl -fsS -o /dev/null http://127.0.0.1:19901/server_info
-curl -fsS http://127.0.0.1:19901/server_info | grep -q '"state": "LIVE"' || fail "admin through port-forward"
+# To a variable first: with pipefail, `curl | grep -q` fails when grep stops reading early.
+info=$(curl -fsS http://127.0.0.1:19901/server_info)
+grep -q '"state": "LIVE"' <<<"$info" || fail "admin through port-forward" '"state": "LIVE"' "$(head -c 200 <<<"$info")"
 kill "$forward_pid" 2>/dev/null || true
 wait "$forward_pid" 2>/dev/null || true
 curl -fsS "$URL/where?client_id=probe" >/dev/null || fail "Envoy should keep serving"
