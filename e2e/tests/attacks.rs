@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use poc_routing_e2e::*;
 use poc_routing_placement::{IndexMode, Placement, PlacementSpec};
-use poc_routing_wire::{Discovery, MemberState, PlacementAnswer};
 use poc_routing_stack::envoy::Flow;
 use poc_routing_stack::{Deployment, Stack};
+use poc_routing_wire::{Discovery, MemberState, PlacementAnswer};
 
 /// A well-formed epoch that no server holds.
 const EPOCH: &str = "0123456789abcdef";
