@@ -6,6 +6,10 @@
 //! that Docker uses. That TTL matters: it is what makes Envoy's DNS caching behave here as it
 //! does in Compose. Records can be changed at run time, to move an instance to a new address as
 //! a restart does, or to add and remove instances as scaling does.
+//!
+//! Large answers are served as Docker's DNS and CoreDNS serve them: a UDP reply that would not
+//! fit (512 bytes, or the EDNS size the query offers) is sent empty with the truncation bit
+//! set, and the same port answers over TCP, where the whole answer fits.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -14,7 +18,8 @@ use std::sync::{Arc, RwLock};
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, PTR, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 /// The TTL of every answer: Docker's embedded DNS uses 600 s.
 pub const TTL: u32 = 600;
@@ -36,6 +41,7 @@ pub struct DnsResponder {
     addr: SocketAddr,
     records: Records,
     task: tokio::task::JoinHandle<()>,
+    tcp_task: tokio::task::JoinHandle<()>,
 }
 
 fn normalize(name: &str) -> String {
@@ -43,16 +49,18 @@ fn normalize(name: &str) -> String {
 }
 
 impl DnsResponder {
-    /// Binds UDP on `bind` (port 0 picks a free port) and starts answering.
+    /// Binds UDP and TCP on `bind` (port 0 picks a port free for both) and starts answering.
     pub async fn start(bind: SocketAddr) -> std::io::Result<Self> {
-        let socket = UdpSocket::bind(bind).await?;
+        let (socket, listener) = bind_both(bind).await?;
         let addr = socket.local_addr()?;
         let records: Records = Arc::default();
         let task = tokio::spawn(serve(socket, records.clone()));
+        let tcp_task = tokio::spawn(serve_tcp(listener, records.clone()));
         Ok(Self {
             addr,
             records,
             task,
+            tcp_task,
         })
     }
 
@@ -118,7 +126,30 @@ impl DnsResponder {
 impl Drop for DnsResponder {
     fn drop(&mut self) {
         self.task.abort();
+        self.tcp_task.abort();
     }
+}
+
+/// UDP and TCP on the same port: with port 0, tries ports until one is free for both.
+async fn bind_both(bind: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut last = None;
+    for _ in 0..20 {
+        let socket = UdpSocket::bind(bind).await?;
+        match TcpListener::bind(socket.local_addr()?).await {
+            Ok(listener) => return Ok((socket, listener)),
+            Err(e) if bind.port() == 0 => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port free for UDP and TCP")))
+}
+
+/// The largest UDP reply a query accepts: 512 bytes, or what its EDNS record offers.
+fn udp_limit(query: &Message) -> usize {
+    query
+        .extensions()
+        .as_ref()
+        .map_or(512, |edns| usize::from(edns.max_payload()).max(512))
 }
 
 async fn serve(socket: UdpSocket, records: Records) {
@@ -130,8 +161,55 @@ async fn serve(socket: UdpSocket, records: Records) {
         let Ok(query) = Message::from_vec(&buf[..len]) else {
             continue; // not DNS: ignore, as a real server would
         };
-        if let Ok(bytes) = answer(&query, &records).to_vec() {
-            let _ = socket.send_to(&bytes, peer).await;
+        let mut response = answer(&query, &records);
+        let Ok(mut bytes) = response.to_vec() else {
+            continue;
+        };
+        if bytes.len() > udp_limit(&query) {
+            // As Docker's DNS and CoreDNS do: no partial list, the truncation bit, and the
+            // whole answer over TCP.
+            response.take_answers();
+            response.take_additionals();
+            response.set_truncated(true);
+            let Ok(short) = response.to_vec() else {
+                continue;
+            };
+            bytes = short;
+        }
+        let _ = socket.send_to(&bytes, peer).await;
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, records: Records) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(answer_tcp(stream, records.clone()));
+    }
+}
+
+/// Answers the length-prefixed queries of one TCP connection until the client closes it.
+async fn answer_tcp(mut stream: TcpStream, records: Records) {
+    loop {
+        let Ok(len) = stream.read_u16().await else {
+            return;
+        };
+        let mut buf = vec![0u8; usize::from(len)];
+        if stream.read_exact(&mut buf).await.is_err() {
+            return;
+        }
+        let Ok(query) = Message::from_vec(&buf) else {
+            return;
+        };
+        let Ok(bytes) = answer(&query, &records).to_vec() else {
+            return;
+        };
+        let Ok(len) = u16::try_from(bytes.len()) else {
+            return;
+        };
+        if stream.write_u16(len).await.is_err() || stream.write_all(&bytes).await.is_err() {
+            return;
         }
     }
 }
@@ -284,5 +362,33 @@ mod tests {
             })
             .collect();
         assert_eq!(targets, ["server-0.h.:8081", "server-3.h.:8081"]);
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_is_truncated_over_udp_and_whole_over_tcp() {
+        let dns = DnsResponder::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let ips: Vec<Ipv4Addr> = (1..=100).map(|i| Ipv4Addr::new(127, 0, 9, i)).collect();
+        dns.set("server", ips.clone());
+        let m = ask(dns.addr(), "server.", RecordType::A).await;
+        assert!(m.truncated(), "100 A records do not fit in 512 bytes");
+        assert!(m.answers().is_empty(), "no partial list over UDP");
+
+        let mut stream = TcpStream::connect(dns.addr()).await.unwrap();
+        let mut q = Message::new();
+        q.set_id(9).add_query(Query::query(
+            Name::from_str("server.").unwrap(),
+            RecordType::A,
+        ));
+        let bytes = q.to_vec().unwrap();
+        stream.write_u16(bytes.len() as u16).await.unwrap();
+        stream.write_all(&bytes).await.unwrap();
+        let len = stream.read_u16().await.unwrap();
+        let mut buf = vec![0u8; usize::from(len)];
+        stream.read_exact(&mut buf).await.unwrap();
+        let m = Message::from_vec(&buf).unwrap();
+        assert!(!m.truncated());
+        assert_eq!(m.answers().len(), 100);
     }
 }
