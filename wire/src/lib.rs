@@ -210,3 +210,48 @@ impl ErrorBody {
         serde_json::from_value(serde_json::Value::Object(self.details.clone())).ok()
     }
 }
+
+/// What one instance says about itself to its peers: a card of the membership gossip
+/// (`/peer/digest`, `/peer/sync`, `/peer/push`). Only the instance itself writes its card; a
+/// card with a higher `version` replaces an older one wherever it arrives, directly or relayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerCard {
+    pub instance: u64,
+    /// Rises with every change the instance makes to its card, and across its restarts (it
+    /// starts from the wall clock in microseconds), so that a restarted instance's card
+    /// replaces the one its earlier life left behind.
+    pub version: u64,
+    pub state: MemberState,
+    /// The epoch of the view it holds; its members are in [`PeerTable::views`].
+    pub epoch: Option<String>,
+    /// The view it held before, while joins routed by it are still served.
+    pub previous: Option<String>,
+    /// How long that window still lasted when the card was written.
+    pub previous_left_ms: u64,
+}
+
+/// The members of one view named by the cards of a [`PeerTable`], listed once however many
+/// cards name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerViewMembers {
+    pub epoch: String,
+    pub members: Vec<u64>,
+}
+
+/// `POST /peer/sync` (both ways) and `POST /peer/push` (request): cards and the views they
+/// name. Peer-only: served on the instances' own port, never through Envoy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerTable {
+    /// The sender, once it knows its index.
+    pub from: Option<u64>,
+    pub cards: Vec<PeerCard>,
+    pub views: Vec<PeerViewMembers>,
+}
+
+/// `GET /peer/digest`: who answers, and the digest of every card it holds (16 hex digits). Two
+/// instances with the same digest hold the same cards, so nothing more is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerDigest {
+    pub instance: Option<u64>,
+    pub digest: String,
+}

@@ -171,3 +171,44 @@ fn plain_error() {
     pinned("error.json", &body);
     assert_eq!(body.misdirected(), None);
 }
+
+#[test]
+fn peer_gossip() {
+    let rule = rule();
+    let epoch = rule.epoch().to_string();
+    pinned(
+        "peer-table.json",
+        &PeerTable {
+            from: Some(1),
+            cards: vec![
+                PeerCard {
+                    instance: 1,
+                    version: 1_795_000_000_000_001,
+                    state: MemberState::Member,
+                    epoch: Some(epoch.clone()),
+                    previous: None,
+                    previous_left_ms: 0,
+                },
+                PeerCard {
+                    instance: 3,
+                    version: 1_795_000_000_500_000,
+                    state: MemberState::Joining,
+                    epoch: None,
+                    previous: None,
+                    previous_left_ms: 0,
+                },
+            ],
+            views: vec![PeerViewMembers {
+                epoch,
+                members: vec![1, 2, 4],
+            }],
+        },
+    );
+    pinned(
+        "peer-digest.json",
+        &PeerDigest {
+            instance: Some(1),
+            digest: "00ff00ff00ff00ff".into(),
+        },
+    );
+}
