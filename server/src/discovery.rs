@@ -1,19 +1,23 @@
-//! Finding the deployed instances in DNS and asking each for its state.
+//! Finding the deployed instances in DNS, and learning their states by gossip.
 //!
 //! The deployment already publishes who is there; nothing has to keep a count in sync:
 //! - **Docker Compose**: the service name (`server`) resolves to every running container, and
 //!   Docker's DNS answers the reverse (PTR) query of each address with the container's name,
-//!   `poc-routing-server-<n>.<network>`, whatever gaps a scale-down left.
+//!   `poc-routing-server-<n>.<network>`, whatever gaps a scale-down left. The reverse name is
+//!   asked once per address, not every round.
 //! - **Kubernetes**: a name starting with `_` is an SRV query, such as
 //!   `_http._tcp.server-headless.poc-routing.svc.cluster.local`. The headless Service publishes
 //!   every pod, ready or not, as `server-<i>.server-headless...`.
 //!
-//! Each found instance is then asked for `GET /placement`, which says whether it is joining, a
-//! member or leaving, and which view it holds. [`Membership::update`] turns that into the view.
+//! Answers too large for UDP come over TCP; a truncated answer is an error, never the list.
+//!
+//! What each instance found is joining, a member or leaving, and which view it holds, comes
+//! from the membership gossip ([`crate::gossip`]): one probe per round, cards swapped only when
+//! digests differ, changes pushed. [`Membership::update`] turns that into the view.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -24,9 +28,10 @@ use hickory_resolver::name_server::{
 use hickory_resolver::proto::op::Query;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::proto::xfer::{DnsHandle, DnsRequestOptions};
-use poc_routing_placement::{Epoch, Placement};
-use poc_routing_wire::PlacementAnswer;
+use poc_routing_placement::Placement;
+use poc_routing_wire::{PeerDigest, PeerTable};
 
+use crate::gossip::{Gossip, OwnChange, EPOCH_FANOUT};
 use crate::identity::{own_addresses, Identity, Source};
 use crate::membership::{Change, MemberState, Membership, Peer};
 use crate::metrics::Metrics;
@@ -55,6 +60,10 @@ pub struct Finder {
     pool: NameServerPool<TokioConnectionProvider>,
     name: Name,
     rule: Placement,
+    /// The index each address's reverse name gave (Compose naming), asked once per address:
+    /// an address keeps its container while DNS names it. An address that leaves the answer,
+    /// or answers as another instance, is asked again.
+    ptr_cache: Mutex<HashMap<Ipv4Addr, Option<u64>>>,
 }
 
 impl Finder {
@@ -80,16 +89,40 @@ impl Finder {
         })?;
         // The name is complete as given: no search domains.
         let name = Name::root().append_name(&name).unwrap_or(name);
-        Ok(Self { pool, name, rule })
+        Ok(Self {
+            pool,
+            name,
+            rule,
+            ptr_cache: Mutex::default(),
+        })
     }
 
-    /// One query; an unknown name or an empty answer is an empty list, not an error.
-    async fn query(&self, name: Name, rtype: RecordType) -> Result<Vec<Record>, String> {
+    /// Forgets what the reverse name of `ip` gave, so that the next round asks again.
+    pub fn forget(&self, ip: IpAddr) {
+        if let IpAddr::V4(v4) = ip {
+            lock(&self.ptr_cache).remove(&v4);
+        }
+    }
+
+    /// One query; an unknown name or an empty answer is an empty list, not an error. A
+    /// truncated answer is an error: the pool retries over TCP when UDP is truncated (as
+    /// Docker's DNS and CoreDNS expect), and if that fails too, what fitted in the UDP reply
+    /// is only part of the instances, never the list of them.
+    async fn query(
+        &self,
+        metrics: &Metrics,
+        name: Name,
+        rtype: RecordType,
+    ) -> Result<Vec<Record>, String> {
+        metrics.dns_queries.inc();
         let mut answers = self.pool.lookup(
             Query::query(name.clone(), rtype),
             DnsRequestOptions::default(),
         );
         match answers.next().await {
+            Some(Ok(response)) if response.truncated() => Err(format!(
+                "{rtype} {name}: the answer was truncated and could not be had whole over TCP"
+            )),
             Some(Ok(response)) => Ok(response
                 .answers()
                 .iter()
@@ -109,7 +142,7 @@ impl Finder {
 
     /// Every instance DNS names now. An error means DNS could not be asked; an empty list
     /// means it answered that there are none.
-    pub async fn candidates(&self) -> Result<Vec<Candidate>, String> {
+    pub async fn candidates(&self, metrics: &Metrics) -> Result<Vec<Candidate>, String> {
         let port = self.rule.port();
         let mut found = BTreeMap::new();
         let a_records = |records: &[Record], name: &Name| -> Vec<IpAddr> {
@@ -123,7 +156,9 @@ impl Finder {
                 .collect()
         };
         if self.name.to_ascii().starts_with('_') {
-            let records = self.query(self.name.clone(), RecordType::SRV).await?;
+            let records = self
+                .query(metrics, self.name.clone(), RecordType::SRV)
+                .await?;
             for record in &records {
                 let Some(RData::SRV(srv)) = record.data() else {
                     continue;
@@ -134,7 +169,9 @@ impl Finder {
                 // Kubernetes' DNS puts the pods' addresses in the additional section; ask if not.
                 let mut ips = a_records(&records, srv.target());
                 if ips.is_empty() {
-                    let more = self.query(srv.target().clone(), RecordType::A).await?;
+                    let more = self
+                        .query(metrics, srv.target().clone(), RecordType::A)
+                        .await?;
                     ips = a_records(&more, srv.target());
                 }
                 if let Some(ip) = ips.first() {
@@ -142,15 +179,35 @@ impl Finder {
                 }
             }
         } else {
-            let records = self.query(self.name.clone(), RecordType::A).await?;
-            for ip in a_records(&records, &self.name) {
+            let records = self
+                .query(metrics, self.name.clone(), RecordType::A)
+                .await?;
+            let ips = a_records(&records, &self.name);
+            let cached: HashMap<Ipv4Addr, Option<u64>> = {
+                let mut cache = lock(&self.ptr_cache);
+                cache.retain(|ip, _| ips.contains(&IpAddr::V4(*ip)));
+                cache.clone()
+            };
+            for ip in ips {
                 let IpAddr::V4(v4) = ip else { continue };
-                let reverse = Name::from(v4);
-                let names = self.query(reverse, RecordType::PTR).await?;
-                let index = names.iter().find_map(|r| match r.data() {
-                    Some(RData::PTR(ptr)) => self.rule.index_from_hostname(&ptr.0.to_ascii()),
-                    _ => None,
-                });
+                let index = match cached.get(&v4) {
+                    Some(known) => *known,
+                    None => {
+                        let names = self.query(metrics, Name::from(v4), RecordType::PTR).await?;
+                        let index = names.iter().find_map(|r| match r.data() {
+                            Some(RData::PTR(ptr)) => {
+                                self.rule.index_from_hostname(&ptr.0.to_ascii())
+                            }
+                            _ => None,
+                        });
+                        // An address without a name yet (a container Docker is still wiring
+                        // up) is asked again next round.
+                        if index.is_some() {
+                            lock(&self.ptr_cache).insert(v4, index);
+                        }
+                        index
+                    }
+                };
                 if let Some(index) = index {
                     found.insert(index, SocketAddr::new(ip, port));
                 }
@@ -190,37 +247,12 @@ pub async fn resolve_fixed_members(membership: Arc<Membership>, every: Duration)
     }
 }
 
-/// Asks one candidate for its state; an unreachable or confused peer has no state.
-async fn probe(http: &reqwest::Client, candidate: Candidate) -> Peer {
-    let unknown = Peer {
-        instance: candidate.index,
-        state: None,
-        epoch: None,
-        members: Vec::new(),
-        previous: None,
-    };
-    let url = format!("http://{}/placement", candidate.addr);
-    let Ok(response) = http.get(url).send().await else {
-        return unknown;
-    };
-    let Ok(answer) = response.json::<PlacementAnswer>().await else {
-        return unknown;
-    };
-    // A peer that is not who DNS says it is (an address reused by another instance) is not
-    // trusted with that instance's place.
-    if answer.instance.is_some_and(|i| i != candidate.index) {
-        return unknown;
-    }
-    Peer {
-        instance: candidate.index,
-        state: Some(answer.state),
-        epoch: answer.epoch.and_then(|e| e.parse::<Epoch>().ok()),
-        members: answer.members,
-        previous: answer.previous.and_then(|p| {
-            let left = Duration::from_millis(p.window_left_ms);
-            Some((p.epoch.parse::<Epoch>().ok()?, p.members, left))
-        }),
-    }
+/// Why a probe of a peer got nothing usable.
+enum ProbeError {
+    /// No answer, or not one of ours.
+    Unanswered,
+    /// It answers as another instance than DNS named (an address reused by another instance).
+    Impostor,
 }
 
 /// The discovery loop and what it needs.
@@ -230,10 +262,24 @@ pub struct Discovery {
     pub identity: Arc<Identity>,
     pub metrics: Arc<Metrics>,
     http: reqwest::Client,
+    gossip: Mutex<Gossip>,
+    /// Where each instance was found in the last round.
+    found: Mutex<BTreeMap<u64, SocketAddr>>,
     /// One round at a time; each caller waits for one that started after it asked.
     rounds: Rounds,
     /// When this instance, joining, first knew who it is and found member peers.
-    settling_since: std::sync::Mutex<Option<Instant>>,
+    settling_since: Mutex<Option<Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The wall clock in microseconds: where a card's version starts.
+fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl Discovery {
@@ -254,27 +300,33 @@ impl Discovery {
             identity,
             metrics,
             http,
+            gossip: Mutex::default(),
+            found: Mutex::default(),
             rounds: Rounds::default(),
-            settling_since: std::sync::Mutex::new(None),
+            settling_since: Mutex::new(None),
         }
     }
 
     /// Waits for a round that started after this call (the loop's and the leaving check's).
     async fn round(&self) {
-        self.rounds.fresh(None, || self.one_round()).await;
+        self.rounds.fresh(None, || self.one_round(false)).await;
     }
 
     /// A round on behalf of a join routed by an epoch this instance does not hold. Such rounds
     /// start at least 50 ms apart, so however many of these requests come (a forged epoch sent
     /// straight to a server, say), they cost at most 20 extra rounds a second; a request
-    /// waits for the next one rather than being refused on an older observation.
+    /// waits for the next one rather than being refused on an older observation. The round
+    /// swaps cards with its peer whatever the digests say: the news may be on its way.
     pub async fn refresh(&self) {
         const MIN_GAP: Duration = Duration::from_millis(50);
-        self.rounds.fresh(Some(MIN_GAP), || self.one_round()).await;
+        self.rounds
+            .fresh(Some(MIN_GAP), || self.one_round(true))
+            .await;
     }
 
-    async fn one_round(&self) {
-        let candidates = match self.finder.candidates().await {
+    /// One round: ask DNS, probe one peer (plus any to check again), and recompute the view.
+    async fn one_round(&self, force_sync: bool) {
+        let candidates = match self.finder.candidates(&self.metrics).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "discovery: DNS failed; keeping the current view");
@@ -282,26 +334,192 @@ impl Discovery {
             }
         };
         self.find_identity(&candidates);
-        self.membership
-            .set_addresses(candidates.iter().map(|c| (c.index, c.addr)).collect());
+        let found: BTreeMap<u64, SocketAddr> =
+            candidates.iter().map(|c| (c.index, c.addr)).collect();
+        self.membership.set_addresses(found.clone());
         let me = self.identity.get();
-        let peers = futures::future::join_all(
-            candidates
-                .iter()
-                .filter(|c| Some(c.index) != me)
-                .map(|c| probe(&self.http, *c)),
-        )
-        .await;
+        let targets = {
+            let mut gossip = lock(&self.gossip);
+            gossip.set_candidates(me, found.keys().copied());
+            gossip.probe_targets(me, &mut rand::thread_rng())
+        };
+        *lock(&self.found) = found.clone();
+        let probes = targets.iter().filter_map(|i| {
+            let addr = *found.get(i)?;
+            Some(self.probe(Candidate { index: *i, addr }, force_sync))
+        });
+        futures::future::join_all(probes).await;
+        self.recompute();
+    }
+
+    /// Probes one peer: its digest, then (if the digests differ, or `force`) a swap of cards.
+    async fn probe(&self, peer: Candidate, force: bool) {
+        let outcome = self.exchange(peer, force).await;
+        if let Err(ProbeError::Impostor) = outcome {
+            self.finder.forget(peer.addr.ip());
+        }
+        lock(&self.gossip).probed(peer.index, outcome.is_ok(), Instant::now());
+    }
+
+    async fn exchange(&self, peer: Candidate, force: bool) -> Result<(), ProbeError> {
+        let me = self.identity.get();
+        self.metrics.sent("digest");
+        let url = format!("http://{}/peer/digest", peer.addr);
+        let answer: PeerDigest = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|_| ProbeError::Unanswered)?
+            .error_for_status()
+            .map_err(|_| ProbeError::Unanswered)?
+            .json()
+            .await
+            .map_err(|_| ProbeError::Unanswered)?;
+        if answer.instance.is_some_and(|i| i != peer.index) {
+            return Err(ProbeError::Impostor);
+        }
+        let (mine, table) = {
+            let gossip = lock(&self.gossip);
+            (gossip.digest_hex(), gossip.table(me, None, Instant::now()))
+        };
+        if answer.digest == mine && !force {
+            return Ok(());
+        }
+        self.metrics.sent("sync");
+        let url = format!("http://{}/peer/sync", peer.addr);
+        let theirs: PeerTable = self
+            .http
+            .post(url)
+            .json(&table)
+            .send()
+            .await
+            .map_err(|_| ProbeError::Unanswered)?
+            .error_for_status()
+            .map_err(|_| ProbeError::Unanswered)?
+            .json()
+            .await
+            .map_err(|_| ProbeError::Unanswered)?;
+        if theirs.from.is_some_and(|i| i != peer.index) {
+            return Err(ProbeError::Impostor);
+        }
+        lock(&self.gossip).merge(me, &theirs, Instant::now());
+        Ok(())
+    }
+
+    /// A peer's `/peer/sync`: takes its cards, answers with every card held here.
+    pub fn on_sync(&self, table: &PeerTable) -> PeerTable {
+        let me = self.identity.get();
+        let news = lock(&self.gossip).merge(me, table, Instant::now());
+        if news {
+            self.recompute();
+        }
+        lock(&self.gossip).table(me, None, Instant::now())
+    }
+
+    /// A peer's `/peer/push`: takes its cards.
+    pub fn on_push(&self, table: &PeerTable) -> PeerDigest {
+        let me = self.identity.get();
+        let news = lock(&self.gossip).merge(me, table, Instant::now());
+        if news {
+            self.recompute();
+        }
+        self.digest()
+    }
+
+    /// `/peer/digest`: the digest of every card held here.
+    pub fn digest(&self) -> PeerDigest {
+        PeerDigest {
+            instance: self.identity.get(),
+            digest: lock(&self.gossip).digest_hex(),
+        }
+    }
+
+    /// Recomputes the view from the cards held, writes this instance's own card, and pushes
+    /// it if it changed: to every peer for a new state, to [`EPOCH_FANOUT`] for a new epoch.
+    fn recompute(&self) {
+        let me = self.identity.get();
+        let now = Instant::now();
+        let (peers, heard_from_all) = {
+            let gossip = lock(&self.gossip);
+            (gossip.observed(me, now), gossip.heard_from_all(me))
+        };
         if let (Some(me), MemberState::Joining) = (me, self.membership.state()) {
-            if self.settled(me, &peers) {
-                // Ready: it knows who it is, has heard from every peer DNS names, and the
-                // proxy has had time to learn its address.
+            if self.settled(me, &peers, heard_from_all) {
+                // Ready: it knows who it is, has heard what its peers hold, and the proxy has
+                // had time to learn its address.
                 self.membership.set_state(MemberState::Member);
                 tracing::info!(instance = me, "member");
             }
         }
-        if let Some(change) = self.membership.update(me, peers, Instant::now()) {
+        if let Some(change) = self.membership.update(me, peers, now) {
             self.report(&change);
+        }
+        self.write_own_card(now);
+    }
+
+    /// Writes this instance's card from its membership, and pushes it if it changed.
+    fn write_own_card(&self, now: Instant) {
+        let Some(me) = self.identity.get() else {
+            return;
+        };
+        let state = self.membership.state();
+        let views = self.membership.views();
+        let current = views.current.as_deref();
+        let previous = views.previous(now);
+        let (change, targets) = {
+            let mut gossip = lock(&self.gossip);
+            let change = gossip.set_own(
+                me,
+                state,
+                current.map(|c| (c.epoch(), c.members())),
+                previous.map(|(p, until)| {
+                    (p.epoch(), p.members(), until.saturating_duration_since(now))
+                }),
+                wall_us(),
+                now,
+            );
+            if let Some(c) = current {
+                gossip.queue_verifications(
+                    Some(me),
+                    c.members(),
+                    self.membership.timing.down_timeout,
+                    now,
+                );
+            }
+            let count = match change {
+                OwnChange::None => None,
+                OwnChange::State => Some(None),
+                OwnChange::Epoch => Some(Some(EPOCH_FANOUT)),
+            };
+            let targets = count.map(|n| gossip.pick(Some(me), n, &mut rand::thread_rng()));
+            (
+                change,
+                targets.map(|t| (t, gossip.table(Some(me), Some(me), now))),
+            )
+        };
+        let Some((targets, card)) = targets else {
+            return;
+        };
+        tracing::debug!(
+            ?change,
+            peers = targets.len(),
+            "pushing this instance's card"
+        );
+        let found = lock(&self.found).clone();
+        for target in targets {
+            let Some(addr) = found.get(&target).copied() else {
+                continue;
+            };
+            self.metrics.sent("push");
+            let request = self
+                .http
+                .post(format!("http://{addr}/peer/push"))
+                .json(&card);
+            tokio::spawn(async move {
+                // Best effort: a lost push is carried by the next sync rounds.
+                let _ = request.send().await;
+            });
         }
     }
 
@@ -352,21 +570,21 @@ impl Discovery {
     }
 
     /// Whether joining instance `me` may become a member: at once when there are no members
-    /// yet (nothing routes anywhere) or when the members still count it (it crashed and came
-    /// back: no id moves to it); otherwise once `join_settle` has passed since it first saw
-    /// them.
-    fn settled(&self, me: u64, peers: &[Peer]) -> bool {
+    /// yet (nothing routes anywhere; known only once it holds a card of every instance DNS
+    /// names) or when the members still count it (it crashed and came back: no id moves to
+    /// it); otherwise once `join_settle` has passed since it first saw them.
+    fn settled(&self, me: u64, peers: &[Peer], heard_from_all: bool) -> bool {
         let members: Vec<&Peer> = peers
             .iter()
             .filter(|p| p.state == Some(MemberState::Member))
             .collect();
-        if members.is_empty() || members.iter().any(|p| p.members.contains(&me)) {
+        if members.is_empty() {
+            return heard_from_all;
+        }
+        if members.iter().any(|p| p.members.contains(&me)) {
             return true;
         }
-        let mut since = self
-            .settling_since
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut since = lock(&self.settling_since);
         let since = *since.get_or_insert_with(Instant::now);
         since.elapsed() >= self.membership.timing.join_settle
     }
@@ -418,5 +636,117 @@ impl Discovery {
             );
         }
         tokio::time::sleep(timing.drain_grace).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_resolver::proto::op::{Message, MessageType};
+    use hickory_resolver::proto::rr::rdata::{A, PTR};
+    use poc_routing_placement::{IndexMode, Naming, PlacementSpec};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The answer of a DNS server with 60 instances `poc-routing-server-<i>` at 127.0.8.<i>.
+    fn answer(query: &Message) -> Message {
+        let mut response = Message::new();
+        response
+            .set_id(query.id())
+            .set_message_type(MessageType::Response);
+        let question = query.queries()[0].clone();
+        let name = question.name().clone();
+        if question.query_type() == RecordType::A {
+            for i in 1..=60u8 {
+                let ip = Ipv4Addr::new(127, 0, 8, i);
+                response.add_answer(Record::from_rdata(name.clone(), 600, RData::A(A(ip))));
+            }
+        } else {
+            let i = name.to_ascii().split('.').next().unwrap().to_owned();
+            let target = Name::from_ascii(format!("poc-routing-server-{i}.net.")).unwrap();
+            response.add_answer(Record::from_rdata(
+                name.clone(),
+                600,
+                RData::PTR(PTR(target)),
+            ));
+        }
+        response.add_query(question);
+        response
+    }
+
+    /// A DNS server that truncates every A answer over UDP, and serves TCP only if `tcp`.
+    async fn server(tcp: bool) -> SocketAddr {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let (len, peer) = udp.recv_from(&mut buf).await.unwrap();
+                let query = Message::from_vec(&buf[..len]).unwrap();
+                let mut response = answer(&query);
+                if query.queries()[0].query_type() == RecordType::A {
+                    response.take_answers();
+                    response.set_truncated(true);
+                }
+                udp.send_to(&response.to_vec().unwrap(), peer)
+                    .await
+                    .unwrap();
+            }
+        });
+        if tcp {
+            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+            tokio::spawn(async move {
+                loop {
+                    let (mut stream, _) = listener.accept().await.unwrap();
+                    tokio::spawn(async move {
+                        while let Ok(len) = stream.read_u16().await {
+                            let mut buf = vec![0u8; usize::from(len)];
+                            stream.read_exact(&mut buf).await.unwrap();
+                            let bytes = answer(&Message::from_vec(&buf).unwrap()).to_vec().unwrap();
+                            stream.write_u16(bytes.len() as u16).await.unwrap();
+                            stream.write_all(&bytes).await.unwrap();
+                        }
+                    });
+                }
+            });
+        }
+        addr
+    }
+
+    fn finder(addr: SocketAddr) -> Finder {
+        let rule =
+            Placement::new(PlacementSpec::new(IndexMode::Hash, Naming::compose()), [1]).unwrap();
+        let discovery = DnsDiscovery {
+            name: "server".into(),
+            server: Some(addr),
+        };
+        Finder::new(&discovery, rule).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_truncated_answer_is_asked_again_over_tcp_and_never_taken_as_the_list() {
+        let metrics = Metrics::default();
+        let whole = finder(server(true).await)
+            .candidates(&metrics)
+            .await
+            .unwrap();
+        assert_eq!(whole.len(), 60, "every instance, over TCP");
+        assert_eq!(whole[0].index, 1);
+        // The reverse names are asked once per address, not every round.
+        let asked = metrics.dns_queries.get();
+        let finder_again = finder(server(true).await);
+        finder_again.candidates(&metrics).await.unwrap();
+        let first = metrics.dns_queries.get() - asked;
+        finder_again.candidates(&metrics).await.unwrap();
+        let second = metrics.dns_queries.get() - asked - first;
+        assert_eq!((first, second), (61, 1));
+
+        let error = finder(server(false).await)
+            .candidates(&metrics)
+            .await
+            .unwrap_err();
+        assert!(
+            error.contains("truncated") || error.contains("A server"),
+            "{error}"
+        );
     }
 }

@@ -38,6 +38,9 @@ pub enum ApiError {
     BadQuery(String),
     #[error("no route for {0}")]
     NotFound(String),
+    /// A request body that is not what the endpoint reads (serde's words in the message).
+    #[error("{0}")]
+    BadBody(String),
     #[error("method not allowed on this path")]
     MethodNotAllowed,
 }
@@ -52,7 +55,9 @@ impl ApiError {
             ApiError::BadClientId(_) => StatusCode::BAD_REQUEST,
             ApiError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::IdentityUnknown | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::BadEpoch | ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadEpoch | ApiError::BadQuery(_) | ApiError::BadBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -67,6 +72,7 @@ impl ApiError {
             ApiError::BadEpoch => "invalid_epoch",
             ApiError::BadQuery(_) => "invalid_query",
             ApiError::NotFound(_) => "not_found",
+            ApiError::BadBody(_) => "invalid_body",
             ApiError::MethodNotAllowed => "method_not_allowed",
         }
     }

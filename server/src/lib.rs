@@ -17,6 +17,7 @@
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod gossip;
 pub mod identity;
 pub mod membership;
 mod metrics;
@@ -80,6 +81,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(routes::health))
         .route("/placement", get(routes::placement))
         .route("/metrics", get(routes::metrics))
+        .route("/peer/digest", get(routes::peer_digest))
+        .route("/peer/sync", axum::routing::post(routes::peer_sync))
+        .route("/peer/push", axum::routing::post(routes::peer_push))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

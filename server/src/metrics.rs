@@ -25,8 +25,16 @@ fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Membership messages sent, by kind: `digest` (the probe), `sync`, `push`.
+    pub gossip: Family<KindLabel, Counter>,
+    pub dns_queries: Counter,
     pub joins: Counter,
     pub misdirected: Counter,
     pub wheres: Counter,
@@ -49,6 +57,18 @@ impl Default for Metrics {
         let members = Gauge::default();
         let replicas_mismatch = Gauge::default();
         let errors = Family::<CodeLabel, Counter>::default();
+        let gossip = Family::<KindLabel, Counter>::default();
+        let dns_queries = Counter::default();
+        registry.register(
+            "gossip_messages",
+            "Membership messages this instance sent, by kind (digest: the probe; sync; push)",
+            gossip.clone(),
+        );
+        registry.register(
+            "dns_queries",
+            "DNS queries this instance's discovery made",
+            dns_queries.clone(),
+        );
         let durations = Family::<RequestLabels, Histogram>::new_with_constructor(
             duration_histogram as fn() -> Histogram,
         );
@@ -87,6 +107,8 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            gossip,
+            dns_queries,
             joins,
             misdirected,
             wheres,
@@ -101,6 +123,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one membership message sent.
+    pub fn sent(&self, kind: &'static str) {
+        self.gossip.get_or_create(&KindLabel { kind }).inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{MatchedPath, Query, RawQuery, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
@@ -12,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use poc_routing_placement::{client_id_from_query, Epoch};
 use poc_routing_wire::{
-    Discovery, JoinAnswer, PeerView, PlacementAnswer, PreviousView, ServedUnder, WhereAnswer,
-    EPOCH_HEADER,
+    Discovery, JoinAnswer, PeerDigest, PeerTable, PeerView, PlacementAnswer, PreviousView,
+    ServedUnder, WhereAnswer, EPOCH_HEADER,
 };
 use serde::Deserialize;
 
@@ -219,6 +220,45 @@ pub async fn placement(State(state): State<Arc<AppState>>) -> Json<PlacementAnsw
         previous,
         peers,
     })
+}
+
+/// The membership gossip's endpoints need discovery; with a fixed member set they do not exist.
+fn gossip_of(
+    state: &AppState,
+    request: &str,
+) -> Result<Arc<crate::discovery::Discovery>, ApiError> {
+    state
+        .discovery
+        .clone()
+        .ok_or_else(|| ApiError::NotFound(format!("{request} (membership is fixed: no gossip)")))
+}
+
+fn table_from(body: Result<Json<PeerTable>, JsonRejection>) -> Result<PeerTable, ApiError> {
+    body.map(|Json(t)| t)
+        .map_err(|e| ApiError::BadBody(e.body_text()))
+}
+
+/// `GET /peer/digest`, a peer's probe: the digest of the cards held here.
+pub async fn peer_digest(State(state): State<Arc<AppState>>) -> Result<Json<PeerDigest>, ApiError> {
+    Ok(Json(gossip_of(&state, "GET /peer/digest")?.digest()))
+}
+
+/// `POST /peer/sync`: takes a peer's cards, answers with every card held here.
+pub async fn peer_sync(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<PeerTable>, JsonRejection>,
+) -> Result<Json<PeerTable>, ApiError> {
+    let discovery = gossip_of(&state, "POST /peer/sync")?;
+    Ok(Json(discovery.on_sync(&table_from(body)?)))
+}
+
+/// `POST /peer/push`: takes a peer's changed card.
+pub async fn peer_push(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<PeerTable>, JsonRejection>,
+) -> Result<Json<PeerDigest>, ApiError> {
+    let discovery = gossip_of(&state, "POST /peer/push")?;
+    Ok(Json(discovery.on_push(&table_from(body)?)))
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {

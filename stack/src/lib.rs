@@ -189,7 +189,10 @@ impl Stack {
         for &index in &members {
             stack.wait_instance_healthy(index).await?;
         }
-        stack.wait_views_agree(Duration::from_secs(15)).await?;
+        // Each instance probes one peer a round, so a large stack takes a little longer.
+        let agree_within =
+            Duration::from_secs(15) + Duration::from_millis(200) * members.len() as u32;
+        stack.wait_views_agree(agree_within).await?;
 
         envoy::prepare_run_dir(
             &stack.config.run_dir,

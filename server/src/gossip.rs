@@ -1,0 +1,610 @@
+//! What each instance knows of the others, kept in step at a cost per instance that does not
+//! grow with the number of instances. Pure state, no I/O: [`crate::discovery`] sends and
+//! receives the messages, and a test (or a simulation) can drive it with any clock.
+//!
+//! Learnt from SWIM (memberlist, Serf), Ringpop and Orleans, and fitted to what this project
+//! already has (DNS names every deployed instance; each instance decides its own view):
+//!
+//! - **One card per instance**, written only by that instance: its state, the epoch it holds
+//!   and its previous one, under a `version` that rises with every change (and across
+//!   restarts). A card with a higher version replaces an older one wherever it arrives,
+//!   directly or relayed, so cards spread by gossip and never go back.
+//! - **One probe per round** (Ringpop's checksums): `GET /peer/digest` of one peer, taken in a
+//!   shuffled round-robin over the instances DNS names (SWIM's probe order, so every peer is
+//!   probed by each instance once every N rounds, and by someone about once a round). When
+//!   the digests agree, nothing more is sent; when they differ, both sides swap their cards
+//!   (`POST /peer/sync`). Idle, that is one small request per instance per round, whatever N.
+//! - **Push on change**: a changed state (joining → member, member → leaving) is pushed to every
+//!   instance at once, since each view depends on it; a changed epoch only to a few, from where
+//!   the sync rounds carry it (O(log N) rounds).
+//! - **Failure is checked, not inferred from silence**: a failed probe marks the peer
+//!   unreachable *here*, and it is probed again in the next rounds; one timeout under load
+//!   removes nobody. A member is removed as down only after `down_timeout` of failed probes
+//!   (membership's rule), or when a member peer's view has dropped it *and* a direct probe from
+//!   here fails too (SWIM's suspicion, confirmed by this instance's own probe).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use poc_routing_placement::Epoch;
+use poc_routing_wire::{MemberState, PeerCard, PeerTable, PeerViewMembers};
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use crate::membership::Peer;
+
+/// The most extra probes (checks of unreachable peers, verifications) one round makes besides
+/// its regular one: a bound on what a burst of failures costs each instance.
+pub const MAX_EXTRA_PROBES: usize = 3;
+
+/// How many peers an epoch change is pushed to.
+pub const EPOCH_FANOUT: usize = 3;
+
+/// One instance's card, as held here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Card {
+    pub instance: u64,
+    pub version: u64,
+    pub state: MemberState,
+    pub epoch: Option<Epoch>,
+    pub members: Arc<Vec<u64>>,
+    pub previous: Option<(Epoch, Arc<Vec<u64>>)>,
+    /// What was left of the previous view's window when the card was written.
+    pub previous_left: Duration,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    card: Arc<Card>,
+    /// When this version first arrived here: the previous view's window counts from it.
+    received: Instant,
+}
+
+/// What changed in this instance's own card, which decides whom it is pushed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnChange {
+    None,
+    /// Only the epoch (or previous epoch): a few peers, gossip carries it on.
+    Epoch,
+    /// The state: every peer, at once.
+    State,
+}
+
+/// This instance's gossip state.
+#[derive(Debug, Default)]
+pub struct Gossip {
+    cards: BTreeMap<u64, Entry>,
+    /// The instances DNS named in the last round; cards of others are not taken (and dropped).
+    candidates: BTreeSet<u64>,
+    /// Peers whose last probe from here failed, and since when (cleared by an answer, or by a
+    /// newer card of theirs: only the instance itself writes its card, so it is alive).
+    unreachable: BTreeMap<u64, Instant>,
+    /// Peers to probe in the next rounds, to confirm what a peer's view says of them.
+    to_verify: VecDeque<u64>,
+    verified_at: HashMap<u64, Instant>,
+    /// The round-robin probe order, and where it has got to.
+    order: Vec<u64>,
+    cursor: usize,
+    last_version: u64,
+}
+
+/// The digest of a set of cards: equal sets give equal digests, whatever order they arrived in.
+fn mix(instance: u64, version: u64) -> u64 {
+    // splitmix64 of both, so that nearby versions and indexes spread over all bits.
+    let mut z = instance
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(version);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Gossip {
+    /// The digest of every card held, own card included.
+    pub fn digest(&self) -> u64 {
+        self.cards
+            .values()
+            .fold(0, |d, e| d ^ mix(e.card.instance, e.card.version))
+    }
+
+    /// The digest as sent on the wire: 16 hex digits.
+    pub fn digest_hex(&self) -> String {
+        format!("{:016x}", self.digest())
+    }
+
+    /// Takes the instances DNS names now: cards and checks of instances it no longer names are
+    /// dropped (a removed instance's card does not linger), and the probe order follows.
+    pub fn set_candidates(&mut self, me: Option<u64>, found: impl IntoIterator<Item = u64>) {
+        let found: BTreeSet<u64> = found.into_iter().collect();
+        if found == self.candidates {
+            return;
+        }
+        self.cards
+            .retain(|i, _| found.contains(i) || Some(*i) == me);
+        self.unreachable.retain(|i, _| found.contains(i));
+        self.to_verify.retain(|i| found.contains(i));
+        self.verified_at.retain(|i, _| found.contains(i));
+        self.candidates = found;
+        self.order.clear();
+        self.cursor = 0;
+    }
+
+    pub fn candidates(&self) -> &BTreeSet<u64> {
+        &self.candidates
+    }
+
+    /// Writes this instance's own card from what its membership holds now. The version rises
+    /// only when the state or the epochs change, never with time: an idle cluster's digests
+    /// stay equal. `wall_us` is the wall clock in microseconds (a restart starts above the
+    /// versions its earlier life wrote).
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_own(
+        &mut self,
+        me: u64,
+        state: MemberState,
+        current: Option<(Epoch, &[u64])>,
+        previous: Option<(Epoch, &[u64], Duration)>,
+        wall_us: u64,
+        now: Instant,
+    ) -> OwnChange {
+        let old = self.cards.get(&me).map(|e| e.card.clone());
+        let epoch = current.map(|(e, _)| e);
+        let previous_epoch = previous.map(|(e, _, _)| e);
+        let change = match &old {
+            None => OwnChange::State,
+            Some(c) if c.state != state => OwnChange::State,
+            Some(c) if c.epoch != epoch => OwnChange::Epoch,
+            // A previous view that appeared without an epoch change (a peer's) is news; one
+            // whose window ended is not: every holder ends it by itself.
+            Some(c)
+                if previous_epoch.is_some()
+                    && c.previous.as_ref().map(|(e, _)| *e) != previous_epoch =>
+            {
+                OwnChange::Epoch
+            }
+            Some(_) => return OwnChange::None,
+        };
+        self.last_version = (self.last_version + 1).max(wall_us);
+        let card = Card {
+            instance: me,
+            version: self.last_version,
+            state,
+            epoch,
+            members: Arc::new(current.map(|(_, m)| m.to_vec()).unwrap_or_default()),
+            previous: previous.map(|(e, m, _)| (e, Arc::new(m.to_vec()))),
+            previous_left: previous.map_or(Duration::ZERO, |(_, _, left)| left),
+        };
+        self.cards.insert(
+            me,
+            Entry {
+                card: Arc::new(card),
+                received: now,
+            },
+        );
+        change
+    }
+
+    /// Takes the cards of `table` that are newer than those held. Returns whether any was.
+    pub fn merge(&mut self, me: Option<u64>, table: &PeerTable, now: Instant) -> bool {
+        let views: HashMap<&str, &Vec<u64>> = table
+            .views
+            .iter()
+            .map(|v| (v.epoch.as_str(), &v.members))
+            .collect();
+        let members_of = |epoch: &Option<String>| -> Option<(Epoch, Arc<Vec<u64>>)> {
+            let text = epoch.as_deref()?;
+            let epoch = text.parse::<Epoch>().ok()?;
+            Some((epoch, Arc::new((*views.get(text)?).clone())))
+        };
+        let mut news = false;
+        for wire in &table.cards {
+            if Some(wire.instance) == me || !self.candidates.contains(&wire.instance) {
+                continue;
+            }
+            if self
+                .cards
+                .get(&wire.instance)
+                .is_some_and(|e| e.card.version >= wire.version)
+            {
+                continue;
+            }
+            // A card naming a view without its members is not taken whole: skip it, a
+            // later sync brings it complete.
+            let current = members_of(&wire.epoch);
+            let previous = members_of(&wire.previous);
+            if current.is_none() != wire.epoch.is_none()
+                || previous.is_none() != wire.previous.is_none()
+            {
+                continue;
+            }
+            let (epoch, members) = current.map_or((None, Arc::default()), |(e, m)| (Some(e), m));
+            let card = Card {
+                instance: wire.instance,
+                version: wire.version,
+                state: wire.state,
+                epoch,
+                members,
+                previous,
+                previous_left: Duration::from_millis(wire.previous_left_ms),
+            };
+            self.unreachable.remove(&wire.instance);
+            self.cards.insert(
+                wire.instance,
+                Entry {
+                    card: Arc::new(card),
+                    received: now,
+                },
+            );
+            news = true;
+        }
+        news
+    }
+
+    /// Every card held, as sent on the wire (`only`: just these instances' cards).
+    pub fn table(&self, me: Option<u64>, only: Option<u64>, now: Instant) -> PeerTable {
+        let mut views: BTreeMap<Epoch, &Arc<Vec<u64>>> = BTreeMap::new();
+        let mut cards = Vec::new();
+        for entry in self.cards.values() {
+            let c = &entry.card;
+            if only.is_some_and(|o| o != c.instance) {
+                continue;
+            }
+            if let Some(e) = c.epoch {
+                views.insert(e, &c.members);
+            }
+            if let Some((e, m)) = &c.previous {
+                views.insert(*e, m);
+            }
+            let age = now.saturating_duration_since(entry.received);
+            cards.push(PeerCard {
+                instance: c.instance,
+                version: c.version,
+                state: c.state,
+                epoch: c.epoch.map(|e| e.to_string()),
+                previous: c.previous.as_ref().map(|(e, _)| e.to_string()),
+                previous_left_ms: c.previous_left.saturating_sub(age).as_millis() as u64,
+            });
+        }
+        PeerTable {
+            from: me,
+            cards,
+            views: views
+                .into_iter()
+                .map(|(epoch, members)| PeerViewMembers {
+                    epoch: epoch.to_string(),
+                    members: members.to_vec(),
+                })
+                .collect(),
+        }
+    }
+
+    /// What membership takes from this round: every instance DNS names but this one, with its
+    /// card, or with no state when it has none yet or is unreachable from here.
+    pub fn observed(&self, me: Option<u64>, now: Instant) -> Vec<Peer> {
+        self.candidates
+            .iter()
+            .filter(|i| Some(**i) != me)
+            .map(|&instance| match self.cards.get(&instance) {
+                Some(entry) => {
+                    let c = &entry.card;
+                    let age = now.saturating_duration_since(entry.received);
+                    Peer {
+                        instance,
+                        state: (!self.unreachable.contains_key(&instance)).then_some(c.state),
+                        epoch: c.epoch,
+                        members: c.members.to_vec(),
+                        previous: c
+                            .previous
+                            .as_ref()
+                            .map(|(e, m)| (*e, m.to_vec(), c.previous_left.saturating_sub(age))),
+                    }
+                }
+                None => Peer {
+                    instance,
+                    state: None,
+                    epoch: None,
+                    members: Vec::new(),
+                    previous: None,
+                },
+            })
+            .collect()
+    }
+
+    /// Whether a card of every other instance DNS names is held and none is unreachable: what
+    /// a joining instance needs before it may conclude that there are no members yet.
+    pub fn heard_from_all(&self, me: Option<u64>) -> bool {
+        self.candidates
+            .iter()
+            .filter(|i| Some(**i) != me)
+            .all(|i| self.cards.contains_key(i) && !self.unreachable.contains_key(i))
+    }
+
+    /// The peers to probe this round: up to [`MAX_EXTRA_PROBES`] to verify or to check again
+    /// (unreachable ones, longest first), then the next one in the shuffled round-robin order.
+    pub fn probe_targets(&mut self, me: Option<u64>, rng: &mut impl Rng) -> Vec<u64> {
+        let mut targets = Vec::new();
+        while targets.len() < MAX_EXTRA_PROBES {
+            let Some(i) = self.to_verify.pop_front() else {
+                break;
+            };
+            if !targets.contains(&i) {
+                targets.push(i);
+            }
+        }
+        let mut unreachable: Vec<(Instant, u64)> =
+            self.unreachable.iter().map(|(i, t)| (*t, *i)).collect();
+        unreachable.sort();
+        for (_, i) in unreachable {
+            if targets.len() >= MAX_EXTRA_PROBES {
+                break;
+            }
+            if !targets.contains(&i) {
+                targets.push(i);
+            }
+        }
+        let peers: Vec<u64> = self
+            .candidates
+            .iter()
+            .copied()
+            .filter(|i| Some(*i) != me)
+            .collect();
+        if !peers.is_empty() {
+            if self.cursor >= self.order.len() {
+                self.order = peers;
+                self.order.shuffle(rng);
+                self.cursor = 0;
+            }
+            let next = self.order[self.cursor];
+            self.cursor += 1;
+            if !targets.contains(&next) {
+                targets.push(next);
+            }
+        }
+        targets
+    }
+
+    /// Records the outcome of a probe of `instance`.
+    pub fn probed(&mut self, instance: u64, answered: bool, now: Instant) {
+        if answered {
+            self.unreachable.remove(&instance);
+        } else if self.candidates.contains(&instance) {
+            self.unreachable.entry(instance).or_insert(now);
+        }
+    }
+
+    /// Whether `instance` is unreachable from here.
+    pub fn is_unreachable(&self, instance: u64) -> bool {
+        self.unreachable.contains_key(&instance)
+    }
+
+    /// Queues a direct probe of each member of `mine` (this instance's view) that a member
+    /// peer's view no longer has: the peer may have removed it as down, and this instance
+    /// checks for itself before it follows (at most once per `every` per instance).
+    pub fn queue_verifications(
+        &mut self,
+        me: Option<u64>,
+        mine: &[u64],
+        every: Duration,
+        now: Instant,
+    ) {
+        let mut suspects = BTreeSet::new();
+        for entry in self.cards.values() {
+            let c = &entry.card;
+            if Some(c.instance) == me
+                || c.state != MemberState::Member
+                || c.epoch.is_none()
+                || self.unreachable.contains_key(&c.instance)
+            {
+                continue;
+            }
+            for m in mine {
+                if Some(*m) != me && *m != c.instance && !c.members.contains(m) {
+                    suspects.insert(*m);
+                }
+            }
+        }
+        for s in suspects {
+            if !self.candidates.contains(&s) || self.to_verify.contains(&s) {
+                continue;
+            }
+            if self
+                .verified_at
+                .get(&s)
+                .is_some_and(|t| now.saturating_duration_since(*t) < every)
+            {
+                continue;
+            }
+            self.verified_at.insert(s, now);
+            self.to_verify.push_back(s);
+        }
+    }
+
+    /// `count` peers other than this instance, at random (`None`: all of them).
+    pub fn pick(&self, me: Option<u64>, count: Option<usize>, rng: &mut impl Rng) -> Vec<u64> {
+        let mut peers: Vec<u64> = self
+            .candidates
+            .iter()
+            .copied()
+            .filter(|i| Some(*i) != me)
+            .collect();
+        if let Some(count) = count {
+            peers.shuffle(rng);
+            peers.truncate(count);
+        }
+        peers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn epoch(n: u64) -> Epoch {
+        format!("{n:016x}").parse().unwrap()
+    }
+
+    /// A node of a tiny in-memory cluster: its gossip and its own state.
+    fn node(me: u64, all: &[u64], state: MemberState, view: &[u64], now: Instant) -> Gossip {
+        let mut g = Gossip::default();
+        g.set_candidates(Some(me), all.iter().copied());
+        g.set_own(
+            me,
+            state,
+            (!view.is_empty()).then_some((epoch(view.len() as u64), view)),
+            None,
+            1_000 + me,
+            now,
+        );
+        g
+    }
+
+    /// Both sides of a sync: each takes the other's cards.
+    fn sync(a: &mut Gossip, am: u64, b: &mut Gossip, bm: u64, now: Instant) {
+        let ta = a.table(Some(am), None, now);
+        let tb = b.table(Some(bm), None, now);
+        b.merge(Some(bm), &ta, now);
+        a.merge(Some(am), &tb, now);
+    }
+
+    #[test]
+    fn digests_agree_exactly_when_the_cards_do() {
+        let now = Instant::now();
+        let all = [0, 1, 2];
+        let mut nodes: Vec<Gossip> = all
+            .iter()
+            .map(|&i| node(i, &all, MemberState::Member, &all, now))
+            .collect();
+        assert_ne!(nodes[0].digest(), nodes[1].digest());
+        let (a, rest) = nodes.split_at_mut(1);
+        let (b, c) = rest.split_at_mut(1);
+        sync(&mut a[0], 0, &mut b[0], 1, now);
+        sync(&mut b[0], 1, &mut c[0], 2, now);
+        sync(&mut a[0], 0, &mut b[0], 1, now);
+        assert_eq!(nodes[0].digest(), nodes[1].digest());
+        assert_eq!(nodes[1].digest(), nodes[2].digest());
+        // A merge in a different order gives the same digest; a second merge changes nothing.
+        let t = nodes[0].table(Some(0), None, now);
+        assert!(!nodes[2].merge(Some(2), &t, now));
+        // A change of state is a new version: the digests differ until it spreads.
+        let change = nodes[1].set_own(1, MemberState::Leaving, None, None, 5, now);
+        assert_eq!(change, OwnChange::State);
+        assert_ne!(nodes[0].digest(), nodes[1].digest());
+        // The same state again is no change, and no new version.
+        assert_eq!(
+            nodes[1].set_own(1, MemberState::Leaving, None, None, 6, now),
+            OwnChange::None
+        );
+    }
+
+    #[test]
+    fn an_older_or_foreign_card_never_replaces_a_newer_one() {
+        let now = Instant::now();
+        let mut g = node(0, &[0, 1], MemberState::Member, &[0, 1], now);
+        let card = |version, state| PeerTable {
+            from: Some(1),
+            cards: vec![PeerCard {
+                instance: 1,
+                version,
+                state,
+                epoch: None,
+                previous: None,
+                previous_left_ms: 0,
+            }],
+            views: vec![],
+        };
+        assert!(g.merge(Some(0), &card(10, MemberState::Member), now));
+        assert!(!g.merge(Some(0), &card(9, MemberState::Leaving), now));
+        assert_eq!(g.observed(Some(0), now)[0].state, Some(MemberState::Member));
+        // A card about this instance itself is never taken from a peer.
+        let mut about_me = card(99, MemberState::Leaving);
+        about_me.cards[0].instance = 0;
+        assert!(!g.merge(Some(0), &about_me, now));
+        // Nor one of an instance DNS does not name.
+        let mut stranger = card(99, MemberState::Member);
+        stranger.cards[0].instance = 7;
+        assert!(!g.merge(Some(0), &stranger, now));
+        // A card naming an epoch without its members is not taken half.
+        let mut half = card(11, MemberState::Member);
+        half.cards[0].epoch = Some(epoch(2).to_string());
+        assert!(!g.merge(Some(0), &half, now));
+    }
+
+    #[test]
+    fn a_failed_probe_marks_unreachable_until_an_answer_or_a_newer_card() {
+        let now = Instant::now();
+        let mut g = node(0, &[0, 1, 2], MemberState::Member, &[0, 1, 2], now);
+        let mut one = node(1, &[0, 1, 2], MemberState::Member, &[0, 1, 2], now);
+        sync(&mut g, 0, &mut one, 1, now);
+        g.probed(1, false, now);
+        let p1 = |g: &Gossip| {
+            g.observed(Some(0), now)
+                .into_iter()
+                .find(|p| p.instance == 1)
+        };
+        assert_eq!(p1(&g).unwrap().state, None);
+        // It is probed again first in the next round.
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!(g.probe_targets(Some(0), &mut rng)[0], 1);
+        g.probed(1, true, now);
+        assert_eq!(p1(&g).unwrap().state, Some(MemberState::Member));
+        g.probed(1, false, now);
+        one.set_own(1, MemberState::Leaving, None, None, 50_000, now);
+        g.merge(Some(0), &one.table(Some(1), Some(1), now), now);
+        assert_eq!(p1(&g).unwrap().state, Some(MemberState::Leaving));
+    }
+
+    #[test]
+    fn the_round_robin_probes_every_peer_once_per_cycle() {
+        let now = Instant::now();
+        let all: Vec<u64> = (0..10).collect();
+        let mut g = node(3, &all, MemberState::Member, &all, now);
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut seen = Vec::new();
+        for _ in 0..9 {
+            let t = g.probe_targets(Some(3), &mut rng);
+            assert_eq!(t.len(), 1, "one probe per round when all is well");
+            seen.push(t[0]);
+        }
+        seen.sort();
+        assert_eq!(seen, [0, 1, 2, 4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn a_member_another_view_dropped_is_verified_once_per_period() {
+        let now = Instant::now();
+        let all = [0, 1, 2];
+        let mut g = node(0, &all, MemberState::Member, &all, now);
+        let mut peer = node(1, &all, MemberState::Member, &[0, 1], now);
+        sync(&mut g, 0, &mut peer, 1, now);
+        let every = Duration::from_secs(30);
+        g.queue_verifications(Some(0), &all, every, now);
+        g.queue_verifications(Some(0), &all, every, now);
+        let mut rng = StdRng::seed_from_u64(3);
+        let targets = g.probe_targets(Some(0), &mut rng);
+        assert_eq!(targets.iter().filter(|t| **t == 2).count(), 1);
+        assert!(targets.len() <= 2);
+        g.queue_verifications(Some(0), &all, every, now + Duration::from_secs(1));
+        assert!(g.to_verify.is_empty(), "not again within the period");
+        g.queue_verifications(Some(0), &all, every, now + every);
+        assert_eq!(g.to_verify, [2]);
+    }
+
+    #[test]
+    fn a_dns_change_drops_the_cards_of_instances_no_longer_named() {
+        let now = Instant::now();
+        let mut g = node(0, &[0, 1, 2], MemberState::Member, &[0, 1, 2], now);
+        let mut two = node(2, &[0, 1, 2], MemberState::Member, &[0, 1, 2], now);
+        sync(&mut g, 0, &mut two, 2, now);
+        assert_eq!(g.observed(Some(0), now).len(), 2);
+        g.set_candidates(Some(0), [0, 1]);
+        assert_eq!(g.observed(Some(0), now).len(), 1);
+        assert!(!g
+            .table(Some(0), None, now)
+            .cards
+            .iter()
+            .any(|c| c.instance == 2));
+    }
+}
