@@ -38,6 +38,11 @@ const INTERNAL: &[&str] = &[
     "/metrics",
     "/%6Detrics",
     "/health/../metrics",
+    "/peer/digest",
+    "/peer/sync",
+    "/peer/push",
+    "/Peer/digest",
+    "/%70eer/digest",
     "/quitquitquit",
     "/server_info",
     "/",
@@ -146,7 +151,15 @@ async fn operator_listener(stack: &Stack) {
         let (status, body) = get(&http, reqwest::Method::GET, &format!("{operator}{path}")).await;
         assert_eq!(status, 200, "{path}: {body}");
     }
-    for path in ["/join?client_id=a", "/join/x", "//join?client_id=a"] {
+    for path in [
+        "/join?client_id=a",
+        "/join/x",
+        "//join?client_id=a",
+        "/peer/digest",
+        "/peer/push",
+        "/%70eer/sync",
+        "//peer/digest",
+    ] {
         let (status, body) = get(&http, reqwest::Method::GET, &format!("{operator}{path}")).await;
         json_error(status, &body, 404, "not_found");
     }
