@@ -50,15 +50,16 @@ async fn scale_under_load(
     deployment: Deployment,
     mode: IndexMode,
     flow: Flow,
-    first: u64,
+    (replicas, first): (u64, u64),
     steps: &[Step],
 ) {
     let _turn = serial().await;
-    let name = format!("scaling-{deployment:?}-{mode}-{flow:?}");
-    let mut c = config(&name, 2, deployment, mode);
+    let name = format!("scaling-{deployment:?}-{mode}-{flow:?}-{replicas}");
+    let mut c = config(&name, replicas as u32, deployment, mode);
     c.flow = Some(flow);
     let mut stack = start(c).await;
-    assert_eq!(stack.running(), [first, first + 1]);
+    let expected: Vec<u64> = (first..first + replicas).collect();
+    assert_eq!(stack.running(), expected);
     let (public, operator) = (api(&stack), Api::new(&stack.operator_url()));
     let id_kind = if mode == IndexMode::Numeric {
         IdKind::Numeric
@@ -129,7 +130,7 @@ async fn compose_naming_scales_2_3_2_4_1_with_no_failed_join() {
         Deployment::Compose,
         IndexMode::Hash,
         Flow::Module,
-        1,
+        (2, 1),
         &[
             Step {
                 add: &[3],
@@ -159,7 +160,7 @@ async fn kubernetes_naming_scales_2_3_2_4_1_with_no_failed_join() {
         Deployment::Kubernetes,
         IndexMode::Jump,
         Flow::Module,
-        0,
+        (2, 0),
         &[
             Step {
                 add: &[2],
@@ -190,7 +191,7 @@ async fn the_lua_flow_scales_with_no_failed_join() {
         Deployment::Compose,
         IndexMode::Jump,
         Flow::Lua,
-        1,
+        (2, 1),
         &[
             Step {
                 add: &[3],
@@ -199,6 +200,30 @@ async fn the_lua_flow_scales_with_no_failed_join() {
             Step {
                 add: &[],
                 remove: &[1],
+            },
+        ],
+    )
+    .await;
+}
+
+/// Membership at a size where probing every peer every round overloaded the machine: 30
+/// instances, five more, then those five gone again, under load, with 0 non-2xx and every view
+/// agreeing after each step.
+#[tokio::test]
+async fn thirty_instances_scale_by_five_up_and_down_with_no_failed_join() {
+    scale_under_load(
+        Deployment::Compose,
+        IndexMode::Jump,
+        Flow::Module,
+        (30, 1),
+        &[
+            Step {
+                add: &[31, 32, 33, 34, 35],
+                remove: &[],
+            },
+            Step {
+                add: &[],
+                remove: &[35, 34, 33, 32, 31],
             },
         ],
     )
