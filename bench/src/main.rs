@@ -13,6 +13,7 @@
 
 mod configs;
 mod load;
+mod membership;
 mod quality;
 mod report;
 mod scenarios;
@@ -73,6 +74,16 @@ enum Cmd {
         rate: Option<f64>,
         #[arg(long, default_value_t = 3)]
         replicas: u32,
+    },
+    /// Membership cost by deployment size on the local stack: idle CPU, messages and DNS
+    /// queries per instance, agreement after adding and removing one; writes
+    /// docs/BENCHMARKS-membership.md.
+    Membership {
+        #[arg(long, value_delimiter = ',', default_values_t = [3u64, 10, 30, 100])]
+        sizes: Vec<u64>,
+        /// Seconds of idle measurement per size.
+        #[arg(long, default_value_t = 20)]
+        idle: u64,
     },
     /// Write docs/BENCHMARKS.md again from target/bench/report.json (and soak.json).
     Render,
@@ -370,6 +381,14 @@ async fn main() -> Result<()> {
             rate,
             replicas,
         } => soak::run(minutes, rate, replicas).await,
+        Cmd::Membership { sizes, idle } => {
+            membership::run(
+                &sizes,
+                Duration::from_secs(idle),
+                &poc_routing_stack::envoy::repo_root().join("docs/BENCHMARKS-membership.md"),
+            )
+            .await
+        }
         Cmd::Render => report::render(
             &bench_dir(),
             &poc_routing_stack::envoy::repo_root().join("docs/BENCHMARKS.md"),

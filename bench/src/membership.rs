@@ -1,0 +1,235 @@
+//! `poc-bench membership`: what membership costs each instance as the deployment grows, on the
+//! local stack (real servers, the real DNS responder, the real Envoy), with no client traffic.
+//!
+//! For each N it starts the stack, lets it settle, then measures for `--idle` seconds, per
+//! instance: CPU (from `/proc/<pid>/stat`), membership messages sent
+//! (`poc_gossip_messages_total`), DNS queries (`poc_dns_queries_total`), and epoch changes
+//! (there should be none while idle). Then it adds one instance and removes it again, and
+//! reports how long until every view agrees and until Envoy routes joins by the new epoch.
+//! The design says the idle cost per instance is flat in N; the table shows it beside N = 10's.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use poc_routing_stack::Stack;
+use poc_routing_wire::JoinAnswer;
+use serde::{Deserialize, Serialize};
+
+use crate::{bench_dir, stack_config};
+
+/// One N's figures.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    pub n: u64,
+    pub start_s: f64,
+    /// CPU of one instance, in cores (1.0 = one core busy), idle, averaged over the instances.
+    pub idle_cpu_per_instance: f64,
+    pub messages_per_instance_s: f64,
+    pub dns_queries_per_instance_s: f64,
+    pub idle_epoch_changes: u64,
+    pub add_views_agree_ms: u64,
+    pub add_envoy_routes_ms: u64,
+    pub remove_views_agree_ms: u64,
+    pub remove_envoy_routes_ms: u64,
+}
+
+/// CPU ticks (user + system) of `pid` so far; `/proc` counts in USER_HZ, 100 a second.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: split after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the file are the 12th and 13th after the name.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// A counter of every instance's `/metrics`, summed (labelled series included).
+async fn metric_sum(stack: &Stack, http: &reqwest::Client, name: &str) -> Result<f64> {
+    let mut sum = 0.0;
+    for index in stack.running() {
+        let addr = stack
+            .instance_addr(index)
+            .context("a running instance has an address")?;
+        let text = http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        sum += text
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    Ok(sum)
+}
+
+/// Waits until a join through Envoy is routed by the stack's current epoch; how long it took
+/// since `since`.
+async fn envoy_routes_by_current(
+    stack: &Stack,
+    http: &reqwest::Client,
+    since: Instant,
+) -> Result<Duration> {
+    let want = stack.placement().epoch().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        n += 1;
+        let url = format!("{}/join?client_id=membership-probe-{}", stack.url(), n % 50);
+        if let Ok(r) = http.get(url).send().await {
+            if let Ok(answer) = r.json::<JoinAnswer>().await {
+                if answer.epoch == want {
+                    return Ok(since.elapsed());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("Envoy did not route by epoch {want} within 60 s")
+}
+
+/// Measures one N.
+async fn measure(n: u64, idle: Duration) -> Result<Row> {
+    let started = Instant::now();
+    let mut stack = Stack::start(stack_config(&format!("membership-{n}"), n as u32, None))
+        .await
+        .with_context(|| format!("start the local stack with {n} instances"))?;
+    let start_s = started.elapsed().as_secs_f64();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let pids = stack.instance_pids();
+    let ticks = |pids: &[u32]| pids.iter().filter_map(|p| cpu_ticks(*p)).sum::<u64>();
+    let (t0, m0, d0, e0) = (
+        ticks(&pids),
+        metric_sum(&stack, &http, "poc_gossip_messages_total").await?,
+        metric_sum(&stack, &http, "poc_dns_queries_total").await?,
+        metric_sum(&stack, &http, "poc_epoch_changes_total").await?,
+    );
+    let clock = Instant::now();
+    tokio::time::sleep(idle).await;
+    let secs = clock.elapsed().as_secs_f64();
+    let (t1, m1, d1, e1) = (
+        ticks(&pids),
+        metric_sum(&stack, &http, "poc_gossip_messages_total").await?,
+        metric_sum(&stack, &http, "poc_dns_queries_total").await?,
+        metric_sum(&stack, &http, "poc_epoch_changes_total").await?,
+    );
+    let per = |d: f64| d / secs / n as f64;
+
+    let new = stack.running().last().copied().unwrap_or(0) + 1;
+    let change = Instant::now();
+    stack.add_instances(&[new]).await?;
+    stack
+        .wait_views_agree(Duration::from_secs(60))
+        .await
+        .context("views agree after adding one")?;
+    let add_agree = change.elapsed();
+    let add_envoy = envoy_routes_by_current(&stack, &http, change).await?;
+
+    let change = Instant::now();
+    stack.remove_instances(&[new]).await?;
+    stack
+        .wait_views_agree(Duration::from_secs(60))
+        .await
+        .context("views agree after removing one")?;
+    let remove_agree = change.elapsed();
+    let remove_envoy = envoy_routes_by_current(&stack, &http, change).await?;
+    stack.stop();
+
+    Ok(Row {
+        n,
+        start_s,
+        idle_cpu_per_instance: per((t1 - t0) as f64 / 100.0),
+        messages_per_instance_s: per(m1 - m0),
+        dns_queries_per_instance_s: per(d1 - d0),
+        idle_epoch_changes: (e1 - e0) as u64,
+        add_views_agree_ms: add_agree.as_millis() as u64,
+        add_envoy_routes_ms: add_envoy.as_millis() as u64,
+        remove_views_agree_ms: remove_agree.as_millis() as u64,
+        remove_envoy_routes_ms: remove_envoy.as_millis() as u64,
+    })
+}
+
+/// Runs every size, writes `target/bench/membership.json` and the report.
+pub async fn run(sizes: &[u64], idle: Duration, doc: &Path) -> Result<()> {
+    let mut rows = Vec::new();
+    for &n in sizes {
+        eprintln!("membership: N = {n} ...");
+        let row = measure(n, idle).await?;
+        eprintln!("{row:?}");
+        rows.push(row);
+    }
+    std::fs::create_dir_all(bench_dir())?;
+    std::fs::write(
+        bench_dir().join("membership.json"),
+        serde_json::to_string_pretty(&rows)?,
+    )?;
+    let text = render(&rows, idle);
+    print!("{text}");
+    std::fs::write(doc, text).with_context(|| format!("write {}", doc.display()))?;
+    eprintln!("wrote {}", doc.display());
+    Ok(())
+}
+
+fn render(rows: &[Row], idle: Duration) -> String {
+    let base: BTreeMap<&str, f64> = rows
+        .iter()
+        .find(|r| r.n == 10)
+        .or(rows.first())
+        .map(|r| {
+            BTreeMap::from([
+                ("cpu", r.idle_cpu_per_instance),
+                ("msg", r.messages_per_instance_s),
+            ])
+        })
+        .unwrap_or_default();
+    let ratio = |key: &str, v: f64| {
+        base.get(key)
+            .filter(|b| **b > 0.0)
+            .map_or("-".to_owned(), |b| format!("{:.2}×", v / b))
+    };
+    let mut out = String::from(
+        "# Membership cost by deployment size\n\n\
+         Generated by `make bench-membership` (`poc-bench membership`); do not edit by hand.\n\
+         The local stack on this machine, no client traffic. Per instance: idle CPU (cores),\n\
+         membership messages sent and DNS queries a second, measured over ",
+    );
+    out += &format!(
+        "{} s after 5 s of settling.\nThe design expects the idle cost per instance to stay flat \
+         (1.00× of N = 10's); the old design (every peer probed every round) grew as N.\n\
+         Agreement: from the change (an instance added, or sent SIGTERM) to every view holding \
+         the new epoch, and to Envoy routing joins by it. Adding includes the new instance's \
+         start and its `JOIN_SETTLE_MS` (2 s).\n\n",
+        idle.as_secs()
+    );
+    out += "| N | start | idle CPU / instance | vs N = 10 (expected 1×; old: N/10×) | messages / instance / s | vs N = 10 | DNS queries / instance / s | idle epoch changes | +1: views agree | +1: Envoy routes | −1: views agree | −1: Envoy routes |\n";
+    out += "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    for r in rows {
+        out += &format!(
+            "| {} | {:.1} s | {:.4} | {} | {:.2} | {} | {:.2} | {} | {} ms | {} ms | {} ms | {} ms |\n",
+            r.n,
+            r.start_s,
+            r.idle_cpu_per_instance,
+            ratio("cpu", r.idle_cpu_per_instance),
+            r.messages_per_instance_s,
+            ratio("msg", r.messages_per_instance_s),
+            r.dns_queries_per_instance_s,
+            r.idle_epoch_changes,
+            r.add_views_agree_ms,
+            r.add_envoy_routes_ms,
+            r.remove_views_agree_ms,
+            r.remove_envoy_routes_ms,
+        );
+    }
+    out
+}
