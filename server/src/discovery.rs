@@ -31,10 +31,10 @@ use hickory_resolver::proto::xfer::{DnsHandle, DnsRequestOptions};
 use poc_routing_placement::Placement;
 use poc_routing_wire::{PeerDigest, PeerTable};
 
-use crate::gossip::{Gossip, OwnChange, EPOCH_FANOUT};
 use crate::identity::{own_addresses, Identity, Source};
 use crate::membership::{Change, MemberState, Membership, Peer};
 use crate::metrics::Metrics;
+use crate::node::Node;
 use crate::rounds::Rounds;
 
 /// How the servers find each other.
@@ -262,13 +262,12 @@ pub struct Discovery {
     pub identity: Arc<Identity>,
     pub metrics: Arc<Metrics>,
     http: reqwest::Client,
-    gossip: Mutex<Gossip>,
+    /// The gossip and the rules that turn it into the view ([`Node`], no I/O).
+    node: Mutex<Node>,
     /// Where each instance was found in the last round.
     found: Mutex<BTreeMap<u64, SocketAddr>>,
     /// One round at a time; each caller waits for one that started after it asked.
     rounds: Rounds,
-    /// When this instance, joining, first knew who it is and found member peers.
-    settling_since: Mutex<Option<Instant>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -294,16 +293,16 @@ impl Discovery {
             .connect_timeout(Duration::from_millis(300))
             .build()
             .expect("an HTTP client with timeouts only");
+        let node = Mutex::new(Node::new(Arc::clone(&membership)));
         Self {
             finder,
             membership,
             identity,
             metrics,
             http,
-            gossip: Mutex::default(),
+            node,
             found: Mutex::default(),
             rounds: Rounds::default(),
-            settling_since: Mutex::new(None),
         }
     }
 
@@ -338,18 +337,20 @@ impl Discovery {
             candidates.iter().map(|c| (c.index, c.addr)).collect();
         self.membership.set_addresses(found.clone());
         let me = self.identity.get();
-        let targets = {
-            let mut gossip = lock(&self.gossip);
-            gossip.set_candidates(me, found.keys().copied());
-            gossip.probe_targets(me, &mut rand::thread_rng())
-        };
+        let targets = lock(&self.node).round(
+            me,
+            Arc::new(found.keys().copied().collect()),
+            &mut rand::thread_rng(),
+        );
         *lock(&self.found) = found.clone();
         let probes = targets.iter().filter_map(|i| {
             let addr = *found.get(i)?;
             Some(self.probe(Candidate { index: *i, addr }, force_sync))
         });
         futures::future::join_all(probes).await;
-        self.recompute();
+        if lock(&self.node).needs_recompute(me, Instant::now()) {
+            self.recompute();
+        }
     }
 
     /// Probes one peer: its digest, then (if the digests differ, or `force`) a swap of cards.
@@ -358,7 +359,7 @@ impl Discovery {
         if let Err(ProbeError::Impostor) = outcome {
             self.finder.forget(peer.addr.ip());
         }
-        lock(&self.gossip).probed(peer.index, outcome.is_ok(), Instant::now());
+        lock(&self.node).probed(peer.index, outcome.is_ok(), Instant::now());
     }
 
     async fn exchange(&self, peer: Candidate, force: bool) -> Result<(), ProbeError> {
@@ -380,8 +381,11 @@ impl Discovery {
             return Err(ProbeError::Impostor);
         }
         let (mine, table) = {
-            let gossip = lock(&self.gossip);
-            (gossip.digest_hex(), gossip.table(me, None, Instant::now()))
+            let node = lock(&self.node);
+            (
+                node.gossip.digest_hex(),
+                node.gossip.table(me, None, Instant::now()),
+            )
         };
         if answer.digest == mine && !force {
             return Ok(());
@@ -403,24 +407,24 @@ impl Discovery {
         if theirs.from.is_some_and(|i| i != peer.index) {
             return Err(ProbeError::Impostor);
         }
-        lock(&self.gossip).merge(me, &theirs, Instant::now());
+        lock(&self.node).receive(me, &theirs, Instant::now());
         Ok(())
     }
 
     /// A peer's `/peer/sync`: takes its cards, answers with every card held here.
     pub fn on_sync(&self, table: &PeerTable) -> PeerTable {
         let me = self.identity.get();
-        let news = lock(&self.gossip).merge(me, table, Instant::now());
+        let news = lock(&self.node).receive(me, table, Instant::now());
         if news {
             self.recompute();
         }
-        lock(&self.gossip).table(me, None, Instant::now())
+        lock(&self.node).gossip.table(me, None, Instant::now())
     }
 
     /// A peer's `/peer/push`: takes its cards.
     pub fn on_push(&self, table: &PeerTable) -> PeerDigest {
         let me = self.identity.get();
-        let news = lock(&self.gossip).merge(me, table, Instant::now());
+        let news = lock(&self.node).receive(me, table, Instant::now());
         if news {
             self.recompute();
         }
@@ -431,74 +435,36 @@ impl Discovery {
     pub fn digest(&self) -> PeerDigest {
         PeerDigest {
             instance: self.identity.get(),
-            digest: lock(&self.gossip).digest_hex(),
+            digest: lock(&self.node).gossip.digest_hex(),
         }
     }
 
-    /// Recomputes the view from the cards held, writes this instance's own card, and pushes
-    /// it if it changed: to every peer for a new state, to [`EPOCH_FANOUT`] for a new epoch.
+    /// What this instance sees of each peer now (`/placement`'s `peers`).
+    pub fn peer_states(&self) -> Vec<Peer> {
+        lock(&self.node).peers(self.identity.get(), Instant::now())
+    }
+
+    /// Recomputes the view from the cards held ([`Node::recompute`]), reports a change, and
+    /// pushes this instance's card if it changed.
     fn recompute(&self) {
         let me = self.identity.get();
         let now = Instant::now();
-        let (peers, heard_from_all) = {
-            let gossip = lock(&self.gossip);
-            (gossip.observed(me, now), gossip.heard_from_all(me))
+        let (outcome, card) = {
+            let mut node = lock(&self.node);
+            let outcome = node.recompute(me, now, wall_us(), &mut rand::thread_rng());
+            let card = outcome
+                .push
+                .as_ref()
+                .map(|_| node.gossip.table(me, me, now));
+            (outcome, card)
         };
-        if let (Some(me), MemberState::Joining) = (me, self.membership.state()) {
-            if self.settled(me, &peers, heard_from_all) {
-                // Ready: it knows who it is, has heard what its peers hold, and the proxy has
-                // had time to learn its address.
-                self.membership.set_state(MemberState::Member);
-                tracing::info!(instance = me, "member");
-            }
+        if outcome.became_member {
+            tracing::info!(instance = me, "member");
         }
-        if let Some(change) = self.membership.update(me, peers, now) {
-            self.report(&change);
+        if let Some(change) = &outcome.change {
+            self.report(change);
         }
-        self.write_own_card(now);
-    }
-
-    /// Writes this instance's card from its membership, and pushes it if it changed.
-    fn write_own_card(&self, now: Instant) {
-        let Some(me) = self.identity.get() else {
-            return;
-        };
-        let state = self.membership.state();
-        let views = self.membership.views();
-        let current = views.current.as_deref();
-        let previous = views.previous(now);
-        let (change, targets) = {
-            let mut gossip = lock(&self.gossip);
-            let change = gossip.set_own(
-                me,
-                state,
-                current.map(|c| (c.epoch(), c.members())),
-                previous.map(|(p, until)| {
-                    (p.epoch(), p.members(), until.saturating_duration_since(now))
-                }),
-                wall_us(),
-                now,
-            );
-            if let Some(c) = current {
-                gossip.queue_verifications(
-                    Some(me),
-                    c.members(),
-                    self.membership.timing.down_timeout,
-                    now,
-                );
-            }
-            let count = match change {
-                OwnChange::None => None,
-                OwnChange::State => Some(None),
-                OwnChange::Epoch => Some(Some(EPOCH_FANOUT)),
-            };
-            let targets = count.map(|n| gossip.pick(Some(me), n, &mut rand::thread_rng()));
-            (
-                change,
-                targets.map(|t| (t, gossip.table(Some(me), Some(me), now))),
-            )
-        };
-        let Some((targets, card)) = targets else {
+        let (Some((change, targets)), Some(card)) = (outcome.push, card) else {
             return;
         };
         tracing::debug!(
@@ -569,26 +535,6 @@ impl Discovery {
         }
     }
 
-    /// Whether joining instance `me` may become a member: at once when there are no members
-    /// yet (nothing routes anywhere; known only once it holds a card of every instance DNS
-    /// names) or when the members still count it (it crashed and came back: no id moves to
-    /// it); otherwise once `join_settle` has passed since it first saw them.
-    fn settled(&self, me: u64, peers: &[Peer], heard_from_all: bool) -> bool {
-        let members: Vec<&Peer> = peers
-            .iter()
-            .filter(|p| p.state == Some(MemberState::Member))
-            .collect();
-        if members.is_empty() {
-            return heard_from_all;
-        }
-        if members.iter().any(|p| p.members.contains(&me)) {
-            return true;
-        }
-        let mut since = lock(&self.settling_since);
-        let since = *since.get_or_insert_with(Instant::now);
-        since.elapsed() >= self.membership.timing.join_settle
-    }
-
     /// Probes forever, every `probe_interval`.
     pub async fn run(self: Arc<Self>) {
         let mut every = tokio::time::interval(self.membership.timing.probe_interval);
@@ -611,7 +557,7 @@ impl Discovery {
         while Instant::now() < deadline {
             self.round().await;
             let mine = self.membership.current().map(|c| c.epoch());
-            let peers = self.membership.peers();
+            let peers = self.peer_states();
             let members: Vec<&Peer> = peers
                 .iter()
                 .filter(|p| p.state == Some(MemberState::Member))

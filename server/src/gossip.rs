@@ -75,8 +75,11 @@ pub enum OwnChange {
 #[derive(Debug, Default)]
 pub struct Gossip {
     cards: BTreeMap<u64, Entry>,
+    /// The digest of `cards`, kept as they change: a probe answers it without a pass over them.
+    digest: u64,
     /// The instances DNS named in the last round; cards of others are not taken (and dropped).
-    candidates: BTreeSet<u64>,
+    /// Shared: a simulation's thousands of nodes hold one set.
+    candidates: Arc<BTreeSet<u64>>,
     /// Peers whose last probe from here failed, and since when (cleared by an answer, or by a
     /// newer card of theirs: only the instance itself writes its card, so it is alive).
     unreachable: BTreeMap<u64, Instant>,
@@ -103,9 +106,19 @@ fn mix(instance: u64, version: u64) -> u64 {
 impl Gossip {
     /// The digest of every card held, own card included.
     pub fn digest(&self) -> u64 {
-        self.cards
-            .values()
-            .fold(0, |d, e| d ^ mix(e.card.instance, e.card.version))
+        self.digest
+    }
+
+    /// Holds `card` in place of any older one, keeping the digest.
+    fn insert(&mut self, card: Arc<Card>, now: Instant) {
+        self.digest ^= mix(card.instance, card.version);
+        let entry = Entry {
+            card,
+            received: now,
+        };
+        if let Some(old) = self.cards.insert(entry.card.instance, entry) {
+            self.digest ^= mix(old.card.instance, old.card.version);
+        }
     }
 
     /// The digest as sent on the wire: 16 hex digits.
@@ -115,19 +128,29 @@ impl Gossip {
 
     /// Takes the instances DNS names now: cards and checks of instances it no longer names are
     /// dropped (a removed instance's card does not linger), and the probe order follows.
-    pub fn set_candidates(&mut self, me: Option<u64>, found: impl IntoIterator<Item = u64>) {
-        let found: BTreeSet<u64> = found.into_iter().collect();
+    /// Returns whether they changed.
+    pub fn set_candidates(&mut self, me: Option<u64>, found: Arc<BTreeSet<u64>>) -> bool {
         if found == self.candidates {
-            return;
+            return false;
         }
-        self.cards
-            .retain(|i, _| found.contains(i) || Some(*i) == me);
+        let gone: Vec<u64> = self
+            .cards
+            .keys()
+            .copied()
+            .filter(|i| !found.contains(i) && Some(*i) != me)
+            .collect();
+        for i in gone {
+            if let Some(old) = self.cards.remove(&i) {
+                self.digest ^= mix(old.card.instance, old.card.version);
+            }
+        }
         self.unreachable.retain(|i, _| found.contains(i));
         self.to_verify.retain(|i| found.contains(i));
         self.verified_at.retain(|i, _| found.contains(i));
         self.candidates = found;
         self.order.clear();
         self.cursor = 0;
+        true
     }
 
     pub fn candidates(&self) -> &BTreeSet<u64> {
@@ -150,19 +173,12 @@ impl Gossip {
     ) -> OwnChange {
         let old = self.cards.get(&me).map(|e| e.card.clone());
         let epoch = current.map(|(e, _)| e);
-        let previous_epoch = previous.map(|(e, _, _)| e);
         let change = match &old {
             None => OwnChange::State,
             Some(c) if c.state != state => OwnChange::State,
+            // The previous view changes only with the epoch; its window's end is not news:
+            // every holder ends it by itself.
             Some(c) if c.epoch != epoch => OwnChange::Epoch,
-            // A previous view that appeared without an epoch change (a peer's) is news; one
-            // whose window ended is not: every holder ends it by itself.
-            Some(c)
-                if previous_epoch.is_some()
-                    && c.previous.as_ref().map(|(e, _)| *e) != previous_epoch =>
-            {
-                OwnChange::Epoch
-            }
             Some(_) => return OwnChange::None,
         };
         self.last_version = (self.last_version + 1).max(wall_us);
@@ -175,13 +191,7 @@ impl Gossip {
             previous: previous.map(|(e, m, _)| (e, Arc::new(m.to_vec()))),
             previous_left: previous.map_or(Duration::ZERO, |(_, _, left)| left),
         };
-        self.cards.insert(
-            me,
-            Entry {
-                card: Arc::new(card),
-                received: now,
-            },
-        );
+        self.insert(Arc::new(card), now);
         change
     }
 
@@ -192,10 +202,37 @@ impl Gossip {
             .iter()
             .map(|v| (v.epoch.as_str(), &v.members))
             .collect();
-        let members_of = |epoch: &Option<String>| -> Option<(Epoch, Arc<Vec<u64>>)> {
+        // Member lists are shared: a view a held card already names is not allocated again.
+        let shared =
+            |cards: &BTreeMap<u64, Entry>, me: Option<u64>, instance: u64, epoch: Epoch| {
+                let named = |c: &Card| -> Option<Arc<Vec<u64>>> {
+                    if c.epoch == Some(epoch) {
+                        return Some(c.members.clone());
+                    }
+                    c.previous
+                        .as_ref()
+                        .filter(|(e, _)| *e == epoch)
+                        .map(|(_, m)| m.clone())
+                };
+                let likely = [me, Some(instance)];
+                likely
+                    .iter()
+                    .flatten()
+                    .filter_map(|i| cards.get(i))
+                    .find_map(|e| named(&e.card))
+                    .or_else(|| cards.values().find_map(|e| named(&e.card)))
+            };
+        let members_of = |cards: &BTreeMap<u64, Entry>,
+                          instance: u64,
+                          epoch: &Option<String>|
+         -> Option<(Epoch, Arc<Vec<u64>>)> {
             let text = epoch.as_deref()?;
             let epoch = text.parse::<Epoch>().ok()?;
-            Some((epoch, Arc::new((*views.get(text)?).clone())))
+            let listed = views.get(text)?;
+            let members = shared(cards, me, instance, epoch)
+                .filter(|m| m.as_slice() == listed.as_slice())
+                .unwrap_or_else(|| Arc::new((*listed).clone()));
+            Some((epoch, members))
         };
         let mut news = false;
         for wire in &table.cards {
@@ -211,8 +248,8 @@ impl Gossip {
             }
             // A card naming a view without its members is not taken whole: skip it, a
             // later sync brings it complete.
-            let current = members_of(&wire.epoch);
-            let previous = members_of(&wire.previous);
+            let current = members_of(&self.cards, wire.instance, &wire.epoch);
+            let previous = members_of(&self.cards, wire.instance, &wire.previous);
             if current.is_none() != wire.epoch.is_none()
                 || previous.is_none() != wire.previous.is_none()
             {
@@ -229,16 +266,44 @@ impl Gossip {
                 previous_left: Duration::from_millis(wire.previous_left_ms),
             };
             self.unreachable.remove(&wire.instance);
-            self.cards.insert(
-                wire.instance,
-                Entry {
-                    card: Arc::new(card),
-                    received: now,
-                },
-            );
+            self.insert(Arc::new(card), now);
             news = true;
         }
         news
+    }
+
+    /// Takes the cards of another node held in memory (the simulation's sync and push): the
+    /// same rule as [`Gossip::merge`], without the wire format.
+    pub fn merge_cards(&mut self, me: Option<u64>, cards: &[Arc<Card>], now: Instant) -> bool {
+        let mut news = false;
+        for card in cards {
+            if Some(card.instance) == me
+                || !self.candidates.contains(&card.instance)
+                || self
+                    .cards
+                    .get(&card.instance)
+                    .is_some_and(|e| e.card.version >= card.version)
+            {
+                continue;
+            }
+            self.unreachable.remove(&card.instance);
+            self.insert(card.clone(), now);
+            news = true;
+        }
+        news
+    }
+
+    /// Every card held (`only`: just this instance's).
+    pub fn cards(&self, only: Option<u64>) -> Vec<Arc<Card>> {
+        match only {
+            Some(i) => self
+                .cards
+                .get(&i)
+                .map(|e| e.card.clone())
+                .into_iter()
+                .collect(),
+            None => self.cards.values().map(|e| e.card.clone()).collect(),
+        }
     }
 
     /// Every card held, as sent on the wire (`only`: just these instances' cards).
@@ -291,20 +356,22 @@ impl Gossip {
                     let age = now.saturating_duration_since(entry.received);
                     Peer {
                         instance,
+                        version: c.version,
                         state: (!self.unreachable.contains_key(&instance)).then_some(c.state),
                         epoch: c.epoch,
-                        members: c.members.to_vec(),
+                        members: c.members.clone(),
                         previous: c
                             .previous
                             .as_ref()
-                            .map(|(e, m)| (*e, m.to_vec(), c.previous_left.saturating_sub(age))),
+                            .map(|(e, m)| (*e, m.clone(), c.previous_left.saturating_sub(age))),
                     }
                 }
                 None => Peer {
                     instance,
+                    version: 0,
                     state: None,
                     epoch: None,
-                    members: Vec::new(),
+                    members: Arc::default(),
                     previous: None,
                 },
             })
@@ -364,12 +431,16 @@ impl Gossip {
         targets
     }
 
-    /// Records the outcome of a probe of `instance`.
-    pub fn probed(&mut self, instance: u64, answered: bool, now: Instant) {
+    /// Records the outcome of a probe of `instance`; returns whether that changed whether it
+    /// is unreachable from here.
+    pub fn probed(&mut self, instance: u64, answered: bool, now: Instant) -> bool {
         if answered {
-            self.unreachable.remove(&instance);
-        } else if self.candidates.contains(&instance) {
-            self.unreachable.entry(instance).or_insert(now);
+            self.unreachable.remove(&instance).is_some()
+        } else if self.candidates.contains(&instance) && !self.unreachable.contains_key(&instance) {
+            self.unreachable.insert(instance, now);
+            true
+        } else {
+            false
         }
     }
 
@@ -388,18 +459,34 @@ impl Gossip {
         every: Duration,
         now: Instant,
     ) {
-        let mut suspects = BTreeSet::new();
+        // Each distinct view once (a thousand cards usually name one or two), with the newest
+        // card that names it: what it lacks is suspect if that card is newer than the
+        // suspect's own.
+        let mut views: HashMap<Epoch, (&Arc<Vec<u64>>, u64)> = HashMap::new();
+        let own_epoch = me
+            .and_then(|me| self.cards.get(&me))
+            .and_then(|e| e.card.epoch);
         for entry in self.cards.values() {
             let c = &entry.card;
-            if Some(c.instance) == me
+            let Some(epoch) = c.epoch else { continue };
+            // A peer holding this instance's own view lacks nothing of it.
+            if Some(epoch) == own_epoch
+                || Some(c.instance) == me
                 || c.state != MemberState::Member
-                || c.epoch.is_none()
                 || self.unreachable.contains_key(&c.instance)
             {
                 continue;
             }
+            let view = views.entry(epoch).or_insert((&c.members, c.version));
+            view.1 = view.1.max(c.version);
+        }
+        let mut suspects = BTreeSet::new();
+        for (members, newest) in views.values() {
+            let held: BTreeSet<u64> = members.iter().copied().collect();
             for m in mine {
-                if Some(*m) != me && *m != c.instance && !c.members.contains(m) {
+                // Only a view written after the suspect's own card says anything of it.
+                let newer = self.cards.get(m).is_none_or(|e| e.card.version < *newest);
+                if Some(*m) != me && newer && !held.contains(m) {
                     suspects.insert(*m);
                 }
             }
@@ -449,7 +536,7 @@ mod tests {
     /// A node of a tiny in-memory cluster: its gossip and its own state.
     fn node(me: u64, all: &[u64], state: MemberState, view: &[u64], now: Instant) -> Gossip {
         let mut g = Gossip::default();
-        g.set_candidates(Some(me), all.iter().copied());
+        g.set_candidates(Some(me), Arc::new(all.iter().copied().collect()));
         g.set_own(
             me,
             state,
@@ -599,7 +686,7 @@ mod tests {
         let mut two = node(2, &[0, 1, 2], MemberState::Member, &[0, 1, 2], now);
         sync(&mut g, 0, &mut two, 2, now);
         assert_eq!(g.observed(Some(0), now).len(), 2);
-        g.set_candidates(Some(0), [0, 1]);
+        g.set_candidates(Some(0), Arc::new([0, 1].into()));
         assert_eq!(g.observed(Some(0), now).len(), 1);
         assert!(!g
             .table(Some(0), None, now)

@@ -21,6 +21,7 @@ pub mod gossip;
 pub mod identity;
 pub mod membership;
 mod metrics;
+pub mod node;
 mod registry;
 mod rounds;
 pub mod routes;

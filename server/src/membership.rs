@@ -32,12 +32,17 @@ pub use poc_routing_wire::{MemberState, ServedUnder};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub instance: u64,
+    /// The version of the card this comes from (its writer's wall clock, in µs; 0: none).
+    /// A peer's view says something about an instance only if it was written after that
+    /// instance's own card: an older view may simply not have heard of it yet.
+    pub version: u64,
     /// `None` when the last probe got no usable answer.
     pub state: Option<MemberState>,
     pub epoch: Option<Epoch>,
-    pub members: Vec<u64>,
+    /// Shared with the gossip's cards: a thousand peers holding one view hold one list.
+    pub members: Arc<Vec<u64>>,
     /// The peer's previous view (epoch and members) and how long its window still lasts.
-    pub previous: Option<(Epoch, Vec<u64>, Duration)>,
+    pub previous: Option<(Epoch, Arc<Vec<u64>>, Duration)>,
 }
 
 /// The most views kept besides the current one.
@@ -183,10 +188,12 @@ impl Default for Timing {
 struct Inner {
     state: MemberState,
     views: Views,
-    peers: BTreeMap<u64, Peer>,
     /// Members that are not observed as members right now, and since when.
     down_since: BTreeMap<u64, Instant>,
     changed_at: Option<Instant>,
+    /// The view this instance itself held before the current one, until its window ends
+    /// (what its gossip card says; `views.recent` also holds its peers' views).
+    own_previous: Option<(Arc<Placement>, Instant)>,
     /// Where each instance was last found (DNS): what `/placement` publishes for the proxy to
     /// dial. Not part of the epoch: an address says where an owner is, not who owns what.
     addresses: BTreeMap<u64, SocketAddr>,
@@ -248,9 +255,9 @@ impl Membership {
             inner: RwLock::new(Inner {
                 state,
                 views,
-                peers: BTreeMap::new(),
                 down_since: BTreeMap::new(),
                 changed_at: None,
+                own_previous: None,
                 addresses: BTreeMap::new(),
             }),
         }
@@ -292,8 +299,15 @@ impl Membership {
         self.read().views.current.clone()
     }
 
-    pub fn peers(&self) -> Vec<Peer> {
-        self.read().peers.values().cloned().collect()
+    /// When the view may next change by itself, with nothing new observed: the first absent
+    /// member's down timeout.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let inner = self.read();
+        inner
+            .down_since
+            .values()
+            .min()
+            .map(|since| *since + self.timing.down_timeout)
     }
 
     /// Records where every instance was found this round, replacing the last round's: an
@@ -309,6 +323,14 @@ impl Membership {
             .iter()
             .filter_map(|m| inner.addresses.get(m).map(|a| (*m, *a)))
             .collect()
+    }
+
+    /// The view this instance held before its current one, while its window lasts.
+    pub fn own_previous(&self, now: Instant) -> Option<(Arc<Placement>, Instant)> {
+        self.read()
+            .own_previous
+            .clone()
+            .filter(|(_, until)| now < *until)
     }
 
     /// When the current view was adopted.
@@ -327,30 +349,44 @@ impl Membership {
 
     /// Takes one round of observations and recomputes the view. `me` is this instance's index
     /// once known; `observed` holds every peer discovery found, keyed by index.
-    pub fn update(&self, me: Option<u64>, observed: Vec<Peer>, now: Instant) -> Option<Change> {
+    pub fn update(&self, me: Option<u64>, observed: &[Peer], now: Instant) -> Option<Change> {
         let mut inner = self.write();
         let inner = &mut *inner;
-        let observed: BTreeMap<u64, Peer> = observed
-            .into_iter()
+        let observed: BTreeMap<u64, &Peer> = observed
+            .iter()
             .filter(|p| Some(p.instance) != me)
             .map(|p| (p.instance, p))
             .collect();
         let (members, removed_as_down) = self.members_now(inner, me, &observed, now);
-        inner.peers = observed;
 
         let until = now + self.timing.transition_window;
-        let next = self.rule.with_members(members.iter().copied()).ok();
         let from = inner.views.current.as_ref().map(|c| c.epoch());
-        let to = next.as_ref().map(Placement::epoch);
+        // The same members as now: the same view, not built again (most rounds).
+        let same = inner
+            .views
+            .current
+            .as_ref()
+            .is_some_and(|c| c.members().iter().copied().eq(members.iter().copied()));
+        let next = if same {
+            None
+        } else {
+            self.rule.with_members(members.iter().copied()).ok()
+        };
+        let to = if same {
+            from
+        } else {
+            next.as_ref().map(Placement::epoch)
+        };
         let changed = from != to;
         if changed {
             let old = std::mem::replace(&mut inner.views.current, next.map(Arc::new));
+            inner.own_previous = old.clone().map(|o| (o, until));
             if let Some(old) = old {
                 inner.views.remember(old, until, now);
             }
             inner.changed_at = Some(now);
         }
-        self.remember_peer_views(inner, until, now);
+        self.remember_peer_views(inner, &observed, until, now);
         changed.then(|| Change {
             from,
             to,
@@ -366,19 +402,27 @@ impl Membership {
         &self,
         inner: &mut Inner,
         me: Option<u64>,
-        observed: &BTreeMap<u64, Peer>,
+        observed: &BTreeMap<u64, &Peer>,
         now: Instant,
     ) -> (BTreeSet<u64>, Vec<u64>) {
         // Views held by member peers: a first view starts from them, and an absent member that
         // a member peer has already dropped is dropped here too.
-        let peer_views: Vec<&Vec<u64>> = observed
+        let peer_views: Vec<(u64, &Arc<Vec<u64>>)> = observed
             .values()
             .filter(|p| p.state == Some(MemberState::Member) && p.epoch.is_some())
-            .map(|p| &p.members)
+            .map(|p| (p.version, &p.members))
             .collect();
         let mut remembered: BTreeSet<u64> = match &inner.views.current {
             Some(c) => c.members().iter().copied().collect(),
-            None => peer_views.iter().flat_map(|m| m.iter().copied()).collect(),
+            // Each distinct view once: a thousand peers usually hold one or two.
+            None => {
+                let distinct: BTreeMap<Epoch, &Arc<Vec<u64>>> = observed
+                    .values()
+                    .filter(|p| p.state == Some(MemberState::Member))
+                    .filter_map(|p| Some((p.epoch?, &p.members)))
+                    .collect();
+                distinct.values().flat_map(|m| m.iter().copied()).collect()
+            }
         };
         remembered.extend(inner.down_since.keys().copied());
 
@@ -407,7 +451,12 @@ impl Membership {
                 continue;
             }
             let since = *inner.down_since.entry(index).or_insert(now);
-            let dropped_by_a_peer = peer_views.iter().any(|m| !m.contains(&index));
+            // Dropped by a member peer whose view is newer than this instance's card: that
+            // peer knew of it and removed it.
+            let its_card = observed.get(&index).map_or(0, |p| p.version);
+            let dropped_by_a_peer = peer_views
+                .iter()
+                .any(|(version, m)| *version > its_card && !m.contains(&index));
             if now.duration_since(since) < self.timing.down_timeout && !dropped_by_a_peer {
                 members.insert(index);
             } else {
@@ -420,28 +469,51 @@ impl Membership {
 
     /// Views peers hold, or just held: joins routed by them are served here too. Leaving peers
     /// count: until Envoy's health check drops them, they still answer /where.
-    fn remember_peer_views(&self, inner: &mut Inner, until: Instant, now: Instant) {
-        for peer in inner.peers.values() {
+    fn remember_peer_views(
+        &self,
+        inner: &mut Inner,
+        observed: &BTreeMap<u64, &Peer>,
+        until: Instant,
+        now: Instant,
+    ) {
+        // Each distinct view once, until the latest end any peer gives it: a view held by a
+        // thousand peers is checked once, not a thousand times.
+        let mut held: BTreeMap<Epoch, (&Arc<Vec<u64>>, Instant)> = BTreeMap::new();
+        for peer in observed.values() {
             if !matches!(peer.state, Some(MemberState::Member | MemberState::Leaving)) {
                 continue;
             }
             // A view a peer holds now is live for a full window; one it held before, for
             // what is left of that peer's window.
-            let held = peer
+            let views = peer
                 .epoch
-                .map(|e| (e, peer.members.clone(), until))
+                .map(|e| (e, &peer.members, until))
                 .into_iter()
                 .chain(
                     peer.previous
-                        .clone()
-                        .map(|(e, members, left)| (e, members, now + left)),
+                        .as_ref()
+                        .map(|(e, members, left)| (*e, members, now + *left)),
                 );
-            for (epoch, members, view_until) in held {
-                // Only a view of this rule: its epoch must be what these members give.
-                if let Ok(view) = self.rule.with_members(members) {
-                    if view.epoch() == epoch {
-                        inner.views.remember(Arc::new(view), view_until, now);
-                    }
+            for (epoch, members, view_until) in views {
+                let entry = held.entry(epoch).or_insert((members, view_until));
+                entry.1 = entry.1.max(view_until);
+            }
+        }
+        let current = inner.views.current.as_ref().map(|c| c.epoch());
+        for (epoch, (members, view_until)) in held {
+            if Some(epoch) == current
+                || inner
+                    .views
+                    .recent
+                    .iter()
+                    .any(|(p, u)| p.epoch() == epoch && *u >= view_until)
+            {
+                continue;
+            }
+            // Only a view of this rule: its epoch must be what these members give.
+            if let Ok(view) = self.rule.with_members(members.iter().copied()) {
+                if view.epoch() == epoch {
+                    inner.views.remember(Arc::new(view), view_until, now);
                 }
             }
         }
@@ -474,9 +546,10 @@ mod tests {
         });
         Peer {
             instance,
+            version: 1,
             state,
             epoch,
-            members: members.to_vec(),
+            members: Arc::new(members.to_vec()),
             previous: None,
         }
     }
@@ -492,14 +565,10 @@ mod tests {
         let m = Membership::discovered(rule(), timing(), None);
         let t0 = Instant::now();
         // Joining: no view, even with member peers.
-        let change = m.update(
-            Some(3),
-            vec![peer(1, Some(MemberState::Member), &[1, 2])],
-            t0,
-        );
+        let change = m.update(Some(3), &[peer(1, Some(MemberState::Member), &[1, 2])], t0);
         assert_eq!(change.unwrap().members, vec![1, 2]);
         m.set_state(MemberState::Member);
-        let round = |t, peers| m.update(Some(3), peers, t);
+        let round = |t, peers: Vec<Peer>| m.update(Some(3), &peers, t);
         assert!(round(
             t0,
             vec![
@@ -564,7 +633,7 @@ mod tests {
         let all = [1, 2, 3];
         m.update(
             Some(1),
-            vec![
+            &[
                 peer(2, Some(MemberState::Member), &all),
                 peer(3, Some(MemberState::Member), &all),
             ],
@@ -575,7 +644,7 @@ mod tests {
         let change = m
             .update(
                 Some(1),
-                vec![
+                &[
                     peer(2, Some(MemberState::Member), &[1, 2]),
                     peer(3, Some(MemberState::Leaving), &[1, 2]),
                 ],
@@ -592,7 +661,7 @@ mod tests {
         // 4 was a member, vanished, and member peers already dropped it: drop it now too.
         m.update(
             Some(1),
-            vec![
+            &[
                 peer(2, Some(MemberState::Member), &[1, 2, 4]),
                 peer(4, Some(MemberState::Member), &[1, 2, 4]),
             ],
@@ -600,11 +669,7 @@ mod tests {
         );
         assert_eq!(members(&m), [1, 2, 4]);
         let change = m
-            .update(
-                Some(1),
-                vec![peer(2, Some(MemberState::Member), &[1, 2])],
-                t0,
-            )
+            .update(Some(1), &[peer(2, Some(MemberState::Member), &[1, 2])], t0)
             .unwrap();
         assert_eq!(change.members, vec![1, 2]);
     }
@@ -614,15 +679,11 @@ mod tests {
         let m = Membership::discovered(rule(), timing(), None);
         m.set_state(MemberState::Member);
         let t0 = Instant::now();
-        m.update(
-            Some(1),
-            vec![peer(2, Some(MemberState::Member), &[1, 2])],
-            t0,
-        );
+        m.update(Some(1), &[peer(2, Some(MemberState::Member), &[1, 2])], t0);
         let old = m.current().unwrap();
         m.update(
             Some(1),
-            vec![
+            &[
                 peer(2, Some(MemberState::Member), &[1, 2, 3]),
                 peer(3, Some(MemberState::Member), &[1, 2, 3]),
             ],
@@ -680,20 +741,20 @@ mod tests {
         let m = Membership::discovered(rule(), timing(), None);
         m.set_state(MemberState::Member);
         let t0 = Instant::now();
-        m.update(
-            Some(1),
-            vec![peer(2, Some(MemberState::Member), &[1, 2])],
-            t0,
-        );
+        m.update(Some(1), &[peer(2, Some(MemberState::Member), &[1, 2])], t0);
         let between = rule().with_members([1, 2, 3]).unwrap();
         let mut reporting = peer(2, Some(MemberState::Member), &[1, 2, 3, 4]);
-        reporting.previous = Some((between.epoch(), vec![1, 2, 3], Duration::from_secs(5)));
+        reporting.previous = Some((
+            between.epoch(),
+            Arc::new(vec![1, 2, 3]),
+            Duration::from_secs(5),
+        ));
         // A forged previous (an epoch those members do not give) is ignored.
         let mut forged = peer(3, Some(MemberState::Member), &[1, 2, 3, 4]);
-        forged.previous = Some((Epoch(7), vec![1], Duration::from_secs(5)));
+        forged.previous = Some((Epoch(7), Arc::new(vec![1]), Duration::from_secs(5)));
         m.update(
             Some(1),
-            vec![
+            &[
                 reporting,
                 forged,
                 peer(4, Some(MemberState::Member), &[1, 2, 3, 4]),
@@ -726,10 +787,10 @@ mod tests {
             let mut p = peer(2, Some(MemberState::Member), &[1, 2]);
             p.previous = Some((
                 old.epoch(),
-                vec![1, 2, 3],
+                Arc::new(vec![1, 2, 3]),
                 Duration::from_millis(1000 - step * 200),
             ));
-            m.update(Some(1), vec![p], t0 + Duration::from_millis(step * 200));
+            m.update(Some(1), &[p], t0 + Duration::from_millis(step * 200));
         }
         assert!(m
             .views()
@@ -737,5 +798,43 @@ mod tests {
         assert!(!m
             .views()
             .knows(old.epoch(), t0 + Duration::from_millis(1100)));
+    }
+
+    #[test]
+    fn a_peer_view_older_than_a_members_card_does_not_drop_it() {
+        use MemberState::Member;
+        let m = Membership::discovered(rule(), timing(), None);
+        m.set_state(Member);
+        let t0 = Instant::now();
+        let mut joined = peer(3, Some(Member), &[1, 2, 3]);
+        joined.version = 10;
+        let mut stale = peer(2, Some(Member), &[1, 2]);
+        stale.version = 5;
+        m.update(Some(1), &[stale.clone(), joined.clone()], t0);
+        assert_eq!(members(&m), [1, 2, 3]);
+        // 3 does not answer here once, and 2's view predates 3's card: 2 had not heard of 3
+        // yet, so 3 keeps its place.
+        let mut unreachable = joined;
+        unreachable.state = None;
+        let change = m.update(
+            Some(1),
+            &[stale.clone(), unreachable.clone()],
+            t0 + Duration::from_millis(250),
+        );
+        assert_eq!(change, None);
+        assert_eq!(members(&m), [1, 2, 3]);
+        // A view of 2's written after 3's card, still without 3: 2 removed it, and so does
+        // this instance, whose own probe failed too.
+        let mut newer = stale;
+        newer.version = 20;
+        let change = m
+            .update(
+                Some(1),
+                &[newer, unreachable],
+                t0 + Duration::from_millis(500),
+            )
+            .unwrap();
+        assert_eq!(change.members, [1, 2]);
+        assert_eq!(change.removed_as_down, [3]);
     }
 }

@@ -185,8 +185,11 @@ pub async fn placement(State(state): State<Arc<AppState>>) -> Json<PlacementAnsw
         members: p.members().to_vec(),
         window_left_ms: until.duration_since(now).as_millis() as u64,
     });
-    let peers = m
-        .peers()
+    let peers = state
+        .discovery
+        .as_ref()
+        .map(|d| d.peer_states())
+        .unwrap_or_default()
         .iter()
         .map(|p| PeerView {
             instance: p.instance,
