@@ -17,6 +17,7 @@ mod membership;
 mod quality;
 mod report;
 mod scenarios;
+mod sim;
 mod soak;
 
 use std::net::SocketAddr;
@@ -84,6 +85,15 @@ enum Cmd {
         /// Seconds of idle measurement per size.
         #[arg(long, default_value_t = 20)]
         idle: u64,
+        /// Skip the local stack (only the simulation).
+        #[arg(long)]
+        no_stack: bool,
+        /// Skip the simulation (only the local stack).
+        #[arg(long)]
+        no_sim: bool,
+        /// The simulation's runs, as SIZE@LOSS_PERCENT.
+        #[arg(long, value_delimiter = ',', default_values_t = membership::SIM_RUNS.iter().map(|s| s.to_string()))]
+        sim: Vec<String>,
     },
     /// Write docs/BENCHMARKS.md again from target/bench/report.json (and soak.json).
     Render,
@@ -381,9 +391,16 @@ async fn main() -> Result<()> {
             rate,
             replicas,
         } => soak::run(minutes, rate, replicas).await,
-        Cmd::Membership { sizes, idle } => {
+        Cmd::Membership {
+            sizes,
+            idle,
+            no_stack,
+            no_sim,
+            sim,
+        } => {
             membership::run(
-                &sizes,
+                if no_stack { &[] } else { &sizes },
+                if no_sim { &[] } else { &sim },
                 Duration::from_secs(idle),
                 &poc_routing_stack::envoy::repo_root().join("docs/BENCHMARKS-membership.md"),
             )

@@ -160,28 +160,139 @@ async fn measure(n: u64, idle: Duration) -> Result<Row> {
     })
 }
 
-/// Runs every size, writes `target/bench/membership.json` and the report.
-pub async fn run(sizes: &[u64], idle: Duration, doc: &Path) -> Result<()> {
-    let mut rows = Vec::new();
+/// The simulation's default runs (`make bench`): 1,000 instances at 0, 1, 5 and 20% loss, and
+/// 3,000 at 1% (about 4 minutes here; `--sim 10000@1` runs 10,000, which this machine has not
+/// been given the half hour it needs yet).
+pub const SIM_RUNS: &[&str] = &["1000@0", "1000@1", "1000@5", "1000@20", "3000@1"];
+
+/// What `target/bench/membership.json` holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Report {
+    stack: Vec<Row>,
+    sim: Vec<crate::sim::Outcome>,
+}
+
+fn parse_sim_run(run: &str) -> Result<(u64, f64)> {
+    let (n, loss) = run
+        .split_once('@')
+        .with_context(|| format!("--sim {run:?}: expected SIZE@LOSS_PERCENT, such as 1000@5"))?;
+    let n: u64 = n.parse().with_context(|| format!("--sim {run:?}: size"))?;
+    let loss: f64 = loss
+        .parse()
+        .with_context(|| format!("--sim {run:?}: loss"))?;
+    anyhow::ensure!(
+        (2..=100_000).contains(&n) && (0.0..100.0).contains(&loss),
+        "--sim {run:?}: size 2 to 100000, loss 0 to 99 percent"
+    );
+    Ok((n, loss / 100.0))
+}
+
+/// Runs every size on the local stack and every simulation run, writes
+/// `target/bench/membership.json`, the report and its plot.
+pub async fn run(sizes: &[u64], sim_runs: &[String], idle: Duration, doc: &Path) -> Result<()> {
+    let sim_runs: Vec<(u64, f64)> = sim_runs
+        .iter()
+        .map(|r| parse_sim_run(r))
+        .collect::<Result<_>>()?;
+    let mut report = Report::default();
     for &n in sizes {
-        eprintln!("membership: N = {n} ...");
+        eprintln!("membership: the local stack with N = {n} ...");
         let row = measure(n, idle).await?;
         eprintln!("{row:?}");
-        rows.push(row);
+        report.stack.push(row);
+    }
+    for (n, loss) in sim_runs {
+        eprintln!(
+            "membership: simulating N = {n} at {:.0}% loss ...",
+            loss * 100.0
+        );
+        let outcome = tokio::task::spawn_blocking(move || crate::sim::run(n, loss, 1))
+            .await
+            .context("the simulation panicked")?;
+        eprintln!("{outcome:?}");
+        report.sim.push(outcome);
     }
     std::fs::create_dir_all(bench_dir())?;
     std::fs::write(
         bench_dir().join("membership.json"),
-        serde_json::to_string_pretty(&rows)?,
+        serde_json::to_string_pretty(&report)?,
     )?;
-    let text = render(&rows, idle);
+    let plot = doc.with_file_name("membership-cost.svg");
+    if !report.stack.is_empty() {
+        draw(&report.stack, &plot)?;
+    }
+    let text = render(&report, idle, &plot);
     print!("{text}");
     std::fs::write(doc, text).with_context(|| format!("write {}", doc.display()))?;
     eprintln!("wrote {}", doc.display());
     Ok(())
 }
 
-fn render(rows: &[Row], idle: Duration) -> String {
+/// Idle cost per instance against N: measured, beside what each design predicts.
+fn draw(rows: &[Row], path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    let base = rows
+        .iter()
+        .find(|r| r.n == 10)
+        .or(rows.first())
+        .context("no rows")?;
+    let max_n = rows.iter().map(|r| r.n).max().unwrap_or(10) as f64;
+    let msgs = |r: &Row| r.messages_per_instance_s;
+    let old = |n: f64| 4.0 * (n - 1.0);
+    let top = rows.iter().map(msgs).fold(old(max_n), f64::max).max(1.0) * 1.1;
+    let root = SVGBackend::new(path, (720, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Membership requests per instance per second, idle",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..max_n * 1.05, (0.1f64..top).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("instances (N)")
+        .y_desc("requests / instance / s (log)")
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new(
+            rows.iter().map(|r| (r.n as f64, msgs(r))),
+            BLUE.stroke_width(2),
+        ))?
+        .label("measured (gossip: one digest probe a round)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE));
+    chart
+        .draw_series(LineSeries::new(
+            rows.iter().map(|r| (r.n as f64, msgs(base))),
+            GREEN.stroke_width(1),
+        ))?
+        .label("expected: flat at N = 10's")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], GREEN));
+    chart
+        .draw_series(LineSeries::new(
+            rows.iter().map(|r| (r.n as f64, old(r.n as f64))),
+            RED.stroke_width(1),
+        ))?
+        .label("before: every peer probed every round, 4·(N−1)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn ms(v: Option<u64>) -> String {
+    v.map_or("did not converge in 90 s".to_owned(), |v| format!("{v} ms"))
+}
+
+fn render(report: &Report, idle: Duration, plot: &Path) -> String {
+    let rows = &report.stack;
     let base: BTreeMap<&str, f64> = rows
         .iter()
         .find(|r| r.n == 10)
@@ -200,36 +311,71 @@ fn render(rows: &[Row], idle: Duration) -> String {
     };
     let mut out = String::from(
         "# Membership cost by deployment size\n\n\
-         Generated by `make bench-membership` (`poc-bench membership`); do not edit by hand.\n\
-         The local stack on this machine, no client traffic. Per instance: idle CPU (cores),\n\
-         membership messages sent and DNS queries a second, measured over ",
+         Generated by `make bench-membership` (`poc-bench membership`); do not edit by hand.\n\n",
     );
-    out += &format!(
-        "{} s after 5 s of settling.\nThe design expects the idle cost per instance to stay flat \
-         (1.00× of N = 10's); the old design (every peer probed every round) grew as N.\n\
-         Agreement: from the change (an instance added, or sent SIGTERM) to every view holding \
-         the new epoch, and to Envoy routing joins by it. Adding includes the new instance's \
-         start and its `JOIN_SETTLE_MS` (2 s).\n\n",
-        idle.as_secs()
-    );
-    out += "| N | start | idle CPU / instance | vs N = 10 (expected 1×; old: N/10×) | messages / instance / s | vs N = 10 | DNS queries / instance / s | idle epoch changes | +1: views agree | +1: Envoy routes | −1: views agree | −1: Envoy routes |\n";
-    out += "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
-    for r in rows {
+    if !rows.is_empty() {
         out += &format!(
-            "| {} | {:.1} s | {:.4} | {} | {:.2} | {} | {:.2} | {} | {} ms | {} ms | {} ms | {} ms |\n",
-            r.n,
-            r.start_s,
-            r.idle_cpu_per_instance,
-            ratio("cpu", r.idle_cpu_per_instance),
-            r.messages_per_instance_s,
-            ratio("msg", r.messages_per_instance_s),
-            r.dns_queries_per_instance_s,
-            r.idle_epoch_changes,
-            r.add_views_agree_ms,
-            r.add_envoy_routes_ms,
-            r.remove_views_agree_ms,
-            r.remove_envoy_routes_ms,
+            "## The local stack\n\n\
+             Real servers, DNS responder and Envoy on this machine, no client traffic. Per \
+             instance: idle CPU (cores), membership requests sent and DNS queries a second, \
+             measured over {} s after 5 s of settling. The design expects the idle cost per \
+             instance to stay flat (1.00× of N = 10's); the design before it (every peer \
+             probed every round) grew as N. Agreement: from the change (an instance added, or \
+             sent SIGTERM) to every view holding the new epoch, and to Envoy routing joins by \
+             it. Adding includes the new instance's start and its `JOIN_SETTLE_MS` (2 s); \
+             removing includes its drain.\n\n\
+             ![idle requests per instance](./{})\n\n",
+            idle.as_secs(),
+            plot.file_name()
+                .and_then(|f| f.to_str())
+                .unwrap_or("membership-cost.svg"),
         );
+        out += "| N | start | idle CPU / instance | vs N = 10 | requests / instance / s | vs N = 10 | DNS queries / instance / s | idle epoch changes | +1: views agree | +1: Envoy routes | −1: views agree | −1: Envoy routes |\n";
+        out += "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        for r in rows {
+            out += &format!(
+                "| {} | {:.1} s | {:.4} | {} | {:.2} | {} | {:.2} | {} | {} ms | {} ms | {} ms | {} ms |\n",
+                r.n,
+                r.start_s,
+                r.idle_cpu_per_instance,
+                ratio("cpu", r.idle_cpu_per_instance),
+                r.messages_per_instance_s,
+                ratio("msg", r.messages_per_instance_s),
+                r.dns_queries_per_instance_s,
+                r.idle_epoch_changes,
+                r.add_views_agree_ms,
+                r.add_envoy_routes_ms,
+                r.remove_views_agree_ms,
+                r.remove_envoy_routes_ms,
+            );
+        }
+        out += "\n";
+    }
+    if !report.sim.is_empty() {
+        out += "## Past one machine: simulation\n\n\
+                The servers' own membership code (`poc_routing_server::node::Node`: gossip, \
+                membership rules, epochs) for every instance in one process, with virtual time \
+                and each message lost at the given rate (`bench/src/sim.rs` says what the \
+                model keeps and leaves out). Idle: requests per member per second over 60 s. \
+                Then one instance joins, one leaves (SIGTERM), one crashes and stays in DNS; \
+                each converges when every live member holds the same new view. A crash is \
+                removed after `DOWN_TIMEOUT_S` (30 s), by design. False removals: live members \
+                removed as down, by anyone, over the whole run.\n\n";
+        out += "| N | loss | idle requests / member / s | join | leave | crash | false removals | wall time |\n";
+        out += "|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        for o in &report.sim {
+            out += &format!(
+                "| {} | {:.0}% | {:.2} | {} | {} | {} | {} | {:.1} s |\n",
+                o.n,
+                o.loss * 100.0,
+                o.idle_messages_per_member_s,
+                ms(o.join_converged_ms),
+                ms(o.leave_converged_ms),
+                ms(o.crash_converged_ms),
+                o.false_removals,
+                o.wall_s,
+            );
+        }
     }
     out
 }
