@@ -45,8 +45,10 @@ pub struct Peer {
     pub previous: Option<(Epoch, Arc<Vec<u64>>, Duration)>,
 }
 
-/// The most views kept besides the current one.
-const MAX_RECENT: usize = 8;
+/// The most views kept besides the current one. Several instances joining together make many
+/// intermediate views (each peer may hold another combination for a moment); the bound is
+/// for memory, and when it is reached the view whose window ends first goes.
+const MAX_RECENT: usize = 32;
 
 /// The placement this instance routes by now, and the recent ones it still accepts.
 #[derive(Debug, Clone, Default)]
@@ -144,7 +146,18 @@ impl Views {
         if now < until {
             self.recent.insert(0, (placement, until));
         }
-        self.recent.truncate(MAX_RECENT);
+        while self.recent.len() > MAX_RECENT {
+            let Some(first_to_end) = self
+                .recent
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (_, u))| *u)
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            self.recent.remove(first_to_end);
+        }
     }
 }
 
@@ -170,6 +183,14 @@ pub struct Timing {
     pub join_settle: Duration,
 }
 
+impl Timing {
+    /// How long a member must stay absent from here before a peer's view that dropped it is
+    /// followed: eight probe intervals (2 s by default), each of which probes it again.
+    pub fn suspicion(&self) -> Duration {
+        self.probe_interval * 8
+    }
+}
+
 impl Default for Timing {
     fn default() -> Self {
         Self {
@@ -191,9 +212,6 @@ struct Inner {
     /// Members that are not observed as members right now, and since when.
     down_since: BTreeMap<u64, Instant>,
     changed_at: Option<Instant>,
-    /// The view this instance itself held before the current one, until its window ends
-    /// (what its gossip card says; `views.recent` also holds its peers' views).
-    own_previous: Option<(Arc<Placement>, Instant)>,
     /// Where each instance was last found (DNS): what `/placement` publishes for the proxy to
     /// dial. Not part of the epoch: an address says where an owner is, not who owns what.
     addresses: BTreeMap<u64, SocketAddr>,
@@ -257,7 +275,6 @@ impl Membership {
                 views,
                 down_since: BTreeMap::new(),
                 changed_at: None,
-                own_previous: None,
                 addresses: BTreeMap::new(),
             }),
         }
@@ -325,14 +342,6 @@ impl Membership {
             .collect()
     }
 
-    /// The view this instance held before its current one, while its window lasts.
-    pub fn own_previous(&self, now: Instant) -> Option<(Arc<Placement>, Instant)> {
-        self.read()
-            .own_previous
-            .clone()
-            .filter(|(_, until)| now < *until)
-    }
-
     /// When the current view was adopted.
     pub fn changed_at(&self) -> Option<Instant> {
         self.read().changed_at
@@ -380,7 +389,6 @@ impl Membership {
         let changed = from != to;
         if changed {
             let old = std::mem::replace(&mut inner.views.current, next.map(Arc::new));
-            inner.own_previous = old.clone().map(|o| (o, until));
             if let Some(old) = old {
                 inner.views.remember(old, until, now);
             }
@@ -451,12 +459,16 @@ impl Membership {
                 continue;
             }
             let since = *inner.down_since.entry(index).or_insert(now);
-            // Dropped by a member peer whose view is newer than this instance's card: that
-            // peer knew of it and removed it.
+            // Dropped by a member peer whose view is newer than this instance's card, after
+            // this instance's own probes have failed for a while (SWIM's suspicion): one
+            // timeout while a peer that had not heard of a new member yet changes its view
+            // for another reason removes nobody.
             let its_card = observed.get(&index).map_or(0, |p| p.version);
-            let dropped_by_a_peer = peer_views
-                .iter()
-                .any(|(version, m)| *version > its_card && !m.contains(&index));
+            let suspected = now.duration_since(since) >= self.timing.suspicion();
+            let dropped_by_a_peer = suspected
+                && peer_views
+                    .iter()
+                    .any(|(version, m)| *version > its_card && !m.contains(&index));
             if now.duration_since(since) < self.timing.down_timeout && !dropped_by_a_peer {
                 members.insert(index);
             } else {
@@ -668,8 +680,11 @@ mod tests {
             t0,
         );
         assert_eq!(members(&m), [1, 2, 4]);
+        let dropped = [peer(2, Some(MemberState::Member), &[1, 2])];
+        // Not at once: first this instance's own probes must fail for the suspicion time.
+        assert_eq!(m.update(Some(1), &dropped, t0), None);
         let change = m
-            .update(Some(1), &[peer(2, Some(MemberState::Member), &[1, 2])], t0)
+            .update(Some(1), &dropped, t0 + timing().suspicion())
             .unwrap();
         assert_eq!(change.members, vec![1, 2]);
     }
@@ -831,7 +846,7 @@ mod tests {
             .update(
                 Some(1),
                 &[newer, unreachable],
-                t0 + Duration::from_millis(500),
+                t0 + Duration::from_millis(250) + timing().suspicion(),
             )
             .unwrap();
         assert_eq!(change.members, [1, 2]);

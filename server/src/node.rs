@@ -117,10 +117,12 @@ impl Node {
         let Some(me) = me else {
             return outcome;
         };
-        let current = self.membership.current();
-        let current = current.as_deref();
-        let previous = self.membership.own_previous(now);
-        let previous = previous.as_ref();
+        // The previous view a card names is the newest one this instance still accepts, its
+        // own or a peer's, as of its last epoch change (later changes of it alone are not news:
+        // that would make cards change, and be pushed, as views are passed around).
+        let views = self.membership.views();
+        let current = views.current.as_deref();
+        let previous = views.previous(now);
         let change = self.gossip.set_own(
             me,
             self.membership.state(),
