@@ -621,7 +621,14 @@ mod tests {
 
     /// A DNS server that truncates every A answer over UDP, and serves TCP only if `tcp`.
     async fn server(tcp: bool) -> SocketAddr {
-        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // A port free for both UDP and TCP (the TCP listener is bound, and dropped, when
+        // `tcp` is false, so that nothing answers over TCP).
+        let (udp, listener) = loop {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            if let Ok(l) = tokio::net::TcpListener::bind(udp.local_addr().unwrap()).await {
+                break (udp, l);
+            }
+        };
         let addr = udp.local_addr().unwrap();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
@@ -639,7 +646,6 @@ mod tests {
             }
         });
         if tcp {
-            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
             tokio::spawn(async move {
                 loop {
                     let (mut stream, _) = listener.accept().await.unwrap();
