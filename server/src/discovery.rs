@@ -337,11 +337,23 @@ impl Discovery {
             candidates.iter().map(|c| (c.index, c.addr)).collect();
         self.membership.set_addresses(found.clone());
         let me = self.identity.get();
-        let targets = lock(&self.node).round(
-            me,
-            Arc::new(found.keys().copied().collect()),
-            &mut rand::thread_rng(),
-        );
+        let targets = {
+            let mut node = lock(&self.node);
+            let mut targets = node.round(
+                me,
+                Arc::new(found.keys().copied().collect()),
+                &mut rand::thread_rng(),
+            );
+            if force_sync {
+                // Looking for a view a peer holds: swap cards with two more, at random.
+                for extra in node.gossip.pick(me, Some(2), &mut rand::thread_rng()) {
+                    if !targets.contains(&extra) {
+                        targets.push(extra);
+                    }
+                }
+            }
+            targets
+        };
         *lock(&self.found) = found.clone();
         let probes = targets.iter().filter_map(|i| {
             let addr = *found.get(i)?;

@@ -65,9 +65,17 @@ pub async fn join(
     let mut verdict = state
         .membership
         .judge(instance, &id, routed, Instant::now());
-    if let (Err(Refusal::UnknownEpoch { .. }), Some(discovery)) = (&verdict, &state.discovery) {
-        // Routed by a view this instance has not adopted yet: look again before refusing, so
-        // views that change at slightly different moments fail nobody.
+    // Routed by a view this instance has not adopted or heard of yet: look again before
+    // refusing, so views that change at slightly different moments fail nobody. Several
+    // instances leaving at once make short-lived views a peer may have held for a few
+    // milliseconds; each look swaps cards with three peers, and up to four looks are made
+    // (rounds are shared and at least 50 ms apart, so a flood of forged epochs costs delay,
+    // not rounds).
+    for _ in 0..4 {
+        let (Err(Refusal::UnknownEpoch { .. }), Some(discovery)) = (&verdict, &state.discovery)
+        else {
+            break;
+        };
         discovery.refresh().await;
         verdict = state
             .membership
