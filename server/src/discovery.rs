@@ -316,11 +316,15 @@ impl Discovery {
     /// straight to a server, say), they cost at most 20 extra rounds a second; a request
     /// waits for the next one rather than being refused on an older observation. The round
     /// swaps cards with its peer whatever the digests say: the news may be on its way.
-    pub async fn refresh(&self) {
+    ///
+    /// Returns whether the cards held here changed meanwhile: whether looking again may help.
+    pub async fn refresh(&self) -> bool {
         const MIN_GAP: Duration = Duration::from_millis(50);
+        let before = lock(&self.node).gossip.digest();
         self.rounds
             .fresh(Some(MIN_GAP), || self.one_round(true))
             .await;
+        lock(&self.node).gossip.digest() != before
     }
 
     /// One round: ask DNS, probe one peer (plus any to check again), and recompute the view.

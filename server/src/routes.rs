@@ -68,18 +68,22 @@ pub async fn join(
     // Routed by a view this instance has not adopted or heard of yet: look again before
     // refusing, so views that change at slightly different moments fail nobody. Several
     // instances leaving at once make short-lived views a peer may have held for a few
-    // milliseconds; each look swaps cards with three peers, and up to four looks are made
-    // (rounds are shared and at least 50 ms apart, so a flood of forged epochs costs delay,
-    // not rounds).
+    // milliseconds; each look swaps cards with three peers, and while the cards keep
+    // changing, up to four looks are made. In a quiet cluster (a stale or forged epoch) one
+    // look finds nothing new and the join is refused; rounds are shared and at least 50 ms
+    // apart, so a flood of them costs delay, not load.
     for _ in 0..4 {
         let (Err(Refusal::UnknownEpoch { .. }), Some(discovery)) = (&verdict, &state.discovery)
         else {
             break;
         };
-        discovery.refresh().await;
+        let news = discovery.refresh().await;
         verdict = state
             .membership
             .judge(instance, &id, routed, Instant::now());
+        if !news {
+            break;
+        }
     }
     let (under, placement) = match verdict {
         Ok(served) => served,
