@@ -110,6 +110,7 @@ impl Sim {
                     members: members.clone(),
                     previous: None,
                     previous_left: Duration::ZERO,
+                    removed: Arc::default(),
                 })
             })
             .collect();
@@ -142,6 +143,7 @@ impl Sim {
                 MemberState::Member,
                 Some((view.epoch(), &all)),
                 None,
+                &[],
                 1,
                 base,
             );

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use poc_routing_placement::Epoch;
-use poc_routing_wire::{MemberState, PeerCard, PeerTable, PeerViewMembers};
+use poc_routing_wire::{MemberState, PeerCard, PeerRemoval, PeerTable, PeerViewMembers};
 use rand::seq::SliceRandom;
 use rand::Rng;
 
@@ -52,6 +52,8 @@ pub struct Card {
     pub previous: Option<(Epoch, Arc<Vec<u64>>)>,
     /// What was left of the previous view's window when the card was written.
     pub previous_left: Duration,
+    /// Members its writer removed as down lately, with the version of their card it held then.
+    pub removed: Arc<Vec<(u64, u64)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -158,9 +160,9 @@ impl Gossip {
     }
 
     /// Writes this instance's own card from what its membership holds now. The version rises
-    /// only when the state or the epochs change, never with time: an idle cluster's digests
-    /// stay equal. `wall_us` is the wall clock in microseconds (a restart starts above the
-    /// versions its earlier life wrote).
+    /// only when the state, the epochs or the removals change, never with time: an idle
+    /// cluster's digests stay equal. `wall_us` is the wall clock in microseconds (a restart
+    /// starts above the versions its earlier life wrote).
     #[allow(clippy::too_many_arguments)]
     pub fn set_own(
         &mut self,
@@ -168,6 +170,7 @@ impl Gossip {
         state: MemberState,
         current: Option<(Epoch, &[u64])>,
         previous: Option<(Epoch, &[u64], Duration)>,
+        removed: &[(u64, u64)],
         wall_us: u64,
         now: Instant,
     ) -> OwnChange {
@@ -177,8 +180,11 @@ impl Gossip {
             None => OwnChange::State,
             Some(c) if c.state != state => OwnChange::State,
             // The previous view changes only with the epoch; its window's end is not news:
-            // every holder ends it by itself.
-            Some(c) if c.epoch != epoch => OwnChange::Epoch,
+            // every holder ends it by itself. Nor is a removal that has aged out: it goes at
+            // the next write.
+            Some(c) if c.epoch != epoch || removed.iter().any(|r| !c.removed.contains(r)) => {
+                OwnChange::Epoch
+            }
             Some(_) => return OwnChange::None,
         };
         self.last_version = (self.last_version + 1).max(wall_us);
@@ -190,6 +196,7 @@ impl Gossip {
             members: Arc::new(current.map(|(_, m)| m.to_vec()).unwrap_or_default()),
             previous: previous.map(|(e, m, _)| (e, Arc::new(m.to_vec()))),
             previous_left: previous.map_or(Duration::ZERO, |(_, _, left)| left),
+            removed: Arc::new(removed.to_vec()),
         };
         self.insert(Arc::new(card), now);
         change
@@ -264,6 +271,12 @@ impl Gossip {
                 members,
                 previous,
                 previous_left: Duration::from_millis(wire.previous_left_ms),
+                removed: Arc::new(
+                    wire.removed
+                        .iter()
+                        .map(|r| (r.instance, r.version))
+                        .collect(),
+                ),
             };
             self.unreachable.remove(&wire.instance);
             self.insert(Arc::new(card), now);
@@ -329,6 +342,11 @@ impl Gossip {
                 epoch: c.epoch.map(|e| e.to_string()),
                 previous: c.previous.as_ref().map(|(e, _)| e.to_string()),
                 previous_left_ms: c.previous_left.saturating_sub(age).as_millis() as u64,
+                removed: c
+                    .removed
+                    .iter()
+                    .map(|&(instance, version)| PeerRemoval { instance, version })
+                    .collect(),
             });
         }
         PeerTable {
@@ -364,6 +382,7 @@ impl Gossip {
                             .previous
                             .as_ref()
                             .map(|(e, m)| (*e, m.clone(), c.previous_left.saturating_sub(age))),
+                        removed: c.removed.clone(),
                     }
                 }
                 None => Peer {
@@ -373,6 +392,7 @@ impl Gossip {
                     epoch: None,
                     members: Arc::default(),
                     previous: None,
+                    removed: Arc::default(),
                 },
             })
             .collect()
@@ -444,14 +464,19 @@ impl Gossip {
         }
     }
 
+    /// The version of `instance`'s card held here (0: none).
+    pub fn version_of(&self, instance: u64) -> u64 {
+        self.cards.get(&instance).map_or(0, |e| e.card.version)
+    }
+
     /// Whether `instance` is unreachable from here.
     pub fn is_unreachable(&self, instance: u64) -> bool {
         self.unreachable.contains_key(&instance)
     }
 
     /// Queues a direct probe of each member of `mine` (this instance's view) that a member
-    /// peer's view no longer has: the peer may have removed it as down, and this instance
-    /// checks for itself before it follows (at most once per `every` per instance).
+    /// peer removed as down, for the card of it held here or a newer one: this instance checks
+    /// for itself before it follows (at most once per `every` per instance).
     pub fn queue_verifications(
         &mut self,
         me: Option<u64>,
@@ -459,35 +484,21 @@ impl Gossip {
         every: Duration,
         now: Instant,
     ) {
-        // Each distinct view once (a thousand cards usually name one or two), with the newest
-        // card that names it: what it lacks is suspect if that card is newer than the
-        // suspect's own.
-        let mut views: HashMap<Epoch, (&Arc<Vec<u64>>, u64)> = HashMap::new();
-        let own_epoch = me
-            .and_then(|me| self.cards.get(&me))
-            .and_then(|e| e.card.epoch);
+        let mut suspects = BTreeSet::new();
         for entry in self.cards.values() {
             let c = &entry.card;
-            let Some(epoch) = c.epoch else { continue };
-            // A peer holding this instance's own view lacks nothing of it.
-            if Some(epoch) == own_epoch
-                || Some(c.instance) == me
+            if Some(c.instance) == me
                 || c.state != MemberState::Member
                 || self.unreachable.contains_key(&c.instance)
             {
                 continue;
             }
-            let view = views.entry(epoch).or_insert((&c.members, c.version));
-            view.1 = view.1.max(c.version);
-        }
-        let mut suspects = BTreeSet::new();
-        for (members, newest) in views.values() {
-            let held: BTreeSet<u64> = members.iter().copied().collect();
-            for m in mine {
-                // Only a view written after the suspect's own card says anything of it.
-                let newer = self.cards.get(m).is_none_or(|e| e.card.version < *newest);
-                if Some(*m) != me && newer && !held.contains(m) {
-                    suspects.insert(*m);
+            for &(removed, version) in c.removed.iter() {
+                if Some(removed) != me
+                    && mine.contains(&removed)
+                    && self.version_of(removed) <= version
+                {
+                    suspects.insert(removed);
                 }
             }
         }
@@ -542,6 +553,7 @@ mod tests {
             state,
             (!view.is_empty()).then_some((epoch(view.len() as u64), view)),
             None,
+            &[],
             1_000 + me,
             now,
         );
@@ -576,12 +588,12 @@ mod tests {
         let t = nodes[0].table(Some(0), None, now);
         assert!(!nodes[2].merge(Some(2), &t, now));
         // A change of state is a new version: the digests differ until it spreads.
-        let change = nodes[1].set_own(1, MemberState::Leaving, None, None, 5, now);
+        let change = nodes[1].set_own(1, MemberState::Leaving, None, None, &[], 5, now);
         assert_eq!(change, OwnChange::State);
         assert_ne!(nodes[0].digest(), nodes[1].digest());
         // The same state again is no change, and no new version.
         assert_eq!(
-            nodes[1].set_own(1, MemberState::Leaving, None, None, 6, now),
+            nodes[1].set_own(1, MemberState::Leaving, None, None, &[], 6, now),
             OwnChange::None
         );
     }
@@ -599,6 +611,7 @@ mod tests {
                 epoch: None,
                 previous: None,
                 previous_left_ms: 0,
+                removed: vec![],
             }],
             views: vec![],
         };
@@ -638,7 +651,7 @@ mod tests {
         g.probed(1, true, now);
         assert_eq!(p1(&g).unwrap().state, Some(MemberState::Member));
         g.probed(1, false, now);
-        one.set_own(1, MemberState::Leaving, None, None, 50_000, now);
+        one.set_own(1, MemberState::Leaving, None, None, &[], 50_000, now);
         g.merge(Some(0), &one.table(Some(1), Some(1), now), now);
         assert_eq!(p1(&g).unwrap().state, Some(MemberState::Leaving));
     }
@@ -660,15 +673,41 @@ mod tests {
     }
 
     #[test]
-    fn a_member_another_view_dropped_is_verified_once_per_period() {
+    fn a_member_a_peer_removed_as_down_is_verified_once_per_period() {
         let now = Instant::now();
-        let all = [0, 1, 2];
+        let all = [0, 1, 2, 3];
         let mut g = node(0, &all, MemberState::Member, &all, now);
-        let mut peer = node(1, &all, MemberState::Member, &[0, 1], now);
+        let mut two = node(2, &all, MemberState::Member, &all, now);
+        let mut three = node(3, &all, MemberState::Member, &all, now);
+        sync(&mut g, 0, &mut two, 2, now);
+        sync(&mut g, 0, &mut three, 3, now);
+        let mut peer = node(1, &all, MemberState::Member, &[0, 1, 3], now);
+        // A view that lacks 3, without a removal: 1 had not heard of 3 yet. Nothing to check.
         sync(&mut g, 0, &mut peer, 1, now);
         let every = Duration::from_secs(30);
         g.queue_verifications(Some(0), &all, every, now);
+        assert!(
+            g.to_verify.is_empty(),
+            "a view that lacks a member accuses nobody"
+        );
+        // 1 removed 2 as down, for the card of 2 held here: check it, once.
+        peer.set_own(
+            1,
+            MemberState::Member,
+            Some((epoch(9), &[0, 1, 3][..])),
+            None,
+            &[(2, g.version_of(2)), (3, g.version_of(3) - 1)],
+            5_000,
+            now,
+        );
+        sync(&mut g, 0, &mut peer, 1, now);
         g.queue_verifications(Some(0), &all, every, now);
+        g.queue_verifications(Some(0), &all, every, now);
+        assert_eq!(
+            g.to_verify,
+            [2],
+            "3 wrote a newer card than the one 1 removed"
+        );
         let mut rng = StdRng::seed_from_u64(3);
         let targets = g.probe_targets(Some(0), &mut rng);
         assert_eq!(targets.iter().filter(|t| **t == 2).count(), 1);

@@ -43,6 +43,8 @@ pub struct Peer {
     pub members: Arc<Vec<u64>>,
     /// The peer's previous view (epoch and members) and how long its window still lasts.
     pub previous: Option<(Epoch, Arc<Vec<u64>>, Duration)>,
+    /// The members the peer removed as down lately, with the version of their card it held.
+    pub removed: Arc<Vec<(u64, u64)>>,
 }
 
 /// The most views kept besides the current one. Several instances joining together make many
@@ -215,6 +217,10 @@ struct Inner {
     /// Where each instance was last found (DNS): what `/placement` publishes for the proxy to
     /// dial. Not part of the epoch: an address says where an owner is, not who owns what.
     addresses: BTreeMap<u64, SocketAddr>,
+    /// Members this instance removed as down, with the version of their card it held then and
+    /// when: what its card tells its peers, for `down_timeout` (by then each of them has
+    /// removed it by its own clock anyway).
+    removed: BTreeMap<u64, (u64, Instant)>,
 }
 
 /// One instance's membership: shared by the request handlers and the discovery loop.
@@ -276,6 +282,7 @@ impl Membership {
                 down_since: BTreeMap::new(),
                 changed_at: None,
                 addresses: BTreeMap::new(),
+                removed: BTreeMap::new(),
             }),
         }
     }
@@ -325,6 +332,18 @@ impl Membership {
             .values()
             .min()
             .map(|since| *since + self.timing.down_timeout)
+    }
+
+    /// The members this instance removed as down within the last `down_timeout`, each with the
+    /// version of its card held then: what its own card names.
+    pub fn removals(&self, now: Instant) -> Vec<(u64, u64)> {
+        let inner = self.read();
+        inner
+            .removed
+            .iter()
+            .filter(|(_, (_, at))| now.saturating_duration_since(*at) < self.timing.down_timeout)
+            .map(|(i, (version, _))| (*i, *version))
+            .collect()
     }
 
     /// Records where every instance was found this round, replacing the last round's: an
@@ -413,13 +432,10 @@ impl Membership {
         observed: &BTreeMap<u64, &Peer>,
         now: Instant,
     ) -> (BTreeSet<u64>, Vec<u64>) {
-        // Views held by member peers: a first view starts from them, and an absent member that
-        // a member peer has already dropped is dropped here too.
-        let peer_views: Vec<(u64, &Arc<Vec<u64>>)> = observed
-            .values()
-            .filter(|p| p.state == Some(MemberState::Member) && p.epoch.is_some())
-            .map(|p| (p.version, &p.members))
-            .collect();
+        let down_timeout = self.timing.down_timeout;
+        inner
+            .removed
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < down_timeout);
         let mut remembered: BTreeSet<u64> = match &inner.views.current {
             Some(c) => c.members().iter().copied().collect(),
             // Each distinct view once: a thousand peers usually hold one or two.
@@ -444,6 +460,7 @@ impl Membership {
                 Some(MemberState::Member) => {
                     members.insert(index);
                     inner.down_since.remove(&index);
+                    inner.removed.remove(&index);
                 }
                 Some(MemberState::Leaving) => {
                     inner.down_since.remove(&index);
@@ -459,20 +476,22 @@ impl Membership {
                 continue;
             }
             let since = *inner.down_since.entry(index).or_insert(now);
-            // Dropped by a member peer whose view is newer than this instance's card, after
-            // this instance's own probes have failed for a while (SWIM's suspicion): one
-            // timeout while a peer that had not heard of a new member yet changes its view
-            // for another reason removes nobody.
+            // Removed as down by a member peer, for the card of it held here or a newer one,
+            // after this instance's own probes have failed for a while (SWIM's suspicion,
+            // confirmed here). A view that merely lacks it says nothing: its writer may not
+            // have heard of it yet, as when a hundred instances start together.
             let its_card = observed.get(&index).map_or(0, |p| p.version);
             let suspected = now.duration_since(since) >= self.timing.suspicion();
-            let dropped_by_a_peer = suspected
-                && peer_views
-                    .iter()
-                    .any(|(version, m)| *version > its_card && !m.contains(&index));
-            if now.duration_since(since) < self.timing.down_timeout && !dropped_by_a_peer {
+            let removed_by_a_peer = suspected
+                && observed.values().any(|p| {
+                    p.state == Some(MemberState::Member)
+                        && p.removed.iter().any(|&(i, v)| i == index && v >= its_card)
+                });
+            if now.duration_since(since) < self.timing.down_timeout && !removed_by_a_peer {
                 members.insert(index);
             } else {
                 inner.down_since.remove(&index);
+                inner.removed.insert(index, (its_card, now));
                 removed_as_down.push(index);
             }
         }
@@ -563,6 +582,7 @@ mod tests {
             epoch,
             members: Arc::new(members.to_vec()),
             previous: None,
+            removed: Arc::default(),
         }
     }
 
@@ -670,7 +690,8 @@ mod tests {
             "REPLICAS=3 with 2 members is reported"
         );
 
-        // 4 was a member, vanished, and member peers already dropped it: drop it now too.
+        // 4 was a member, vanished, and a member peer already removed it as down: remove it
+        // here too.
         m.update(
             Some(1),
             &[
@@ -680,13 +701,29 @@ mod tests {
             t0,
         );
         assert_eq!(members(&m), [1, 2, 4]);
-        let dropped = [peer(2, Some(MemberState::Member), &[1, 2])];
-        // Not at once: first this instance's own probes must fail for the suspicion time.
-        assert_eq!(m.update(Some(1), &dropped, t0), None);
+        let mut two = peer(2, Some(MemberState::Member), &[1, 2]);
+        // A view without 4 and no removal: 2 may not have heard of 4. Nothing follows, however
+        // long this instance's own probes fail (short of the down timeout).
+        assert_eq!(m.update(Some(1), &[two.clone()], t0), None);
+        assert_eq!(
+            m.update(Some(1), &[two.clone()], t0 + timing().suspicion()),
+            None
+        );
+        two.removed = Arc::new(vec![(4, 1)]);
+        let dropped = [two];
+        // Not at once: first this instance's own probes must fail for the suspicion time (they
+        // have since the round above).
         let change = m
             .update(Some(1), &dropped, t0 + timing().suspicion())
             .unwrap();
         assert_eq!(change.members, vec![1, 2]);
+        assert_eq!(change.removed_as_down, vec![4]);
+        // This instance's card names the removal now, with the version of 4's card held here
+        // (none: DNS no longer names 4), for the down timeout.
+        assert_eq!(m.removals(t0 + timing().suspicion()), [(4, 0)]);
+        assert!(m
+            .removals(t0 + timing().suspicion() + timing().down_timeout)
+            .is_empty());
     }
 
     #[test]
@@ -816,39 +853,34 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_view_older_than_a_members_card_does_not_drop_it() {
+    fn a_removal_is_followed_only_for_the_card_its_remover_held() {
         use MemberState::Member;
         let m = Membership::discovered(rule(), timing(), None);
         m.set_state(Member);
         let t0 = Instant::now();
-        let mut joined = peer(3, Some(Member), &[1, 2, 3]);
-        joined.version = 10;
-        let mut stale = peer(2, Some(Member), &[1, 2]);
-        stale.version = 5;
-        m.update(Some(1), &[stale.clone(), joined.clone()], t0);
+        let mut three = peer(3, Some(Member), &[1, 2, 3]);
+        three.version = 10;
+        let two = peer(2, Some(Member), &[1, 2, 3]);
+        m.update(Some(1), &[two.clone(), three.clone()], t0);
         assert_eq!(members(&m), [1, 2, 3]);
-        // 3 does not answer here once, and 2's view predates 3's card: 2 had not heard of 3
-        // yet, so 3 keeps its place.
-        let mut unreachable = joined;
+        let mut unreachable = three;
         unreachable.state = None;
-        let change = m.update(
-            Some(1),
-            &[stale.clone(), unreachable.clone()],
-            t0 + Duration::from_millis(250),
+        m.update(Some(1), &[two.clone(), unreachable.clone()], t0);
+        let later = t0 + timing().suspicion();
+        // 2 removed 3 for an older card of it (version 5): 3 has spoken since. Not followed.
+        let mut stale = two.clone();
+        stale.members = Arc::new(vec![1, 2]);
+        stale.removed = Arc::new(vec![(3, 5)]);
+        assert_eq!(
+            m.update(Some(1), &[stale, unreachable.clone()], later),
+            None
         );
-        assert_eq!(change, None);
         assert_eq!(members(&m), [1, 2, 3]);
-        // A view of 2's written after 3's card, still without 3: 2 removed it, and so does
-        // this instance, whose own probe failed too.
-        let mut newer = stale;
-        newer.version = 20;
-        let change = m
-            .update(
-                Some(1),
-                &[newer, unreachable],
-                t0 + Duration::from_millis(250) + timing().suspicion(),
-            )
-            .unwrap();
+        // For the card held here: followed, since this instance's own probes fail too.
+        let mut removed = two;
+        removed.members = Arc::new(vec![1, 2]);
+        removed.removed = Arc::new(vec![(3, 10)]);
+        let change = m.update(Some(1), &[removed, unreachable], later).unwrap();
         assert_eq!(change.members, [1, 2]);
         assert_eq!(change.removed_as_down, [3]);
     }

@@ -129,6 +129,7 @@ impl Node {
             current.map(|c| (c.epoch(), c.members())),
             previous
                 .map(|(p, until)| (p.epoch(), p.members(), until.saturating_duration_since(now))),
+            &self.membership.removals(now),
             wall_us,
             now,
         );

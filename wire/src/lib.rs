@@ -228,6 +228,20 @@ pub struct PeerCard {
     pub previous: Option<String>,
     /// How long that window still lasted when the card was written.
     pub previous_left_ms: u64,
+    /// The members this instance removed as down lately (not those that left), each with the
+    /// version of its card it held then. A peer follows a removal only for that card or an
+    /// older one: a newer card means the instance spoke after it was judged down, and a view
+    /// that merely lacks a member (its writer had not heard of it yet) removes nobody.
+    #[serde(default)]
+    pub removed: Vec<PeerRemoval>,
+}
+
+/// One removal as down, named by a [`PeerCard`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRemoval {
+    pub instance: u64,
+    /// The version of the removed instance's card its remover held (0: none).
+    pub version: u64,
 }
 
 /// The members of one view named by the cards of a [`PeerTable`], listed once however many

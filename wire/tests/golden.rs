@@ -188,6 +188,10 @@ fn peer_gossip() {
                     epoch: Some(epoch.clone()),
                     previous: None,
                     previous_left_ms: 0,
+                    removed: vec![PeerRemoval {
+                        instance: 2,
+                        version: 1_794_999_000_000_000,
+                    }],
                 },
                 PeerCard {
                     instance: 3,
@@ -196,6 +200,7 @@ fn peer_gossip() {
                     epoch: None,
                     previous: None,
                     previous_left_ms: 0,
+                    removed: vec![],
                 },
             ],
             views: vec![PeerViewMembers {
