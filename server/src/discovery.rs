@@ -270,6 +270,19 @@ pub struct Discovery {
     rounds: Rounds,
 }
 
+/// A peer's JSON answer to `request`; anything short of a 2xx with a body of type `T` is
+/// [`ProbeError::Unanswered`] (the probe failed, whatever the reason).
+async fn answer_of<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+) -> Result<T, ProbeError> {
+    let response = request
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|_| ProbeError::Unanswered)?;
+    response.json().await.map_err(|_| ProbeError::Unanswered)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -381,45 +394,25 @@ impl Discovery {
     async fn exchange(&self, peer: Candidate, force: bool) -> Result<(), ProbeError> {
         let me = self.identity.get();
         self.metrics.sent("digest");
-        let url = format!("http://{}/peer/digest", peer.addr);
-        let answer: PeerDigest = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|_| ProbeError::Unanswered)?
-            .error_for_status()
-            .map_err(|_| ProbeError::Unanswered)?
-            .json()
-            .await
-            .map_err(|_| ProbeError::Unanswered)?;
+        let request = self.http.get(format!("http://{}/peer/digest", peer.addr));
+        let answer: PeerDigest = answer_of(request).await?;
         if answer.instance.is_some_and(|i| i != peer.index) {
             return Err(ProbeError::Impostor);
         }
-        let (mine, table) = {
+        // The table is built only when it is sent: most rounds end here.
+        let table = {
             let node = lock(&self.node);
-            (
-                node.gossip.digest_hex(),
-                node.gossip.table(me, None, Instant::now()),
-            )
+            if answer.digest == node.gossip.digest_hex() && !force {
+                return Ok(());
+            }
+            node.gossip.table(me, None, Instant::now())
         };
-        if answer.digest == mine && !force {
-            return Ok(());
-        }
         self.metrics.sent("sync");
-        let url = format!("http://{}/peer/sync", peer.addr);
-        let theirs: PeerTable = self
+        let request = self
             .http
-            .post(url)
-            .json(&table)
-            .send()
-            .await
-            .map_err(|_| ProbeError::Unanswered)?
-            .error_for_status()
-            .map_err(|_| ProbeError::Unanswered)?
-            .json()
-            .await
-            .map_err(|_| ProbeError::Unanswered)?;
+            .post(format!("http://{}/peer/sync", peer.addr))
+            .json(&table);
+        let theirs: PeerTable = answer_of(request).await?;
         if theirs.from.is_some_and(|i| i != peer.index) {
             return Err(ProbeError::Impostor);
         }
