@@ -255,7 +255,7 @@ impl Sim {
         let now = self.now();
         let mine = self.nodes[k].node.gossip.cards(None);
         let jme = Some(self.nodes[j].me);
-        if self.nodes[j].node.receive_cards(jme, &mine, now) {
+        if self.nodes[j].node.receive_cards(jme, &mine, now).states {
             self.recompute(j);
         }
         if self.lost() {
@@ -273,7 +273,7 @@ impl Sim {
         }
         let me = Some(self.nodes[to].me);
         let now = self.now();
-        if self.nodes[to].node.receive_cards(me, cards, now) {
+        if self.nodes[to].node.receive_cards(me, cards, now).states {
             self.recompute(to);
         }
     }

@@ -424,7 +424,7 @@ impl Discovery {
     pub fn on_sync(&self, table: &PeerTable) -> PeerTable {
         let me = self.identity.get();
         let news = lock(&self.node).receive(me, table, Instant::now());
-        if news {
+        if news.states {
             self.recompute();
         }
         lock(&self.node).gossip.table(me, None, Instant::now())
@@ -434,7 +434,7 @@ impl Discovery {
     pub fn on_push(&self, table: &PeerTable) -> PeerDigest {
         let me = self.identity.get();
         let news = lock(&self.node).receive(me, table, Instant::now());
-        if news {
+        if news.states {
             self.recompute();
         }
         self.digest()

@@ -73,6 +73,17 @@ pub enum OwnChange {
     State,
 }
 
+/// What a peer's cards brought.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct News {
+    /// A newer card of some instance.
+    pub cards: bool,
+    /// An instance's state changed, or one was heard of for the first time: every view
+    /// depends on it, so it is worth computing the view at once. A new epoch alone only adds
+    /// a view to accept, and waits for the next round.
+    pub states: bool,
+}
+
 /// This instance's gossip state.
 #[derive(Debug, Default)]
 pub struct Gossip {
@@ -132,7 +143,7 @@ impl Gossip {
     /// dropped (a removed instance's card does not linger), and the probe order follows.
     /// Returns whether they changed.
     pub fn set_candidates(&mut self, me: Option<u64>, found: Arc<BTreeSet<u64>>) -> bool {
-        if found == self.candidates {
+        if Arc::ptr_eq(&found, &self.candidates) || found == self.candidates {
             return false;
         }
         let gone: Vec<u64> = self
@@ -202,8 +213,8 @@ impl Gossip {
         change
     }
 
-    /// Takes the cards of `table` that are newer than those held. Returns whether any was.
-    pub fn merge(&mut self, me: Option<u64>, table: &PeerTable, now: Instant) -> bool {
+    /// Takes the cards of `table` that are newer than those held.
+    pub fn merge(&mut self, me: Option<u64>, table: &PeerTable, now: Instant) -> News {
         let views: HashMap<&str, &Vec<u64>> = table
             .views
             .iter()
@@ -241,7 +252,7 @@ impl Gossip {
                 .unwrap_or_else(|| Arc::new((*listed).clone()));
             Some((epoch, members))
         };
-        let mut news = false;
+        let mut news = News::default();
         for wire in &table.cards {
             if Some(wire.instance) == me || !self.candidates.contains(&wire.instance) {
                 continue;
@@ -279,16 +290,16 @@ impl Gossip {
                 ),
             };
             self.unreachable.remove(&wire.instance);
+            self.note(&mut news, &card);
             self.insert(Arc::new(card), now);
-            news = true;
         }
         news
     }
 
     /// Takes the cards of another node held in memory (the simulation's sync and push): the
     /// same rule as [`Gossip::merge`], without the wire format.
-    pub fn merge_cards(&mut self, me: Option<u64>, cards: &[Arc<Card>], now: Instant) -> bool {
-        let mut news = false;
+    pub fn merge_cards(&mut self, me: Option<u64>, cards: &[Arc<Card>], now: Instant) -> News {
+        let mut news = News::default();
         for card in cards {
             if Some(card.instance) == me
                 || !self.candidates.contains(&card.instance)
@@ -300,10 +311,16 @@ impl Gossip {
                 continue;
             }
             self.unreachable.remove(&card.instance);
+            self.note(&mut news, card);
             self.insert(card.clone(), now);
-            news = true;
         }
         news
+    }
+
+    /// Adds what taking `card` brings to `news`.
+    fn note(&self, news: &mut News, card: &Card) {
+        news.cards = true;
+        news.states |= self.cards.get(&card.instance).map(|e| e.card.state) != Some(card.state);
     }
 
     /// Every card held (`only`: just this instance's).
@@ -586,7 +603,7 @@ mod tests {
         assert_eq!(nodes[1].digest(), nodes[2].digest());
         // A merge in a different order gives the same digest; a second merge changes nothing.
         let t = nodes[0].table(Some(0), None, now);
-        assert!(!nodes[2].merge(Some(2), &t, now));
+        assert!(!nodes[2].merge(Some(2), &t, now).cards);
         // A change of state is a new version: the digests differ until it spreads.
         let change = nodes[1].set_own(1, MemberState::Leaving, None, None, &[], 5, now);
         assert_eq!(change, OwnChange::State);
@@ -615,21 +632,24 @@ mod tests {
             }],
             views: vec![],
         };
-        assert!(g.merge(Some(0), &card(10, MemberState::Member), now));
-        assert!(!g.merge(Some(0), &card(9, MemberState::Leaving), now));
+        assert!(g.merge(Some(0), &card(10, MemberState::Member), now).states);
+        assert_eq!(
+            g.merge(Some(0), &card(9, MemberState::Leaving), now),
+            News::default()
+        );
         assert_eq!(g.observed(Some(0), now)[0].state, Some(MemberState::Member));
         // A card about this instance itself is never taken from a peer.
         let mut about_me = card(99, MemberState::Leaving);
         about_me.cards[0].instance = 0;
-        assert!(!g.merge(Some(0), &about_me, now));
+        assert!(!g.merge(Some(0), &about_me, now).cards);
         // Nor one of an instance DNS does not name.
         let mut stranger = card(99, MemberState::Member);
         stranger.cards[0].instance = 7;
-        assert!(!g.merge(Some(0), &stranger, now));
+        assert!(!g.merge(Some(0), &stranger, now).cards);
         // A card naming an epoch without its members is not taken half.
         let mut half = card(11, MemberState::Member);
         half.cards[0].epoch = Some(epoch(2).to_string());
-        assert!(!g.merge(Some(0), &half, now));
+        assert!(!g.merge(Some(0), &half, now).cards);
     }
 
     #[test]

@@ -235,6 +235,30 @@ pub struct Membership {
     inner: RwLock<Inner>,
 }
 
+/// The peers of one update, sorted by index, without this instance: looked up by binary
+/// search rather than copied into a map (a thousand-member simulation does this every round).
+struct Observed<'a> {
+    peers: &'a [Peer],
+    me: Option<u64>,
+}
+
+impl<'a> Observed<'a> {
+    fn get(&self, index: &u64) -> Option<&'a Peer> {
+        if Some(*index) == self.me {
+            return None;
+        }
+        let peers = self.peers;
+        peers
+            .binary_search_by_key(index, |p| p.instance)
+            .ok()
+            .map(|i| &peers[i])
+    }
+
+    fn values(&self) -> impl Iterator<Item = &'a Peer> + '_ {
+        self.peers.iter().filter(|p| Some(p.instance) != self.me)
+    }
+}
+
 /// What one discovery round changed, for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
@@ -380,11 +404,17 @@ impl Membership {
     pub fn update(&self, me: Option<u64>, observed: &[Peer], now: Instant) -> Option<Change> {
         let mut inner = self.write();
         let inner = &mut *inner;
-        let observed: BTreeMap<u64, &Peer> = observed
-            .iter()
-            .filter(|p| Some(p.instance) != me)
-            .map(|p| (p.instance, p))
-            .collect();
+        let sorted;
+        let observed = if observed.is_sorted_by_key(|p| p.instance) {
+            Observed { peers: observed, me }
+        } else {
+            sorted = {
+                let mut v = observed.to_vec();
+                v.sort_by_key(|p| p.instance);
+                v
+            };
+            Observed { peers: &sorted, me }
+        };
         let (members, removed_as_down) = self.members_now(inner, me, &observed, now);
 
         let until = now + self.timing.transition_window;
@@ -429,7 +459,7 @@ impl Membership {
         &self,
         inner: &mut Inner,
         me: Option<u64>,
-        observed: &BTreeMap<u64, &Peer>,
+        observed: &Observed<'_>,
         now: Instant,
     ) -> (BTreeSet<u64>, Vec<u64>) {
         let down_timeout = self.timing.down_timeout;
@@ -449,13 +479,24 @@ impl Membership {
             }
         };
         remembered.extend(inner.down_since.keys().copied());
+        // The removals member peers name: for each instance, the newest card of it removed.
+        let mut removals: BTreeMap<u64, u64> = BTreeMap::new();
+        for p in observed.values() {
+            if p.state == Some(MemberState::Member) {
+                for &(i, v) in p.removed.iter() {
+                    let newest = removals.entry(i).or_insert(v);
+                    *newest = (*newest).max(v);
+                }
+            }
+        }
 
         let mut members = BTreeSet::new();
         if let (Some(me), MemberState::Member) = (me, inner.state) {
             members.insert(me);
         }
         let mut removed_as_down = Vec::new();
-        for (&index, peer) in observed {
+        for peer in observed.values() {
+            let index = peer.instance;
             match peer.state {
                 Some(MemberState::Member) => {
                     members.insert(index);
@@ -482,11 +523,8 @@ impl Membership {
             // have heard of it yet, as when a hundred instances start together.
             let its_card = observed.get(&index).map_or(0, |p| p.version);
             let suspected = now.duration_since(since) >= self.timing.suspicion();
-            let removed_by_a_peer = suspected
-                && observed.values().any(|p| {
-                    p.state == Some(MemberState::Member)
-                        && p.removed.iter().any(|&(i, v)| i == index && v >= its_card)
-                });
+            let removed_by_a_peer =
+                suspected && removals.get(&index).is_some_and(|v| *v >= its_card);
             if now.duration_since(since) < self.timing.down_timeout && !removed_by_a_peer {
                 members.insert(index);
             } else {
@@ -503,7 +541,7 @@ impl Membership {
     fn remember_peer_views(
         &self,
         inner: &mut Inner,
-        observed: &BTreeMap<u64, &Peer>,
+        observed: &Observed<'_>,
         until: Instant,
         now: Instant,
     ) {

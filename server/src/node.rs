@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use poc_routing_wire::{MemberState, PeerTable};
 use rand::Rng;
 
-use crate::gossip::{Card, Gossip, OwnChange, EPOCH_FANOUT};
+use crate::gossip::{Card, Gossip, News, OwnChange, EPOCH_FANOUT};
 use crate::membership::{Change, Membership, Peer};
 
 /// What a recomputation did.
@@ -65,17 +65,18 @@ impl Node {
         self.dirty |= self.gossip.probed(instance, answered, now);
     }
 
-    /// A peer's cards, from the wire (a sync or a push); returns whether any was news.
-    pub fn receive(&mut self, me: Option<u64>, table: &PeerTable, now: Instant) -> bool {
+    /// A peer's cards, from the wire (a sync or a push). The caller computes the view at once
+    /// when a state changed ([`News::states`]); anything else waits for the next round.
+    pub fn receive(&mut self, me: Option<u64>, table: &PeerTable, now: Instant) -> News {
         let news = self.gossip.merge(me, table, now);
-        self.dirty |= news;
+        self.dirty |= news.cards;
         news
     }
 
-    /// A peer's cards, in memory (the simulation); returns whether any was news.
-    pub fn receive_cards(&mut self, me: Option<u64>, cards: &[Arc<Card>], now: Instant) -> bool {
+    /// A peer's cards, in memory (the simulation), as [`Node::receive`].
+    pub fn receive_cards(&mut self, me: Option<u64>, cards: &[Arc<Card>], now: Instant) -> News {
         let news = self.gossip.merge_cards(me, cards, now);
-        self.dirty |= news;
+        self.dirty |= news.cards;
         news
     }
 
