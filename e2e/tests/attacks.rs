@@ -236,6 +236,7 @@ fn published(rule: &Placement, addresses: &[(u64, String)]) -> String {
         since_change_ms: Some(0),
         previous: None,
         peers: Vec::new(),
+        handoff_pending: 0,
     };
     serde_json::to_string(&answer).unwrap()
 }

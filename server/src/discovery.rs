@@ -448,6 +448,11 @@ impl Discovery {
         }
     }
 
+    /// Where each instance DNS named was found in the last round.
+    pub fn found(&self) -> BTreeMap<u64, SocketAddr> {
+        lock(&self.found).clone()
+    }
+
     /// What this instance sees of each peer now (`/placement`'s `peers`).
     pub fn peer_states(&self) -> Vec<Peer> {
         lock(&self.node).peers(self.identity.get(), Instant::now())

@@ -43,6 +43,9 @@ pub enum ApiError {
     BadBody(String),
     #[error("method not allowed on this path")]
     MethodNotAllowed,
+    /// A peer-only request from an instance that is neither a member nor a recent one.
+    #[error("instance {0} is not a current or recent member of this instance's view")]
+    NotAMember(u64),
 }
 
 /// The machine code of an error response, stored in the response's extensions.
@@ -60,6 +63,7 @@ impl ApiError {
             }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotAMember(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -74,6 +78,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::BadBody(_) => "invalid_body",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::NotAMember(_) => "not_a_member",
         }
     }
 }

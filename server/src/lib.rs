@@ -18,11 +18,12 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod gossip;
+pub mod handoff;
 pub mod identity;
 pub mod membership;
 mod metrics;
 pub mod node;
-mod registry;
+pub mod registry;
 mod rounds;
 pub mod routes;
 pub mod telemetry;
@@ -49,7 +50,9 @@ pub struct AppState {
     /// Present when membership is discovered: a join routed by an epoch this instance does not
     /// hold yet asks for a fresh round before it is refused.
     pub discovery: Option<Arc<Discovery>>,
-    registry: registry::Registry,
+    /// Present with discovery: hands registrations to their new owners.
+    pub handoffs: Option<Arc<handoff::HandOffs>>,
+    pub registry: Arc<registry::Registry>,
     metrics: Arc<metrics::Metrics>,
 }
 
@@ -62,7 +65,8 @@ impl AppState {
             membership: Arc::new(Membership::fixed(placement)),
             identity,
             discovery: None,
-            registry: registry::Registry::new(registry_capacity),
+            handoffs: None,
+            registry: Arc::new(registry::Registry::new(registry_capacity)),
             metrics,
         }
     }
@@ -85,6 +89,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/peer/digest", get(routes::peer_digest))
         .route("/peer/sync", axum::routing::post(routes::peer_sync))
         .route("/peer/push", axum::routing::post(routes::peer_push))
+        .route("/peer/handoff", axum::routing::post(routes::peer_handoff))
+        .route("/peer/registrations", get(routes::peer_registrations))
+        .route("/registrations", get(routes::registrations))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -172,11 +179,21 @@ impl Application {
             metrics.clone(),
         ));
         tokio::spawn(discovery.clone().run());
+        let registry = Arc::new(registry::Registry::new(config.registry_capacity));
+        let handoffs = Arc::new(handoff::HandOffs::new(
+            registry.clone(),
+            membership.clone(),
+            identity.clone(),
+            discovery.clone(),
+            metrics.clone(),
+        ));
+        tokio::spawn(handoffs.clone().run());
         let state = AppState {
             membership,
             identity,
             discovery: Some(discovery),
-            registry: registry::Registry::new(config.registry_capacity),
+            handoffs: Some(handoffs),
+            registry,
             metrics,
         };
         Ok(Self {
@@ -201,6 +218,7 @@ impl Application {
     ) -> std::io::Result<()> {
         let p = self.state.rule();
         let discovery = self.state.discovery.clone();
+        let handoffs = self.state.handoffs.clone();
         tracing::info!(
             addr = %self.listener.local_addr()?,
             mode = %p.mode(),
@@ -213,8 +231,18 @@ impl Application {
         );
         let shutdown = async move {
             shutdown.await;
+            let started = std::time::Instant::now();
             if let Some(discovery) = discovery {
                 discovery.leave().await;
+                // Whatever is still pending (joins served in the grace period), within what
+                // is left of the drain's own bound, and at least a second.
+                if let Some(handoffs) = handoffs {
+                    let timing = discovery.membership.timing;
+                    let bound = (timing.drain_timeout + timing.drain_grace)
+                        .saturating_sub(started.elapsed())
+                        .max(Duration::from_secs(1));
+                    handoffs.drain(bound).await;
+                }
             }
             tracing::info!("stopping");
         };

@@ -347,6 +347,24 @@ impl Membership {
         self.read().views.current.clone()
     }
 
+    /// Whether `instance` is a member of the current view or of a recent one still inside its
+    /// window: who may hand registrations to this instance.
+    pub fn is_current_or_recent_member(&self, instance: u64, now: Instant) -> bool {
+        let inner = self.read();
+        let views = &inner.views;
+        views
+            .current
+            .iter()
+            .chain(
+                views
+                    .recent
+                    .iter()
+                    .filter(|(_, until)| now < *until)
+                    .map(|(p, _)| p),
+            )
+            .any(|p| p.members().contains(&instance))
+    }
+
     /// When the view may next change by itself, with nothing new observed: the first absent
     /// member's down timeout.
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -406,7 +424,10 @@ impl Membership {
         let inner = &mut *inner;
         let sorted;
         let observed = if observed.is_sorted_by_key(|p| p.instance) {
-            Observed { peers: observed, me }
+            Observed {
+                peers: observed,
+                me,
+            }
         } else {
             sorted = {
                 let mut v = observed.to_vec();

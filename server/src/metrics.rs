@@ -44,6 +44,12 @@ pub struct Metrics {
     pub replicas_mismatch: Gauge,
     pub errors: Family<CodeLabel, Counter>,
     pub durations: Family<RequestLabels, Histogram>,
+    pub handoff_sent: Counter,
+    pub handoff_received: Counter,
+    pub handoff_failed: Counter,
+    pub handoff_pending: Gauge,
+    pub handoff_undelivered: Counter,
+    pub registrations_evicted: Counter,
 }
 
 impl Default for Metrics {
@@ -105,7 +111,49 @@ impl Default for Metrics {
             "Time to answer a request",
             durations.clone(),
         );
+        let handoff_sent = Counter::default();
+        let handoff_received = Counter::default();
+        let handoff_failed = Counter::default();
+        let handoff_pending = Gauge::default();
+        let handoff_undelivered = Counter::default();
+        let registrations_evicted = Counter::default();
+        registry.register(
+            "handoff_sent",
+            "Registrations handed off to their new owner and acknowledged",
+            handoff_sent.clone(),
+        );
+        registry.register(
+            "handoff_received",
+            "Registrations received from a previous owner and merged here",
+            handoff_received.clone(),
+        );
+        registry.register(
+            "handoff_failed",
+            "Hand-off batches not acknowledged (sent again later)",
+            handoff_failed.clone(),
+        );
+        registry.register(
+            "handoff_pending",
+            "Registrations held here for clients another instance owns, not yet acknowledged",
+            handoff_pending.clone(),
+        );
+        registry.register(
+            "handoff_undelivered",
+            "Registrations a leaving instance could not hand off before it exited (lost)",
+            handoff_undelivered.clone(),
+        );
+        registry.register(
+            "registrations_evicted",
+            "Registrations evicted because the registry was full (REGISTRY_CAPACITY)",
+            registrations_evicted.clone(),
+        );
         Self {
+            handoff_sent,
+            handoff_received,
+            handoff_failed,
+            handoff_pending,
+            handoff_undelivered,
+            registrations_evicted,
             registry,
             gossip,
             dns_queries,

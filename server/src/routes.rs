@@ -13,12 +13,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use poc_routing_placement::{client_id_from_query, Epoch};
 use poc_routing_wire::{
-    Discovery, JoinAnswer, PeerDigest, PeerTable, PeerView, PlacementAnswer, PreviousView,
-    ServedUnder, WhereAnswer, EPOCH_HEADER,
+    Discovery, HandOff, HandOffAck, InstanceRegistrations, JoinAnswer, PeerDigest, PeerTable,
+    PeerView, PlacementAnswer, PreviousView, RegistrationsReport, ServedUnder, WhereAnswer,
+    EPOCH_HEADER,
 };
 use serde::Deserialize;
 
 use crate::error::{ApiError, ErrorCode};
+use crate::handoff::HandOffs;
 use crate::membership::{MemberState, Refusal};
 use crate::metrics::{CodeLabel, RequestLabels};
 use crate::AppState;
@@ -105,8 +107,19 @@ pub async fn join(
     };
     if under == ServedUnder::Previous {
         state.metrics.previous_epoch_joins.inc();
+        // Served under the view before: the id may be owned elsewhere now.
+        if let Some(handoffs) = &state.handoffs {
+            handoffs.wake();
+        }
     }
-    state.registry.record(id.as_str());
+    let epoch = placement.epoch().to_string();
+    let evicted = state
+        .registry
+        .record(id.as_str(), instance, &epoch, wall_us(), rand::random);
+    if let Some(evicted) = evicted {
+        state.metrics.registrations_evicted.inc();
+        tracing::warn!(client_id = %id, evicted = %evicted, "registry full: the least recently joined registration was evicted (REGISTRY_CAPACITY)");
+    }
     state.metrics.joins.inc();
     tracing::info!(client_id = %id, instance, epoch = %placement.epoch(), served_under = under.as_str(), "client joined");
     Ok(Json(JoinAnswer {
@@ -234,7 +247,73 @@ pub async fn placement(State(state): State<Arc<AppState>>) -> Json<PlacementAnsw
             .map(|t| now.duration_since(t).as_millis() as u64),
         previous,
         peers,
+        handoff_pending: state.handoffs.as_ref().map_or(0, |h| h.pending()),
     })
+}
+
+/// The wall clock in microseconds since the Unix epoch (registration times).
+fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The hand-off's endpoints need discovery, as the gossip's do.
+fn handoffs_of(state: &AppState, request: &str) -> Result<Arc<HandOffs>, ApiError> {
+    state
+        .handoffs
+        .clone()
+        .ok_or_else(|| ApiError::NotFound(format!("{request} (membership is fixed: no hand-off)")))
+}
+
+/// `POST /peer/handoff`: registrations a previous owner hands to this instance. Only from a
+/// current or recent member (403 `not_a_member` otherwise); merged, then acknowledged.
+pub async fn peer_handoff(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<HandOff>, JsonRejection>,
+) -> Result<Json<HandOffAck>, ApiError> {
+    let handoffs = handoffs_of(&state, "POST /peer/handoff")?;
+    let handoff = body
+        .map(|Json(h)| h)
+        .map_err(|e| ApiError::BadBody(e.body_text()))?;
+    let instance = state.identity.get().ok_or(ApiError::IdentityUnknown)?;
+    let accepted = handoffs.receive(handoff).map_err(ApiError::NotAMember)?;
+    Ok(Json(HandOffAck { instance, accepted }))
+}
+
+/// This instance's registered ids (`GET /peer/registrations`, and its own entry of
+/// `/registrations`).
+fn own_registrations(state: &AppState) -> Result<InstanceRegistrations, ApiError> {
+    Ok(InstanceRegistrations {
+        instance: state.identity.get().ok_or(ApiError::IdentityUnknown)?,
+        epoch: state.membership.current().map(|c| c.epoch().to_string()),
+        pending: state.handoffs.as_ref().map_or(0, |h| h.pending()),
+        ids: state.registry.ids(),
+        error: None,
+    })
+}
+
+/// `GET /peer/registrations`: every id registered here. Peer-only.
+pub async fn peer_registrations(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<InstanceRegistrations>, ApiError> {
+    Ok(Json(own_registrations(&state)?))
+}
+
+/// `GET /registrations` (operator listener): every id registered on every instance, gathered
+/// by this one, for `poc-client audit`. With a fixed member set, this instance's only.
+pub async fn registrations(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<RegistrationsReport>, ApiError> {
+    let own = own_registrations(&state)?;
+    let Some(handoffs) = &state.handoffs else {
+        return Ok(Json(RegistrationsReport {
+            via: Some(own.instance),
+            epoch: own.epoch.clone(),
+            instances: vec![own],
+        }));
+    };
+    Ok(Json(crate::handoff::gather(handoffs, own).await))
 }
 
 /// The membership gossip's endpoints need discovery; with a fixed member set they do not exist.

@@ -137,6 +137,10 @@ pub struct PlacementAnswer {
     pub since_change_ms: Option<u64>,
     pub previous: Option<PreviousView>,
     pub peers: Vec<PeerView>,
+    /// Registrations this instance holds for clients another instance owns, not yet
+    /// acknowledged by that owner (the hand-off).
+    #[serde(default)]
+    pub handoff_pending: u64,
 }
 
 /// The previous view, while joins routed by it are still served.
@@ -268,4 +272,82 @@ pub struct PeerTable {
 pub struct PeerDigest {
     pub instance: Option<u64>,
     pub digest: String,
+}
+
+/// One client's registration: the record of its joins, held by its owner and handed off to the
+/// next owner when placement moves it. Merging two records of one client loses nothing and
+/// counts nothing twice, in any order and any number of times (a join-semilattice):
+/// `first_join_us` is the earliest, `last_join_us` the latest, `joins` the union of counters
+/// (the higher count where both hold one), `served` the union, newest kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub client_id: String,
+    /// Wall clock, microseconds since the Unix epoch.
+    pub first_join_us: u64,
+    pub last_join_us: u64,
+    /// One counter per (instance, record): an instance counts the joins it serves in the
+    /// record it started for the client, under a fresh `tag` each time it starts one, so that
+    /// two counters are never the same counter unless they are copies of each other.
+    pub joins: Vec<JoinCount>,
+    /// The instances and epochs the client was served under, newest first, at most
+    /// [`MAX_SERVED`].
+    pub served: Vec<ServedBy>,
+}
+
+/// The most `served` entries a [`Registration`] keeps.
+pub const MAX_SERVED: usize = 8;
+
+/// Joins one instance counted in one record of a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct JoinCount {
+    pub instance: u64,
+    pub tag: u64,
+    pub count: u64,
+}
+
+/// An instance and an epoch a client was served under, and when last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedBy {
+    pub instance: u64,
+    pub epoch: String,
+    pub last_us: u64,
+}
+
+/// `POST /peer/handoff`: registrations an instance no longer owns, sent to their owner under
+/// `epoch` (the sender's view). Peer-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandOff {
+    pub from: u64,
+    pub epoch: String,
+    pub registrations: Vec<Registration>,
+}
+
+/// The answer to a [`HandOff`]: every registration was merged here (the sender may forget them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandOffAck {
+    pub instance: u64,
+    pub accepted: u64,
+}
+
+/// The client ids one instance holds registrations for (`GET /peer/registrations`, and one
+/// entry of [`RegistrationsReport`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRegistrations {
+    pub instance: u64,
+    /// The epoch it holds; `null` while it has none.
+    pub epoch: Option<String>,
+    /// Registrations it holds for ids it does not own under that epoch, not yet acknowledged.
+    pub pending: u64,
+    pub ids: Vec<String>,
+    /// Set when the instance could not be read; `ids` is then empty.
+    pub error: Option<String>,
+}
+
+/// `GET /registrations` (operator listener): the ids every instance holds, gathered by the
+/// instance that answers (`via`) from itself and from each instance its view names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationsReport {
+    pub via: Option<u64>,
+    pub epoch: Option<String>,
+    pub instances: Vec<InstanceRegistrations>,
 }

@@ -118,6 +118,7 @@ fn placement_answer() {
                     agrees: false,
                 },
             ],
+            handoff_pending: 12,
         },
     );
 }
@@ -141,6 +142,7 @@ fn a_joining_instance_has_no_epoch() {
             since_change_ms: None,
             previous: None,
             peers: vec![],
+            handoff_pending: 0,
         },
     );
 }
@@ -214,6 +216,70 @@ fn peer_gossip() {
         &PeerDigest {
             instance: Some(1),
             digest: "00ff00ff00ff00ff".into(),
+        },
+    );
+}
+
+#[test]
+fn registration_hand_off() {
+    let registration = Registration {
+        client_id: "123".into(),
+        first_join_us: 1_795_000_000_000_000,
+        last_join_us: 1_795_000_000_900_000,
+        joins: vec![
+            JoinCount {
+                instance: 1,
+                tag: 77,
+                count: 3,
+            },
+            JoinCount {
+                instance: 2,
+                tag: 9,
+                count: 1,
+            },
+        ],
+        served: vec![ServedBy {
+            instance: 2,
+            epoch: rule().epoch().to_string(),
+            last_us: 1_795_000_000_900_000,
+        }],
+    };
+    pinned(
+        "handoff.json",
+        &HandOff {
+            from: 1,
+            epoch: rule().epoch().to_string(),
+            registrations: vec![registration],
+        },
+    );
+    pinned(
+        "handoff-ack.json",
+        &HandOffAck {
+            instance: 2,
+            accepted: 1,
+        },
+    );
+    pinned(
+        "registrations.json",
+        &RegistrationsReport {
+            via: Some(1),
+            epoch: Some(rule().epoch().to_string()),
+            instances: vec![
+                InstanceRegistrations {
+                    instance: 1,
+                    epoch: Some(rule().epoch().to_string()),
+                    pending: 0,
+                    ids: vec!["123".into(), "abc".into()],
+                    error: None,
+                },
+                InstanceRegistrations {
+                    instance: 2,
+                    epoch: None,
+                    pending: 0,
+                    ids: vec![],
+                    error: Some("connection refused".into()),
+                },
+            ],
         },
     );
 }

@@ -1,0 +1,316 @@
+//! Registrations follow their client: when this instance's view says another instance owns a
+//! client it holds a registration for, it hands the registration to that owner
+//! (`POST /peer/handoff`) and forgets it once the owner acknowledges.
+//!
+//! - **When.** After every epoch change, after a join served under the previous view (the
+//!   transition window), after a hand-off received for ids owned elsewhere, and again while
+//!   anything is pending (every round, then every second when nothing could be sent). An idle
+//!   instance in a quiet cluster only compares its epoch with the last one it handed off under.
+//! - **To whom, and when it is sent.** To the owner under this instance's current view, once
+//!   that owner holds the same view (its gossip card says so): an owner that does not hold it
+//!   yet might not own the ids under its own view, and would send them back.
+//! - **Kept until acknowledged.** A registration is forgotten here only when the owner answered
+//!   that it merged it, and only if it did not change here meanwhile (a join served in the
+//!   transition window): then it goes again. The merge ([`crate::registry::merge`]) makes a
+//!   second delivery harmless.
+//! - **Leaving.** A leaving instance's view no longer has itself, so everything it holds is
+//!   pending; [`HandOffs::drain`] waits for the acknowledgements before it exits, bounded, and
+//!   logs and counts what it could not deliver. An instance removed as down after
+//!   `DOWN_TIMEOUT_S` cannot hand anything off: what it held is lost (README measures it).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use poc_routing_placement::{ClientId, Epoch, Placement};
+use poc_routing_wire::{HandOff, HandOffAck, MemberState, Registration};
+
+use crate::discovery::Discovery;
+use crate::identity::Identity;
+use crate::membership::Membership;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// The most registrations one `POST /peer/handoff` carries.
+pub const BATCH: usize = 1000;
+
+/// Hands off the registrations this instance no longer owns.
+pub struct HandOffs {
+    pub registry: Arc<Registry>,
+    membership: Arc<Membership>,
+    identity: Arc<Identity>,
+    discovery: Arc<Discovery>,
+    metrics: Arc<Metrics>,
+    http: reqwest::Client,
+    /// Something may have become pending besides an epoch change.
+    dirty: AtomicBool,
+    /// Registrations held for ids owned elsewhere, as of the last pass.
+    pending: AtomicU64,
+    /// The epoch of the last pass.
+    last_epoch: Mutex<Option<Epoch>>,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    /// Registrations held for ids owned elsewhere, before the pass.
+    pub pending: u64,
+    /// Acknowledged by their owner and forgotten here.
+    pub delivered: u64,
+}
+
+impl HandOffs {
+    pub fn new(
+        registry: Arc<Registry>,
+        membership: Arc<Membership>,
+        identity: Arc<Identity>,
+        discovery: Arc<Discovery>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_millis(300))
+            .build()
+            .expect("an HTTP client with timeouts only");
+        Self {
+            registry,
+            membership,
+            identity,
+            discovery,
+            metrics,
+            http,
+            dirty: AtomicBool::new(true),
+            pending: AtomicU64::new(0),
+            last_epoch: Mutex::new(None),
+        }
+    }
+
+    /// Asks for a pass at the next round: a join was served under the previous view, or a
+    /// hand-off arrived.
+    pub fn wake(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Registrations held for ids owned elsewhere, as of the last pass.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Takes a hand-off from `handoff.from`, which must be a current or recent member here (or
+    /// a peer this instance sees as a member or leaving). Returns how many it merged.
+    pub fn receive(&self, handoff: HandOff) -> Result<u64, u64> {
+        let from = handoff.from;
+        let known = self
+            .membership
+            .is_current_or_recent_member(from, Instant::now())
+            || self.discovery.peer_states().iter().any(|p| {
+                p.instance == from
+                    && matches!(p.state, Some(MemberState::Member | MemberState::Leaving))
+            });
+        if !known {
+            return Err(from);
+        }
+        let count = handoff.registrations.len() as u64;
+        let evicted = self.registry.merge_in(handoff.registrations);
+        self.evicted(&evicted, "receiving a hand-off");
+        self.metrics.handoff_received.inc_by(count);
+        self.wake();
+        Ok(count)
+    }
+
+    /// Counts and logs registrations evicted to make room.
+    pub fn evicted(&self, ids: &[String], while_: &str) {
+        if ids.is_empty() {
+            return;
+        }
+        self.metrics.registrations_evicted.inc_by(ids.len() as u64);
+        tracing::warn!(
+            count = ids.len(),
+            first = %ids[0],
+            "registry full while {while_}: the least recently joined registrations were evicted (REGISTRY_CAPACITY)"
+        );
+    }
+
+    /// Runs a pass whenever one may do something, until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        let round = self.membership.timing.probe_interval;
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            tokio::time::sleep(round).await;
+            let epoch = self.membership.current().map(|c| c.epoch());
+            let changed = *self.last_epoch.lock().unwrap_or_else(|e| e.into_inner()) != epoch;
+            let woken = self.dirty.swap(false, Ordering::Relaxed);
+            let pending = self.pending() > 0;
+            // Pending, with nothing sent in the last pass: once a second is enough.
+            let waiting =
+                pending && idle_since.is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+            if !(changed || woken || (pending && !waiting)) {
+                continue;
+            }
+            let pass = self.pass().await;
+            if pass.delivered == 0 && pass.pending > 0 {
+                idle_since.get_or_insert_with(Instant::now);
+            } else {
+                idle_since = None;
+            }
+        }
+    }
+
+    /// Sends every registration owned elsewhere to its owner, if that owner holds this view.
+    pub async fn pass(&self) -> Pass {
+        let (Some(me), Some(current)) = (self.identity.get(), self.membership.current()) else {
+            return Pass::default();
+        };
+        *self.last_epoch.lock().unwrap_or_else(|e| e.into_inner()) = Some(current.epoch());
+        let by_owner = self.registry.not_owned(me, |id| owner(&current, id));
+        let pending: u64 = by_owner.values().map(|v| v.len() as u64).sum();
+        self.pending.store(pending, Ordering::Relaxed);
+        self.metrics.handoff_pending.set(pending as i64);
+        if pending == 0 {
+            return Pass::default();
+        }
+        let ready = self.owners_holding(current.epoch());
+        let addresses = self.discovery.found();
+        let mut delivered = 0;
+        for (owner, registrations) in by_owner {
+            let Some(addr) = addresses.get(&owner).filter(|_| ready.contains(&owner)) else {
+                continue;
+            };
+            for batch in registrations.chunks(BATCH) {
+                match self.send(*addr, me, current.epoch(), batch).await {
+                    Ok(()) => {
+                        self.metrics.handoff_sent.inc_by(batch.len() as u64);
+                        delivered += self.registry.acknowledged(batch) as u64;
+                    }
+                    Err(e) => {
+                        self.metrics.handoff_failed.inc();
+                        tracing::debug!(owner, error = %e, "hand-off not acknowledged; it will go again");
+                        break;
+                    }
+                }
+            }
+        }
+        let left = pending.saturating_sub(delivered);
+        self.pending.store(left, Ordering::Relaxed);
+        self.metrics.handoff_pending.set(left as i64);
+        if delivered > 0 {
+            tracing::info!(delivered, left, epoch = %current.epoch(), "registrations handed off to their owners");
+        }
+        Pass { pending, delivered }
+    }
+
+    /// The members that hold `epoch` now (by their gossip cards).
+    fn owners_holding(&self, epoch: Epoch) -> Vec<u64> {
+        self.discovery
+            .peer_states()
+            .into_iter()
+            .filter(|p| p.state == Some(MemberState::Member) && p.epoch == Some(epoch))
+            .map(|p| p.instance)
+            .collect()
+    }
+
+    async fn send(
+        &self,
+        addr: std::net::SocketAddr,
+        me: u64,
+        epoch: Epoch,
+        batch: &[Registration],
+    ) -> Result<(), String> {
+        let body = HandOff {
+            from: me,
+            epoch: epoch.to_string(),
+            registrations: batch.to_vec(),
+        };
+        let answer = self
+            .http
+            .post(format!("http://{addr}/peer/handoff"))
+            .json(&body)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| e.to_string())?;
+        let ack: HandOffAck = answer.json().await.map_err(|e| e.to_string())?;
+        if ack.accepted == batch.len() as u64 {
+            Ok(())
+        } else {
+            Err(format!("{} of {} acknowledged", ack.accepted, batch.len()))
+        }
+    }
+
+    /// Before a leaving instance exits: passes until nothing is pending or `within` has
+    /// passed; logs and counts what could not be delivered.
+    pub async fn drain(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        let started = Instant::now();
+        loop {
+            let pass = self.pass().await;
+            let left = pass.pending - pass.delivered;
+            if left == 0 {
+                tracing::info!(
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "leaving: every registration handed off"
+                );
+                return;
+            }
+            if Instant::now() >= deadline {
+                self.metrics.handoff_undelivered.inc_by(left);
+                tracing::warn!(
+                    undelivered = left,
+                    "leaving: registrations not acknowledged by their owners in time; they are lost"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The owner of `id` under `placement` (ids that do not parse stay where they are).
+fn owner(placement: &Placement, id: &str) -> Option<u64> {
+    let id = ClientId::try_from(id).ok()?;
+    placement.index(&id).ok()
+}
+
+/// Every instance's registered ids, gathered by this one (`GET /registrations`).
+pub async fn gather(
+    handoffs: &HandOffs,
+    own: poc_routing_wire::InstanceRegistrations,
+) -> poc_routing_wire::RegistrationsReport {
+    let me = handoffs.identity.get();
+    let addresses: BTreeMap<u64, std::net::SocketAddr> = handoffs.discovery.found();
+    let reads =
+        addresses
+            .into_iter()
+            .filter(|(i, _)| Some(*i) != me)
+            .map(|(instance, addr)| async move {
+                let read = async {
+                    let r = handoffs
+                        .http
+                        .get(format!("http://{addr}/peer/registrations"))
+                        .send()
+                        .await
+                        .and_then(reqwest::Response::error_for_status)
+                        .map_err(|e| e.to_string())?;
+                    r.json::<poc_routing_wire::InstanceRegistrations>()
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                read.await
+                    .unwrap_or_else(|error| poc_routing_wire::InstanceRegistrations {
+                        instance,
+                        epoch: None,
+                        pending: 0,
+                        ids: Vec::new(),
+                        error: Some(error),
+                    })
+            });
+    let mut instances = vec![own];
+    instances.extend(futures::future::join_all(reads).await);
+    instances.sort_by_key(|i| i.instance);
+    poc_routing_wire::RegistrationsReport {
+        via: me,
+        epoch: handoffs.membership.current().map(|c| c.epoch().to_string()),
+        instances,
+    }
+}
