@@ -170,6 +170,16 @@ impl Api {
         }
     }
 
+    /// A GET of `path` (no query) that must answer 200 with a `T` of the wire contract.
+    pub async fn get_typed<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
+        let url = format!("{}{path}", self.base);
+        let (status, body) = self.get_json(url.clone(), false).await?;
+        if status != 200 {
+            return Err(Self::status_error(status, body));
+        }
+        Self::typed(&url, status, body)
+    }
+
     /// The raw JSON answer of a GET of `path` (no query).
     pub async fn get_path(&self, path: &str) -> Result<(u16, serde_json::Value), CallError> {
         self.get_json(format!("{}{path}", self.base), false).await

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use poc_routing_client::ids::{self, IdKind};
-use poc_routing_client::{load, scale, verify, views, Api, CallError};
+use poc_routing_client::{audit, load, scale, verify, views, Api, CallError};
 
 /// Envoy's public listener: /join, /where and /health.
 const DEFAULT_URL: &str = "http://127.0.0.1:10000";
@@ -55,6 +55,26 @@ enum Command {
     /// verifies 1000 ids. Exits 0 only with 0 non-2xx answers during the step and every id on
     /// its owner after it; prints what clients saw (JSON with --json).
     ScaleStep(ScaleStepArgs),
+    /// Whether every client is registered exactly once, at its current owner: reads every
+    /// instance's registrations through Envoy's operator listener. Reports lost (with --ids),
+    /// duplicated and misplaced ids and pending hand-offs; audits again until clean or
+    /// --within-seconds passes, and says how long that took. Exits 1 unless clean.
+    Audit(AuditArgs),
+}
+
+#[derive(clap::Args)]
+struct AuditArgs {
+    /// Envoy's operator listener.
+    #[arg(long, default_value = OPERATOR_URL)]
+    operator_url: String,
+    /// The ids that were joined, one per line: those registered nowhere are lost.
+    #[arg(long, value_name = "FILE")]
+    ids: Option<PathBuf>,
+    /// Audit again until clean for up to this long (0: once).
+    #[arg(long, default_value_t = 0.0)]
+    within_seconds: f64,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -230,6 +250,35 @@ async fn run_load(args: LoadArgs) -> ExitCode {
     exit_code(report.failures() == 0 && report.sent > 0)
 }
 
+async fn run_audit(args: AuditArgs) -> ExitCode {
+    let expected = match &args.ids {
+        Some(path) => match ids::from_file(path) {
+            Ok(ids) => Some(ids),
+            Err(e) => return fail(format!("cannot read {}: {e}", path.display())),
+        },
+        None => None,
+    };
+    let within = std::time::Duration::from_secs_f64(args.within_seconds.max(0.0));
+    let operator = Api::new(&args.operator_url);
+    let (result, settled) = audit::settle(&operator, expected.as_deref(), within).await;
+    let audit = match result {
+        Ok(audit) => audit,
+        Err(e) => return fail(format!("audit: {e}")),
+    };
+    let settled_ms = settled.map(|d| d.as_millis() as u64);
+    if args.json {
+        print_json(
+            &serde_json::json!({ "audit": audit, "settled_ms": settled_ms, "clean": audit.clean() }),
+        );
+    } else {
+        print!("{}", audit.render());
+        if let Some(ms) = settled_ms {
+            println!("settled in {ms} ms");
+        }
+    }
+    exit_code(audit.clean())
+}
+
 async fn run_views(args: ViewsArgs) -> ExitCode {
     let views = if args.instances.is_empty() {
         views::via(&Api::new(&args.url)).await
@@ -338,5 +387,6 @@ async fn main() -> ExitCode {
         Command::Views(args) => run_views(args).await,
         Command::Verify(args) => run_verify(args).await,
         Command::ScaleStep(args) => run_scale_step(args).await,
+        Command::Audit(args) => run_audit(args).await,
     }
 }
