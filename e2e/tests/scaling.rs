@@ -6,9 +6,16 @@
 //! `make test-k8s` run through `poc-client scale-step`: steady `/join` traffic, the change,
 //! traffic until every view agrees and a little longer, **0 non-2xx answers**, then 1000 ids
 //! verified. Here the change is the local stack adding or removing instances.
+//!
+//! Registrations follow their clients: before each step another [`REGISTERED_PER_STEP`] known
+//! ids are joined (and the step's own load joins more during it); after the step, once the
+//! hand-offs settle, `poc-client audit`'s check finds every known id registered exactly once,
+//! at its owner, and no id anywhere twice or misplaced. The settle time is printed.
 
 use std::time::Duration;
 
+use futures::StreamExt;
+use poc_routing_client::audit;
 use poc_routing_client::ids::IdKind;
 use poc_routing_client::scale::{self, Expect};
 use poc_routing_client::Api;
@@ -16,6 +23,50 @@ use poc_routing_e2e::*;
 use poc_routing_placement::IndexMode;
 use poc_routing_stack::envoy::Flow;
 use poc_routing_stack::{Deployment, Stack};
+
+/// Known ids joined before each step, on top of those of earlier steps.
+const REGISTERED_PER_STEP: usize = 2000;
+
+/// How long the hand-offs may take to settle after a step, at most (the goal is 2 s).
+const SETTLE_WITHIN: Duration = Duration::from_secs(15);
+
+/// Joins every id of `ids` through `public`; each must be joined by its owner.
+async fn join_all(public: &Api, ids: &[String]) {
+    let failed: Vec<String> = futures::stream::iter(ids)
+        .map(|id| async move {
+            match public.join(id).await {
+                Ok(poc_routing_client::Join::Joined(_)) => None,
+                other => Some(format!("{id}: {other:?}")),
+            }
+        })
+        .buffer_unordered(32)
+        .filter_map(|r| async move { r })
+        .collect()
+        .await;
+    assert!(
+        failed.is_empty(),
+        "EXPECTED every join answered by its owner, RECEIVED {} failures, first {:?}",
+        failed.len(),
+        failed.first()
+    );
+}
+
+/// After a step: waits for the hand-offs to settle and checks every registration.
+async fn audit_registrations(name: &str, n: usize, operator: &Api, known: &[String]) {
+    let (result, settled) = audit::settle(operator, Some(known), SETTLE_WITHIN).await;
+    let audit = result.unwrap_or_else(|e| panic!("{name} step {n}: audit: {e}"));
+    assert!(
+        audit.clean(),
+        "{name} step {n}: EXPECTED 0 lost, 0 duplicated, 0 misplaced, 0 pending within {SETTLE_WITHIN:?}, RECEIVED\n{}",
+        audit.render()
+    );
+    eprintln!(
+        "{name} step {n}: registrations settled in {} ms: {} known ids, {} registered, all at their owner once",
+        settled.map_or(0, |d| d.as_millis()),
+        known.len(),
+        audit.registered
+    );
+}
 
 /// One scaling step: instances to add, then instances to remove (SIGTERM, all at once).
 struct Step {
@@ -66,7 +117,14 @@ async fn scale_under_load(
     } else {
         IdKind::Mixed
     };
+    let mut known: Vec<String> = Vec::new();
     for (n, step) in steps.iter().enumerate() {
+        let fresh =
+            poc_routing_client::ids::generate(REGISTERED_PER_STEP, id_kind, 7_000 + n as u64);
+        join_all(&public, &fresh).await;
+        known.extend(fresh);
+        known.sort();
+        known.dedup();
         let before = stack.running();
         let members = before.len() + step.add.len() - step.remove.len();
         let expect = Expect {
@@ -98,6 +156,7 @@ async fn scale_under_load(
         // Every member owns some of the 1000 ids.
         let served: Vec<u64> = report.verified.joins_per_instance.keys().copied().collect();
         assert_eq!(served, after, "every member owns some of 1000 ids");
+        audit_registrations(&name, n + 1, &operator, &known).await;
     }
     // Every instance counted its epoch changes in its metrics.
     let changes = epoch_changes(&stack).await;
