@@ -6,7 +6,9 @@
 #   2. scale 2 -> 3 -> 2 -> 4 -> 1 -> 3 with the plain `docker compose up -d --scale server=K`,
 #      each step checked by `poc-client scale-step` (the same check as the local stack's
 #      tests): 0 non-2xx answers under steady load, every view agreeing, 1000 ids correct
-#      after it; and no surviving container re-created
+#      after it; and no surviving container re-created. Before each step 2000 more known ids
+#      are joined; after it, `poc-client audit` finds every known id registered exactly once,
+#      at its owner (registrations are handed off), and reports how long that took to settle
 #   3. docker kill one replica: only its clients fail, each with 503 owner_unavailable JSON
 #   4. docker start it (on a new IP): its clients are served again within 5 s, Envoy untouched
 #   5. /where answers the same from every replica
@@ -106,6 +108,7 @@ wait_for "the routing module to hold 2 members" 10 module_members_are 2
 verify_all 1000 two
 
 step "2. scale 2 -> 3 -> 2 -> 4 -> 1 -> 3 under steady /join load: docker compose up -d --scale server=K"
+: >"$WORK/known-ids.txt"
 n=0
 for k in 3 2 4 1 3; do
   n=$((n + 1))
@@ -114,6 +117,11 @@ for k in 3 2 4 1 3; do
   # The servers' logs during the step, kept even for the containers the step removes.
   docker compose logs --follow --no-color --since "$(date -u +%Y-%m-%dT%H:%M:%SZ)" server >"$WORK/step-$n-to-$k.log" 2>&1 &
   logs_pid=$!
+  # 2000 more known ids, joined (so registered) before the step.
+  seq 1 2000 | sed "s/^/reg-$n-/" >"$WORK/ids-$n.txt"
+  "$CLIENT" verify --url "$URL" --ids "$WORK/ids-$n.txt" --concurrency 16 >"$WORK/ids-$n-joined.txt" ||
+    fail "joining the known ids before step $n" "every join on its owner" "$(tail -n 5 "$WORK/ids-$n-joined.txt")"
+  cat "$WORK/ids-$n.txt" >>"$WORK/known-ids.txt"
   ok=true
   "$CLIENT" scale-step --url "$URL" --operator-url "$OPERATOR" --expect "$k" -- \
     docker compose up -d --scale server=$k --wait --wait-timeout 60 >"$WORK/step-$n-to-$k.txt" 2>&1 || ok=false
@@ -126,6 +134,9 @@ for k in 3 2 4 1 3; do
   fi
   after=$(servers | tr '\n' ' ')
   echo "scale to $k: [$before] -> [$after]: $(cat "$WORK/step-$n-to-$k.txt")"
+  "$CLIENT" audit --operator-url "$OPERATOR" --ids "$WORK/known-ids.txt" --within-seconds 15 >"$WORK/audit-$n.txt" 2>&1 ||
+    fail "registrations after scaling to $k" "0 lost, 0 duplicated, 0 misplaced, 0 pending" "$(cat "$WORK/audit-$n.txt")"
+  echo "  registrations: $(head -n 1 "$WORK/audit-$n.txt"); $(grep -E '^settled' "$WORK/audit-$n.txt")"
   # The plain --scale command re-creates no surviving server: scaling up keeps every
   # container, scaling down only removes some.
   ids_after=$(docker compose ps -q server | sort)

@@ -9,7 +9,8 @@
 #      by the new pod once it is back (measured, with the failed joins meanwhile)
 #   5. kubectl scale statefulset/server --replicas=K, 2 -> 3 -> 2, each step checked by
 #      `poc-client scale-step` (the same check as the local stack's tests and Compose's): 0
-#      non-2xx under steady load, every view agreeing, then 1000 ids 100% correct
+#      non-2xx under steady load, every view agreeing, then 1000 ids 100% correct; and by
+#      `poc-client audit` (every known id registered exactly once, at its owner)
 #   6. Envoy's admin interface: refused from the node on the pod's address, reachable through
 #      kubectl port-forward; the probe listener answers only /ready; the probes pass
 #   7. the Lua flow: minikube-lua/ applied the same way (Envoy's ConfigMap from envoy-lua.yaml),
@@ -117,14 +118,25 @@ envoy_pod_ip() {
     -o jsonpath='{.items[0].status.podIP}'
 }
 
-# scale_to K: kubectl scale, checked by poc-client scale-step.
+# scale_to K: kubectl scale, checked by poc-client scale-step; 2000 more known ids joined before
+# it, and every registration audited after it (poc-client audit: each known id registered once,
+# at its owner, once the hand-offs settle).
+: >"$WORK/known-ids.txt"
 scale_to() {
-  local k=$1
+  local k=$1 operator
+  operator="http://$(envoy_pod_ip):9903"
+  seq 1 2000 | sed "s/^/reg${TAG:-}-$k-/" >"$WORK/ids${TAG:-}-$k.txt"
+  "$CLIENT" verify --url "$URL" --ids "$WORK/ids${TAG:-}-$k.txt" --concurrency 16 >"$WORK/ids${TAG:-}-$k-joined.txt" ||
+    fail "joining the known ids before scaling to $k" "every join on its owner" "$(tail -n 5 "$WORK/ids${TAG:-}-$k-joined.txt")"
+  cat "$WORK/ids${TAG:-}-$k.txt" >>"$WORK/known-ids.txt"
   "$CLIENT" scale-step --url "$URL" --operator-url "http://$(envoy_pod_ip):9903" --expect "$k" \
     --within-seconds 120 -- "$KUBECTL" --server "$API" -n "$NS" scale statefulset/server --replicas="$k" \
     >"$WORK/scale${TAG:-}-$k.txt" 2>&1 ||
     fail "kubectl scale to $k" "0 non-2xx, every view agreeing, 1000 ids correct" "$(cat "$WORK/scale${TAG:-}-$k.txt")"
   echo "scale to $k: $(cat "$WORK/scale${TAG:-}-$k.txt")"
+  "$CLIENT" audit --operator-url "$operator" --ids "$WORK/known-ids.txt" --within-seconds 30 >"$WORK/audit${TAG:-}-$k.txt" 2>&1 ||
+    fail "registrations after scaling to $k" "0 lost, 0 duplicated, 0 misplaced, 0 pending" "$(cat "$WORK/audit${TAG:-}-$k.txt")"
+  echo "  registrations: $(head -n 1 "$WORK/audit${TAG:-}-$k.txt"); $(grep -E '^settled' "$WORK/audit${TAG:-}-$k.txt")"
   wait_for "$k server pods Ready" 120 bash -c "[ \"\$(kubectl --server $API -n $NS get statefulset server -o jsonpath='{.status.readyReplicas}')\" = $k ] && [ \"\$(kubectl --server $API -n $NS get pods -l app.kubernetes.io/name=poc-routing-server --no-headers | wc -l)\" = $k ]"
 }
 
