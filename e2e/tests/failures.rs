@@ -98,7 +98,9 @@ async fn with_every_instance_down_join_and_where_answer_503() {
 }
 
 /// A crash is not a scale-down, but an instance that stays away longer than DOWN_TIMEOUT_S is
-/// removed from the member set and its clients move to the others.
+/// removed from the member set and its clients move to the others. A crashed instance hands
+/// nothing off: the registrations it held are lost, and `poc-client audit` counts exactly
+/// those, and nothing duplicated or misplaced.
 #[tokio::test]
 async fn an_owner_down_past_the_timeout_is_removed_and_its_clients_move() {
     let _turn = serial().await;
@@ -107,6 +109,16 @@ async fn an_owner_down_past_the_timeout_is_removed_and_its_clients_move() {
     let mut stack = start(c).await;
     let before = stack.placement().epoch();
     let ids = test_ids(600, IndexMode::Jump, 5);
+    let joined = verify(&api(&stack), ids.clone(), 16, |_| {}).await;
+    assert!(joined.all_correct(), "{}", joined.render());
+    let placement_before = stack.placement();
+    let held_by_3: Vec<&String> = ids
+        .iter()
+        .filter(|id| {
+            let id = poc_routing_placement::ClientId::try_from(id.as_str()).unwrap();
+            placement_before.index(&id) == Ok(3)
+        })
+        .collect();
     stack.stop_instance(3).unwrap();
     let killed = Instant::now();
     // At first only its clients fail...
@@ -140,6 +152,24 @@ async fn an_owner_down_past_the_timeout_is_removed_and_its_clients_move() {
         let epoch = view.as_ref().and_then(|v| v.epoch.clone());
         assert_ne!(epoch, Some(before.to_string()), "instance {index}");
     }
+    // What instance 3 held is lost (less the one client of it joined again above, now
+    // registered at its new owner); nothing else is, and nothing is twice or misplaced.
+    let operator = poc_routing_client::Api::new(&stack.operator_url());
+    let audit = poc_routing_client::audit::audit(&operator, Some(&ids))
+        .await
+        .unwrap();
+    let rejoined = usize::from(held_by_3.iter().any(|h| **h == id));
+    assert_eq!(
+        (audit.lost, audit.duplicated, audit.misplaced, audit.pending),
+        (held_by_3.len() - rejoined, 0, 0, 0),
+        "EXPECTED the crashed owner's registrations lost, and only those\nRECEIVED {}",
+        audit.render()
+    );
+    eprintln!(
+        "removed after DOWN_TIMEOUT_S: {} of {} registrations lost (all the crashed owner held)",
+        audit.lost,
+        ids.len()
+    );
     let api = api(&stack);
     let report = verify(&api, ids, 16, |_| {}).await;
     assert!(
