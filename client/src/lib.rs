@@ -10,6 +10,7 @@ pub mod audit;
 pub mod ids;
 pub mod load;
 pub mod scale;
+pub mod sessions;
 pub mod verify;
 pub mod views;
 

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use poc_routing_client::ids::{self, IdKind};
-use poc_routing_client::{audit, load, scale, verify, views, Api, CallError};
+use poc_routing_client::{audit, load, scale, sessions, verify, views, Api, CallError};
 
 /// Envoy's public listener: /join, /where and /health.
 const DEFAULT_URL: &str = "http://127.0.0.1:10000";
@@ -60,6 +60,30 @@ enum Command {
     /// duplicated and misplaced ids and pending hand-offs; audits again until clean or
     /// --within-seconds passes, and says how long that took. Exits 1 unless clean.
     Audit(AuditArgs),
+    /// Holds --count WebSocket sessions (`/join` with `Upgrade: websocket`) through Envoy for
+    /// --seconds, each reconnected when its owner closes it as moved; then checks each session's
+    /// owner against /where. Prints sessions up, on their owner, moved, unexpected closes,
+    /// reconnect times and time without a session (JSON with --json). Exits 1 unless every
+    /// session is up on its owner and none closed unexpectedly.
+    Sessions(SessionsArgs),
+}
+
+#[derive(clap::Args)]
+struct SessionsArgs {
+    #[arg(long, default_value = DEFAULT_URL)]
+    url: String,
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// How long to hold them (stops earlier on SIGINT/SIGTERM).
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Each session pings its owner this often.
+    #[arg(long, default_value_t = 1000)]
+    ping_ms: u64,
+    #[command(flatten)]
+    random: RandomIds,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -250,6 +274,49 @@ async fn run_load(args: LoadArgs) -> ExitCode {
     exit_code(report.failures() == 0 && report.sent > 0)
 }
 
+async fn run_sessions(args: SessionsArgs) -> ExitCode {
+    let ids = args.random.generate(args.count.max(1));
+    let public = Api::new(&args.url);
+    let options = sessions::Options {
+        ping_every: std::time::Duration::from_millis(args.ping_ms.max(10)),
+        ..sessions::Options::default()
+    };
+    if let Err(e) = reachable(&public, &ids[0]).await {
+        return fail(e);
+    }
+    let run = sessions::Run::start(&public, &ids, options);
+    let progress = if args.json || !std::io::stderr().is_terminal() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(args.seconds).with_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} s  {msg}").expect("valid template"),
+        )
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(args.seconds);
+    let stop = interrupted();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => break,
+            () = &mut stop => break,
+            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
+                let r = run.report(None);
+                progress.set_position(r.seconds as u64);
+                progress.set_message(format!("up {}/{}, moved {}, unexpected {}", r.up, r.sessions, r.moved, r.unexpected_closes));
+            }
+        }
+    }
+    progress.finish_and_clear();
+    let owners = sessions::owners(&public, &ids).await;
+    let report = run.stop(Some(&owners)).await;
+    if args.json {
+        print_json(&report);
+    } else {
+        print!("{}", report.render());
+    }
+    exit_code(report.healthy())
+}
+
 async fn run_audit(args: AuditArgs) -> ExitCode {
     let expected = match &args.ids {
         Some(path) => match ids::from_file(path) {
@@ -388,5 +455,6 @@ async fn main() -> ExitCode {
         Command::Verify(args) => run_verify(args).await,
         Command::ScaleStep(args) => run_scale_step(args).await,
         Command::Audit(args) => run_audit(args).await,
+        Command::Sessions(args) => run_sessions(args).await,
     }
 }

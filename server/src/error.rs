@@ -43,6 +43,9 @@ pub enum ApiError {
     BadBody(String),
     #[error("method not allowed on this path")]
     MethodNotAllowed,
+    /// `Upgrade` on `/join` that is not a WebSocket handshake axum accepts (its words).
+    #[error("not a WebSocket upgrade this server accepts: {0}")]
+    BadUpgrade(String),
     /// A peer-only request from an instance that is neither a member nor a recent one.
     #[error("instance {0} is not a current or recent member of this instance's view")]
     NotAMember(u64),
@@ -64,6 +67,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotAMember(_) => StatusCode::FORBIDDEN,
+            ApiError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -79,6 +83,7 @@ impl ApiError {
             ApiError::BadBody(_) => "invalid_body",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::NotAMember(_) => "not_a_member",
+            ApiError::BadUpgrade(_) => "invalid_upgrade",
         }
     }
 }

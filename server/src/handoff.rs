@@ -31,6 +31,7 @@ use crate::identity::Identity;
 use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::sessions::Sessions;
 
 /// The most registrations one `POST /peer/handoff` carries.
 pub const BATCH: usize = 1000;
@@ -38,6 +39,7 @@ pub const BATCH: usize = 1000;
 /// Hands off the registrations this instance no longer owns.
 pub struct HandOffs {
     pub registry: Arc<Registry>,
+    sessions: Arc<Sessions>,
     membership: Arc<Membership>,
     identity: Arc<Identity>,
     discovery: Arc<Discovery>,
@@ -63,6 +65,7 @@ pub struct Pass {
 impl HandOffs {
     pub fn new(
         registry: Arc<Registry>,
+        sessions: Arc<Sessions>,
         membership: Arc<Membership>,
         identity: Arc<Identity>,
         discovery: Arc<Discovery>,
@@ -75,6 +78,7 @@ impl HandOffs {
             .expect("an HTTP client with timeouts only");
         Self {
             registry,
+            sessions,
             membership,
             identity,
             discovery,
@@ -168,6 +172,7 @@ impl HandOffs {
         self.pending.store(pending, Ordering::Relaxed);
         self.metrics.handoff_pending.set(pending as i64);
         if pending == 0 {
+            self.move_sessions(me, &current);
             return Pass::default();
         }
         let ready = self.owners_holding(current.epoch());
@@ -192,12 +197,38 @@ impl HandOffs {
             }
         }
         let left = pending.saturating_sub(delivered);
+        self.move_sessions(me, &current);
         self.pending.store(left, Ordering::Relaxed);
         self.metrics.handoff_pending.set(left as i64);
         if delivered > 0 {
             tracing::info!(delivered, left, epoch = %current.epoch(), "registrations handed off to their owners");
         }
         Pass { pending, delivered }
+    }
+
+    /// Ends the sessions of clients owned elsewhere now whose registration was handed off, or
+    /// all of them once the change's transition window has passed.
+    fn move_sessions(&self, me: u64, current: &Placement) {
+        let window_passed = self
+            .membership
+            .changed_at()
+            .is_none_or(|t| t.elapsed() >= self.membership.timing.transition_window);
+        let moved = self
+            .sessions
+            .sweep(me, current, &self.registry, window_passed);
+        if moved > 0 {
+            tracing::info!(moved, epoch = %current.epoch(), "sessions of clients owned elsewhere now closed as moved");
+        }
+    }
+
+    /// Before exiting: every session of a client owned elsewhere is closed as moved.
+    pub fn close_moved_sessions(&self) {
+        if let (Some(me), Some(current)) = (self.identity.get(), self.membership.current()) {
+            let moved = self.sessions.sweep(me, &current, &self.registry, true);
+            if moved > 0 {
+                tracing::info!(moved, "leaving: sessions closed as moved");
+            }
+        }
     }
 
     /// The members that hold `epoch` now (by their gossip cards).

@@ -26,6 +26,7 @@ pub mod node;
 pub mod registry;
 mod rounds;
 pub mod routes;
+pub mod sessions;
 pub mod telemetry;
 
 use std::future::Future;
@@ -53,6 +54,8 @@ pub struct AppState {
     /// Present with discovery: hands registrations to their new owners.
     pub handoffs: Option<Arc<handoff::HandOffs>>,
     pub registry: Arc<registry::Registry>,
+    /// The WebSocket sessions held here.
+    pub sessions: Arc<sessions::Sessions>,
     metrics: Arc<metrics::Metrics>,
 }
 
@@ -67,6 +70,7 @@ impl AppState {
             discovery: None,
             handoffs: None,
             registry: Arc::new(registry::Registry::new(registry_capacity)),
+            sessions: Arc::default(),
             metrics,
         }
     }
@@ -180,8 +184,10 @@ impl Application {
         ));
         tokio::spawn(discovery.clone().run());
         let registry = Arc::new(registry::Registry::new(config.registry_capacity));
+        let sessions: Arc<sessions::Sessions> = Arc::default();
         let handoffs = Arc::new(handoff::HandOffs::new(
             registry.clone(),
+            sessions.clone(),
             membership.clone(),
             identity.clone(),
             discovery.clone(),
@@ -194,6 +200,7 @@ impl Application {
             discovery: Some(discovery),
             handoffs: Some(handoffs),
             registry,
+            sessions,
             metrics,
         };
         Ok(Self {
@@ -242,6 +249,7 @@ impl Application {
                         .saturating_sub(started.elapsed())
                         .max(Duration::from_secs(1));
                     handoffs.drain(bound).await;
+                    handoffs.close_moved_sessions();
                 }
             }
             tracing::info!("stopping");

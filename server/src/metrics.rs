@@ -50,6 +50,8 @@ pub struct Metrics {
     pub handoff_pending: Gauge,
     pub handoff_undelivered: Counter,
     pub registrations_evicted: Counter,
+    pub sessions_open: Gauge,
+    pub sessions_moved: Counter,
 }
 
 impl Default for Metrics {
@@ -147,7 +149,21 @@ impl Default for Metrics {
             "Registrations evicted because the registry was full (REGISTRY_CAPACITY)",
             registrations_evicted.clone(),
         );
+        let sessions_open = Gauge::default();
+        let sessions_moved = Counter::default();
+        registry.register(
+            "sessions_open",
+            "WebSocket sessions open on this instance",
+            sessions_open.clone(),
+        );
+        registry.register(
+            "sessions_moved",
+            "WebSocket sessions closed here because their client moved to another owner",
+            sessions_moved.clone(),
+        );
         Self {
+            sessions_open,
+            sessions_moved,
             handoff_sent,
             handoff_received,
             handoff_failed,

@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{MatchedPath, Query, RawQuery, Request, State};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_TYPE, UPGRADE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use poc_routing_placement::{client_id_from_query, Epoch};
+use poc_routing_placement::{client_id_from_query, ClientId, Epoch, Placement};
 use poc_routing_wire::{
     Discovery, HandOff, HandOffAck, InstanceRegistrations, JoinAnswer, PeerDigest, PeerTable,
     PeerView, PlacementAnswer, PreviousView, RegistrationsReport, ServedUnder, WhereAnswer,
@@ -56,13 +58,62 @@ fn routed_epoch(headers: &HeaderMap) -> Result<Option<Epoch>, ApiError> {
     }
 }
 
+/// `GET|POST /join`: a join, or with `Upgrade: websocket` a session ([`crate::sessions`]).
 pub async fn join(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Result<Json<JoinAnswer>, ApiError> {
-    let id = client_id_from_query(query.as_deref())?;
-    let routed = routed_epoch(&headers)?;
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let wants_session = headers.contains_key(UPGRADE);
+    let (id, instance, under, placement) = admit(&state, &headers, query.as_deref()).await?;
+    if wants_session {
+        let upgrade = upgrade.map_err(|e| ApiError::BadUpgrade(e.body_text()))?;
+        // A session opened under the previous view, for a client that moved, would be moved
+        // again at once: it is refused, and the client's retry finds the current owner.
+        let current = state.membership.current().ok_or(ApiError::NotReady)?;
+        let owner = current.index(&id)?;
+        if owner != instance {
+            return Err(misdirected(&state, &id, instance, owner, None));
+        }
+        record(&state, &id, instance, under, &placement);
+        let epoch = current.epoch().to_string();
+        let sessions = state.sessions.clone();
+        let metrics = state.metrics.clone();
+        let client_id = id.into_string();
+        return Ok(upgrade
+            .on_upgrade(move |socket| async move {
+                metrics.sessions_open.inc();
+                let end = sessions.serve(socket, client_id, instance, epoch).await;
+                metrics.sessions_open.dec();
+                if end == crate::sessions::SessionEnd::Moved {
+                    metrics.sessions_moved.inc();
+                }
+            })
+            .into_response());
+    }
+    record(&state, &id, instance, under, &placement);
+    Ok(Json(JoinAnswer {
+        client_id: id.into_string(),
+        status: "joined".into(),
+        instance,
+        owner: instance,
+        hostport: placement.hostport(instance),
+        epoch: placement.epoch().to_string(),
+        served_under: under,
+    })
+    .into_response())
+}
+
+/// Whether this instance serves a join of the id in `query`, routed by the epoch in `headers`:
+/// the id, this instance's index, and the view it is served under.
+async fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<(ClientId, u64, ServedUnder, Arc<Placement>), ApiError> {
+    let id = client_id_from_query(query)?;
+    let routed = routed_epoch(headers)?;
     let instance = state.identity.get().ok_or(ApiError::IdentityUnknown)?;
     let mut verdict = state
         .membership
@@ -87,24 +138,41 @@ pub async fn join(
             break;
         }
     }
-    let (under, placement) = match verdict {
-        Ok(served) => served,
-        Err(Refusal::NoView) => return Err(ApiError::NotReady),
-        Err(Refusal::BadId(e)) => return Err(e.into()),
+    match verdict {
+        Ok((under, placement)) => Ok((id, instance, under, placement)),
+        Err(Refusal::NoView) => Err(ApiError::NotReady),
+        Err(Refusal::BadId(e)) => Err(e.into()),
         Err(Refusal::NotOwner { owner } | Refusal::UnknownEpoch { owner }) => {
-            let current = state.membership.current().ok_or(ApiError::NotReady)?;
-            state.metrics.misdirected.inc();
-            tracing::warn!(client_id = %id, instance, owner, routed_epoch = ?routed.map(|e| e.to_string()), epoch = %current.epoch(), "misdirected join refused");
-            return Err(ApiError::Misdirected {
-                client_id: id.into_string(),
-                instance,
-                owner,
-                owner_hostport: current.hostport(owner),
-                epoch: current.epoch().to_string(),
-                routed_epoch: routed.map(|e| e.to_string()),
-            });
+            Err(misdirected(state, &id, instance, owner, routed))
         }
+    }
+}
+
+/// The 421 for a join this instance does not serve, logged and counted.
+fn misdirected(
+    state: &AppState,
+    id: &ClientId,
+    instance: u64,
+    owner: u64,
+    routed: Option<Epoch>,
+) -> ApiError {
+    let Some(current) = state.membership.current() else {
+        return ApiError::NotReady;
     };
+    state.metrics.misdirected.inc();
+    tracing::warn!(client_id = %id, instance, owner, routed_epoch = ?routed.map(|e| e.to_string()), epoch = %current.epoch(), "misdirected join refused");
+    ApiError::Misdirected {
+        client_id: id.as_str().to_owned(),
+        instance,
+        owner,
+        owner_hostport: current.hostport(owner),
+        epoch: current.epoch().to_string(),
+        routed_epoch: routed.map(|e| e.to_string()),
+    }
+}
+
+/// Records a join served here: the registration, metrics and the log line.
+fn record(state: &AppState, id: &ClientId, instance: u64, under: ServedUnder, placement: &Placement) {
     if under == ServedUnder::Previous {
         state.metrics.previous_epoch_joins.inc();
         // Served under the view before: the id may be owned elsewhere now.
@@ -122,15 +190,6 @@ pub async fn join(
     }
     state.metrics.joins.inc();
     tracing::info!(client_id = %id, instance, epoch = %placement.epoch(), served_under = under.as_str(), "client joined");
-    Ok(Json(JoinAnswer {
-        client_id: id.into_string(),
-        status: "joined".into(),
-        instance,
-        owner: instance,
-        hostport: placement.hostport(instance),
-        epoch: placement.epoch().to_string(),
-        served_under: under,
-    }))
 }
 
 /// `Query<T>` whose rejection is one of our JSON errors (400 `invalid_query`), counted like

@@ -351,3 +351,40 @@ pub struct RegistrationsReport {
     pub epoch: Option<String>,
     pub instances: Vec<InstanceRegistrations>,
 }
+
+/// The close code an owner ends a WebSocket session with when its client moved to another
+/// owner (a scale change, or the owner leaving). The close reason is a [`SessionMoved`].
+pub const CLOSE_MOVED: u16 = 4001;
+
+/// A WebSocket session's messages from the owner (`GET /join` with `Upgrade: websocket`), as
+/// JSON text frames: first a `welcome`, then a `pong` for each `ping` and an `echo` of any
+/// other text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SessionMessage {
+    /// The first message: who holds the session, under which epoch.
+    Welcome {
+        client_id: String,
+        instance: u64,
+        epoch: String,
+    },
+    /// The answer to a client's `{"type":"ping","seq":N}`.
+    Pong { seq: u64, instance: u64 },
+    /// Any other text the client sent, back.
+    Echo { data: String },
+}
+
+/// What a client sends on its session (other text is echoed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SessionRequest {
+    Ping { seq: u64 },
+}
+
+/// The reason of a [`CLOSE_MOVED`] close frame: where the client is owned now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionMoved {
+    pub reason: String,
+    pub owner: u64,
+    pub epoch: String,
+}

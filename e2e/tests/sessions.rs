@@ -1,0 +1,127 @@
+//! WebSocket sessions on `/join` with the real Envoy, in both flows: 1000 sessions held through
+//! Envoy while the local stack scales 2 -> 3 -> 2 -> 4 -> 1. After each step:
+//! - every session is on its current owner within the transition window plus 1 s of every view
+//!   agreeing;
+//! - the sessions whose owner did not change were never closed;
+//! - no session ended without a "moved" close (code 4001);
+//! - the reconnect times are printed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use poc_routing_client::sessions::{self, Options, Run};
+use poc_routing_e2e::*;
+use poc_routing_placement::IndexMode;
+use poc_routing_stack::envoy::Flow;
+use poc_routing_stack::{Deployment, Stack};
+
+const SESSIONS: usize = 1000;
+
+/// The transition window (the servers' default) plus 1 s.
+const ON_OWNER_WITHIN: Duration = Duration::from_secs(6);
+
+async fn change(stack: &mut Stack, add: &[u64], remove: &[u64]) {
+    if !add.is_empty() {
+        stack.add_instances(add).await.unwrap();
+    }
+    if !remove.is_empty() {
+        stack.remove_instances(remove).await.unwrap();
+    }
+}
+
+/// Each session's instance and close count now.
+fn holders(run: &Run) -> BTreeMap<String, (Option<u64>, usize)> {
+    run.snapshot()
+        .into_iter()
+        .map(|s| (s.client_id.clone(), (s.instance, s.closes.len())))
+        .collect()
+}
+
+async fn sessions_follow_their_owners(flow: Flow) {
+    let _turn = serial().await;
+    let name = format!("sessions-{flow:?}");
+    let mut c = config(&name, 2, Deployment::Compose, IndexMode::Jump);
+    c.flow = Some(flow);
+    let mut stack = start(c).await;
+    let public = api(&stack);
+    let mut ids = test_ids(SESSIONS, IndexMode::Jump, 11);
+    ids.sort();
+    ids.dedup();
+    let run = Run::start(&public, &ids, Options::default());
+    assert!(
+        run.wait_all_up(Duration::from_secs(60)).await,
+        "{name}: EXPECTED {} sessions up, RECEIVED {}",
+        ids.len(),
+        run.report(None).render()
+    );
+    let steps: [(&[u64], &[u64]); 4] = [(&[3], &[]), (&[], &[1]), (&[4, 5], &[]), (&[], &[5, 4, 3])];
+    for (n, (add, remove)) in steps.iter().enumerate() {
+        let step = n + 1;
+        let before = holders(&run);
+        let unexpected_before = run.report(None).unexpected_closes;
+        change(&mut stack, add, remove).await;
+        stack
+            .wait_views_agree(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{name} step {step}: views: {e:#}"));
+        let agreed = Instant::now();
+        let owners = sessions::owners(&public, &ids).await;
+        assert_eq!(owners.len(), ids.len(), "{name} step {step}: /where for every id");
+        // Every session on its current owner, soon.
+        let on_owner = loop {
+            let report = run.report(Some(&owners));
+            if report.on_owner == Some(ids.len()) {
+                break agreed.elapsed();
+            }
+            assert!(
+                agreed.elapsed() < ON_OWNER_WITHIN,
+                "{name} step {step}: EXPECTED every session on its owner within {ON_OWNER_WITHIN:?} of the views agreeing, RECEIVED {}",
+                report.render()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let after = holders(&run);
+        // The sessions whose owner did not change were never closed.
+        let mut kept = 0;
+        let mut moved = 0;
+        for (id, (instance, closes)) in &before {
+            let (_, closes_after) = after[id];
+            if *instance == owners.get(id).copied() {
+                kept += 1;
+                assert_eq!(
+                    closes_after, *closes,
+                    "{name} step {step}: {id}'s owner did not change ({instance:?}), yet its session was closed"
+                );
+            } else {
+                moved += 1;
+            }
+        }
+        let report = run.report(Some(&owners));
+        assert_eq!(
+            report.unexpected_closes, unexpected_before,
+            "{name} step {step}: EXPECTED every close to be a moved close, RECEIVED {}",
+            report.render()
+        );
+        eprintln!(
+            "{name} step {step} ({add:?} added, {remove:?} removed): {moved} sessions moved, {kept} untouched, all on their owner {} ms after the views agreed; reconnect ms p50 {} p99 {} max {}",
+            on_owner.as_millis(),
+            report.reconnect_ms.p50,
+            report.reconnect_ms.p99,
+            report.reconnect_ms.max
+        );
+    }
+    let owners = sessions::owners(&public, &ids).await;
+    let report = run.stop(Some(&owners)).await;
+    assert_eq!(report.unexpected_closes, 0, "{}", report.render());
+    eprintln!("{name}: {}", report.render());
+}
+
+#[tokio::test]
+async fn sessions_follow_their_owners_in_the_module_flow() {
+    sessions_follow_their_owners(Flow::Module).await;
+}
+
+#[tokio::test]
+async fn sessions_follow_their_owners_in_the_lua_flow() {
+    sessions_follow_their_owners(Flow::Lua).await;
+}

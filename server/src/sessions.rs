@@ -1,0 +1,185 @@
+//! Long-lived sessions: `GET /join?client_id=X` with `Upgrade: websocket`, held by X's owner, and
+//! ended with a "moved" close when X's owner changes, so that the client reconnects through
+//! Envoy and lands on its new owner.
+//!
+//! A session is opened like a join: the owner accepts it only if it owns X under the epoch the
+//! request was routed by (and, for a session, under its current view too: a session opened
+//! under the previous view would move again at once), and opening it records a join (the
+//! registration, which the hand-off carries). The owner then sends a `welcome` naming itself
+//! and its epoch, answers `ping`s and echoes other text ([`poc_routing_wire::SessionMessage`]).
+//!
+//! When the view changes, [`Sessions::sweep`] (run by every hand-off pass) closes the sessions
+//! of the clients this instance no longer owns, with close code
+//! [`poc_routing_wire::CLOSE_MOVED`] and a JSON reason naming the new owner and epoch: once
+//! their registration has been handed off (it is no longer held here), or at the latest when the
+//! transition window of the change has passed. Sessions whose owner did not change are not
+//! touched. A leaving instance's view no longer has itself, so all its sessions move.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use poc_routing_placement::{ClientId, Placement};
+use poc_routing_wire::{SessionMessage, SessionMoved, SessionRequest, CLOSE_MOVED};
+use tokio::sync::oneshot;
+
+use crate::registry::Registry;
+
+/// How often the owner pings an idle session, so that a dead peer is noticed and the proxy's
+/// idle timeout never ends a healthy one.
+const PING_EVERY: Duration = Duration::from_secs(20);
+
+struct Open {
+    id: u64,
+    moved: oneshot::Sender<SessionMoved>,
+}
+
+/// The sessions held here, by client id.
+#[derive(Default)]
+pub struct Sessions {
+    open: Mutex<HashMap<String, Vec<Open>>>,
+    next: AtomicU64,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Open>>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many sessions are open here.
+    pub fn count(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+
+    /// Closes, with a "moved" reason, the sessions of clients `me` does not own under
+    /// `current`: those whose registration is no longer held here (handed off), or all of them
+    /// once `deadline` (the change's transition window) has passed. Returns how many it closed.
+    pub fn sweep(
+        &self,
+        me: u64,
+        current: &Placement,
+        registry: &Registry,
+        deadline_passed: bool,
+    ) -> usize {
+        let mut open = self.lock();
+        let mut closed = 0;
+        open.retain(|id, sessions| {
+            let owner = ClientId::try_from(id.as_str())
+                .ok()
+                .and_then(|c| current.index(&c).ok());
+            let Some(owner) = owner.filter(|o| *o != me) else {
+                return true;
+            };
+            if !deadline_passed && registry.get(id).is_some() {
+                return true;
+            }
+            for s in sessions.drain(..) {
+                let _ = s.moved.send(SessionMoved {
+                    reason: "moved".into(),
+                    owner,
+                    epoch: current.epoch().to_string(),
+                });
+                closed += 1;
+            }
+            false
+        });
+        closed
+    }
+
+    /// Serves one session of `client_id` on `socket` until either side ends it or the client
+    /// moves.
+    pub async fn serve(
+        &self,
+        mut socket: WebSocket,
+        client_id: String,
+        instance: u64,
+        epoch: String,
+    ) -> SessionEnd {
+        let (tx, mut moved) = oneshot::channel();
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock()
+            .entry(client_id.clone())
+            .or_default()
+            .push(Open { id, moved: tx });
+        let welcome = SessionMessage::Welcome {
+            client_id: client_id.clone(),
+            instance,
+            epoch,
+        };
+        let end = match socket.send(text(&welcome)).await {
+            Err(_) => SessionEnd::ClientGone,
+            Ok(()) => self.exchange(&mut socket, &mut moved, instance).await,
+        };
+        // Gone from the table (a "moved" close already took it out).
+        let mut open = self.lock();
+        if let Some(sessions) = open.get_mut(&client_id) {
+            sessions.retain(|s| s.id != id);
+            if sessions.is_empty() {
+                open.remove(&client_id);
+            }
+        }
+        end
+    }
+
+    async fn exchange(
+        &self,
+        socket: &mut WebSocket,
+        moved: &mut oneshot::Receiver<SessionMoved>,
+        instance: u64,
+    ) -> SessionEnd {
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                why = &mut *moved => {
+                    let Ok(why) = why else { return SessionEnd::ClientGone };
+                    let frame = CloseFrame {
+                        code: CLOSE_MOVED,
+                        reason: serde_json::to_string(&why).unwrap_or_default().into(),
+                    };
+                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    return SessionEnd::Moved;
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > PING_EVERY * 3 {
+                        return SessionEnd::ClientGone;
+                    }
+                    if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                        return SessionEnd::ClientGone;
+                    }
+                }
+                message = socket.recv() => {
+                    last_heard = Instant::now();
+                    let reply = match message {
+                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return SessionEnd::ClientGone,
+                        Some(Ok(Message::Text(t))) => Some(match serde_json::from_str::<SessionRequest>(&t) {
+                            Ok(SessionRequest::Ping { seq }) => SessionMessage::Pong { seq, instance },
+                            Err(_) => SessionMessage::Echo { data: t.to_string() },
+                        }),
+                        Some(Ok(_)) => None,
+                    };
+                    if let Some(reply) = reply {
+                        if socket.send(text(&reply)).await.is_err() {
+                            return SessionEnd::ClientGone;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Closed here because its client moved.
+    Moved,
+    /// The client closed it, or the connection broke.
+    ClientGone,
+}
+
+fn text(m: &SessionMessage) -> Message {
+    Message::Text(serde_json::to_string(m).unwrap_or_default().into())
+}
