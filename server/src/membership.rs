@@ -71,7 +71,8 @@ pub enum Refusal {
     /// Another instance owns the id under the view the request was routed by; `owner` is its
     /// owner under the current view.
     NotOwner { owner: u64 },
-    /// The request was routed by a view this instance does not hold (too new, or too old).
+    /// The request was routed by a view this instance does not hold (too new, or too old), and
+    /// this instance does not own the id under its current view either.
     UnknownEpoch { owner: u64 },
 }
 
@@ -93,6 +94,13 @@ impl Views {
             Some(e) => self.recent(e, now).map(|p| (ServedUnder::Previous, p)),
         };
         let Some((under, placement)) = under else {
+            // Routed by a view this instance does not hold (one a peer held for a few
+            // milliseconds while several instances left, and whose cards have not reached it
+            // yet): the proxy sent it here because this instance owns the id under that view,
+            // and if it owns it under its own current view too, it is the owner either way.
+            if current_owner == me {
+                return Ok((ServedUnder::Current, current.clone()));
+            }
             return Err(Refusal::UnknownEpoch {
                 owner: current_owner,
             });
@@ -835,9 +843,14 @@ mod tests {
             views.judge(1, moved, Some(new.epoch()), soon),
             Err(Refusal::NotOwner { owner: new_owner })
         );
+        // An unknown epoch: served by the current owner, refused by any other instance.
         assert_eq!(
-            views.judge(1, owned, Some(Epoch(42)), soon),
-            Err(Refusal::UnknownEpoch { owner: 1 })
+            views.judge(1, owned, Some(Epoch(42)), soon).unwrap().0,
+            ServedUnder::Current
+        );
+        assert_eq!(
+            views.judge(1, moved, Some(Epoch(42)), soon),
+            Err(Refusal::UnknownEpoch { owner: new_owner })
         );
         assert!(views.knows(old.epoch(), soon) && !views.knows(old.epoch(), late));
         assert_eq!(

@@ -215,8 +215,9 @@ async fn placement_is_published() {
     );
 }
 
-/// Joins carry the epoch they were routed by (x-poc-epoch); the owner serves only under an
-/// epoch it holds, and says which epoch and owner are current when it refuses.
+/// Joins carry the epoch they were routed by (x-poc-epoch); an instance serves under an epoch it
+/// holds, or under its current view when it owns the id there; otherwise it refuses and says
+/// which epoch and owner are current.
 #[tokio::test]
 async fn joins_are_judged_by_the_stamped_epoch() {
     let app = spawn_app(IndexMode::Hash, Some(2)).await;
@@ -238,12 +239,18 @@ async fn joins_are_judged_by_the_stamped_epoch() {
     assert_eq!(body["epoch"], epoch.as_str());
     assert_eq!(body["served_under"], "current");
 
+    // An epoch this instance never held, for an id it owns now: served, under the current view.
     let (status, body) = join(mine.clone(), "00000000000000ff").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["served_under"], "current");
+    // For an id it does not own: refused.
+    let theirs = app.id_owned_by(1);
+    let (status, body) = join(theirs, "00000000000000ff").await;
     assert_eq!(status, 421, "an epoch this instance never held: {body}");
     assert_eq!(body["error"], "misdirected");
     assert_eq!(body["epoch"], epoch.as_str());
     assert_eq!(body["routed_epoch"], "00000000000000ff");
-    assert_eq!(body["owner"], 2);
+    assert_eq!(body["owner"], 1);
 
     for bad in ["xyz", "00000000000000FF", ""] {
         let (status, body) = join(mine.clone(), bad).await;
