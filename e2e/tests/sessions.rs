@@ -1,10 +1,14 @@
-//! WebSocket sessions on `/join` with the real Envoy, in both flows: 1000 sessions held through
-//! Envoy while the local stack scales 2 -> 3 -> 2 -> 4 -> 1. After each step:
+//! WebSocket sessions on `/join` with the real Envoy, in both flows: sessions held through Envoy
+//! (1000 in the module flow; 100 in the Lua flow, whose owner cluster's circuit breaker allows
+//! 128 requests per owner, sessions and joins together) while the local stack scales
+//! 2 -> 3 -> 2 -> 4 -> 1. After each step:
 //! - every session is on its current owner within the transition window plus 1 s of every view
 //!   agreeing;
 //! - the sessions whose owner did not change were never closed;
 //! - no session ended without a "moved" close (code 4001);
 //! - the reconnect times are printed.
+//!
+//! An upgrade anywhere but `/join` is refused by Envoy with a JSON error.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,8 +18,6 @@ use poc_routing_e2e::*;
 use poc_routing_placement::IndexMode;
 use poc_routing_stack::envoy::Flow;
 use poc_routing_stack::{Deployment, Stack};
-
-const SESSIONS: usize = 1000;
 
 /// The transition window (the servers' default) plus 1 s.
 const ON_OWNER_WITHIN: Duration = Duration::from_secs(6);
@@ -37,14 +39,31 @@ fn holders(run: &Run) -> BTreeMap<String, (Option<u64>, usize)> {
         .collect()
 }
 
-async fn sessions_follow_their_owners(flow: Flow) {
+async fn sessions_follow_their_owners(flow: Flow, sessions_count: usize) {
     let _turn = serial().await;
     let name = format!("sessions-{flow:?}");
     let mut c = config(&name, 2, Deployment::Compose, IndexMode::Jump);
     c.flow = Some(flow);
     let mut stack = start(c).await;
     let public = api(&stack);
-    let mut ids = test_ids(SESSIONS, IndexMode::Jump, 11);
+    // Route B takes no upgrade: a JSON refusal, from Envoy, before any instance is dialled.
+    let refused = reqwest::Client::new()
+        .get(format!("{}/where?client_id=abc", public.base()))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    let status = refused.status().as_u16();
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("upgrade_refused")),
+        "{name}: an upgrade on /where: {body}"
+    );
+    let mut ids = test_ids(sessions_count, IndexMode::Jump, 11);
     ids.sort();
     ids.dedup();
     let run = Run::start(&public, &ids, Options::default());
@@ -54,7 +73,8 @@ async fn sessions_follow_their_owners(flow: Flow) {
         ids.len(),
         run.report(None).render()
     );
-    let steps: [(&[u64], &[u64]); 4] = [(&[3], &[]), (&[], &[1]), (&[4, 5], &[]), (&[], &[5, 4, 3])];
+    let steps: [(&[u64], &[u64]); 4] =
+        [(&[3], &[]), (&[], &[1]), (&[4, 5], &[]), (&[], &[5, 4, 3])];
     for (n, (add, remove)) in steps.iter().enumerate() {
         let step = n + 1;
         let before = holders(&run);
@@ -66,7 +86,11 @@ async fn sessions_follow_their_owners(flow: Flow) {
             .unwrap_or_else(|e| panic!("{name} step {step}: views: {e:#}"));
         let agreed = Instant::now();
         let owners = sessions::owners(&public, &ids).await;
-        assert_eq!(owners.len(), ids.len(), "{name} step {step}: /where for every id");
+        assert_eq!(
+            owners.len(),
+            ids.len(),
+            "{name} step {step}: /where for every id"
+        );
         // Every session on its current owner, soon.
         let on_owner = loop {
             let report = run.report(Some(&owners));
@@ -98,7 +122,8 @@ async fn sessions_follow_their_owners(flow: Flow) {
         }
         let report = run.report(Some(&owners));
         assert_eq!(
-            report.unexpected_closes, unexpected_before,
+            report.unexpected_closes,
+            unexpected_before,
             "{name} step {step}: EXPECTED every close to be a moved close, RECEIVED {}",
             report.render()
         );
@@ -118,10 +143,10 @@ async fn sessions_follow_their_owners(flow: Flow) {
 
 #[tokio::test]
 async fn sessions_follow_their_owners_in_the_module_flow() {
-    sessions_follow_their_owners(Flow::Module).await;
+    sessions_follow_their_owners(Flow::Module, 1000).await;
 }
 
 #[tokio::test]
 async fn sessions_follow_their_owners_in_the_lua_flow() {
-    sessions_follow_their_owners(Flow::Lua).await;
+    sessions_follow_their_owners(Flow::Lua, 100).await;
 }

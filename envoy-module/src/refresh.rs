@@ -134,8 +134,8 @@ impl PlacementCache {
         current.as_ref().map_or(0, |s| s.members().len())
     }
 
-    /// Decides one join by the current snapshot.
-    pub fn decide(&self, path: &[u8], now: Instant) -> Result<Route, LocalReply> {
+    /// Decides one join (`session`: a WebSocket session) by the current snapshot.
+    pub fn decide(&self, path: &[u8], now: Instant, session: bool) -> Result<Route, LocalReply> {
         let current = self
             .current
             .read()
@@ -144,8 +144,9 @@ impl PlacementCache {
         let limits = Limits {
             stale_after: self.settings.stale_after,
             max_in_flight: self.settings.max_in_flight_per_owner,
+            max_sessions: self.settings.max_sessions_per_owner,
         };
-        route(path, current.as_ref(), limits, now)
+        route(path, current.as_ref(), limits, now, session)
     }
 }
 
@@ -223,7 +224,8 @@ mod tests {
     fn epochs_are_adopted_and_bad_answers_keep_the_last_good_one() {
         let r = PlacementCache::new(Settings::default());
         let now = Instant::now();
-        let refused = |r: &PlacementCache| r.decide(b"/join?client_id=a", now).unwrap_err().code;
+        let refused =
+            |r: &PlacementCache| r.decide(b"/join?client_id=a", now, false).unwrap_err().code;
         assert_eq!(refused(&r), "placement_unavailable");
 
         let first = answer("hash", &[1, 2], None);
@@ -235,7 +237,7 @@ mod tests {
             FetchOutcome::Unchanged
         );
         let epoch = r
-            .decide(b"/join?client_id=a", now)
+            .decide(b"/join?client_id=a", now, false)
             .unwrap()
             .epoch()
             .to_owned();
@@ -252,7 +254,7 @@ mod tests {
             matches!(r.fetched(Some(b"200"), b"{", now), FetchOutcome::Failed(m) if m.contains("not a /placement"))
         );
         assert_eq!(
-            r.decide(b"/join?client_id=a", now)
+            r.decide(b"/join?client_id=a", now, false)
                 .unwrap()
                 .epoch()
                 .to_owned(),
@@ -265,7 +267,7 @@ mod tests {
             FetchOutcome::Changed(_)
         ));
         assert_ne!(
-            r.decide(b"/join?client_id=a", now)
+            r.decide(b"/join?client_id=a", now, false)
                 .unwrap()
                 .epoch()
                 .to_owned(),

@@ -85,14 +85,19 @@ impl LocalReply {
         }
     }
 
-    fn overloaded(owner: &str, limit: u32) -> Self {
+    fn overloaded(owner: &str, limit: u32, session: bool) -> Self {
+        let what = if session {
+            "WebSocket sessions open"
+        } else {
+            "requests in flight"
+        };
         Self {
             owner: Some(owner.to_owned()),
             retry_after: Some(1),
             ..Self::new(
                 503,
                 "overloaded",
-                format!("more than {limit} requests in flight to the owner; retry after 1 s"),
+                format!("more than {limit} {what} to the owner; retry after 1 s"),
             )
         }
     }
@@ -140,16 +145,20 @@ pub struct Limits {
     pub stale_after: Duration,
     /// The most joins in flight to one owner.
     pub max_in_flight: u32,
+    /// The most WebSocket sessions open to one owner.
+    pub max_sessions: u32,
 }
 
 /// Routes one join: the id is checked first (a bad id is the client's error whatever the
 /// state of the placement), then the snapshot must exist and be younger than `stale_after`,
-/// the owner must have an address, and fewer than `max_in_flight` joins may be in flight to it.
+/// the owner must have an address, and fewer than `max_in_flight` joins may be in flight to it
+/// (for a WebSocket session, `session`: fewer than `max_sessions` sessions open to it).
 pub fn route(
     path: &[u8],
     snapshot: Option<&Arc<Snapshot>>,
     limits: Limits,
     now: Instant,
+    session: bool,
 ) -> Result<Route, LocalReply> {
     let id = client_id(path).map_err(|e| LocalReply::bad_id(&e))?;
     let Some(snapshot) = snapshot else {
@@ -178,8 +187,13 @@ pub fn route(
     if owner.address.is_none() {
         return Err(LocalReply::owner_unavailable(owner.hostport()));
     }
-    let in_flight = InFlight::try_start(owner, limits.max_in_flight)
-        .ok_or_else(|| LocalReply::overloaded(owner.hostport(), limits.max_in_flight))?;
+    let limit = if session {
+        limits.max_sessions
+    } else {
+        limits.max_in_flight
+    };
+    let in_flight = InFlight::try_start(owner, limit, session)
+        .ok_or_else(|| LocalReply::overloaded(owner.hostport(), limit, session))?;
     Ok(Route {
         snapshot: snapshot.clone(),
         position,
@@ -195,6 +209,7 @@ mod tests {
     const STALE: Limits = Limits {
         stale_after: Duration::from_secs(10),
         max_in_flight: 128,
+        max_sessions: 10_000,
     };
 
     fn snapshot(mode: &str, members: &[u64]) -> Arc<Snapshot> {
@@ -244,7 +259,7 @@ mod tests {
             ),
         ];
         for (path, expected) in cases {
-            let got = route(path, Some(&s), STALE, Instant::now());
+            let got = route(path, Some(&s), STALE, Instant::now(), false);
             let shown = String::from_utf8_lossy(path);
             match expected {
                 Ok(id) => {
@@ -270,7 +285,7 @@ mod tests {
     #[test]
     fn routes_carry_the_snapshot_epoch() {
         let s = snapshot("jump", &[1, 3]);
-        let r = route(b"/join?client_id=7", Some(&s), STALE, Instant::now()).unwrap();
+        let r = route(b"/join?client_id=7", Some(&s), STALE, Instant::now(), false).unwrap();
         assert_eq!(r.epoch(), s.epoch());
         assert!(["poc-routing-server-1:8081", "poc-routing-server-3:8081"]
             .contains(&r.in_flight.hostport()));
@@ -281,7 +296,7 @@ mod tests {
     fn an_owner_without_an_address_or_with_too_many_joins_in_flight_is_refused() {
         let body = answer("hash", &[1], None).replace(&format!("\"1\":\"{}\"", address(1)), "");
         let s = Arc::new(Snapshot::parse(body.as_bytes(), Instant::now(), None).unwrap());
-        let r = route(b"/join?client_id=a", Some(&s), STALE, Instant::now()).unwrap_err();
+        let r = route(b"/join?client_id=a", Some(&s), STALE, Instant::now(), false).unwrap_err();
         assert_eq!((r.status, r.code), (503, "owner_unavailable"));
         assert_eq!(r.owner.as_deref(), Some("poc-routing-server-1:8081"));
         let body: serde_json::Value = serde_json::from_str(&r.body()).unwrap();
@@ -292,34 +307,82 @@ mod tests {
             max_in_flight: 2,
             ..STALE
         };
-        let first = route(b"/join?client_id=a", Some(&s), two, Instant::now()).unwrap();
-        let second = route(b"/join?client_id=b", Some(&s), two, Instant::now()).unwrap();
-        let r = route(b"/join?client_id=c", Some(&s), two, Instant::now()).unwrap_err();
+        let first = route(b"/join?client_id=a", Some(&s), two, Instant::now(), false).unwrap();
+        let second = route(b"/join?client_id=b", Some(&s), two, Instant::now(), false).unwrap();
+        let r = route(b"/join?client_id=c", Some(&s), two, Instant::now(), false).unwrap_err();
         assert_eq!(
             (r.status, r.code, r.retry_after),
             (503, "overloaded", Some(1))
         );
         drop((first, second));
-        assert!(route(b"/join?client_id=c", Some(&s), two, Instant::now()).is_ok());
+        assert!(route(b"/join?client_id=c", Some(&s), two, Instant::now(), false).is_ok());
+
+        // Sessions are counted apart: joins in flight do not stop a session, nor the reverse.
+        let one_session = Limits {
+            max_in_flight: 1,
+            max_sessions: 1,
+            ..STALE
+        };
+        let join = route(
+            b"/join?client_id=a",
+            Some(&s),
+            one_session,
+            Instant::now(),
+            false,
+        );
+        let session = route(
+            b"/join?client_id=a",
+            Some(&s),
+            one_session,
+            Instant::now(),
+            true,
+        );
+        assert!(join.is_ok() && session.is_ok());
+        let r = route(
+            b"/join?client_id=b",
+            Some(&s),
+            one_session,
+            Instant::now(),
+            true,
+        )
+        .unwrap_err();
+        assert_eq!((r.status, r.code), (503, "overloaded"));
+        assert!(r.body().contains("WebSocket sessions"), "{}", r.body());
+        drop(session);
+        assert!(route(
+            b"/join?client_id=b",
+            Some(&s),
+            one_session,
+            Instant::now(),
+            true
+        )
+        .is_ok());
     }
 
     #[test]
     fn numeric_mode_refuses_words_with_the_servers_message() {
         let s = snapshot("numeric", &[1, 2]);
-        let r = route(b"/join?client_id=bob", Some(&s), STALE, Instant::now()).unwrap_err();
+        let r = route(
+            b"/join?client_id=bob",
+            Some(&s),
+            STALE,
+            Instant::now(),
+            false,
+        )
+        .unwrap_err();
         assert_eq!((r.status, r.code), (400, "invalid_client_id"));
         assert!(r.message.contains("decimal digits"));
     }
 
     #[test]
     fn no_or_stale_placement_is_503_but_a_bad_id_is_still_400() {
-        let r = route(b"/join?client_id=a", None, STALE, Instant::now()).unwrap_err();
+        let r = route(b"/join?client_id=a", None, STALE, Instant::now(), false).unwrap_err();
         assert_eq!((r.status, r.code), (503, "placement_unavailable"));
-        let r = route(b"/join", None, STALE, Instant::now()).unwrap_err();
+        let r = route(b"/join", None, STALE, Instant::now(), false).unwrap_err();
         assert_eq!(r.status, 400);
         let s = snapshot("hash", &[1]);
         let later = Instant::now() + STALE.stale_after + Duration::from_secs(1);
-        let r = route(b"/join?client_id=a", Some(&s), STALE, later).unwrap_err();
+        let r = route(b"/join?client_id=a", Some(&s), STALE, later, false).unwrap_err();
         assert_eq!((r.status, r.code), (503, "placement_unavailable"));
         assert!(r.message.contains("limit 10000 ms"), "{}", r.message);
     }

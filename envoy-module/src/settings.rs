@@ -23,6 +23,10 @@ pub struct Settings {
     /// circuit breakers count per cluster (per host only connections), and `owners` is one
     /// cluster for every instance, so the per-owner bound is kept here.
     pub max_in_flight_per_owner: u32,
+    /// The most WebSocket sessions open to one owner through this filter config. A session
+    /// lives as long as its client keeps it, so sessions have their own bound, apart from
+    /// joins'; beyond it, new sessions are refused with 503 `overloaded`.
+    pub max_sessions_per_owner: u32,
 }
 
 impl Default for Settings {
@@ -33,6 +37,7 @@ impl Default for Settings {
             fetch_timeout: Duration::from_millis(500),
             stale_after: Duration::from_secs(10),
             max_in_flight_per_owner: 128,
+            max_sessions_per_owner: 10_000,
         }
     }
 }
@@ -45,12 +50,13 @@ struct Raw {
     fetch_timeout_ms: Option<u64>,
     stale_after_ms: Option<u64>,
     max_in_flight_per_owner: Option<u32>,
+    max_sessions_per_owner: Option<u32>,
 }
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SettingsError {
-    #[error("filter_config is not a JSON object with cluster, refresh_interval_ms, fetch_timeout_ms, stale_after_ms, max_in_flight_per_owner: {0}")]
+    #[error("filter_config is not a JSON object with cluster, refresh_interval_ms, fetch_timeout_ms, stale_after_ms, max_in_flight_per_owner, max_sessions_per_owner: {0}")]
     Syntax(String),
     #[error("filter_config.cluster must be a non-empty cluster name")]
     EmptyCluster,
@@ -122,18 +128,16 @@ impl Settings {
                 100,
                 3_600_000,
             )?,
-            max_in_flight_per_owner: match raw.max_in_flight_per_owner {
-                None => defaults.max_in_flight_per_owner,
-                Some(got @ 1..=1_000_000) => got,
-                Some(got) => {
-                    return Err(SettingsError::OutOfRange {
-                        field: "max_in_flight_per_owner",
-                        min: 1,
-                        max: 1_000_000,
-                        got: got.into(),
-                    })
-                }
-            },
+            max_in_flight_per_owner: bound(
+                "max_in_flight_per_owner",
+                raw.max_in_flight_per_owner,
+                defaults.max_in_flight_per_owner,
+            )?,
+            max_sessions_per_owner: bound(
+                "max_sessions_per_owner",
+                raw.max_sessions_per_owner,
+                defaults.max_sessions_per_owner,
+            )?,
         };
         if settings.stale_after <= settings.refresh_interval {
             return Err(SettingsError::StaleBeforeRefresh {
@@ -142,6 +146,20 @@ impl Settings {
             });
         }
         Ok(settings)
+    }
+}
+
+/// A per-owner bound: 1 to 1,000,000, `default` when unset.
+fn bound(field: &'static str, raw: Option<u32>, default: u32) -> Result<u32, SettingsError> {
+    match raw {
+        None => Ok(default),
+        Some(got @ 1..=1_000_000) => Ok(got),
+        Some(got) => Err(SettingsError::OutOfRange {
+            field,
+            min: 1,
+            max: 1_000_000,
+            got: got.into(),
+        }),
     }
 }
 

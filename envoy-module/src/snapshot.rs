@@ -34,6 +34,8 @@ pub struct OwnerState {
     pub hostport: String,
     /// Joins in flight to it through this filter config.
     in_flight: AtomicU32,
+    /// WebSocket sessions open to it through this filter config.
+    sessions: AtomicU32,
 }
 
 impl Owner {
@@ -52,30 +54,47 @@ pub struct Snapshot {
     fetched_at: Instant,
 }
 
-/// A join counted in flight to its owner until this is dropped (when Envoy ends the stream).
+/// A join (or a session) counted in flight to its owner until this is dropped (when Envoy ends
+/// the stream).
 #[derive(Debug)]
-pub struct InFlight(Arc<OwnerState>);
+pub struct InFlight {
+    owner: Arc<OwnerState>,
+    session: bool,
+}
 
 impl InFlight {
-    /// Counts one more join to `owner`, unless `limit` are in flight already.
-    pub fn try_start(owner: &Owner, limit: u32) -> Option<Self> {
-        let before = owner.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+    /// Counts one more join to `owner` (`session`: one more WebSocket session, counted apart),
+    /// unless `limit` are in flight already.
+    pub fn try_start(owner: &Owner, limit: u32, session: bool) -> Option<Self> {
+        let counter = Self::counter(&owner.shared, session);
+        let before = counter.fetch_add(1, Ordering::AcqRel);
         if before >= limit {
-            owner.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            counter.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(Self(owner.shared.clone()))
+        Some(Self {
+            owner: owner.shared.clone(),
+            session,
+        })
+    }
+
+    fn counter(owner: &OwnerState, session: bool) -> &AtomicU32 {
+        if session {
+            &owner.sessions
+        } else {
+            &owner.in_flight
+        }
     }
 
     /// The owner's name.
     pub fn hostport(&self) -> &str {
-        &self.0.hostport
+        &self.owner.hostport
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        Self::counter(&self.owner, self.session).fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -140,6 +159,7 @@ impl Snapshot {
                             Arc::new(OwnerState {
                                 hostport,
                                 in_flight: AtomicU32::new(0),
+                                sessions: AtomicU32::new(0),
                             })
                         },
                         |o| o.shared.clone(),
@@ -254,19 +274,19 @@ pub(crate) mod tests {
         let without_2 = body.replace(&format!(",\"2\":\"{}\"", address(2)), "");
         assert_ne!(body, without_2);
         let first = Snapshot::parse(body.as_bytes(), Instant::now(), None).unwrap();
-        let held = InFlight::try_start(first.member(1).unwrap(), 1).unwrap();
+        let held = InFlight::try_start(first.member(1).unwrap(), 1, false).unwrap();
         assert!(
-            InFlight::try_start(first.member(1).unwrap(), 1).is_none(),
+            InFlight::try_start(first.member(1).unwrap(), 1, false).is_none(),
             "the limit holds"
         );
         let second = Snapshot::parse(without_2.as_bytes(), Instant::now(), Some(&first)).unwrap();
         assert!(second.member(2).unwrap().address.is_none());
         assert!(
-            InFlight::try_start(second.member(1).unwrap(), 1).is_none(),
+            InFlight::try_start(second.member(1).unwrap(), 1, false).is_none(),
             "a new snapshot keeps the joins in flight"
         );
         drop(held);
-        assert!(InFlight::try_start(second.member(1).unwrap(), 1).is_some());
+        assert!(InFlight::try_start(second.member(1).unwrap(), 1, false).is_some());
     }
 
     #[test]

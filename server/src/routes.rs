@@ -172,7 +172,13 @@ fn misdirected(
 }
 
 /// Records a join served here: the registration, metrics and the log line.
-fn record(state: &AppState, id: &ClientId, instance: u64, under: ServedUnder, placement: &Placement) {
+fn record(
+    state: &AppState,
+    id: &ClientId,
+    instance: u64,
+    under: ServedUnder,
+    placement: &Placement,
+) {
     if under == ServedUnder::Previous {
         state.metrics.previous_epoch_joins.inc();
         // Served under the view before: the id may be owned elsewhere now.

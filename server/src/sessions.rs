@@ -129,7 +129,8 @@ impl Sessions {
         moved: &mut oneshot::Receiver<SessionMoved>,
         instance: u64,
     ) -> SessionEnd {
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
         let mut last_heard = Instant::now();
         loop {
             tokio::select! {

@@ -55,10 +55,13 @@ unsafe fn stream_state<'a>(ptr: FilterModulePtr) -> Option<&'a StreamState> {
 /// answers it here. The owner's name is recorded (as dynamic metadata, for `envoy.yaml`'s error
 /// bodies and the access log) only if the join fails: [`record_owner`].
 fn on_request(config: &Config, state: &StreamState, stream: &mut Stream) -> u32 {
+    let session = stream
+        .header(REQUEST_HEADER, "upgrade")
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));
     let path = stream.header(REQUEST_HEADER, ":path").unwrap_or_default();
     let decided = config
         .placement
-        .decide(path, Instant::now())
+        .decide(path, Instant::now(), session)
         .and_then(|route| {
             if !stream.set_upstream_override(route.address()) {
                 return Err(LocalReply::owner_unavailable(route.in_flight.hostport()));
