@@ -162,7 +162,7 @@ async fn measure(n: u64, idle: Duration) -> Result<Row> {
 
 /// The simulation's default runs (`make bench`): 1,000 instances at 0, 1, 5 and 20% loss, and
 /// 10,000 at 1%. The work of a change grows as N² (every instance's card reaches every other),
-/// so 10,000 takes about 25 minutes of one core here.
+/// so 10,000 takes about 13 GB and, here, most of an hour.
 pub const SIM_RUNS: &[&str] = &["1000@0", "1000@1", "1000@5", "1000@20", "10000@1"];
 
 /// What `target/bench/membership.json` holds.
