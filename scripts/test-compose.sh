@@ -8,7 +8,9 @@
 #      tests): 0 non-2xx answers under steady load, every view agreeing, 1000 ids correct
 #      after it; and no surviving container re-created. Before each step 2000 more known ids
 #      are joined; after it, `poc-client audit` finds every known id registered exactly once,
-#      at its owner (registrations are handed off), and reports how long that took to settle
+#      at its owner (registrations are handed off), and reports how long that took to settle;
+#      meanwhile `poc-client sessions` holds WebSocket sessions through Envoy (300; 60 in the Lua
+#      flow), which must end the sequence all on their owner with no close but "moved"
 #   3. docker kill one replica: only its clients fail, each with 503 owner_unavailable JSON
 #   4. docker start it (on a new IP): its clients are served again within 5 s, Envoy untouched
 #   5. /where answers the same from every replica
@@ -56,8 +58,15 @@ case "$FLOW" in
 esac
 
 placeholders=()
+sessions_pid=
 cleanup() {
   local rc=$?
+  # The sessions client, if a failed step left it running.
+  [ -z "$sessions_pid" ] || kill "$sessions_pid" 2>/dev/null || true
+  if [ $rc -ne 0 ] && [ -f "$WORK/sessions.txt" ]; then
+    echo "--- poc-client sessions ($WORK/sessions.txt) ---" >&2
+    tail -n 5 "$WORK/sessions.txt" >&2 || true
+  fi
   if [ $rc -ne 0 ]; then
     echo "--- docker compose logs (last 60 lines per container) ---" >&2
     docker compose logs --no-color --tail 60 >&2 || true
@@ -108,6 +117,13 @@ wait_for "the routing module to hold 2 members" 10 module_members_are 2
 verify_all 1000 two
 
 step "2. scale 2 -> 3 -> 2 -> 4 -> 1 -> 3 under steady /join load: docker compose up -d --scale server=K"
+# WebSocket sessions held through Envoy for the whole sequence, each reconnected when its owner
+# closes it as moved (the Lua flow's owner cluster allows 128 requests per owner, sessions and
+# joins together: fewer there).
+sessions=300
+[ "${FLOW:-}" = lua ] && sessions=60
+"$CLIENT" sessions --url "$URL" --count "$sessions" --seconds 600 >"$WORK/sessions.txt" 2>&1 &
+sessions_pid=$!
 : >"$WORK/known-ids.txt"
 n=0
 for k in 3 2 4 1 3; do
@@ -147,6 +163,14 @@ for k in 3 2 4 1 3; do
   fi
   [ -z "$changed" ] || fail "scaling to $k re-created a running server" "the surviving containers kept" "$changed"
 done
+# The sessions, after the five steps: every one up on its owner, none ended but by a moved close.
+kill -TERM "$sessions_pid" 2>/dev/null || true
+sessions_ok=true
+wait "$sessions_pid" || sessions_ok=false
+sessions_pid=
+$sessions_ok || fail "WebSocket sessions through the scaling steps" "every session on its owner, 0 unexpected closes" "$(cat "$WORK/sessions.txt")"
+echo "sessions held through the steps:"
+sed 's/^/  /' "$WORK/sessions.txt"
 "$CLIENT" views --url "$OPERATOR" --expect 3
 mapfile -t running < <(servers)
 [ "${#running[@]}" = 3 ] || fail "3 servers should run after the scaling steps" 3 "${#running[@]}"

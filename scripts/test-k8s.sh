@@ -10,7 +10,9 @@
 #   5. kubectl scale statefulset/server --replicas=K, 2 -> 3 -> 2, each step checked by
 #      `poc-client scale-step` (the same check as the local stack's tests and Compose's): 0
 #      non-2xx under steady load, every view agreeing, then 1000 ids 100% correct; and by
-#      `poc-client audit` (every known id registered exactly once, at its owner)
+#      `poc-client audit` (every known id registered exactly once, at its owner); WebSocket
+#      sessions held through Envoy meanwhile (200; 60 in the Lua flow) end all on their owner,
+#      with no close but "moved"
 #   6. Envoy's admin interface: refused from the node on the pod's address, reachable through
 #      kubectl port-forward; the probe listener answers only /ready; the probes pass
 #   7. the Lua flow: minikube-lua/ applied the same way (Envoy's ConfigMap from envoy-lua.yaml),
@@ -36,8 +38,10 @@ docker info >/dev/null 2>&1 || fail "Docker is not reachable: the kubelet runs p
 [ -x "$KUBECTL" ] || fail "kubectl is missing: make k8s-tools"
 [ -x "$CLIENT" ] && [ -x target/release/poc-stack ] || fail "$CLIENT or poc-stack is missing: make build"
 
+sessions_pid=
 cleanup() {
   local rc=$?
+  [ -z "$sessions_pid" ] || kill "$sessions_pid" 2>/dev/null || true
   if [ $rc -ne 0 ]; then
     echo "--- pods ---" >&2
     kctl get pods -o wide >&2 || true
@@ -141,8 +145,27 @@ scale_to() {
 }
 
 step "5. kubectl -n $NS scale statefulset/server --replicas=K under steady /join load: 2 -> 3 -> 2"
+# sessions_start N / sessions_check: WebSocket sessions held through Envoy across the scale steps,
+# each reconnected when its owner closes it as moved; afterwards every one must be up on its
+# owner, with no close but "moved".
+sessions_start() {
+  "$CLIENT" sessions --url "$URL" --count "$1" --seconds 600 >"$WORK/sessions${TAG:-}.txt" 2>&1 &
+  sessions_pid=$!
+}
+sessions_check() {
+  kill -TERM "$sessions_pid" 2>/dev/null || true
+  local ok=true
+  wait "$sessions_pid" || ok=false
+  sessions_pid=
+  $ok || fail "WebSocket sessions through the scale steps" "every session on its owner, 0 unexpected closes" "$(cat "$WORK/sessions${TAG:-}.txt")"
+  echo "sessions held through the steps:"
+  sed 's/^/  /' "$WORK/sessions${TAG:-}.txt"
+}
+
+sessions_start 200
 scale_to 3
 scale_to 2
+sessions_check
 
 step "6. Envoy's admin interface: its own pod only; the probe listener answers only /ready"
 pod=$(kctl get pods -l app.kubernetes.io/name=poc-routing-envoy -o jsonpath='{.items[0].metadata.name}')
@@ -180,7 +203,10 @@ wait_for "Envoy to answer on the NodePort" 60 curl -fsS "$URL/where?client_id=pr
   fail "poc-client verify through the NodePort, Lua flow" "1000 correct" "$(cat "$WORK/verify-lua.json")"
 echo "1000/1000 correct through $URL in the Lua flow"
 TAG=-lua
+# The Lua flow's owner cluster allows 128 requests per owner, sessions and joins together.
+sessions_start 60
 scale_to 3
 scale_to 2
+sessions_check
 
 step "PASS: Kubernetes v1.20.2 cluster"

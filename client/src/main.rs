@@ -307,6 +307,8 @@ async fn run_sessions(args: SessionsArgs) -> ExitCode {
         }
     }
     progress.finish_and_clear();
+    // A session may be between a moved close and its reconnect right now: a moment for it.
+    run.wait_all_up(std::time::Duration::from_secs(5)).await;
     let owners = sessions::owners(&public, &ids).await;
     let report = run.stop(Some(&owners)).await;
     if args.json {
