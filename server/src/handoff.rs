@@ -139,24 +139,28 @@ impl HandOffs {
     /// Runs a pass whenever one may do something, until the process ends.
     pub async fn run(self: Arc<Self>) {
         let round = self.membership.timing.probe_interval;
-        let mut idle_since: Option<Instant> = None;
+        // Since when passes have found registrations to hand off but delivered none (an owner
+        // that does not hold the view yet, or does not answer), and when the last pass ran.
+        let mut fruitless_since: Option<Instant> = None;
+        let mut last_pass = Instant::now();
         loop {
             tokio::time::sleep(round).await;
             let epoch = self.membership.current().map(|c| c.epoch());
             let changed = *self.last_epoch.lock().unwrap_or_else(|e| e.into_inner()) != epoch;
             let woken = self.dirty.swap(false, Ordering::Relaxed);
             let pending = self.pending() > 0;
-            // Pending, with nothing sent in the last pass: once a second is enough.
-            let waiting =
-                pending && idle_since.is_some_and(|t| t.elapsed() < Duration::from_secs(1));
-            if !(changed || woken || (pending && !waiting)) {
+            // Pending and undeliverable for more than 2 s: once a second is enough.
+            let backing_off = fruitless_since.is_some_and(|t| t.elapsed() > Duration::from_secs(2))
+                && last_pass.elapsed() < Duration::from_secs(1);
+            if !(changed || woken || (pending && !backing_off)) {
                 continue;
             }
+            last_pass = Instant::now();
             let pass = self.pass().await;
             if pass.delivered == 0 && pass.pending > 0 {
-                idle_since.get_or_insert_with(Instant::now);
+                fruitless_since.get_or_insert(last_pass);
             } else {
-                idle_since = None;
+                fruitless_since = None;
             }
         }
     }
