@@ -116,6 +116,26 @@ pub async fn run(
         .await
 }
 
+/// Connections the kernel may hold for this listener before it accepts them. After a scale
+/// change, every session of the clients an instance now owns reconnects to it within a moment
+/// (a thousand at once in the tests), and a join burst to an owner that stalls queues here
+/// until Envoy's circuit breaker refuses the rest: tokio's default of 1024 would drop SYNs
+/// first, which a client sees as a one-second connect timeout. The kernel caps it at
+/// `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A server whose listener is bound and whose identity discovery has started.
 pub struct Application {
     listener: TcpListener,
@@ -125,8 +145,7 @@ pub struct Application {
 impl Application {
     /// Binds `BIND_ADDR:PORT` and works out which instance this is.
     pub async fn build(config: Config) -> std::io::Result<Self> {
-        let listener =
-            TcpListener::bind(SocketAddr::new(config.bind_addr, config.placement.port())).await?;
+        let listener = bind(SocketAddr::new(config.bind_addr, config.placement.port()))?;
         Self::with_listener(config, listener)
     }
 
