@@ -6,7 +6,8 @@
 //! `ping_every`, and on a close with code [`CLOSE_MOVED`] reconnects after a jittered backoff.
 //! Any other end (a close with another code, a broken connection) is an **unexpected close**,
 //! counted, and reconnected the same way. A refused connect (421 while views change, 503 while
-//! the owner is down) is retried too, and counted.
+//! the owner is down) is retried too, and counted; each refusal in a row doubles the backoff,
+//! up to `retry_max`, so that the clients of an owner that is down do not flood Envoy.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -27,8 +28,10 @@ use crate::api::Api;
 pub struct Options {
     /// How often each session pings its owner.
     pub ping_every: Duration,
-    /// The backoff before a reconnect: uniformly random up to this.
+    /// The backoff before a reconnect: uniformly random between a quarter of this and this.
     pub backoff_max: Duration,
+    /// The backoff's ceiling after refused connects in a row (it doubles with each).
+    pub retry_max: Duration,
     /// Sessions opened at once at the start (the rest wait their turn).
     pub open_concurrency: usize,
 }
@@ -38,6 +41,7 @@ impl Default for Options {
         Self {
             ping_every: Duration::from_secs(1),
             backoff_max: Duration::from_millis(200),
+            retry_max: Duration::from_secs(1),
             open_concurrency: 64,
         }
     }
@@ -266,6 +270,8 @@ async fn hold(
     opening: Arc<tokio::sync::Semaphore>,
 ) {
     let mut first = true;
+    // Connects refused in a row (reset by a welcome).
+    let mut refusals = 0u32;
     loop {
         if *stopped.borrow() {
             return;
@@ -285,7 +291,8 @@ async fn hold(
             _ => {
                 lock(&state).refused += 1;
                 drop(permit);
-                backoff(&options, &mut stopped).await;
+                refusals += 1;
+                backoff(&options, refusals, &mut stopped).await;
                 continue;
             }
         };
@@ -294,7 +301,8 @@ async fn hold(
         let Ok(Some(Ok(Message::Text(text)))) = welcome else {
             lock(&state).refused += 1;
             drop(permit);
-            backoff(&options, &mut stopped).await;
+            refusals += 1;
+            backoff(&options, refusals, &mut stopped).await;
             continue;
         };
         let Ok(SessionMessage::Welcome {
@@ -303,11 +311,13 @@ async fn hold(
         else {
             lock(&state).refused += 1;
             drop(permit);
-            backoff(&options, &mut stopped).await;
+            refusals += 1;
+            backoff(&options, refusals, &mut stopped).await;
             continue;
         };
         drop(permit);
         first = false;
+        refusals = 0;
         {
             let mut s = lock(&state);
             if let Some(since) = s.down_since.take() {
@@ -361,13 +371,19 @@ async fn hold(
                 }
             }
         }
-        backoff(&options, &mut stopped).await;
+        backoff(&options, 0, &mut stopped).await;
     }
 }
 
-/// A jittered pause before reconnecting, cut short by a stop.
-async fn backoff(options: &Options, stopped: &mut watch::Receiver<bool>) {
-    let max = options.backoff_max.as_millis().max(1) as u64;
+/// A jittered pause before reconnecting, cut short by a stop: after `refusals` refused
+/// connects in a row, `backoff_max` doubled that many times, up to `retry_max`.
+async fn backoff(options: &Options, refusals: u32, stopped: &mut watch::Receiver<bool>) {
+    let max = options
+        .backoff_max
+        .saturating_mul(1 << refusals.min(16))
+        .min(options.retry_max.max(options.backoff_max))
+        .as_millis()
+        .max(1) as u64;
     let pause = Duration::from_millis(rand::thread_rng().gen_range(max / 4..=max));
     tokio::select! {
         _ = tokio::time::sleep(pause) => {}
