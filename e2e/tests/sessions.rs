@@ -1,7 +1,5 @@
-//! WebSocket sessions on `/join` with the real Envoy, in both flows: sessions held through Envoy
-//! (1000 in the module flow; 100 in the Lua flow, whose owner cluster's circuit breaker allows
-//! 128 requests per owner, sessions and joins together) while the local stack scales
-//! 2 -> 3 -> 2 -> 4 -> 1. After each step:
+//! WebSocket sessions on `/join` with the real Envoy, in both flows: 1000 sessions held through
+//! Envoy while the local stack scales 2 -> 3 -> 2 -> 4 -> 1. After each step:
 //! - every session is on its current owner within the transition window plus 1 s of every view
 //!   agreeing;
 //! - the sessions whose owner did not change were never closed;
@@ -9,6 +7,10 @@
 //! - the reconnect times are printed.
 //!
 //! An upgrade anywhere but `/join` is refused by Envoy with a JSON error.
+//!
+//! The fault row: an owner killed drops exactly its own sessions, its clients' connects are
+//! refused while it is down, and once it runs again every one of them is back on it within
+//! [`BACK_WITHIN`] of its process start.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -21,6 +23,11 @@ use poc_routing_stack::{Deployment, Stack};
 
 /// The transition window (the servers' default) plus 1 s.
 const ON_OWNER_WITHIN: Duration = Duration::from_secs(6);
+
+/// A killed owner's sessions are back on it within this of its new process starting: Envoy
+/// reaches a restarted owner within 5 s (`restart_recovery_from_process_start`), and a client
+/// whose connects were refused retries within `retry_max` (1 s).
+const BACK_WITHIN: Duration = Duration::from_secs(6);
 
 async fn change(stack: &mut Stack, add: &[u64], remove: &[u64]) {
     if !add.is_empty() {
@@ -148,5 +155,122 @@ async fn sessions_follow_their_owners_in_the_module_flow() {
 
 #[tokio::test]
 async fn sessions_follow_their_owners_in_the_lua_flow() {
-    sessions_follow_their_owners(Flow::Lua, 100).await;
+    sessions_follow_their_owners(Flow::Lua, 1000).await;
+}
+
+/// Kills one of three owners (SIGKILL, its name gone from DNS, as `docker kill`) while 1000
+/// sessions are held, and starts it again on a new address (as `docker start`; the member set
+/// does not change).
+async fn sessions_of_a_killed_owner_come_back(flow: Flow, sessions_count: usize) {
+    let _turn = serial().await;
+    let name = format!("sessions-killed-{flow:?}");
+    let mut c = config(&name, 3, Deployment::Compose, IndexMode::Jump);
+    c.flow = Some(flow);
+    let mut stack = start(c).await;
+    let public = api(&stack);
+    let mut ids = test_ids(sessions_count, IndexMode::Jump, 13);
+    ids.sort();
+    ids.dedup();
+    let run = Run::start(&public, &ids, Options::default());
+    assert!(
+        run.wait_all_up(Duration::from_secs(60)).await,
+        "{name}: EXPECTED {} sessions up, RECEIVED {}",
+        ids.len(),
+        run.report(None).render()
+    );
+    let owners = sessions::owners(&public, &ids).await;
+    let victim = 2;
+    let victims: Vec<&String> = ids.iter().filter(|id| owners[*id] == victim).collect();
+    assert!(
+        victims.len() > ids.len() / 5,
+        "{name}: instance {victim} owns {} of {} ids",
+        victims.len(),
+        ids.len()
+    );
+    let before = holders(&run);
+
+    stack.stop_instance(victim).unwrap();
+    let killed = Instant::now();
+    // Its sessions drop (Envoy resets each downstream when its upstream connection breaks).
+    let dropped = loop {
+        let now = holders(&run);
+        if victims.iter().all(|id| now[*id].0.is_none()) {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "{name}: EXPECTED every session of the killed owner dropped within 5 s, RECEIVED {}",
+            run.report(Some(&owners)).render()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Down for a while: its clients' connects are refused (503 owner_unavailable), and they
+    // back off.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refused_while_down = run.report(None).refused_connects;
+    assert!(
+        refused_while_down > 0,
+        "{name}: no connect was refused while the owner was down"
+    );
+
+    let (_, started) = stack.restart_instance(victim).await.unwrap();
+    let back = loop {
+        let report = run.report(Some(&owners));
+        if report.on_owner == Some(ids.len()) {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < BACK_WITHIN,
+            "{name}: EXPECTED every session back on its owner within {BACK_WITHIN:?} of the restarted owner's process start, RECEIVED {}",
+            report.render()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The killed owner's sessions each ended once, without a moved reason; no other session
+    // was touched.
+    let after = holders(&run);
+    for (id, (instance, closes)) in &before {
+        let (_, closes_after) = after[id];
+        if *instance == Some(victim) {
+            assert_eq!(
+                closes_after,
+                closes + 1,
+                "{name}: {id}'s session, on the killed owner, ended {} times",
+                closes_after - closes
+            );
+        } else {
+            assert_eq!(
+                closes_after, *closes,
+                "{name}: {id}'s owner ({instance:?}) was not killed, yet its session was closed"
+            );
+        }
+    }
+    let report = run.stop(Some(&owners)).await;
+    assert_eq!(
+        report.unexpected_closes,
+        victims.len() as u64,
+        "{name}: EXPECTED exactly the killed owner's sessions to end unexpectedly, RECEIVED {}",
+        report.render()
+    );
+    eprintln!(
+        "{name}: instance {victim} killed with {} of {} sessions: all dropped within {} ms; {} connects refused while it was down; every session back on its owner {} ms after its process started; time without a session per client: p50 {} p99 {} max {} ms",
+        victims.len(),
+        ids.len(),
+        dropped.as_millis(),
+        refused_while_down,
+        back.as_millis(),
+        report.no_session_ms.p50,
+        report.no_session_ms.p99,
+        report.no_session_ms.max
+    );
+}
+
+#[tokio::test]
+async fn sessions_of_a_killed_owner_come_back_in_the_module_flow() {
+    sessions_of_a_killed_owner_come_back(Flow::Module, 1000).await;
+}
+
+#[tokio::test]
+async fn sessions_of_a_killed_owner_come_back_in_the_lua_flow() {
+    sessions_of_a_killed_owner_come_back(Flow::Lua, 1000).await;
 }
