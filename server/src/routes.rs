@@ -82,6 +82,9 @@ pub async fn join(
         let metrics = state.metrics.clone();
         let client_id = id.into_string();
         return Ok(upgrade
+            .read_buffer_size(crate::sessions::READ_BUFFER_BYTES)
+            .max_message_size(crate::sessions::MAX_MESSAGE_BYTES)
+            .max_frame_size(crate::sessions::MAX_MESSAGE_BYTES)
             .on_upgrade(move |socket| async move {
                 metrics.sessions_open.inc();
                 let end = sessions.serve(socket, client_id, instance, epoch).await;

@@ -20,16 +20,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket};
 use poc_routing_placement::{ClientId, Placement};
 use poc_routing_wire::{SessionMessage, SessionMoved, SessionRequest, CLOSE_MOVED};
 use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite;
 
 use crate::registry::Registry;
 
 /// How often the owner pings an idle session, so that a dead peer is noticed and the proxy's
 /// idle timeout never ends a healthy one.
 const PING_EVERY: Duration = Duration::from_secs(20);
+
+/// The largest message a client may send: the protocol's are small JSON objects, so anything
+/// bigger ends the session (close 1009, message too big) instead of being buffered.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// Bytes read from a session's socket at a time. The WebSocket library's default, 128 KiB,
+/// was almost all an idle session cost (135 KB each on the owner, `poc-bench sessions`);
+/// 4 KiB holds any message of the protocol in a read or a few.
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 struct Open {
     id: u64,
@@ -154,7 +164,31 @@ impl Sessions {
                 message = socket.recv() => {
                     last_heard = Instant::now();
                     let reply = match message {
-                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return SessionEnd::ClientGone,
+                        None => return SessionEnd::ClientGone,
+                        Some(Err(e)) => {
+                            // A message over the limit or a protocol violation: say so in a
+                            // close frame, as RFC 6455 asks (best effort: the client's unread
+                            // bytes may turn the close into a reset). A broken connection
+                            // cannot be told anything.
+                            let code = match e.into_inner().downcast::<tungstenite::Error>() {
+                                Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => Some(close_code::SIZE),
+                                Ok(e) if matches!(*e, tungstenite::Error::Protocol(_)) => Some(close_code::PROTOCOL),
+                                _ => None,
+                            };
+                            if let Some(code) = code {
+                                let frame = CloseFrame { code, reason: "message too big or malformed".into() };
+                                let _ = socket.send(Message::Close(Some(frame))).await;
+                            }
+                            return SessionEnd::ClientGone;
+                        }
+                        Some(Ok(Message::Close(_))) => {
+                            // Reading once more sends the close reply the WebSocket queued,
+                            // which completes the handshake: without it the client sees an
+                            // abnormal closure, and Envoy keeps the client's connection open
+                            // for up to a second (its delayed close) waiting for it to end.
+                            let _ = tokio::time::timeout(Duration::from_secs(1), socket.recv()).await;
+                            return SessionEnd::ClientGone;
+                        }
                         Some(Ok(Message::Text(t))) => Some(match serde_json::from_str::<SessionRequest>(&t) {
                             Ok(SessionRequest::Ping { seq }) => SessionMessage::Pong { seq, instance },
                             Err(_) => SessionMessage::Echo { data: t.to_string() },

@@ -449,3 +449,76 @@ async fn clients_are_listed_up_to_the_cap() {
         (Some(1000), Some(last.as_str()))
     );
 }
+
+/// A session on /join speaks the protocol README documents: the welcome, a pong per ping, an
+/// echo of anything else; a message over the limit ends it with 1009; and a close from the
+/// client is answered, so the handshake completes (no abnormal closure).
+#[tokio::test]
+async fn a_session_speaks_its_protocol_and_answers_a_close() {
+    use futures::{SinkExt, StreamExt};
+    use poc_routing_wire::{SessionMessage, SessionRequest};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = spawn_app(IndexMode::Hash, Some(1)).await;
+    let id = app.id_owned_by(1);
+    let url = format!("{}/join?client_id={id}", app.base.replacen("http", "ws", 1));
+    let next_json = |m: Option<Result<Message, _>>| -> SessionMessage {
+        match m {
+            Some(Ok(Message::Text(t))) => serde_json::from_str(&t).unwrap(),
+            other => panic!("EXPECTED a text message, RECEIVED {other:?}"),
+        }
+    };
+
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    match next_json(socket.next().await) {
+        SessionMessage::Welcome {
+            instance,
+            client_id,
+            ..
+        } => assert_eq!((instance, client_id.as_str()), (1, id.as_str())),
+        other => panic!("EXPECTED a welcome, RECEIVED {other:?}"),
+    }
+    let ping = serde_json::to_string(&SessionRequest::Ping { seq: 7 }).unwrap();
+    socket.send(Message::Text(ping.into())).await.unwrap();
+    assert!(matches!(
+        next_json(socket.next().await),
+        SessionMessage::Pong {
+            seq: 7,
+            instance: 1
+        }
+    ));
+    socket.send(Message::Text("hello".into())).await.unwrap();
+    match next_json(socket.next().await) {
+        SessionMessage::Echo { data } => assert_eq!(data, "hello"),
+        other => panic!("EXPECTED an echo, RECEIVED {other:?}"),
+    }
+    // The client closes: the owner answers with its own close frame.
+    socket.close(None).await.unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(2), socket.next())
+        .await
+        .expect("the owner answered the close in time");
+    assert!(
+        matches!(answer, Some(Ok(Message::Close(_)))),
+        "EXPECTED the owner's close frame, RECEIVED {answer:?}"
+    );
+
+    // A message over the limit ends the session: a close with 1009, or (the client's unread
+    // bytes make the owner's close a reset) a broken connection; never an echo.
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    next_json(socket.next().await);
+    let big = "x".repeat(poc_routing_server::sessions::MAX_MESSAGE_BYTES + 1);
+    let _ = socket.send(Message::Text(big.into())).await;
+    let end = tokio::time::timeout(std::time::Duration::from_secs(2), socket.next())
+        .await
+        .expect("the owner ended the session in time");
+    match end {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Size),
+        None | Some(Err(_)) => {}
+        other => panic!("EXPECTED close 1009 or a broken connection, RECEIVED {other:?}"),
+    }
+}
