@@ -4,6 +4,8 @@
 //!   placement quality for 1M ids; writes `target/bench/report.json` and `docs/BENCHMARKS.md`.
 //! - `soak`: `/join` through Envoy at half the measured maximum for a long time, watching the
 //!   servers' memory; adds its result to the same report.
+//! - `sessions`: WebSocket sessions on `/join`: their setup rate through each flow and through
+//!   the native-hash peer, and the memory an idle one costs on its owner and on Envoy.
 //! - `hello`: the minimal hyper server of the `hello_world` scenario.
 //! - `envoy-configs`: writes the generated Envoy configs under `bench/envoy/` again.
 //!
@@ -17,6 +19,7 @@ mod membership;
 mod quality;
 mod report;
 mod scenarios;
+mod sessions;
 mod sim;
 mod soak;
 
@@ -95,6 +98,23 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_values_t = membership::SIM_RUNS.iter().map(|s| s.to_string()))]
         sim: Vec<String>,
     },
+    /// WebSocket sessions: setup rate per flow and for the native-hash peer, memory per idle
+    /// session; writes target/bench/sessions.json (and docs/BENCHMARKS.md after `run`).
+    Sessions {
+        /// Clients opening sessions at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1)]
+        warmup: u64,
+        /// Seconds measured per round and arm.
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Idle sessions held for the memory measurement.
+        #[arg(long, default_value_t = 2000)]
+        idle: usize,
+    },
     /// Write docs/BENCHMARKS.md again from target/bench/report.json (and soak.json).
     Render,
     /// Serve "hello" on ADDR (the hello_world scenario's server).
@@ -151,7 +171,7 @@ pub(crate) fn stack_config(name: &str, replicas: u32, flow: Option<Flow>) -> Sta
 }
 
 /// Starts the local stack a scenario's setup describes.
-async fn start_stack(setup: &Setup, replicas: u32) -> Result<Stack> {
+pub(crate) async fn start_stack(setup: &Setup, replicas: u32) -> Result<Stack> {
     let root = envoy::repo_root();
     let name = format!(
         "stack-{}",
@@ -406,6 +426,21 @@ async fn main() -> Result<()> {
             )
             .await
         }
+        Cmd::Sessions {
+            concurrency,
+            warmup,
+            duration,
+            rounds,
+            idle,
+        } => sessions::run(sessions::Settings {
+            concurrency,
+            warmup_s: warmup,
+            duration_s: duration,
+            rounds,
+            idle_sessions: idle,
+        })
+        .await
+        .map(|_| ()),
         Cmd::Render => report::render(
             &bench_dir(),
             &poc_routing_stack::envoy::repo_root().join("docs/BENCHMARKS.md"),

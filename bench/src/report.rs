@@ -1,5 +1,6 @@
-//! The benchmark report: `target/bench/report.json` (and `soak.json`), rendered together as
-//! `docs/BENCHMARKS.md`, with the targets computed from ratios measured in the same run.
+//! The benchmark report: `target/bench/report.json` (and `sessions.json`, `soak.json`),
+//! rendered together as `docs/BENCHMARKS.md`, with the targets computed from ratios measured
+//! in the same run.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -347,7 +348,8 @@ impl Soak {
     }
 }
 
-/// Writes `docs/BENCHMARKS.md` from `report.json` and, if present, `soak.json`.
+/// Writes `docs/BENCHMARKS.md` from `report.json` and, if present, `sessions.json` and
+/// `soak.json`.
 pub fn render(dir: &Path, out: &Path) -> Result<()> {
     let mut report = Report::load(&dir.join("report.json"))?;
     let jump_moves: Vec<(f64, f64)> = report.placement["jump"]
@@ -362,12 +364,14 @@ pub fn render(dir: &Path, out: &Path) -> Result<()> {
     let soak: Option<Soak> = std::fs::read_to_string(dir.join("soak.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
+    let sessions = crate::sessions::SessionsReport::load(&dir.join("sessions.json")).ok();
     let md = [
         header(&report),
         scenario_table(&report),
         targets_section(&report),
         placement_section(&report),
         micro_section(&report),
+        crate::sessions::section(sessions.as_ref()),
         soak_section(soak.as_ref()),
     ]
     .concat();

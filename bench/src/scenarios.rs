@@ -32,7 +32,7 @@ pub struct Setup {
 }
 
 impl Setup {
-    const fn shipped(flow: Option<Flow>) -> Self {
+    pub(crate) const fn shipped(flow: Option<Flow>) -> Self {
         Self {
             envoy: "envoy.yaml",
             flow,
@@ -41,7 +41,7 @@ impl Setup {
         }
     }
 
-    const fn file(envoy: &'static str) -> Self {
+    pub(crate) const fn file(envoy: &'static str) -> Self {
         Self {
             envoy,
             flow: None,
