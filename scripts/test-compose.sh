@@ -9,8 +9,8 @@
 #      after it; and no surviving container re-created. Before each step 2000 more known ids
 #      are joined; after it, `poc-client audit` finds every known id registered exactly once,
 #      at its owner (registrations are handed off), and reports how long that took to settle;
-#      meanwhile `poc-client sessions` holds WebSocket sessions through Envoy (300; 60 in the Lua
-#      flow), which must end the sequence all on their owner with no close but "moved"
+#      meanwhile `poc-client sessions` holds 300 WebSocket sessions through Envoy, which must
+#      end the sequence all on their owner with no close but "moved"
 #   3. docker kill one replica: only its clients fail, each with 503 owner_unavailable JSON
 #   4. docker start it (on a new IP): its clients are served again within 5 s, Envoy untouched
 #   5. /where answers the same from every replica
@@ -118,11 +118,8 @@ verify_all 1000 two
 
 step "2. scale 2 -> 3 -> 2 -> 4 -> 1 -> 3 under steady /join load: docker compose up -d --scale server=K"
 # WebSocket sessions held through Envoy for the whole sequence, each reconnected when its owner
-# closes it as moved (the Lua flow's owner cluster allows 128 requests per owner, sessions and
-# joins together: fewer there).
-sessions=300
-[ "${FLOW:-}" = lua ] && sessions=60
-"$CLIENT" sessions --url "$URL" --count "$sessions" --seconds 600 >"$WORK/sessions.txt" 2>&1 &
+# closes it as moved.
+"$CLIENT" sessions --url "$URL" --count 300 --seconds 600 >"$WORK/sessions.txt" 2>&1 &
 sessions_pid=$!
 : >"$WORK/known-ids.txt"
 n=0

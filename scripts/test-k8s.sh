@@ -10,9 +10,9 @@
 #   5. kubectl scale statefulset/server --replicas=K, 2 -> 3 -> 2, each step checked by
 #      `poc-client scale-step` (the same check as the local stack's tests and Compose's): 0
 #      non-2xx under steady load, every view agreeing, then 1000 ids 100% correct; and by
-#      `poc-client audit` (every known id registered exactly once, at its owner); WebSocket
-#      sessions held through Envoy meanwhile (200; 60 in the Lua flow) end all on their owner,
-#      with no close but "moved"
+#      `poc-client audit` (every known id registered exactly once, at its owner); 200
+#      WebSocket sessions held through Envoy meanwhile end all on their owner, with no close
+#      but "moved"
 #   6. Envoy's admin interface: refused from the node on the pod's address, reachable through
 #      kubectl port-forward; the probe listener answers only /ready; the probes pass
 #   7. the Lua flow: minikube-lua/ applied the same way (Envoy's ConfigMap from envoy-lua.yaml),
@@ -204,7 +204,7 @@ wait_for "Envoy to answer on the NodePort" 60 curl -fsS "$URL/where?client_id=pr
 echo "1000/1000 correct through $URL in the Lua flow"
 TAG=-lua
 # The Lua flow's owner cluster allows 128 requests per owner, sessions and joins together.
-sessions_start 60
+sessions_start 200
 scale_to 3
 scale_to 2
 sessions_check
