@@ -22,7 +22,7 @@ COUNT ?= 1000
 
 .DEFAULT_GOAL := help
 
-.PHONY: bench bench-membership soak help build envoy k8s-tools k8s-render images compose-plugin docker test test-rust test-lua test-faults test-compose test-k8s lint fmt up down demo clean
+.PHONY: bench bench-sessions bench-membership soak help build envoy k8s-tools k8s-render images compose-plugin docker test test-rust test-lua test-faults test-compose test-k8s lint fmt up down demo clean
 
 # Debian packages, installed when missing (as root, or with passwordless sudo), else named.
 SYSTEM_PACKAGES = bash scripts/system-packages.sh
@@ -99,11 +99,16 @@ test-compose: compose-plugin images ## Build and exercise the Docker Compose sta
 	bash scripts/test-compose.sh
 	FLOW=lua bash scripts/test-compose.sh
 
-bench: envoy ## Benchmarks: every scenario in one run, placement quality, criterion, membership cost; writes docs/BENCHMARKS*.md
+bench: envoy ## Benchmarks: every scenario in one run, placement quality, criterion, WebSocket sessions, membership cost; writes docs/BENCHMARKS*.md
 	$(CARGO) build --release --workspace
 	$(CARGO) bench -p poc-routing-placement --bench placement
 	target/release/poc-bench run
+	target/release/poc-bench sessions
 	target/release/poc-bench membership
+
+bench-sessions: envoy ## WebSocket sessions: setup rate per flow and for the native-hash peer, memory per idle session (~2 min); into docs/BENCHMARKS.md after make bench
+	$(CARGO) build --release --workspace
+	target/release/poc-bench sessions
 
 bench-membership: envoy ## Membership cost per instance at N = 3, 10, 30, 100 on the local stack; writes docs/BENCHMARKS-membership.md
 	$(CARGO) build --release --workspace
