@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use poc_routing_client::sessions::{self, Options, Run};
+use poc_routing_client::Api;
 use poc_routing_e2e::*;
 use poc_routing_placement::IndexMode;
 use poc_routing_stack::envoy::Flow;
@@ -46,6 +47,44 @@ fn holders(run: &Run) -> BTreeMap<String, (Option<u64>, usize)> {
         .collect()
 }
 
+/// Sessions for `count` distinct test ids (`seed`) through `public`, once all are up.
+async fn hold_sessions(public: &Api, count: usize, seed: u64, name: &str) -> (Vec<String>, Run) {
+    let mut ids = test_ids(count, IndexMode::Jump, seed);
+    ids.sort();
+    ids.dedup();
+    let run = Run::start(public, &ids, Options::default());
+    assert!(
+        run.wait_all_up(Duration::from_secs(60)).await,
+        "{name}: EXPECTED {} sessions up, RECEIVED {}",
+        ids.len(),
+        run.report(None).render()
+    );
+    (ids, run)
+}
+
+/// Waits until every session is on the owner `owners` names; how long after `since` that
+/// was. Fails once `within` has passed since `since`.
+async fn until_all_on_their_owner(
+    run: &Run,
+    owners: &BTreeMap<String, u64>,
+    since: Instant,
+    within: Duration,
+    what: &str,
+) -> Duration {
+    loop {
+        let report = run.report(Some(owners));
+        if report.on_owner == Some(report.sessions) {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < within,
+            "{what}: EXPECTED every session on its owner within {within:?}, RECEIVED {}",
+            report.render()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn sessions_follow_their_owners(flow: Flow, sessions_count: usize) {
     let _turn = serial().await;
     let name = format!("sessions-{flow:?}");
@@ -70,16 +109,7 @@ async fn sessions_follow_their_owners(flow: Flow, sessions_count: usize) {
         (403, Some("upgrade_refused")),
         "{name}: an upgrade on /where: {body}"
     );
-    let mut ids = test_ids(sessions_count, IndexMode::Jump, 11);
-    ids.sort();
-    ids.dedup();
-    let run = Run::start(&public, &ids, Options::default());
-    assert!(
-        run.wait_all_up(Duration::from_secs(60)).await,
-        "{name}: EXPECTED {} sessions up, RECEIVED {}",
-        ids.len(),
-        run.report(None).render()
-    );
+    let (ids, run) = hold_sessions(&public, sessions_count, 11, &name).await;
     let steps: [(&[u64], &[u64]); 4] =
         [(&[3], &[]), (&[], &[1]), (&[4, 5], &[]), (&[], &[5, 4, 3])];
     for (n, (add, remove)) in steps.iter().enumerate() {
@@ -99,18 +129,14 @@ async fn sessions_follow_their_owners(flow: Flow, sessions_count: usize) {
             "{name} step {step}: /where for every id"
         );
         // Every session on its current owner, soon.
-        let on_owner = loop {
-            let report = run.report(Some(&owners));
-            if report.on_owner == Some(ids.len()) {
-                break agreed.elapsed();
-            }
-            assert!(
-                agreed.elapsed() < ON_OWNER_WITHIN,
-                "{name} step {step}: EXPECTED every session on its owner within {ON_OWNER_WITHIN:?} of the views agreeing, RECEIVED {}",
-                report.render()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let on_owner = until_all_on_their_owner(
+            &run,
+            &owners,
+            agreed,
+            ON_OWNER_WITHIN,
+            &format!("{name} step {step}, from the views agreeing"),
+        )
+        .await;
         let after = holders(&run);
         // The sessions whose owner did not change were never closed.
         let mut kept = 0;
@@ -168,16 +194,7 @@ async fn sessions_of_a_killed_owner_come_back(flow: Flow, sessions_count: usize)
     c.flow = Some(flow);
     let mut stack = start(c).await;
     let public = api(&stack);
-    let mut ids = test_ids(sessions_count, IndexMode::Jump, 13);
-    ids.sort();
-    ids.dedup();
-    let run = Run::start(&public, &ids, Options::default());
-    assert!(
-        run.wait_all_up(Duration::from_secs(60)).await,
-        "{name}: EXPECTED {} sessions up, RECEIVED {}",
-        ids.len(),
-        run.report(None).render()
-    );
+    let (ids, run) = hold_sessions(&public, sessions_count, 13, &name).await;
     let owners = sessions::owners(&public, &ids).await;
     let victim = 2;
     let victims: Vec<&String> = ids.iter().filter(|id| owners[*id] == victim).collect();
@@ -214,18 +231,14 @@ async fn sessions_of_a_killed_owner_come_back(flow: Flow, sessions_count: usize)
     );
 
     let (_, started) = stack.restart_instance(victim).await.unwrap();
-    let back = loop {
-        let report = run.report(Some(&owners));
-        if report.on_owner == Some(ids.len()) {
-            break started.elapsed();
-        }
-        assert!(
-            started.elapsed() < BACK_WITHIN,
-            "{name}: EXPECTED every session back on its owner within {BACK_WITHIN:?} of the restarted owner's process start, RECEIVED {}",
-            report.render()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let back = until_all_on_their_owner(
+        &run,
+        &owners,
+        started,
+        BACK_WITHIN,
+        &format!("{name}, from the restarted owner's process start"),
+    )
+    .await;
     // The killed owner's sessions each ended once, without a moved reason; no other session
     // was touched.
     let after = holders(&run);
