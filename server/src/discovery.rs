@@ -275,12 +275,9 @@ pub struct Discovery {
 async fn answer_of<T: serde::de::DeserializeOwned>(
     request: reqwest::RequestBuilder,
 ) -> Result<T, ProbeError> {
-    let response = request
-        .send()
+    crate::peer_json(request)
         .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|_| ProbeError::Unanswered)?;
-    response.json().await.map_err(|_| ProbeError::Unanswered)
+        .map_err(|_| ProbeError::Unanswered)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -257,15 +257,11 @@ impl HandOffs {
             epoch: epoch.to_string(),
             registrations: batch.to_vec(),
         };
-        let answer = self
+        let request = self
             .http
             .post(format!("http://{addr}/peer/handoff"))
-            .json(&body)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| e.to_string())?;
-        let ack: HandOffAck = answer.json().await.map_err(|e| e.to_string())?;
+            .json(&body);
+        let ack: HandOffAck = crate::peer_json(request).await.map_err(|e| e.to_string())?;
         if ack.accepted == batch.len() as u64 {
             Ok(())
         } else {
@@ -319,19 +315,12 @@ pub async fn gather(
             .into_iter()
             .filter(|(i, _)| Some(*i) != me)
             .map(|(instance, addr)| async move {
-                let read = async {
-                    let r = handoffs
-                        .http
-                        .get(format!("http://{addr}/peer/registrations"))
-                        .send()
-                        .await
-                        .and_then(reqwest::Response::error_for_status)
-                        .map_err(|e| e.to_string())?;
-                    r.json::<poc_routing_wire::InstanceRegistrations>()
-                        .await
-                        .map_err(|e| e.to_string())
-                };
-                read.await
+                let request = handoffs
+                    .http
+                    .get(format!("http://{addr}/peer/registrations"));
+                crate::peer_json::<poc_routing_wire::InstanceRegistrations>(request)
+                    .await
+                    .map_err(|e| e.to_string())
                     .unwrap_or_else(|error| poc_routing_wire::InstanceRegistrations {
                         instance,
                         epoch: None,

@@ -116,6 +116,15 @@ pub async fn run(
         .await
 }
 
+/// A peer's JSON answer to `request`: sent, a 2xx, and a body of type `T`, or the error that
+/// stopped it (the membership probes, the hand-offs and the registrations' gathering all ask
+/// peers this way).
+pub(crate) async fn peer_json<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+) -> Result<T, reqwest::Error> {
+    request.send().await?.error_for_status()?.json().await
+}
+
 /// Connections the kernel may hold for this listener before it accepts them. After a scale
 /// change, every session of the clients an instance now owns reconnects to it within a moment
 /// (a thousand at once in the tests), and a join burst to an owner that stalls queues here
