@@ -18,3 +18,49 @@ wait_for() {
     sleep 0.2
   done
 }
+
+# The WebSocket sessions' fault row (make test-compose, make test-k8s): `poc-client sessions
+# --json --progress-json` holds sessions while an owner is killed and comes back.
+#
+# sessions_up PROGRESS: how many sessions are up, by the last line of the progress file.
+sessions_up() {
+  tail -n 1 "$1" 2>/dev/null | python3 -c 'import json,sys; print(json.loads(sys.stdin.read() or "{}").get("up", -1))'
+}
+sessions_up_is() { [ "$(sessions_up "$1")" = "$2" ]; }
+sessions_up_below() {
+  local up
+  up=$(sessions_up "$1")
+  [ "$up" -ge 0 ] && [ "$up" -lt "$2" ]
+}
+
+# sessions_fault_check REPORT PROGRESS SINCE_MS FIGURES LIMIT_MS: once the killed owner is back
+# and the client has stopped: every session is up on its owner; the sessions that dropped (the
+# fewest up at once, after all were first up) each closed once and nothing else closed, none as
+# "moved"; and all were up again within LIMIT_MS of SINCE_MS (unix ms, when the owner was
+# started again). Writes the figures to FIGURES.
+sessions_fault_check() {
+  python3 - "$@" <<'EOF'
+import json, sys
+report_file, progress_file, since_ms, figures, limit_ms = sys.argv[1:6]
+since_ms, limit_ms = int(since_ms), int(limit_ms)
+report = json.load(open(report_file))
+n = report["sessions"]
+lines = [json.loads(l) for l in open(progress_file) if l.startswith("{")]
+first_all_up = next(i for i, l in enumerate(lines) if l["up"] == n)
+dropped = n - min(l["up"] for l in lines[first_all_up:])
+back = next((l["unix_ms"] for l in lines if l["unix_ms"] >= since_ms and l["up"] == n), None)
+expected = {"up": n, "on_owner": n, "moved": 0, "unexpected_closes": dropped}
+received = {k: report[k] for k in expected}
+if received != expected or not 0 < dropped < n:
+    sys.exit(f"FAIL: sessions through the kill\nEXPECTED {expected} (0 < dropped < {n})\nRECEIVED {received}, dropped {dropped}")
+if back is None or back - since_ms > limit_ms:
+    sys.exit(f"FAIL: the killed owner's sessions back\nEXPECTED within {limit_ms} ms\nRECEIVED {back and back - since_ms} ms")
+back_ms = back - since_ms
+name = figures.rsplit("/", 1)[-1].removesuffix(".json")
+json.dump({"fault": name, "figures": {"sessions": n, "dropped": dropped,
+           "refused_connects": report["refused_connects"], "back_ms": back_ms,
+           "no_session_ms": report["no_session_ms"]}}, open(figures, "w"))
+print(f"{dropped} of {n} sessions dropped with their owner, no other closed; all back {back_ms} ms after it was started "
+      f"({report['refused_connects']} reconnects refused meanwhile; no session for at most {report['no_session_ms']['max']} ms)")
+EOF
+}

@@ -6,7 +6,9 @@
 #   3. pods server-0, server-1 and Envoy Ready; poc-client verify --count 1000 through the
 #      NodePort, 100% correct
 #   4. kubectl delete pod server-<owner>: other clients never fail; its own clients are served
-#      by the new pod once it is back (measured, with the failed joins meanwhile)
+#      by the new pod once it is back (measured, with the failed joins meanwhile); then the
+#      sessions' fault row: 200 sessions held while the owner's pod is killed (no grace
+#      period), exactly its sessions drop, and all are back within 15 s of the new pod's start
 #   5. kubectl scale statefulset/server --replicas=K, 2 -> 3 -> 2, each step checked by
 #      `poc-client scale-step` (the same check as the local stack's tests and Compose's): 0
 #      non-2xx under steady load, every view agreeing, then 1000 ids 100% correct; and by
@@ -114,6 +116,32 @@ while :; do
   sleep 0.2
 done
 echo "$victim replaced; its clients served by the new pod $((SECONDS - deleted)) s after kubectl delete pod; failed joins of its client meanwhile: $victim_failures; of other clients: 0"
+
+step "4b. WebSocket sessions through a crash of $victim (kubectl delete pod --grace-period=0 --force): only its sessions drop, all back within 15 s of the new pod's start"
+wait_for "2 server pods Ready" 120 bash -c "[ \"\$(kubectl --server $API -n $NS get statefulset server -o jsonpath='{.status.readyReplicas}')\" = 2 ]"
+progress="$WORK/fault-sessions.progress"
+"$CLIENT" sessions --url "$URL" --count 200 --seconds 600 --json --progress-json >"$WORK/fault-sessions.json" 2>"$progress" &
+sessions_pid=$!
+wait_for "200 sessions up" 60 sessions_up_is "$progress" 200
+old_uid=$(kctl get pod "$victim" -o jsonpath='{.metadata.uid}')
+# No grace period: the container is killed, as in a crash, and the StatefulSet replaces it.
+kctl delete pod "$victim" --grace-period=0 --force --wait=false >/dev/null 2>&1
+wait_for "the killed owner's sessions to drop" 20 sessions_up_below "$progress" 200
+new_pod_running() {
+  local uid
+  uid=$(kctl get pod "$victim" -o jsonpath='{.metadata.uid}' 2>/dev/null) || return 1
+  [ -n "$uid" ] && [ "$uid" != "$old_uid" ] &&
+    [ -n "$(kctl get pod "$victim" -o jsonpath='{.status.containerStatuses[0].state.running.startedAt}')" ]
+}
+wait_for "the new $victim running" 120 new_pod_running
+wait_for "every session back up" 60 sessions_up_is "$progress" 200
+kill -TERM "$sessions_pid"
+wait "$sessions_pid" || true # exits 1: the dropped sessions are unexpected closes
+sessions_pid=
+# From the new container's start (whole seconds, so up to 1 s more than the real time).
+started_at=$(kctl get pod "$victim" -o jsonpath='{.status.containerStatuses[0].state.running.startedAt}')
+sessions_fault_check "$WORK/fault-sessions.json" "$progress" "$(($(date -d "$started_at" +%s) * 1000))" \
+  target/bench/faults/sessions_restart_k8s.json 15000
 
 # One Envoy pod's address: its operator listener (9903) has no Service, and pod addresses are
 # reachable from the node.

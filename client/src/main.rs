@@ -84,6 +84,11 @@ struct SessionsArgs {
     random: RandomIds,
     #[arg(long)]
     json: bool,
+    /// Also write the progress to stderr every 200 ms, one JSON object per line: the time
+    /// (`unix_ms`), sessions, up, moved, unexpected closes, refused connects. For a script
+    /// that watches the run while it breaks something (`make test-compose`'s fault row).
+    #[arg(long)]
+    progress_json: bool,
 }
 
 #[derive(clap::Args)]
@@ -285,7 +290,7 @@ async fn run_sessions(args: SessionsArgs) -> ExitCode {
         return fail(e);
     }
     let run = sessions::Run::start(&public, &ids, options);
-    let progress = if args.json || !std::io::stderr().is_terminal() {
+    let progress = if args.json || args.progress_json || !std::io::stderr().is_terminal() {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(args.seconds).with_style(
@@ -299,10 +304,26 @@ async fn run_sessions(args: SessionsArgs) -> ExitCode {
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => break,
             () = &mut stop => break,
-            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
+            () = tokio::time::sleep(std::time::Duration::from_millis(if args.progress_json { 200 } else { 500 })) => {
                 let r = run.report(None);
                 progress.set_position(r.seconds as u64);
                 progress.set_message(format!("up {}/{}, moved {}, unexpected {}", r.up, r.sessions, r.moved, r.unexpected_closes));
+                if args.progress_json {
+                    let unix_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    eprintln!(
+                        "{}",
+                        serde_json::json!({
+                            "unix_ms": unix_ms,
+                            "sessions": r.sessions,
+                            "up": r.up,
+                            "moved": r.moved,
+                            "unexpected_closes": r.unexpected_closes,
+                            "refused_connects": r.refused_connects,
+                        })
+                    );
+                }
             }
         }
     }

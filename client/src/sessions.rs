@@ -6,8 +6,9 @@
 //! `ping_every`, and on a close with code [`CLOSE_MOVED`] reconnects after a jittered backoff.
 //! Any other end (a close with another code, a broken connection) is an **unexpected close**,
 //! counted, and reconnected the same way. A refused connect (421 while views change, 503 while
-//! the owner is down) is retried too, and counted; each refusal in a row doubles the backoff,
-//! up to `retry_max`, so that the clients of an owner that is down do not flood Envoy.
+//! the owner is down) is retried too, and counted; each refusal in a row after the first
+//! doubles the backoff, up to `retry_max`, so that the clients of an owner that is down do not
+//! flood Envoy.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -376,11 +377,12 @@ async fn hold(
 }
 
 /// A jittered pause before reconnecting, cut short by a stop: after `refusals` refused
-/// connects in a row, `backoff_max` doubled that many times, up to `retry_max`.
+/// connects in a row, `backoff_max` doubled once for each refusal after the first (a single
+/// 421 while views change is retried as soon as a moved close is), up to `retry_max`.
 async fn backoff(options: &Options, refusals: u32, stopped: &mut watch::Receiver<bool>) {
     let max = options
         .backoff_max
-        .saturating_mul(1 << refusals.min(16))
+        .saturating_mul(1 << refusals.saturating_sub(1).min(16))
         .min(options.retry_max.max(options.backoff_max))
         .as_millis()
         .max(1) as u64;
