@@ -259,7 +259,7 @@ wait "$sessions_pid" || true # exits 1: the dropped sessions are unexpected clos
 sessions_pid=
 # 6 s: a restarted owner is served within 5 s of docker start (step 4), and a client whose
 # reconnect was refused tries again within 1 s.
-sessions_fault_check "$WORK/fault-sessions.json" "$progress" "$start_ms" \
+sessions_fault_check "$WORK/fault-sessions.json" "$progress" "$start_ms" "$victim_n" \
   "target/bench/faults/sessions_restart_compose${FLOW:+_$FLOW}.json" 6000
 wait_for "Envoy's servers cluster to hold 3 healthy servers" 30 healthy_servers_are 3
 

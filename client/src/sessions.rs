@@ -58,6 +58,8 @@ pub struct SessionState {
     /// Times it was closed as moved, and otherwise.
     pub moved: u64,
     pub unexpected: u64,
+    /// The instance each unexpected close came from (the one holding the session).
+    pub unexpected_on: Vec<u64>,
     /// Connect attempts refused (421, 503, no answer).
     pub refused: u64,
     /// Every close it saw, in order: the close code, or `none` for a broken connection.
@@ -87,6 +89,10 @@ pub struct Report {
     pub on_owner: Option<usize>,
     pub moved: u64,
     pub unexpected_closes: u64,
+    /// Unexpected closes by the instance that held the session: who broke them.
+    pub unexpected_by_instance: BTreeMap<u64, u64>,
+    /// The most unexpected closes any one session saw.
+    pub most_unexpected_per_session: u64,
     pub refused_connects: u64,
     pub reconnect_ms: Percentiles,
     /// Per client: total time without a session after its first welcome.
@@ -237,6 +243,14 @@ pub fn report(
         }),
         moved: states.iter().map(|s| s.moved).sum(),
         unexpected_closes: states.iter().map(|s| s.unexpected).sum(),
+        unexpected_by_instance: states.iter().flat_map(|s| s.unexpected_on.iter()).fold(
+            BTreeMap::new(),
+            |mut by, instance| {
+                *by.entry(*instance).or_default() += 1;
+                by
+            },
+        ),
+        most_unexpected_per_session: states.iter().map(|s| s.unexpected).max().unwrap_or(0),
         refused_connects: states.iter().map(|s| s.refused).sum(),
         reconnect_ms: Percentiles::of(
             states
@@ -355,8 +369,11 @@ async fn hold(
         };
         {
             let mut s = lock(&state);
-            s.instance = None;
+            let held_by = s.instance.take();
             s.down_since = Some(Instant::now());
+            if !matches!(close, Some(Some(code)) if code == CloseCode::from(CLOSE_MOVED)) {
+                s.unexpected_on.extend(held_by);
+            }
             match close {
                 Some(Some(code)) if code == CloseCode::from(CLOSE_MOVED) => {
                     s.moved += 1;
