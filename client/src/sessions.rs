@@ -31,7 +31,8 @@ pub struct Options {
     pub ping_every: Duration,
     /// The backoff before a reconnect: uniformly random between a quarter of this and this.
     pub backoff_max: Duration,
-    /// The backoff's ceiling after refused connects in a row (it doubles with each).
+    /// The backoff's ceiling after refused connects in a row (it doubles with each after the
+    /// first).
     pub retry_max: Duration,
     /// Sessions opened at once at the start (the rest wait their turn).
     pub open_concurrency: usize,
