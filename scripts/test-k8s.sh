@@ -236,7 +236,6 @@ wait_for "Envoy to answer on the NodePort" 60 curl -fsS "$URL/where?client_id=pr
   fail "poc-client verify through the NodePort, Lua flow" "1000 correct" "$(cat "$WORK/verify-lua.json")"
 echo "1000/1000 correct through $URL in the Lua flow"
 TAG=-lua
-# The Lua flow's owner cluster allows 128 requests per owner, sessions and joins together.
 sessions_start 200
 scale_to 3
 scale_to 2
