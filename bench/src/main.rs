@@ -209,6 +209,16 @@ async fn start_hello() -> Result<(KillOnDrop, String)> {
     Ok((child, url))
 }
 
+/// The resident memory of process `pid`, in KiB (the soak's servers, the sessions' owner and
+/// Envoy).
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 pub(crate) fn bench_ids() -> Vec<String> {
     quality::random_ids(10_000, 42)
         .into_iter()

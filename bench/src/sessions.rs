@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::scenarios::Setup;
-use crate::{bench_dir, bench_ids, load, report, start_stack};
+use crate::{bench_dir, bench_ids, load, report, rss_kib, start_stack};
 
 /// One way through Envoy to the owner.
 struct Arm {
@@ -62,7 +62,7 @@ pub struct Settings {
     pub idle_sessions: usize,
 }
 
-/// One arm's setup rate (the median round's figures).
+/// One arm's setup rate: each figure the median of its rounds; errors and sessions summed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SetupRate {
     pub name: String,
@@ -113,15 +113,6 @@ impl SessionsReport {
     }
 }
 
-/// The resident memory of process `pid`, in KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// Opens one session on `url`, waits for the owner's welcome, closes it and waits for the
 /// close to finish. Returns the time to the welcome.
 async fn one_session(url: &str) -> Result<Duration> {
@@ -150,8 +141,8 @@ async fn one_session(url: &str) -> Result<Duration> {
 }
 
 /// `concurrency` clients opening sessions one after another over `urls` for `warmup` (not
-/// measured), then `duration`.
-async fn setup_round(urls: Arc<Vec<String>>, settings: &Settings) -> (f64, f64, f64, u64, u64) {
+/// measured), then `duration`: sessions per second, and the time to the welcome.
+async fn setup_round(urls: Arc<Vec<String>>, settings: &Settings) -> load::Measured {
     let next = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -191,13 +182,13 @@ async fn setup_round(urls: Arc<Vec<String>>, settings: &Settings) -> (f64, f64, 
         }
     }
     let seconds = settings.duration_s.max(1) as f64;
-    (
-        all.len() as f64 / seconds,
-        all.value_at_quantile(0.5) as f64 / 1000.0,
-        all.value_at_quantile(0.99) as f64 / 1000.0,
-        errors.load(Ordering::Relaxed),
-        all.len(),
-    )
+    load::Measured {
+        rps: all.len() as f64 / seconds,
+        p50_ms: all.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: all.value_at_quantile(0.99) as f64 / 1000.0,
+        errors: errors.load(Ordering::Relaxed),
+        requests: all.len(),
+    }
 }
 
 /// Holds `count` idle sessions through the shipped `envoy.yaml` on one instance; the owner's
@@ -267,23 +258,22 @@ pub async fn run(settings: Settings) -> Result<SessionsReport> {
         );
         let mut rounds = Vec::new();
         for round in 1..=settings.rounds.max(1) {
-            let (rate, p50, p99, errors, sessions) = setup_round(urls.clone(), &settings).await;
+            let m = setup_round(urls.clone(), &settings).await;
             eprintln!(
-                "[sessions] {} round {round}: {rate:.0} sessions/s, welcome p50 {p50:.2} ms p99 {p99:.2} ms, {errors} errors",
-                arm.name
+                "[sessions] {} round {round}: {:.0} sessions/s, welcome p50 {:.2} ms p99 {:.2} ms, {} errors",
+                arm.name, m.rps, m.p50_ms, m.p99_ms, m.errors
             );
-            rounds.push((rate, p50, p99, errors, sessions));
+            rounds.push(m);
         }
-        rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (rate, p50, p99, _, sessions) = rounds[rounds.len() / 2];
+        let m = load::Measured::median(&rounds);
         setup.push(SetupRate {
             name: arm.name.into(),
             what: arm.what.into(),
-            sessions_per_s: rate,
-            p50_ms: p50,
-            p99_ms: p99,
-            errors: rounds.iter().map(|r| r.3).sum(),
-            sessions,
+            sessions_per_s: m.rps,
+            p50_ms: m.p50_ms,
+            p99_ms: m.p99_ms,
+            errors: m.errors,
+            sessions: m.requests,
         });
     }
     let idle = idle_memory(settings.idle_sessions).await?;

@@ -5,16 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use poc_routing_stack::Stack;
 
-use crate::{bench_dir, bench_ids, load, report, scenarios, shipped_flow, stack_config};
-
-/// The resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
+use crate::{bench_dir, bench_ids, load, report, rss_kib, scenarios, shipped_flow, stack_config};
 
 /// Half the measured maximum of the flow envoy.yaml ships, from the last `make bench`.
 fn soak_rate() -> Result<f64> {
