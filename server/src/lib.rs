@@ -134,7 +134,7 @@ pub(crate) async fn peer_json<T: serde::de::DeserializeOwned>(
 const LISTEN_BACKLOG: u32 = 4096;
 
 /// A listener on `addr` with [`LISTEN_BACKLOG`].
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {

@@ -166,17 +166,7 @@ impl Sessions {
                     let reply = match message {
                         None => return SessionEnd::ClientGone,
                         Some(Err(e)) => {
-                            // A message over the limit or a protocol violation: say so in a
-                            // close frame, as RFC 6455 asks (best effort: the client's unread
-                            // bytes may turn the close into a reset). A broken connection
-                            // cannot be told anything.
-                            let code = match e.into_inner().downcast::<tungstenite::Error>() {
-                                Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => Some(close_code::SIZE),
-                                Ok(e) if matches!(*e, tungstenite::Error::Protocol(_)) => Some(close_code::PROTOCOL),
-                                _ => None,
-                            };
-                            if let Some(code) = code {
-                                let frame = CloseFrame { code, reason: "message too big or malformed".into() };
+                            if let Some(frame) = close_for(e) {
                                 let _ = socket.send(Message::Close(Some(frame))).await;
                             }
                             return SessionEnd::ClientGone;
@@ -213,6 +203,23 @@ pub enum SessionEnd {
     Moved,
     /// The client closed it, or the connection broke.
     ClientGone,
+}
+
+/// The close frame that tells a client why reading its message failed, as RFC 6455 asks: a
+/// message over [`MAX_MESSAGE_BYTES`] (1009) or a protocol violation (1002). A broken
+/// connection cannot be told anything. Best effort: the client's unread bytes may turn the
+/// close into a reset.
+fn close_for(error: axum::Error) -> Option<CloseFrame> {
+    let error = error.into_inner().downcast::<tungstenite::Error>().ok()?;
+    let (code, reason) = match *error {
+        tungstenite::Error::Capacity(_) => (close_code::SIZE, "message too big"),
+        tungstenite::Error::Protocol(_) => (close_code::PROTOCOL, "malformed frame"),
+        _ => return None,
+    };
+    Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })
 }
 
 fn text(m: &SessionMessage) -> Message {
