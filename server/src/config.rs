@@ -5,6 +5,7 @@
 //! environment.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use poc_routing_placement::{
@@ -43,6 +44,22 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How many client ids the in-memory registry keeps before it forgets the oldest.
     pub registry_capacity: usize,
+    /// The peer plane (with discovery only: a fixed member set sends no peer traffic).
+    pub peer: Option<PeerSettings>,
+    /// `OPERATOR_TOKEN_FILE`: the bearer tokens the operator's endpoints accept.
+    pub operator_token_file: PathBuf,
+    /// `MAX_SESSIONS`: WebSocket sessions held at once; more are refused with 503.
+    pub max_sessions: usize,
+}
+
+/// Where instances talk to each other, and with what credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSettings {
+    /// `PEER_PORT`: the peer listener (mutual TLS), 7946 by default.
+    pub port: u16,
+    /// `PEER_CREDENTIAL_DIR`: the cluster credential (`ca.pem`, and during a rotation
+    /// `next.pem` or `previous.pem`).
+    pub credential_dir: PathBuf,
 }
 
 /// A configuration value that cannot be used. Displayed as the one line printed at start-up.
@@ -56,6 +73,10 @@ pub struct ConfigError {
 
 const DEFAULT_DISCOVERY_NAME: &str = "server";
 const DEFAULT_REGISTRY_CAPACITY: usize = 100_000;
+/// memberlist's and Serf's port: the peer plane is this project's membership protocol.
+pub const DEFAULT_PEER_PORT: u16 = 7946;
+/// As many sessions as the routing module lets one owner hold.
+const DEFAULT_MAX_SESSIONS: usize = 10_000;
 
 /// The lookup a config is read through: `None` for unset (and for empty, except where noted).
 type Get<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -101,7 +122,21 @@ impl Config {
                 )
             })
             .transpose()?;
+        let peer = match &discovery {
+            Some(_) => Some(peer_settings(&get, placement.port())?),
+            None => None,
+        };
+        let operator_token_file = operator_token_file(&get)?;
         Ok(Self {
+            peer,
+            operator_token_file,
+            max_sessions: parse(
+                "MAX_SESSIONS",
+                get("MAX_SESSIONS"),
+                DEFAULT_MAX_SESSIONS,
+                "an integer from 0 to 1000000",
+                |v: &usize| *v <= 1_000_000,
+            )?,
             placement,
             discovery,
             expected_replicas,
@@ -180,6 +215,53 @@ fn discovery(get: Get) -> Result<Option<DnsDiscovery>, ConfigError> {
         });
     }
     Ok(Some(discovery))
+}
+
+/// `PEER_PORT` and `PEER_CREDENTIAL_DIR`, which discovery needs: the credential is read here,
+/// so that a missing or broken one stops the server before it binds anything.
+fn peer_settings(get: Get, public_port: u16) -> Result<PeerSettings, ConfigError> {
+    let port = parse(
+        "PEER_PORT",
+        get("PEER_PORT"),
+        DEFAULT_PEER_PORT,
+        &format!("a TCP port from 1 to 65535 other than PORT ({public_port})"),
+        |v: &u16| *v >= 1 && *v != public_port,
+    )?;
+    let Some(dir) = get("PEER_CREDENTIAL_DIR") else {
+        return Err(ConfigError {
+            var: "PEER_CREDENTIAL_DIR",
+            value: String::new(),
+            accepts: "expected the directory of the cluster credential (ca.pem; `poc-server credential new DIR` makes one): DISCOVERY=dns needs it, and there is no mode without it".into(),
+        });
+    };
+    let credential_dir = PathBuf::from(&dir);
+    poc_routing_peer::Keyring::load(&credential_dir).map_err(|e| ConfigError {
+        var: "PEER_CREDENTIAL_DIR",
+        value: dir,
+        accepts: format!("expected the cluster credential: {e}"),
+    })?;
+    Ok(PeerSettings {
+        port,
+        credential_dir,
+    })
+}
+
+/// `OPERATOR_TOKEN_FILE`: required, and read here for the same reason.
+fn operator_token_file(get: Get) -> Result<PathBuf, ConfigError> {
+    let Some(file) = get("OPERATOR_TOKEN_FILE") else {
+        return Err(ConfigError {
+            var: "OPERATOR_TOKEN_FILE",
+            value: String::new(),
+            accepts: "expected the file of the operator's bearer tokens (`poc-server credential new DIR` writes DIR/operator/token): /registrations, /clients, /placement and /metrics need it".into(),
+        });
+    };
+    let path = PathBuf::from(&file);
+    poc_routing_peer::operator::Tokens::load(&path).map_err(|e| ConfigError {
+        var: "OPERATOR_TOKEN_FILE",
+        value: file,
+        accepts: format!("expected a token file: {e}"),
+    })?;
+    Ok(path)
 }
 
 /// `LOG_FORMAT`: json (the default) or pretty.
@@ -298,11 +380,31 @@ fn parse<T: std::str::FromStr>(
 mod tests {
     use super::*;
 
+    /// A credential made once for every test here: its directory and token file.
+    fn secrets() -> (String, String) {
+        static SECRETS: std::sync::OnceLock<(tempfile::TempDir, String, String)> =
+            std::sync::OnceLock::new();
+        let (_, peer, token) = SECRETS.get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let made = crate::credential::new(dir.path()).unwrap();
+            let (peer, token) = (made.peer.display().to_string(), made.token.display().to_string());
+            (dir, peer, token)
+        });
+        (peer.clone(), token.clone())
+    }
+
+    /// `vars` over a valid credential (which a pair in `vars` overrides).
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let (peer, token) = secrets();
         Config::from_lookup(|name| {
             vars.iter()
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| v.to_string())
+                .or_else(|| match name {
+                    "PEER_CREDENTIAL_DIR" => Some(peer.clone()),
+                    "OPERATOR_TOKEN_FILE" => Some(token.clone()),
+                    _ => None,
+                })
         })
     }
 
@@ -326,6 +428,8 @@ mod tests {
         assert_eq!(c.bind_addr.to_string(), "0.0.0.0");
         assert_eq!(c.instance_index, None);
         assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.peer.as_ref().map(|p| p.port), Some(DEFAULT_PEER_PORT));
+        assert_eq!(c.max_sessions, 10_000);
     }
 
     #[test]
@@ -386,6 +490,11 @@ mod tests {
             ("SERVICE_PREFIX", "bad_prefix"),
             ("SERVICE_SUFFIX", "no-dot"),
             ("REGISTRY_CAPACITY", "0"),
+            ("PEER_PORT", "8081"),
+            ("PEER_PORT", "0"),
+            ("PEER_CREDENTIAL_DIR", "/nonexistent"),
+            ("OPERATOR_TOKEN_FILE", "/nonexistent"),
+            ("MAX_SESSIONS", "-1"),
         ];
         for (var, value) in cases {
             let err = config(&[(var, value)]).unwrap_err();
@@ -421,5 +530,34 @@ mod tests {
         let err = config(&[("DISCOVERY", "off")]).unwrap_err();
         assert_eq!(err.var, "REPLICAS");
         assert!(err.to_string().contains("DISCOVERY=off"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_credential_stops_the_server_naming_it() {
+        for (var, needs) in [
+            ("PEER_CREDENTIAL_DIR", "DISCOVERY=dns needs it"),
+            ("OPERATOR_TOKEN_FILE", "/registrations"),
+        ] {
+            let err = Config::from_lookup(|name| {
+                let (peer, token) = secrets();
+                match name {
+                    "PEER_CREDENTIAL_DIR" if var != name => Some(peer.clone()),
+                    "OPERATOR_TOKEN_FILE" if var != name => Some(token.clone()),
+                    _ => None,
+                }
+            })
+            .unwrap_err();
+            assert_eq!(err.var, var);
+            assert!(err.to_string().contains(needs), "{err}");
+        }
+        // A fixed member set sends no peer traffic: no peer credential needed.
+        let c = Config::from_lookup(|name| match name {
+            "DISCOVERY" => Some("off".into()),
+            "REPLICAS" => Some("3".into()),
+            "OPERATOR_TOKEN_FILE" => Some(secrets().1.clone()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.peer, None);
     }
 }

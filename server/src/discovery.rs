@@ -28,11 +28,13 @@ use hickory_resolver::name_server::{
 use hickory_resolver::proto::op::Query;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::proto::xfer::{DnsHandle, DnsRequestOptions};
+use poc_routing_peer::PeerClient;
 use poc_routing_placement::Placement;
 use poc_routing_wire::{PeerDigest, PeerTable};
 
 use crate::identity::{own_addresses, Identity, Source};
 use crate::membership::{Change, MemberState, Membership, Peer};
+use crate::wall_us;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::rounds::Rounds;
@@ -247,6 +249,10 @@ pub async fn resolve_fixed_members(membership: Arc<Membership>, every: Duration)
     }
 }
 
+/// How long a probe, a sync or a push may take: a peer slower than this counts as not
+/// answering this round (the down timeout, not one slow answer, removes a member).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Why a probe of a peer got nothing usable.
 enum ProbeError {
     /// No answer, or not one of ours.
@@ -261,7 +267,8 @@ pub struct Discovery {
     pub membership: Arc<Membership>,
     pub identity: Arc<Identity>,
     pub metrics: Arc<Metrics>,
-    http: reqwest::Client,
+    /// Every peer request goes through it (mutual TLS, the peer port).
+    peers: PeerClient,
     /// The gossip and the rules that turn it into the view ([`Node`], no I/O).
     node: Mutex<Node>,
     /// Where each instance was found in the last round.
@@ -284,12 +291,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The wall clock in microseconds: where a card's version starts.
-fn wall_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
 
 impl Discovery {
     pub fn new(
@@ -297,19 +298,15 @@ impl Discovery {
         membership: Arc<Membership>,
         identity: Arc<Identity>,
         metrics: Arc<Metrics>,
+        peers: PeerClient,
     ) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(500))
-            .connect_timeout(Duration::from_millis(300))
-            .build()
-            .expect("an HTTP client with timeouts only");
         let node = Mutex::new(Node::new(Arc::clone(&membership)));
         Self {
             finder,
             membership,
             identity,
             metrics,
-            http,
+            peers,
             node,
             found: Mutex::default(),
             rounds: Rounds::default(),
@@ -391,7 +388,10 @@ impl Discovery {
     async fn exchange(&self, peer: Candidate, force: bool) -> Result<(), ProbeError> {
         let me = self.identity.get();
         self.metrics.sent("digest");
-        let request = self.http.get(format!("http://{}/peer/digest", peer.addr));
+        let request = self
+            .peers
+            .get(peer.addr.ip(), "/peer/digest")
+            .timeout(PROBE_TIMEOUT);
         let answer: PeerDigest = answer_of(request).await?;
         if answer.instance.is_some_and(|i| i != peer.index) {
             return Err(ProbeError::Impostor);
@@ -406,22 +406,25 @@ impl Discovery {
         };
         self.metrics.sent("sync");
         let request = self
-            .http
-            .post(format!("http://{}/peer/sync", peer.addr))
+            .peers
+            .post(peer.addr.ip(), "/peer/sync")
+            .timeout(PROBE_TIMEOUT)
             .json(&table);
         let theirs: PeerTable = answer_of(request).await?;
         if theirs.from.is_some_and(|i| i != peer.index) {
             return Err(ProbeError::Impostor);
         }
-        lock(&self.node).receive(me, &theirs, Instant::now());
+        let news = lock(&self.node).receive(me, &theirs, Instant::now(), wall_us());
+        self.count_refused(&news);
         Ok(())
     }
 
     /// A peer's `/peer/sync`: takes its cards, answers with every card held here.
     pub fn on_sync(&self, table: &PeerTable) -> PeerTable {
         let me = self.identity.get();
-        let news = lock(&self.node).receive(me, table, Instant::now());
-        if news.states {
+        let news = lock(&self.node).receive(me, table, Instant::now(), wall_us());
+        self.count_refused(&news);
+        if news.states || news.refute {
             self.recompute();
         }
         lock(&self.node).gossip.table(me, None, Instant::now())
@@ -430,11 +433,29 @@ impl Discovery {
     /// A peer's `/peer/push`: takes its cards.
     pub fn on_push(&self, table: &PeerTable) -> PeerDigest {
         let me = self.identity.get();
-        let news = lock(&self.node).receive(me, table, Instant::now());
-        if news.states {
+        let news = lock(&self.node).receive(me, table, Instant::now(), wall_us());
+        self.count_refused(&news);
+        if news.states || news.refute {
             self.recompute();
         }
         self.digest()
+    }
+
+    /// Counts (and logs at debug) what a peer's cards held that was refused or cut, and a
+    /// refutation to come.
+    fn count_refused(&self, news: &crate::gossip::News) {
+        for (reason, n) in news.refused.counts() {
+            if n > 0 {
+                self.metrics.peer_refused
+                    .get_or_create(&crate::metrics::ReasonLabel { reason })
+                    .inc_by(u64::from(n));
+                tracing::debug!(reason, count = n, "peer cards refused or cut");
+            }
+        }
+        if news.refute {
+            self.metrics.refutations.inc();
+            tracing::warn!("a card about this instance, newer than its own, arrived; writing a newer one (refutation)");
+        }
     }
 
     /// `/peer/digest`: the digest of every card held here.
@@ -490,8 +511,9 @@ impl Discovery {
             };
             self.metrics.sent("push");
             let request = self
-                .http
-                .post(format!("http://{addr}/peer/push"))
+                .peers
+                .post(addr.ip(), "/peer/push")
+                .timeout(PROBE_TIMEOUT)
                 .json(&card);
             tokio::spawn(async move {
                 // Best effort: a lost push is carried by the next sync rounds.

@@ -49,6 +49,15 @@ pub enum ApiError {
     /// A peer-only request from an instance that is neither a member nor a recent one.
     #[error("instance {0} is not a current or recent member of this instance's view")]
     NotAMember(u64),
+    /// A hand-off that names a sender other than the peer that sent it.
+    #[error("the hand-off names instance {from} as its sender, but came from {addr}, where instance {from} is not")]
+    NotTheSender { from: u64, addr: String },
+    /// An operator endpoint without an accepted bearer token.
+    #[error("this endpoint needs the operator's token: Authorization: Bearer <token> (OPERATOR_TOKEN_FILE)")]
+    Unauthorized,
+    /// A WebSocket session past `MAX_SESSIONS`.
+    #[error("this instance holds {0} sessions, its limit (MAX_SESSIONS); try again later")]
+    TooManySessions(usize),
 }
 
 /// The machine code of an error response, stored in the response's extensions.
@@ -66,8 +75,10 @@ impl ApiError {
             }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NotAMember(_) => StatusCode::FORBIDDEN,
+            ApiError::NotAMember(_) | ApiError::NotTheSender { .. } => StatusCode::FORBIDDEN,
             ApiError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::TooManySessions(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -83,7 +94,10 @@ impl ApiError {
             ApiError::BadBody(_) => "invalid_body",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::NotAMember(_) => "not_a_member",
+            ApiError::NotTheSender { .. } => "not_the_sender",
             ApiError::BadUpgrade(_) => "invalid_upgrade",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::TooManySessions(_) => "too_many_sessions",
         }
     }
 }
@@ -111,6 +125,12 @@ impl IntoResponse for ApiError {
             });
         }
         let mut response = (self.status(), Json(body)).into_response();
+        if let ApiError::Unauthorized = self {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
         response.extensions_mut().insert(ErrorCode(code));
         response
     }

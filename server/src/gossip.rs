@@ -41,6 +41,39 @@ pub const MAX_EXTRA_PROBES: usize = 3;
 /// How many peers an epoch change is pushed to.
 pub const EPOCH_FANOUT: usize = 3;
 
+/// How far ahead of this instance's wall clock a card's version (or a removal's) may be.
+/// Versions are wall-clock microseconds; a card further ahead is refused (and counted), so
+/// that no card can be written that its own instance could never outbid.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// The most instances removed as down one card may name.
+pub const MAX_REMOVALS: usize = 1024;
+
+/// What the wire cards of a sync or a push held that was refused or cut, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refused {
+    /// A card whose version is more than [`MAX_CLOCK_SKEW`] ahead (the card is skipped).
+    pub future_version: u32,
+    /// A previous view's window longer than the transition window (cut to it).
+    pub long_window: u32,
+    /// A view whose member list is unsorted, repeats a member, or is too long (skipped).
+    pub bad_view: u32,
+    /// Removals ahead of the clock or past [`MAX_REMOVALS`] (dropped from the card).
+    pub bad_removal: u32,
+}
+
+impl Refused {
+    /// Each reason with its count, for the metrics.
+    pub fn counts(&self) -> [(&'static str, u32); 4] {
+        [
+            ("future_version", self.future_version),
+            ("long_window", self.long_window),
+            ("bad_view", self.bad_view),
+            ("bad_removal", self.bad_removal),
+        ]
+    }
+}
+
 /// One instance's card, as held here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Card {
@@ -82,6 +115,12 @@ pub struct News {
     /// depends on it, so it is worth computing the view at once. A new epoch alone only adds
     /// a view to accept, and waits for the next round.
     pub states: bool,
+    /// A card about this instance newer than its own arrived (forged, or from its previous
+    /// life): it writes its card again, above it, and pushes it to every peer (SWIM's
+    /// refutation).
+    pub refute: bool,
+    /// What was refused or cut.
+    pub refused: Refused,
 }
 
 /// This instance's gossip state.
@@ -103,6 +142,10 @@ pub struct Gossip {
     order: Vec<u64>,
     cursor: usize,
     last_version: u64,
+    /// A newer card about this instance was seen: the next write is a refutation.
+    refuting: bool,
+    /// The longest previous-view window a card may announce (the transition window).
+    max_window: Option<Duration>,
 }
 
 /// The digest of a set of cards: equal sets give equal digests, whatever order they arrived in.
@@ -170,6 +213,26 @@ impl Gossip {
         &self.candidates
     }
 
+    /// The longest previous-view window a peer's card may announce; longer ones are cut to it.
+    pub fn set_max_window(&mut self, window: Duration) {
+        self.max_window = Some(window);
+    }
+
+    /// A card about `me` arrived: one newer than its own card (or, with the same version,
+    /// different from it) is refuted at the next write, above its version. One of its own
+    /// previous life (a restart whose clock is behind) is outbid the same way, so it rejoins.
+    fn about_me(&mut self, me: u64, news: &mut News, version: u64, same: impl FnOnce(&Card) -> bool) {
+        let newer = match self.cards.get(&me) {
+            Some(own) => version > own.card.version || (version == own.card.version && !same(&own.card)),
+            None => version > self.last_version,
+        };
+        if newer {
+            self.last_version = self.last_version.max(version);
+            self.refuting = true;
+            news.refute = true;
+        }
+    }
+
     /// Writes this instance's own card from what its membership holds now. The version rises
     /// only when the state, the epochs or the removals change, never with time: an idle
     /// cluster's digests stay equal. `wall_us` is the wall clock in microseconds (a restart
@@ -196,8 +259,11 @@ impl Gossip {
             Some(c) if c.epoch != epoch || removed.iter().any(|r| !c.removed.contains(r)) => {
                 OwnChange::Epoch
             }
+            // A refutation goes to every peer, as a state change does: they hold a false one.
+            Some(_) if self.refuting => OwnChange::State,
             Some(_) => return OwnChange::None,
         };
+        self.refuting = false;
         self.last_version = (self.last_version + 1).max(wall_us);
         let card = Card {
             instance: me,
@@ -213,11 +279,25 @@ impl Gossip {
         change
     }
 
-    /// Takes the cards of `table` that are newer than those held.
-    pub fn merge(&mut self, me: Option<u64>, table: &PeerTable, now: Instant) -> News {
+    /// Takes the cards of `table` that are newer than those held, within bounds: a version
+    /// (or a removal) more than [`MAX_CLOCK_SKEW`] ahead of `wall_us` is refused, a previous
+    /// view's window is cut to the transition window, a view whose member list is not a sorted
+    /// set of at most `MAX_MEMBERS` is refused with its cards. A card about `me` is never
+    /// taken: a newer one is refuted ([`News::refute`]).
+    pub fn merge(&mut self, me: Option<u64>, table: &PeerTable, now: Instant, wall_us: u64) -> News {
+        let mut news = News::default();
+        let horizon = wall_us.saturating_add(MAX_CLOCK_SKEW.as_micros() as u64);
         let views: HashMap<&str, &Vec<u64>> = table
             .views
             .iter()
+            .filter(|v| {
+                let ok = v.members.len() <= poc_routing_placement::MAX_MEMBERS
+                    && v.members.windows(2).all(|w| w[0] < w[1]);
+                if !ok {
+                    news.refused.bad_view += 1;
+                }
+                ok
+            })
             .map(|v| (v.epoch.as_str(), &v.members))
             .collect();
         // Member lists are shared: a view a held card already names is not allocated again.
@@ -252,9 +332,20 @@ impl Gossip {
                 .unwrap_or_else(|| Arc::new((*listed).clone()));
             Some((epoch, members))
         };
-        let mut news = News::default();
         for wire in &table.cards {
-            if Some(wire.instance) == me || !self.candidates.contains(&wire.instance) {
+            if wire.version > horizon {
+                news.refused.future_version += 1;
+                continue;
+            }
+            if let Some(me) = me.filter(|m| *m == wire.instance) {
+                self.about_me(me, &mut news, wire.version, |own| {
+                    own.state == wire.state
+                        && own.epoch.map(|e| e.to_string()) == wire.epoch
+                        && own.previous.as_ref().map(|(e, _)| e.to_string()) == wire.previous
+                });
+                continue;
+            }
+            if !self.candidates.contains(&wire.instance) {
                 continue;
             }
             if self
@@ -274,6 +365,19 @@ impl Gossip {
                 continue;
             }
             let (epoch, members) = current.map_or((None, Arc::default()), |(e, m)| (Some(e), m));
+            let mut previous_left = Duration::from_millis(wire.previous_left_ms);
+            if let Some(max) = self.max_window.filter(|max| previous_left > *max) {
+                news.refused.long_window += 1;
+                previous_left = max;
+            }
+            let removed: Vec<(u64, u64)> = wire
+                .removed
+                .iter()
+                .filter(|r| r.version <= horizon)
+                .take(MAX_REMOVALS)
+                .map(|r| (r.instance, r.version))
+                .collect();
+            news.refused.bad_removal += (wire.removed.len() - removed.len()) as u32;
             let card = Card {
                 instance: wire.instance,
                 version: wire.version,
@@ -281,13 +385,8 @@ impl Gossip {
                 epoch,
                 members,
                 previous,
-                previous_left: Duration::from_millis(wire.previous_left_ms),
-                removed: Arc::new(
-                    wire.removed
-                        .iter()
-                        .map(|r| (r.instance, r.version))
-                        .collect(),
-                ),
+                previous_left,
+                removed: Arc::new(removed),
             };
             self.unreachable.remove(&wire.instance);
             self.note(&mut news, &card);
@@ -301,8 +400,11 @@ impl Gossip {
     pub fn merge_cards(&mut self, me: Option<u64>, cards: &[Arc<Card>], now: Instant) -> News {
         let mut news = News::default();
         for card in cards {
-            if Some(card.instance) == me
-                || !self.candidates.contains(&card.instance)
+            if let Some(me) = me.filter(|m| *m == card.instance) {
+                self.about_me(me, &mut news, card.version, |own| own == &**card);
+                continue;
+            }
+            if !self.candidates.contains(&card.instance)
                 || self
                     .cards
                     .get(&card.instance)
@@ -557,6 +659,9 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
+    /// The wall clock the tests' cards are judged by (their versions are small numbers).
+    const WALL: u64 = 1_000_000_000;
+
     fn epoch(n: u64) -> Epoch {
         format!("{n:016x}").parse().unwrap()
     }
@@ -581,8 +686,8 @@ mod tests {
     fn sync(a: &mut Gossip, am: u64, b: &mut Gossip, bm: u64, now: Instant) {
         let ta = a.table(Some(am), None, now);
         let tb = b.table(Some(bm), None, now);
-        b.merge(Some(bm), &ta, now);
-        a.merge(Some(am), &tb, now);
+        b.merge(Some(bm), &ta, now, WALL);
+        a.merge(Some(am), &tb, now, WALL);
     }
 
     #[test]
@@ -603,7 +708,7 @@ mod tests {
         assert_eq!(nodes[1].digest(), nodes[2].digest());
         // A merge in a different order gives the same digest; a second merge changes nothing.
         let t = nodes[0].table(Some(0), None, now);
-        assert!(!nodes[2].merge(Some(2), &t, now).cards);
+        assert!(!nodes[2].merge(Some(2), &t, now, WALL).cards);
         // A change of state is a new version: the digests differ until it spreads.
         let change = nodes[1].set_own(1, MemberState::Leaving, None, None, &[], 5, now);
         assert_eq!(change, OwnChange::State);
@@ -632,24 +737,144 @@ mod tests {
             }],
             views: vec![],
         };
-        assert!(g.merge(Some(0), &card(10, MemberState::Member), now).states);
+        assert!(g.merge(Some(0), &card(10, MemberState::Member), now, WALL).states);
         assert_eq!(
-            g.merge(Some(0), &card(9, MemberState::Leaving), now),
+            g.merge(Some(0), &card(9, MemberState::Leaving), now, WALL),
             News::default()
         );
         assert_eq!(g.observed(Some(0), now)[0].state, Some(MemberState::Member));
         // A card about this instance itself is never taken from a peer.
         let mut about_me = card(99, MemberState::Leaving);
         about_me.cards[0].instance = 0;
-        assert!(!g.merge(Some(0), &about_me, now).cards);
+        assert!(!g.merge(Some(0), &about_me, now, WALL).cards);
         // Nor one of an instance DNS does not name.
         let mut stranger = card(99, MemberState::Member);
         stranger.cards[0].instance = 7;
-        assert!(!g.merge(Some(0), &stranger, now).cards);
+        assert!(!g.merge(Some(0), &stranger, now, WALL).cards);
         // A card naming an epoch without its members is not taken half.
         let mut half = card(11, MemberState::Member);
         half.cards[0].epoch = Some(epoch(2).to_string());
-        assert!(!g.merge(Some(0), &half, now).cards);
+        assert!(!g.merge(Some(0), &half, now, WALL).cards);
+    }
+
+    /// A keyholder's forged card (instance `about`, leaving, `version`), as a push carries it.
+    fn forged(about: u64, version: u64) -> PeerTable {
+        PeerTable {
+            from: Some(7),
+            cards: vec![PeerCard {
+                instance: about,
+                version,
+                state: MemberState::Leaving,
+                epoch: None,
+                previous: None,
+                previous_left_ms: 0,
+                removed: vec![],
+            }],
+            views: vec![],
+        }
+    }
+
+    #[test]
+    fn a_forged_card_about_an_instance_is_refuted_by_it_within_a_round() {
+        let now = Instant::now();
+        let all = [0, 1, 2];
+        let mut nodes: Vec<Gossip> = all
+            .iter()
+            .map(|&i| node(i, &all, MemberState::Member, &all, now))
+            .collect();
+        // Instance 2 is said to be leaving, at a version above its own (and within the skew).
+        let lie = forged(2, 5_000);
+        assert!(nodes[0].merge(Some(0), &lie, now, WALL).states);
+        assert_eq!(nodes[0].observed(Some(0), now)[1].state, Some(MemberState::Leaving));
+        // The lie reaches 2 in its next sync with 0; 2 refutes it: its next write is above.
+        let t0 = nodes[0].table(Some(0), None, now);
+        let news = nodes[2].merge(Some(2), &t0, now, WALL);
+        assert!(news.refute, "{news:?}");
+        let change = nodes[2].set_own(2, MemberState::Member, Some((epoch(3), &all)), None, &[], 1_002, now);
+        assert_eq!(change, OwnChange::State, "pushed to every peer, as a state change is");
+        assert!(nodes[2].version_of(2) > 5_000);
+        // The refutation replaces the lie wherever it arrives.
+        let t2 = nodes[2].table(Some(2), Some(2), now);
+        assert!(nodes[0].merge(Some(0), &t2, now, WALL).states);
+        assert_eq!(nodes[0].observed(Some(0), now)[1].state, Some(MemberState::Member));
+        // Its own card relayed back unchanged is not news, and needs no refutation.
+        assert!(!nodes[2].merge(Some(2), &t2, now, WALL).refute);
+        // A card of the same version as its own but other content is a lie too.
+        let mut same_version = forged(2, nodes[2].version_of(2));
+        same_version.from = Some(1);
+        assert!(nodes[2].merge(Some(2), &same_version, now, WALL).refute);
+    }
+
+    #[test]
+    fn a_version_no_instance_could_outbid_is_refused_and_counted() {
+        let now = Instant::now();
+        let mut g = node(0, &[0, 1, 2], MemberState::Member, &[0, 1, 2], now);
+        let skew = MAX_CLOCK_SKEW.as_micros() as u64;
+        for version in [u64::MAX, WALL + skew + 1] {
+            let news = g.merge(Some(0), &forged(2, version), now, WALL);
+            assert!(!news.cards, "version {version}");
+            assert_eq!(news.refused.future_version, 1);
+        }
+        assert!(g.merge(Some(0), &forged(2, WALL + skew), now, WALL).cards);
+        // About itself too: nothing to refute in a card nobody takes.
+        let news = g.merge(Some(0), &forged(0, u64::MAX), now, WALL);
+        assert!(!news.refute && news.refused.future_version == 1);
+    }
+
+    #[test]
+    fn windows_views_and_removals_past_their_bounds_are_cut_or_refused() {
+        let now = Instant::now();
+        let mut g = node(0, &[0, 1, 2], MemberState::Member, &[0, 1, 2], now);
+        g.set_max_window(Duration::from_secs(5));
+        let skew = MAX_CLOCK_SKEW.as_micros() as u64;
+        let mut t = forged(1, 2_000);
+        t.cards[0].state = MemberState::Member;
+        t.cards[0].epoch = Some(epoch(3).to_string());
+        t.cards[0].previous = Some(epoch(2).to_string());
+        t.cards[0].previous_left_ms = u64::MAX;
+        t.cards[0].removed = vec![
+            PeerRemoval { instance: 2, version: u64::MAX },
+            PeerRemoval { instance: 2, version: WALL + skew + 1 },
+        ];
+        t.views = vec![
+            PeerViewMembers { epoch: epoch(3).to_string(), members: vec![0, 1, 2] },
+            PeerViewMembers { epoch: epoch(2).to_string(), members: vec![0, 1] },
+        ];
+        let news = g.merge(Some(0), &t, now, WALL);
+        assert!(news.cards);
+        assert_eq!((news.refused.long_window, news.refused.bad_removal), (1, 2));
+        let peer = &g.observed(Some(0), now)[0];
+        assert_eq!(peer.previous.as_ref().unwrap().2, Duration::from_secs(5));
+        assert!(peer.removed.is_empty());
+        // A view whose members repeat or are out of order is refused, and its card with it.
+        let mut bad = t.clone();
+        bad.cards[0].version = 3_000;
+        bad.views[0].members = vec![2, 1, 0];
+        let news = g.merge(Some(0), &bad, now, WALL);
+        assert!(!news.cards && news.refused.bad_view == 1, "{news:?}");
+    }
+
+    #[test]
+    fn a_restarted_instance_whose_clock_is_behind_outbids_its_old_card() {
+        let now = Instant::now();
+        let all = [0, 1];
+        let mut peer = node(0, &all, MemberState::Member, &all, now);
+        // Its previous life wrote version 900_000; the new process's clock says 1_000.
+        let mut old_life = node(1, &all, MemberState::Member, &all, now);
+        old_life.set_own(1, MemberState::Leaving, None, None, &[], 900_000, now);
+        peer.merge(Some(0), &old_life.table(Some(1), Some(1), now), now, WALL);
+        let mut restarted = node(1, &all, MemberState::Joining, &[], now);
+        assert!(restarted.version_of(1) < 900_000);
+        // Its card is below the old one: the peer keeps the old one...
+        let t = restarted.table(Some(1), Some(1), now);
+        assert!(!peer.merge(Some(0), &t, now, WALL).cards);
+        // ...until the restarted one hears of it, and writes above it.
+        let news = restarted.merge(Some(1), &peer.table(Some(0), None, now), now, WALL);
+        assert!(news.refute);
+        restarted.set_own(1, MemberState::Joining, None, None, &[], 1_001, now);
+        assert!(restarted.version_of(1) > 900_000);
+        assert!(peer.merge(Some(0), &restarted.table(Some(1), Some(1), now), now, WALL).states);
+        assert_eq!(peer.observed(Some(0), now)[0].state, Some(MemberState::Joining));
     }
 
     #[test]
@@ -672,7 +897,7 @@ mod tests {
         assert_eq!(p1(&g).unwrap().state, Some(MemberState::Member));
         g.probed(1, false, now);
         one.set_own(1, MemberState::Leaving, None, None, &[], 50_000, now);
-        g.merge(Some(0), &one.table(Some(1), Some(1), now), now);
+        g.merge(Some(0), &one.table(Some(1), Some(1), now), now, WALL);
         assert_eq!(p1(&g).unwrap().state, Some(MemberState::Leaving));
     }
 

@@ -19,22 +19,31 @@
 //!   `DOWN_TIMEOUT_S` cannot hand anything off: what it held is lost (README measures it).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use poc_routing_peer::PeerClient;
 use poc_routing_placement::{ClientId, Epoch, Placement};
-use poc_routing_wire::{HandOff, HandOffAck, MemberState, Registration};
+use poc_routing_wire::{HandOff, HandOffAck, MemberState, Registration, MAX_SERVED};
 
 use crate::discovery::Discovery;
+use crate::error::ApiError;
+use crate::gossip::MAX_CLOCK_SKEW;
+use crate::registry::MAX_JOIN_COUNTERS;
 use crate::identity::Identity;
 use crate::membership::Membership;
+use crate::wall_us;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::sessions::Sessions;
 
 /// The most registrations one `POST /peer/handoff` carries.
 pub const BATCH: usize = 1000;
+
+/// How long a hand-off or a registrations' read may take.
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Hands off the registrations this instance no longer owns.
 pub struct HandOffs {
@@ -44,7 +53,8 @@ pub struct HandOffs {
     identity: Arc<Identity>,
     discovery: Arc<Discovery>,
     metrics: Arc<Metrics>,
-    http: reqwest::Client,
+    /// Every hand-off and registrations' read goes through it (mutual TLS, the peer port).
+    peers: PeerClient,
     /// Something may have become pending besides an epoch change.
     dirty: AtomicBool,
     /// Registrations held for ids owned elsewhere, as of the last pass.
@@ -70,12 +80,8 @@ impl HandOffs {
         identity: Arc<Identity>,
         discovery: Arc<Discovery>,
         metrics: Arc<Metrics>,
+        peers: PeerClient,
     ) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .connect_timeout(Duration::from_millis(300))
-            .build()
-            .expect("an HTTP client with timeouts only");
         Self {
             registry,
             sessions,
@@ -83,7 +89,7 @@ impl HandOffs {
             identity,
             discovery,
             metrics,
-            http,
+            peers,
             dirty: AtomicBool::new(true),
             pending: AtomicU64::new(0),
             last_epoch: Mutex::new(None),
@@ -101,9 +107,11 @@ impl HandOffs {
         self.pending.load(Ordering::Relaxed)
     }
 
-    /// Takes a hand-off from `handoff.from`, which must be a current or recent member here (or
-    /// a peer this instance sees as a member or leaving). Returns how many it merged.
-    pub fn receive(&self, handoff: HandOff) -> Result<u64, u64> {
+    /// Takes a hand-off that arrived from `sender` over the peer plane (so from a holder of
+    /// the cluster's credential). Refused unless `handoff.from` is a current or recent member
+    /// here (or a peer this instance sees as a member or leaving), DNS names `sender` as that
+    /// instance's address, and every record passes [`validate`]. Returns how many it merged.
+    pub fn receive(&self, handoff: HandOff, sender: IpAddr) -> Result<u64, ApiError> {
         let from = handoff.from;
         let known = self
             .membership
@@ -113,7 +121,20 @@ impl HandOffs {
                     && matches!(p.state, Some(MemberState::Member | MemberState::Leaving))
             });
         if !known {
-            return Err(from);
+            self.metrics.refused("handoff_not_member");
+            return Err(ApiError::NotAMember(from));
+        }
+        if self.discovery.found().get(&from).map(|a| a.ip()) != Some(sender) {
+            self.metrics.refused("handoff_not_sender");
+            return Err(ApiError::NotTheSender {
+                from,
+                addr: sender.to_string(),
+            });
+        }
+        if let Err(why) = validate(&handoff, wall_us()) {
+            self.metrics.refused("handoff_invalid");
+            tracing::warn!(from, error = %why, "hand-off refused");
+            return Err(ApiError::BadBody(why));
         }
         let count = handoff.registrations.len() as u64;
         let evicted = self.registry.merge_in(handoff.registrations);
@@ -131,7 +152,6 @@ impl HandOffs {
         self.metrics.registrations_evicted.inc_by(ids.len() as u64);
         tracing::warn!(
             count = ids.len(),
-            first = %ids[0],
             "registry full while {while_}: the least recently joined registrations were evicted (REGISTRY_CAPACITY)"
         );
     }
@@ -258,8 +278,9 @@ impl HandOffs {
             registrations: batch.to_vec(),
         };
         let request = self
-            .http
-            .post(format!("http://{addr}/peer/handoff"))
+            .peers
+            .post(addr.ip(), "/peer/handoff")
+            .timeout(PEER_TIMEOUT)
             .json(&body);
         let ack: HandOffAck = crate::peer_json(request).await.map_err(|e| e.to_string())?;
         if ack.accepted == batch.len() as u64 {
@@ -297,6 +318,38 @@ impl HandOffs {
     }
 }
 
+/// Whether a hand-off holds only what a join could have made: at most [`BATCH`] records, each
+/// with a valid client id, at most [`MAX_JOIN_COUNTERS`] counters and [`MAX_SERVED`] served
+/// entries with valid epochs, and times in order and not ahead of the clock (by more than
+/// [`MAX_CLOCK_SKEW`]). The first problem, in words (no client id in them).
+pub fn validate(handoff: &HandOff, now_us: u64) -> Result<(), String> {
+    let n = handoff.registrations.len();
+    if n > BATCH {
+        return Err(format!("{n} registrations in one hand-off; at most {BATCH}"));
+    }
+    let horizon = now_us.saturating_add(MAX_CLOCK_SKEW.as_micros() as u64);
+    for (i, r) in handoff.registrations.iter().enumerate() {
+        let problem = if let Err(e) = ClientId::try_from(r.client_id.as_str()) {
+            Some(format!("an invalid client id ({})", e.code()))
+        } else if r.joins.len() > MAX_JOIN_COUNTERS {
+            Some(format!("{} join counters; at most {MAX_JOIN_COUNTERS}", r.joins.len()))
+        } else if r.served.len() > MAX_SERVED {
+            Some(format!("{} served entries; at most {MAX_SERVED}", r.served.len()))
+        } else if r.served.iter().any(|s| s.epoch.parse::<Epoch>().is_err()) {
+            Some("a served entry whose epoch is not 16 hex digits".to_owned())
+        } else if r.first_join_us > r.last_join_us || r.last_join_us > horizon {
+            Some("join times out of order or ahead of the clock".to_owned())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(format!("registration {i} of the hand-off has {problem}"));
+        }
+    }
+    Ok(())
+}
+
+
 /// The owner of `id` under `placement` (ids that do not parse stay where they are).
 fn owner(placement: &Placement, id: &str) -> Option<u64> {
     let id = ClientId::try_from(id).ok()?;
@@ -316,8 +369,9 @@ pub async fn gather(
             .filter(|(i, _)| Some(*i) != me)
             .map(|(instance, addr)| async move {
                 let request = handoffs
-                    .http
-                    .get(format!("http://{addr}/peer/registrations"));
+                    .peers
+                    .get(addr.ip(), "/peer/registrations")
+                    .timeout(PEER_TIMEOUT);
                 crate::peer_json::<poc_routing_wire::InstanceRegistrations>(request)
                     .await
                     .map_err(|e| e.to_string())

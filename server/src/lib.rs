@@ -4,17 +4,23 @@
 //! - `GET /where?client_id=ID` names the owner of `ID` (any instance can answer).
 //! - `GET|POST /join?client_id=ID` registers `ID`, but only on its owner; any other instance
 //!   answers 421 `misdirected`, which makes a routing mistake visible instead of silent.
-//! - `/health`, `/clients`, `/placement` and `/metrics` support operations.
+//! - `/health` answers anyone; `/clients`, `/placement`, `/metrics` and `/registrations` need
+//!   the operator's token ([`auth`]).
+//! - The peer plane (`/peer/...`: gossip, hand-offs) has a listener of its own, `PEER_PORT`,
+//!   behind mutual TLS with the cluster's credential ([`poc_routing_peer`]), and one client
+//!   every peer request goes through ([`poc_routing_peer::PeerClient`]).
 //!
 //! Membership is discovered from the deployment by default ([`discovery`], [`membership`]): the
 //! member list and its epoch follow what is deployed and ready, and a SIGTERM makes the instance
 //! leave the member list before it stops ([`discovery::Discovery::leave`]).
 //!
-//! The binary is thin: [`Application::build`] binds the listener from a [`Config`], and [`run`]
+//! The binary is thin: [`Application::build`] binds the listeners from a [`Config`], and [`run`]
 //! serves an already-bound listener until a shutdown future completes, so tests bind port 0.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
+pub mod credential;
 pub mod discovery;
 pub mod error;
 pub mod gossip;
@@ -34,12 +40,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
 use axum::Router;
+use poc_routing_peer::{ClientOptions, Credentials, PeerAddr, PeerClient, TlsListener};
 use poc_routing_placement::Placement;
 use tokio::net::TcpListener;
 
-pub use config::{Config, ConfigError, LogFormat};
+pub use config::{Config, ConfigError, LogFormat, PeerSettings};
 use discovery::{Discovery, Finder};
 use identity::Identity;
 use membership::Membership;
@@ -56,12 +64,24 @@ pub struct AppState {
     pub registry: Arc<registry::Registry>,
     /// The WebSocket sessions held here.
     pub sessions: Arc<sessions::Sessions>,
+    /// `MAX_SESSIONS`, and the sessions admitted now.
+    pub max_sessions: usize,
+    pub session_count: Arc<std::sync::atomic::AtomicUsize>,
+    /// The operator's tokens.
+    pub operator: Arc<auth::Operator>,
+    /// With discovery: the peer credential in force (its fingerprints go in `/placement`).
+    pub peer_credentials: Option<Arc<Credentials>>,
     metrics: Arc<metrics::Metrics>,
 }
 
 impl AppState {
     /// A fixed member set: `placement`'s own members.
-    pub fn new(placement: Placement, identity: Arc<Identity>, registry_capacity: usize) -> Self {
+    pub fn new(
+        placement: Placement,
+        identity: Arc<Identity>,
+        registry_capacity: usize,
+        operator: Arc<auth::Operator>,
+    ) -> Self {
         let metrics = Arc::new(metrics::Metrics::default());
         metrics.members.set(placement.members().len() as i64);
         Self {
@@ -71,6 +91,10 @@ impl AppState {
             handoffs: None,
             registry: Arc::new(registry::Registry::new(registry_capacity)),
             sessions: Arc::default(),
+            max_sessions: usize::MAX,
+            session_count: Arc::default(),
+            operator,
+            peer_credentials: None,
             metrics,
         }
     }
@@ -81,23 +105,48 @@ impl AppState {
     }
 }
 
-/// The HTTP routes over `state`.
+/// The public listener's routes: the API (anyone), the operator's endpoints (a token).
 pub fn router(state: Arc<AppState>) -> Router {
+    let operator = Router::new()
+        .route("/clients", get(routes::clients))
+        .route("/placement", get(routes::placement))
+        .route("/metrics", get(routes::metrics))
+        .route("/registrations", get(routes::registrations))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_operator,
+        ));
     Router::new()
         .route("/where", get(routes::where_))
         .route("/join", get(routes::join).post(routes::join))
-        .route("/clients", get(routes::clients))
         .route("/health", get(routes::health))
-        .route("/placement", get(routes::placement))
-        .route("/metrics", get(routes::metrics))
-        .route("/peer/digest", get(routes::peer_digest))
-        .route("/peer/sync", axum::routing::post(routes::peer_sync))
-        .route("/peer/push", axum::routing::post(routes::peer_push))
-        .route("/peer/handoff", axum::routing::post(routes::peer_handoff))
-        .route("/peer/registrations", get(routes::peer_registrations))
-        .route("/registrations", get(routes::registrations))
+        .merge(operator)
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::observe,
+        ))
+        .with_state(state)
+}
+
+/// The most a peer request's body may hold: a hand-off batch of [`handoff::BATCH`]
+/// registrations at their bounds (`registry::MAX_JOIN_COUNTERS` counters, `MAX_SERVED`
+/// entries); a membership table is far smaller.
+pub const PEER_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// The peer listener's routes: the gossip and the hand-off, for instances of the cluster only
+/// (the listener admits no one else).
+pub fn peer_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/peer/digest", get(routes::peer_digest))
+        .route("/peer/sync", post(routes::peer_sync))
+        .route("/peer/push", post(routes::peer_push))
+        .route("/peer/handoff", post(routes::peer_handoff))
+        .route("/peer/registrations", get(routes::peer_registrations))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             routes::observe,
@@ -145,22 +194,46 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// A server whose listener is bound and whose identity discovery has started.
+/// A server whose listeners are bound and whose identity discovery has started.
 pub struct Application {
     listener: TcpListener,
+    /// With discovery: the peer listener.
+    peer: Option<TlsListener>,
     state: Arc<AppState>,
 }
 
+/// The address peer connections leave from: the one bound, unless it is every address.
+fn local_address(bind: std::net::IpAddr) -> Option<std::net::IpAddr> {
+    (!bind.is_unspecified()).then_some(bind)
+}
+
 impl Application {
-    /// Binds `BIND_ADDR:PORT` and works out which instance this is.
+    /// Binds `BIND_ADDR:PORT` (and with discovery `BIND_ADDR:PEER_PORT`) and works out which
+    /// instance this is. Errors name what failed, for the one line the binary prints.
     pub async fn build(config: Config) -> std::io::Result<Self> {
-        let listener = bind(SocketAddr::new(config.bind_addr, config.placement.port()))?;
-        Self::with_listener(config, listener)
+        let listen = |port: u16, what: &str| {
+            let addr = SocketAddr::new(config.bind_addr, port);
+            bind(addr).map_err(|e| std::io::Error::other(format!("cannot listen on {addr} ({what}): {e}")))
+        };
+        let listener = listen(config.placement.port(), "PORT")?;
+        let peer = match &config.peer {
+            Some(p) => Some(listen(p.port, "PEER_PORT")?),
+            None => None,
+        };
+        Self::with_listeners(config, listener, peer)
     }
 
-    /// Like [`Application::build`], but on a listener bound by the caller (tests bind port 0).
-    /// With discovery on, the discovery loop starts here.
-    pub fn with_listener(config: Config, listener: TcpListener) -> std::io::Result<Self> {
+    /// Like [`Application::build`], but on listeners bound by the caller (tests bind port 0):
+    /// the public one, and with discovery the peer one. The discovery loop starts here.
+    pub fn with_listeners(
+        config: Config,
+        listener: TcpListener,
+        peer_listener: Option<TcpListener>,
+    ) -> std::io::Result<Self> {
+        let operator = Arc::new(
+            auth::Operator::load(config.operator_token_file.clone())
+                .map_err(|e| std::io::Error::other(format!("OPERATOR_TOKEN_FILE {e}")))?,
+        );
         let hostname = gethostname::gethostname().to_string_lossy().into_owned();
         let known =
             identity::from_env_or_hostname(&config.placement, config.instance_index, &hostname);
@@ -171,7 +244,7 @@ impl Application {
             }
             None => Identity::default(),
         });
-        let Some(dns) = &config.discovery else {
+        let (Some(dns), Some(peer)) = (&config.discovery, &config.peer) else {
             if let Some(index) = identity.get() {
                 if !config.placement.is_member(index) {
                     tracing::warn!(
@@ -188,27 +261,52 @@ impl Application {
                     Duration::from_secs(1),
                 );
             }
-            let state = AppState::new(config.placement, identity, config.registry_capacity);
+            let mut state = AppState::new(
+                config.placement,
+                identity,
+                config.registry_capacity,
+                operator.clone(),
+            );
+            state.max_sessions = config.max_sessions;
             tokio::spawn(discovery::resolve_fixed_members(
                 state.membership.clone(),
                 Duration::from_secs(1),
             ));
+            tokio::spawn(auth::watch(operator, None));
             return Ok(Self {
                 listener,
+                peer: None,
                 state: Arc::new(state),
             });
         };
+        let peer_listener = peer_listener.ok_or_else(|| {
+            std::io::Error::other("discovery needs the peer listener (PEER_PORT)")
+        })?;
+        let credentials = Credentials::load(
+            &peer.credential_dir,
+            ClientOptions {
+                local_address: local_address(config.bind_addr),
+                ..ClientOptions::default()
+            },
+        )
+        .map_err(|e| std::io::Error::other(format!("PEER_CREDENTIAL_DIR {e}")))?;
+        let peers = PeerClient::new(credentials.clone(), peer.port);
         let membership = Arc::new(Membership::discovered(
             config.placement.clone(),
             config.timing,
             config.expected_replicas,
         ));
         let metrics = Arc::new(metrics::Metrics::default());
+        let counted = metrics.clone();
+        let peer_listener = TlsListener::new(peer_listener, credentials.clone(), move |why, _| {
+            counted.refused(why.as_str());
+        })?;
         let discovery = Arc::new(Discovery::new(
             Finder::new(dns, config.placement.clone())?,
             membership.clone(),
             identity.clone(),
             metrics.clone(),
+            peers.clone(),
         ));
         tokio::spawn(discovery.clone().run());
         let registry = Arc::new(registry::Registry::new(config.registry_capacity));
@@ -220,8 +318,10 @@ impl Application {
             identity.clone(),
             discovery.clone(),
             metrics.clone(),
+            peers,
         ));
         tokio::spawn(handoffs.clone().run());
+        tokio::spawn(auth::watch(operator.clone(), Some(credentials.clone())));
         let state = AppState {
             membership,
             identity,
@@ -229,10 +329,15 @@ impl Application {
             handoffs: Some(handoffs),
             registry,
             sessions,
+            max_sessions: config.max_sessions,
+            session_count: Arc::default(),
+            operator,
+            peer_credentials: Some(credentials),
             metrics,
         };
         Ok(Self {
             listener,
+            peer: Some(peer_listener),
             state: Arc::new(state),
         })
     }
@@ -241,12 +346,21 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// The peer listener's address, with discovery.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        use axum::serve::Listener;
+        self.peer
+            .as_ref()
+            .and_then(|p| p.local_addr().ok())
+            .map(|a| a.0)
+    }
+
     pub fn state(&self) -> Arc<AppState> {
         self.state.clone()
     }
 
     /// Serves until `shutdown` completes. With discovery on, the instance then leaves the
-    /// member list (still serving) before it stops.
+    /// member list (still serving, on both listeners) before it stops.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -256,6 +370,7 @@ impl Application {
         let handoffs = self.state.handoffs.clone();
         tracing::info!(
             addr = %self.listener.local_addr()?,
+            peer_addr = ?self.peer_addr(),
             mode = %p.mode(),
             discovery = ?discovery.as_ref().map(|d| d.finder.name()),
             members = ?discovery.is_none().then(|| p.members().to_vec()),
@@ -264,7 +379,8 @@ impl Application {
             suffix = p.suffix(),
             "listening"
         );
-        let shutdown = async move {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
             shutdown.await;
             let started = std::time::Instant::now();
             if let Some(discovery) = discovery {
@@ -281,9 +397,37 @@ impl Application {
                 }
             }
             tracing::info!("stopping");
+            let _ = stop.send(true);
+        });
+        let until_stopped = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }
         };
-        run(self.listener, self.state, shutdown).await
+        let public = axum::serve(self.listener, router(self.state.clone()))
+            .with_graceful_shutdown(until_stopped());
+        match self.peer {
+            None => public.await,
+            Some(peer) => {
+                let peer = axum::serve(
+                    peer,
+                    peer_router(self.state)
+                        .into_make_service_with_connect_info::<PeerAddr>(),
+                )
+                .with_graceful_shutdown(until_stopped());
+                tokio::try_join!(public, peer).map(|_| ())
+            }
+        }
     }
+}
+
+/// The wall clock in microseconds since the Unix epoch: where a card's version starts, and
+/// what registration times are.
+pub(crate) fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Completes on SIGINT or SIGTERM.

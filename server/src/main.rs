@@ -2,6 +2,9 @@
 //!
 //! `poc-server healthcheck` asks a running server on this host for `/health` and exits 0 if it
 //! answered 200: a container health check that needs no curl in the image.
+//!
+//! `poc-server credential new|rotate|promote|retire|show DIR` makes and rotates a deployment's
+//! credentials ([`poc_routing_server::credential`]).
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
@@ -43,8 +46,12 @@ async fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
         None => {}
         Some("healthcheck") => return healthcheck(),
+        Some("credential") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            return ExitCode::from(poc_routing_server::credential::command(&args));
+        }
         Some(other) => {
-            eprintln!("poc-server: unknown argument {other:?}; the server is configured by environment variables (see README), and `poc-server healthcheck` checks a running one");
+            eprintln!("poc-server: unknown argument {other:?}; the server is configured by environment variables (see README); `poc-server healthcheck` checks a running one, and `poc-server credential` makes and rotates credentials");
             return ExitCode::from(2);
         }
     }
@@ -59,11 +66,10 @@ async fn main() -> ExitCode {
     let stdout = telemetry::Buffered::stdout();
     let _flush = stdout.clone();
     telemetry::init(telemetry::subscriber("info", config.log_format, stdout));
-    let bind = format!("{}:{}", config.bind_addr, config.placement.port());
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(e) => {
-            eprintln!("poc-server: cannot listen on {bind}: {e}");
+            eprintln!("poc-server: {e}");
             return ExitCode::from(1);
         }
     };

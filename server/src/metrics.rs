@@ -16,8 +16,26 @@ pub struct CodeLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: String,
-    pub method: String,
+    /// One of [`method_label`]'s: a client's own method names add no series.
+    pub method: &'static str,
     pub status: u16,
+}
+
+/// The method label of a request: the methods this API answers, and `other` for the rest.
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        _ => "other",
+    }
+}
+
+/// Why the peer plane or a peer message was refused (a fixed set: see [`Refusal`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 fn duration_histogram() -> Histogram {
@@ -52,6 +70,11 @@ pub struct Metrics {
     pub registrations_evicted: Counter,
     pub sessions_open: Gauge,
     pub sessions_moved: Counter,
+    pub sessions_refused: Counter,
+    /// Connections and peer messages refused, by reason.
+    pub peer_refused: Family<ReasonLabel, Counter>,
+    /// Cards about this instance newer than its own that it answered with a newer one.
+    pub refutations: Counter,
 }
 
 impl Default for Metrics {
@@ -161,7 +184,28 @@ impl Default for Metrics {
             "WebSocket sessions closed here because their client moved to another owner",
             sessions_moved.clone(),
         );
+        let sessions_refused = Counter::default();
+        registry.register(
+            "sessions_refused",
+            "WebSocket sessions refused because this instance held MAX_SESSIONS",
+            sessions_refused.clone(),
+        );
+        let peer_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "peer_refused",
+            "Peer connections and peer messages (or parts of them) refused, by reason",
+            peer_refused.clone(),
+        );
+        let refutations = Counter::default();
+        registry.register(
+            "refutations",
+            "Cards about this instance, newer than its own, that it answered with a newer one",
+            refutations.clone(),
+        );
         Self {
+            sessions_refused,
+            peer_refused,
+            refutations,
             sessions_open,
             sessions_moved,
             handoff_sent,
@@ -187,6 +231,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one thing refused on the peer plane.
+    pub fn refused(&self, reason: &'static str) {
+        self.peer_refused.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
     /// Counts one membership message sent.
     pub fn sent(&self, kind: &'static str) {
         self.gossip.get_or_create(&KindLabel { kind }).inc();

@@ -40,9 +40,11 @@ pub struct Node {
 
 impl Node {
     pub fn new(membership: Arc<Membership>) -> Self {
+        let mut gossip = Gossip::default();
+        gossip.set_max_window(membership.timing.transition_window);
         Self {
             membership,
-            gossip: Gossip::default(),
+            gossip,
             settling_since: None,
             dirty: true,
             last: (None, None),
@@ -65,18 +67,26 @@ impl Node {
         self.dirty |= self.gossip.probed(instance, answered, now);
     }
 
-    /// A peer's cards, from the wire (a sync or a push). The caller computes the view at once
-    /// when a state changed ([`News::states`]); anything else waits for the next round.
-    pub fn receive(&mut self, me: Option<u64>, table: &PeerTable, now: Instant) -> News {
-        let news = self.gossip.merge(me, table, now);
-        self.dirty |= news.cards;
+    /// A peer's cards, from the wire (a sync or a push), judged by the wall clock `wall_us`.
+    /// The caller computes the view at once when a state changed ([`News::states`]) or this
+    /// instance must refute a card about itself ([`News::refute`]); anything else waits for
+    /// the next round.
+    pub fn receive(
+        &mut self,
+        me: Option<u64>,
+        table: &PeerTable,
+        now: Instant,
+        wall_us: u64,
+    ) -> News {
+        let news = self.gossip.merge(me, table, now, wall_us);
+        self.dirty |= news.cards || news.refute;
         news
     }
 
     /// A peer's cards, in memory (the simulation), as [`Node::receive`].
     pub fn receive_cards(&mut self, me: Option<u64>, cards: &[Arc<Card>], now: Instant) -> News {
         let news = self.gossip.merge_cards(me, cards, now);
-        self.dirty |= news.cards;
+        self.dirty |= news.cards || news.refute;
         news
     }
 

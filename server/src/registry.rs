@@ -20,22 +20,43 @@ use std::sync::Mutex;
 use lru::LruCache;
 use poc_routing_wire::{JoinCount, Registration, ServedBy, MAX_SERVED};
 
+/// The most join counters one registration keeps. A client gets a counter each time an
+/// instance starts a record for it (a join on an owner that holds no record of it yet), so
+/// only a client that moved hundreds of times reaches it; past it the smallest counters are
+/// dropped, and the join count of that client is then an estimate (its placement and its
+/// registration are not affected). A hand-off record over it is refused.
+pub const MAX_JOIN_COUNTERS: usize = 256;
+
 /// Merges `other` into `into` (records of the same client): nothing is lost, nothing counted
-/// twice, whatever the order and however often the same record arrives.
+/// twice, whatever the order and however often the same record arrives. Linear in the two
+/// records' sizes: counters are kept sorted by (instance, tag) and merged in one pass.
 pub fn merge(into: &mut Registration, other: &Registration) {
     into.first_join_us = into.first_join_us.min(other.first_join_us);
     into.last_join_us = into.last_join_us.max(other.last_join_us);
-    for theirs in &other.joins {
-        match into
-            .joins
-            .iter_mut()
-            .find(|c| (c.instance, c.tag) == (theirs.instance, theirs.tag))
-        {
-            Some(mine) => mine.count = mine.count.max(theirs.count),
-            None => into.joins.push(*theirs),
-        }
+    let key = |c: &JoinCount| (c.instance, c.tag);
+    let mut theirs = other.joins.clone();
+    if !theirs.is_sorted_by_key(key) {
+        theirs.sort_by_key(key);
     }
-    into.joins.sort();
+    let mine = std::mem::take(&mut into.joins);
+    let mut merged = Vec::with_capacity(mine.len() + theirs.len());
+    let (mut a, mut b) = (mine.into_iter().peekable(), theirs.into_iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if key(x) == key(y) => {
+                let count = x.count.max(y.count);
+                b.next();
+                a.next().map(|c| JoinCount { count, ..c })
+            }
+            (Some(x), Some(y)) if key(x) < key(y) => a.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, None) => break,
+        };
+        merged.extend(next);
+    }
+    into.joins = merged;
+    bound_counters(&mut into.joins);
     for theirs in &other.served {
         match into
             .served
@@ -47,6 +68,16 @@ pub fn merge(into: &mut Registration, other: &Registration) {
         }
     }
     tidy_served(&mut into.served);
+}
+
+/// At most [`MAX_JOIN_COUNTERS`]: the largest are kept, in (instance, tag) order.
+fn bound_counters(joins: &mut Vec<JoinCount>) {
+    if joins.len() <= MAX_JOIN_COUNTERS {
+        return;
+    }
+    joins.sort_by(|x, y| y.count.cmp(&x.count).then(x.cmp(y)));
+    joins.truncate(MAX_JOIN_COUNTERS);
+    joins.sort();
 }
 
 /// Newest first (ties in a fixed order, so that every merge order keeps the same entries), at
@@ -144,6 +175,7 @@ impl Registry {
                     count: 1,
                 });
                 r.joins.sort();
+                bound_counters(&mut r.joins);
             }
         }
         r.first_join_us = r.first_join_us.min(now_us);

@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{MatchedPath, Query, RawQuery, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Query, RawQuery, Request, State};
 use axum::http::header::{CONTENT_TYPE, UPGRADE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -19,11 +19,13 @@ use poc_routing_wire::{
     PeerView, PlacementAnswer, PreviousView, RegistrationsReport, ServedUnder, WhereAnswer,
     EPOCH_HEADER,
 };
+use poc_routing_peer::PeerAddr;
 use serde::Deserialize;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::handoff::HandOffs;
 use crate::membership::{MemberState, Refusal};
+use crate::wall_us;
 use crate::metrics::{CodeLabel, RequestLabels};
 use crate::AppState;
 
@@ -76,6 +78,11 @@ pub async fn join(
         if owner != instance {
             return Err(misdirected(&state, &id, instance, owner, None));
         }
+        let permit = crate::sessions::Permit::take(&state.session_count, state.max_sessions)
+            .ok_or_else(|| {
+                state.metrics.sessions_refused.inc();
+                ApiError::TooManySessions(state.max_sessions)
+            })?;
         record(&state, &id, instance, under, &placement);
         let epoch = current.epoch().to_string();
         let sessions = state.sessions.clone();
@@ -86,6 +93,9 @@ pub async fn join(
             .max_message_size(crate::sessions::MAX_MESSAGE_BYTES)
             .max_frame_size(crate::sessions::MAX_MESSAGE_BYTES)
             .on_upgrade(move |socket| async move {
+                // Held until the session ends (or dropped with this closure if the upgrade
+                // never completes).
+                let _permit = permit;
                 metrics.sessions_open.inc();
                 let end = sessions.serve(socket, client_id, instance, epoch).await;
                 metrics.sessions_open.dec();
@@ -163,7 +173,9 @@ fn misdirected(
         return ApiError::NotReady;
     };
     state.metrics.misdirected.inc();
-    tracing::warn!(client_id = %id, instance, owner, routed_epoch = ?routed.map(|e| e.to_string()), epoch = %current.epoch(), "misdirected join refused");
+    // Client ids are users' and sessions' ids: at debug level only.
+    tracing::debug!(client_id = %id, "misdirected join refused");
+    tracing::warn!(instance, owner, routed_epoch = ?routed.map(|e| e.to_string()), epoch = %current.epoch(), "misdirected join refused");
     ApiError::Misdirected {
         client_id: id.as_str().to_owned(),
         instance,
@@ -195,10 +207,13 @@ fn record(
         .record(id.as_str(), instance, &epoch, wall_us(), rand::random);
     if let Some(evicted) = evicted {
         state.metrics.registrations_evicted.inc();
-        tracing::warn!(client_id = %id, evicted = %evicted, "registry full: the least recently joined registration was evicted (REGISTRY_CAPACITY)");
+        tracing::debug!(client_id = %id, evicted = %evicted, "registry full: evicted");
+        tracing::warn!("registry full: the least recently joined registration was evicted (REGISTRY_CAPACITY)");
     }
     state.metrics.joins.inc();
-    tracing::info!(client_id = %id, instance, epoch = %placement.epoch(), served_under = under.as_str(), "client joined");
+    // A line per join, with the id, at debug level only: ids are users' and sessions' ids, and
+    // a line per request at the default level would cost every join.
+    tracing::debug!(client_id = %id, instance, epoch = %placement.epoch(), served_under = under.as_str(), "client joined");
 }
 
 /// `Query<T>` whose rejection is one of our JSON errors (400 `invalid_query`), counted like
@@ -319,12 +334,6 @@ pub async fn placement(State(state): State<Arc<AppState>>) -> Json<PlacementAnsw
     })
 }
 
-/// The wall clock in microseconds since the Unix epoch (registration times).
-fn wall_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
 
 /// The hand-off's endpoints need discovery, as the gossip's do.
 fn handoffs_of(state: &AppState, request: &str) -> Result<Arc<HandOffs>, ApiError> {
@@ -338,6 +347,7 @@ fn handoffs_of(state: &AppState, request: &str) -> Result<Arc<HandOffs>, ApiErro
 /// current or recent member (403 `not_a_member` otherwise); merged, then acknowledged.
 pub async fn peer_handoff(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(PeerAddr(sender)): ConnectInfo<PeerAddr>,
     body: Result<Json<HandOff>, JsonRejection>,
 ) -> Result<Json<HandOffAck>, ApiError> {
     let handoffs = handoffs_of(&state, "POST /peer/handoff")?;
@@ -345,7 +355,7 @@ pub async fn peer_handoff(
         .map(|Json(h)| h)
         .map_err(|e| ApiError::BadBody(e.body_text()))?;
     let instance = state.identity.get().ok_or(ApiError::IdentityUnknown)?;
-    let accepted = handoffs.receive(handoff).map_err(ApiError::NotAMember)?;
+    let accepted = handoffs.receive(handoff, sender.ip())?;
     Ok(Json(HandOffAck { instance, accepted }))
 }
 
@@ -448,7 +458,7 @@ pub async fn observe(State(state): State<Arc<AppState>>, request: Request, next:
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().to_string();
+    let method = crate::metrics::method_label(request.method());
     let response = next.run(request).await;
     if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
         state

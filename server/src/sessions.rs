@@ -46,6 +46,25 @@ struct Open {
     moved: oneshot::Sender<SessionMoved>,
 }
 
+/// A place among the `MAX_SESSIONS` an instance holds; given back when dropped.
+pub struct Permit(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Permit {
+    /// A place, if fewer than `max` are taken.
+    pub fn take(count: &std::sync::Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Self(count.clone()))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The sessions held here, by client id.
 #[derive(Default)]
 pub struct Sessions {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use poc_routing_placement::{client_id_from_query, IndexMode, Naming, Placement, PlacementSpec};
+use poc_routing_server::auth::Operator;
 use poc_routing_server::identity::Identity;
 use poc_routing_server::{run, AppState};
 use serde_json::Value;
@@ -12,8 +13,10 @@ use tokio::sync::oneshot;
 struct TestApp {
     base: String,
     placement: Placement,
+    /// Sends the operator's token with every request.
     client: reqwest::Client,
     _stop: oneshot::Sender<()>,
+    _secrets: tempfile::TempDir,
 }
 
 impl TestApp {
@@ -58,7 +61,16 @@ impl TestApp {
 async fn spawn_app(mode: IndexMode, instance: Option<u64>) -> TestApp {
     let placement = Placement::contiguous(PlacementSpec::new(mode, Naming::compose()), 3).unwrap();
     let identity = Arc::new(instance.map(Identity::known).unwrap_or_default());
-    let state = Arc::new(AppState::new(placement.clone(), identity, 1000));
+    let secrets = tempfile::tempdir().unwrap();
+    let made = poc_routing_server::credential::new(secrets.path()).unwrap();
+    let operator = Arc::new(Operator::load(made.token.clone()).unwrap());
+    let state = Arc::new(AppState::new(placement.clone(), identity, 1000, operator));
+    let token = std::fs::read_to_string(&made.token).unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", token.trim()).parse().unwrap(),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -68,8 +80,12 @@ async fn spawn_app(mode: IndexMode, instance: Option<u64>) -> TestApp {
     TestApp {
         base,
         placement,
-        client: reqwest::Client::new(),
+        client: reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap(),
         _stop: stop,
+        _secrets: secrets,
     }
 }
 
@@ -520,5 +536,36 @@ async fn a_session_speaks_its_protocol_and_answers_a_close() {
         Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Size),
         None | Some(Err(_)) => {}
         other => panic!("EXPECTED close 1009 or a broken connection, RECEIVED {other:?}"),
+    }
+}
+
+/// The operator's endpoints list client ids and describe the cluster: without the token, a
+/// JSON 401 naming what is needed; the peer plane is not on this listener at all.
+#[tokio::test]
+async fn operator_endpoints_need_the_token_and_the_peer_plane_is_elsewhere() {
+    let app = spawn_app(IndexMode::Numeric, Some(1)).await;
+    let anonymous = reqwest::Client::new();
+    for path in ["/clients", "/placement", "/metrics", "/registrations"] {
+        for auth in [None, Some("Bearer nope"), Some("Basic abc")] {
+            let mut r = anonymous.get(format!("{}{path}", app.base));
+            if let Some(a) = auth {
+                r = r.header("authorization", a);
+            }
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), 401, "{path} {auth:?}");
+            assert_eq!(r.headers()["www-authenticate"], "Bearer");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"], "unauthorized", "{path}");
+            assert!(body["message"].as_str().unwrap().contains("OPERATOR_TOKEN_FILE"));
+        }
+        let (status, _) = app.get(path).await;
+        assert_eq!(status, 200, "{path} with the token");
+    }
+    // The public API needs none.
+    let r = anonymous.get(format!("{}/where?client_id=1", app.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    for path in ["/peer/digest", "/peer/registrations"] {
+        let (status, body) = app.get(path).await;
+        assert_eq!((status, body["error"].as_str()), (404, Some("not_found")), "{path}");
     }
 }
