@@ -192,6 +192,7 @@ mod tests {
             probe: addr,
             operator: addr,
             dns: addr,
+            operator_token: "/tmp/token".into(),
         };
         for name in ["native-hash.yaml", "no-filter.yaml", "native-module.yaml"] {
             let yaml = std::fs::read_to_string(path(name)).unwrap();

@@ -54,6 +54,7 @@ async fn metric_sum(stack: &Stack, http: &reqwest::Client, name: &str) -> Result
             .context("a running instance has an address")?;
         let text = http
             .get(format!("http://{addr}/metrics"))
+            .bearer_auth(stack.operator_token())
             .send()
             .await?
             .text()

@@ -58,6 +58,9 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 pub struct Api {
     http: reqwest::Client,
     base: String,
+    /// The operator's bearer token, sent with every request when set (the operator's
+    /// endpoints need it; the public API does not).
+    token: Option<String>,
 }
 
 impl Api {
@@ -71,7 +74,14 @@ impl Api {
         Self {
             http,
             base: base.trim_end_matches('/').to_owned(),
+            token: None,
         }
+    }
+
+    /// This client, sending `token` as `Authorization: Bearer` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     pub fn base(&self) -> &str {
@@ -88,11 +98,14 @@ impl Api {
         url: String,
         post: bool,
     ) -> Result<(u16, serde_json::Value), CallError> {
-        let request = if post {
+        let mut request = if post {
             self.http.post(&url)
         } else {
             self.http.get(&url)
         };
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
         let response = request.send().await.map_err(|e| {
             if e.is_timeout() {
                 CallError::Timeout { url: url.clone() }
@@ -194,3 +207,30 @@ impl Api {
         self.get_json(self.url_for(path, id), path == "/join").await
     }
 }
+
+/// Where the operator's token comes from, in order: `POC_OPERATOR_TOKEN` (the token itself),
+/// the file `file` (`--operator-token-file` or `POC_OPERATOR_TOKEN_FILE`), or
+/// `.secrets/operator/token` in the current directory if it exists (where `make credential`
+/// writes it). `None`: no token anywhere; the operator's endpoints will answer 401.
+pub fn operator_token(file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    if let Some(token) = std::env::var("POC_OPERATOR_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Ok(Some(token.trim().to_owned()));
+    }
+    let default = std::path::Path::new(DEFAULT_TOKEN_FILE);
+    let file = match file {
+        Some(f) => f,
+        None if default.exists() => default,
+        None => return Ok(None),
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("operator token file {}: {e}", file.display()))?;
+    poc_routing_wire::newest_operator_token(&text)
+        .map(|t| Some(t.to_owned()))
+        .ok_or_else(|| format!("operator token file {}: no token in it", file.display()))
+}
+
+/// Where `make credential` writes the operator's token, relative to the repository.
+pub const DEFAULT_TOKEN_FILE: &str = ".secrets/operator/token";

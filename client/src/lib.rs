@@ -14,6 +14,6 @@ pub mod sessions;
 pub mod verify;
 pub mod views;
 
-pub use api::{Api, CallError, Join};
+pub use api::{operator_token, Api, CallError, Join};
 pub use load::LoadReport;
 pub use verify::{verify, IdResult, Outcome, Report};

@@ -25,6 +25,11 @@ const OPERATOR_URL: &str = "http://127.0.0.1:9903";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The operator's token file, for the commands that read the operator's endpoints (views,
+    /// audit, scale-step). Else POC_OPERATOR_TOKEN (the token itself), else
+    /// .secrets/operator/token if it exists.
+    #[arg(long, global = true, env = "POC_OPERATOR_TOKEN_FILE", value_name = "FILE")]
+    operator_token_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -340,7 +345,7 @@ async fn run_sessions(args: SessionsArgs) -> ExitCode {
     exit_code(report.healthy())
 }
 
-async fn run_audit(args: AuditArgs) -> ExitCode {
+async fn run_audit(args: AuditArgs, token: Option<String>) -> ExitCode {
     let expected = match &args.ids {
         Some(path) => match ids::from_file(path) {
             Ok(ids) => Some(ids),
@@ -349,7 +354,7 @@ async fn run_audit(args: AuditArgs) -> ExitCode {
         None => None,
     };
     let within = std::time::Duration::from_secs_f64(args.within_seconds.max(0.0));
-    let operator = Api::new(&args.operator_url);
+    let operator = Api::new(&args.operator_url).with_token(token);
     let (result, settled) = audit::settle(&operator, expected.as_deref(), within).await;
     let audit = match result {
         Ok(audit) => audit,
@@ -369,11 +374,11 @@ async fn run_audit(args: AuditArgs) -> ExitCode {
     exit_code(audit.clean())
 }
 
-async fn run_views(args: ViewsArgs) -> ExitCode {
+async fn run_views(args: ViewsArgs, token: Option<String>) -> ExitCode {
     let views = if args.instances.is_empty() {
-        views::via(&Api::new(&args.url)).await
+        views::via(&Api::new(&args.url).with_token(token)).await
     } else {
-        views::direct(&args.instances).await
+        views::direct(&args.instances, token).await
     };
     if args.json {
         print_json(&views);
@@ -447,14 +452,17 @@ async fn run_change(command: &[String]) -> Result<(), String> {
     }
 }
 
-async fn run_scale_step(args: ScaleStepArgs) -> ExitCode {
+async fn run_scale_step(args: ScaleStepArgs, token: Option<String>) -> ExitCode {
     let expect = scale::Expect {
         members: args.expect,
         agree_within: std::time::Duration::from_secs(args.within_seconds),
         id_kind: args.random.id_kind,
     };
     let seed = args.random.seed.unwrap_or_else(rand::random);
-    let (public, operator) = (Api::new(&args.url), Api::new(&args.operator_url));
+    let (public, operator) = (
+        Api::new(&args.url),
+        Api::new(&args.operator_url).with_token(token),
+    );
     match scale::step(&public, &operator, &expect, seed, run_change(&args.command)).await {
         Ok(report) if args.json => {
             print_json(&report);
@@ -470,14 +478,23 @@ async fn run_scale_step(args: ScaleStepArgs) -> ExitCode {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let token = || poc_routing_client::operator_token(cli.operator_token_file.as_deref());
+    let token = match &cli.command {
+        Command::Views(_) | Command::ScaleStep(_) | Command::Audit(_) => match token() {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        },
+        _ => None,
+    };
+    match cli.command {
         Command::Where { id, url } => print_call(&Api::new(&url), "/where", &id).await,
         Command::Join { id, url } => print_call(&Api::new(&url), "/join", &id).await,
         Command::Load(args) => run_load(args).await,
-        Command::Views(args) => run_views(args).await,
+        Command::Views(args) => run_views(args, token).await,
         Command::Verify(args) => run_verify(args).await,
-        Command::ScaleStep(args) => run_scale_step(args).await,
-        Command::Audit(args) => run_audit(args).await,
+        Command::ScaleStep(args) => run_scale_step(args, token).await,
+        Command::Audit(args) => run_audit(args, token).await,
         Command::Sessions(args) => run_sessions(args).await,
     }
 }

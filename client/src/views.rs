@@ -60,12 +60,15 @@ async fn placement(api: &Api) -> Result<PlacementAnswer, String> {
     }
 }
 
-/// Reads `/placement` from every instance URL.
-pub async fn direct(urls: &[String]) -> Vec<InstanceView> {
-    let reads = urls.iter().map(|url| async move {
-        match placement(&Api::new(url)).await {
+/// Reads `/placement` from every instance URL, with the operator's `token`.
+pub async fn direct(urls: &[String], token: Option<String>) -> Vec<InstanceView> {
+    let reads = urls.iter().map(|url| {
+        let token = token.clone();
+        async move {
+        match placement(&Api::new(url).with_token(token)).await {
             Ok(body) => InstanceView::from_placement(url.clone(), &body),
             Err(e) => InstanceView::failed(url.clone(), e),
+        }
         }
     });
     futures::future::join_all(reads).await

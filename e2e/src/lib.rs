@@ -261,6 +261,11 @@ pub fn cluster_mut<'a>(config: &'a mut serde_yaml::Value, name: &str) -> &'a mut
         .unwrap_or_else(|| panic!("envoy.yaml has no cluster {name}"))
 }
 
+/// A client of Envoy's operator listener, with the stack's operator token.
+pub fn operator(stack: &Stack) -> Api {
+    Api::new(&stack.operator_url()).with_token(Some(stack.operator_token()))
+}
+
 /// The instances whose registry holds `id` (`/clients`, asked of each running instance
 /// directly).
 pub async fn registered_at(stack: &Stack, id: &str) -> Vec<u64> {
@@ -269,7 +274,7 @@ pub async fn registered_at(stack: &Stack, id: &str) -> Vec<u64> {
     for index in stack.running() {
         let addr = stack.instance_addr(index).unwrap();
         let url = format!("http://{addr}/clients?limit=1000");
-        let Ok(r) = http.get(url).send().await else {
+        let Ok(r) = http.get(url).bearer_auth(stack.operator_token()).send().await else {
             continue;
         };
         let clients: serde_json::Value = r.json().await.unwrap_or_default();

@@ -155,7 +155,7 @@ async fn an_owner_down_past_the_timeout_is_removed_and_its_clients_move() {
     }
     // What instance 3 held is lost (less the one client of it joined again above, now
     // registered at its new owner); nothing else is, and nothing is twice or misplaced.
-    let operator = poc_routing_client::Api::new(&stack.operator_url());
+    let operator = operator(&stack);
     let audit = poc_routing_client::audit::audit(&operator, Some(&ids))
         .await
         .unwrap();

@@ -389,7 +389,10 @@ async fn the_same_id_from_64_connections_has_one_owner_and_one_entry() {
     assert_eq!(by_instance, BTreeMap::from([(Some(owner), 64)]));
     for index in stack.running() {
         let addr = stack.instance_addr(index).unwrap();
-        let clients: serde_json::Value = reqwest::get(format!("http://{addr}/clients?limit=1000"))
+        let clients: serde_json::Value = reqwest::Client::new()
+            .get(format!("http://{addr}/clients?limit=1000"))
+            .bearer_auth(stack.operator_token())
+            .send()
             .await
             .unwrap()
             .json()

@@ -1,7 +1,8 @@
 //! Envoy's four ports, each serving only what it is for, in both flows:
 //! - the public listener: `/join`, `/where` and `/health`, and a JSON 404 from Envoy itself for
 //!   every other path, however it is spelled, before any instance is dialled;
-//! - the operator listener: every instance endpoint on any instance, but no `/join`;
+//! - the operator listener: every instance endpoint on any instance, with the operator's token,
+//!   but no `/join` and no `/peer/...` (the peer plane has a listener of its own);
 //! - the probe listener: `GET /ready` only;
 //! - the admin interface: on loopback (the local stack binds it there; `deploy/tests` checks
 //!   `envoy.yaml` says so, and `make test-compose` and `make test-k8s` that nothing else
@@ -134,10 +135,20 @@ async fn raw_http(addr: std::net::SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-/// Every instance endpoint on any instance; `/join` only on the public listener.
+/// Every instance endpoint on any instance, with the operator's token (a JSON 401 without
+/// it); `/join` only on the public listener.
 async fn operator_listener(stack: &Stack) {
-    let http = reqwest::Client::new();
     let operator = stack.operator_url();
+    for path in ["/placement", "/clients", "/metrics", "/registrations"] {
+        let (status, body) = get(&reqwest::Client::new(), reqwest::Method::GET, &format!("{operator}{path}")).await;
+        json_error(status, &body, 401, "unauthorized");
+    }
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", stack.operator_token()).parse().unwrap(),
+    );
+    let http = reqwest::Client::builder().default_headers(headers).build().unwrap();
     let (status, body) = get(
         &http,
         reqwest::Method::GET,

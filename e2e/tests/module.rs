@@ -81,6 +81,7 @@ async fn a_module_missing_a_hook_stops_envoy_with_a_message() {
             probe: free(2),
             operator: free(3),
             dns: free(4),
+            operator_token: dir.join("token"),
         },
         Some(Flow::Module),
         envoy::Overrides::default(),

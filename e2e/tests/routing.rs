@@ -13,15 +13,22 @@ use poc_routing_stack::{wait_for, Deployment};
 #[test]
 fn envoy_yaml_passes_validate_mode() {
     let bin = envoy::envoy_binary().unwrap_or_else(|e| panic!("{e}"));
+    // As the deployments run it, with the operator's token mounted where envoy.yaml says (the
+    // routing module refuses its config without it): here, a file of the test's own.
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{}\n", "t".repeat(64))).unwrap();
+    let yaml = std::fs::read_to_string(envoy::repo_root().join("envoy.yaml"))
+        .unwrap()
+        .replace("/etc/poc-routing/operator/token", &token.display().to_string());
+    std::fs::write(dir.path().join("envoy.yaml"), yaml).unwrap();
     let out = Command::new(bin)
         .current_dir(envoy::repo_root())
-        .args([
-            "--mode",
-            "validate",
-            "-c",
-            "envoy.yaml",
-            "--use-dynamic-base-id",
-        ])
+        .arg("--mode")
+        .arg("validate")
+        .arg("-c")
+        .arg(dir.path().join("envoy.yaml"))
+        .arg("--use-dynamic-base-id")
         .output()
         .unwrap();
     let text =
@@ -85,7 +92,11 @@ async fn every_join_lands_on_its_owner_in_the_lua_flow_with_kubernetes_naming() 
 #[tokio::test]
 async fn ids_are_decoded_once_and_alike_on_both_hops() {
     let _turn = serial().await;
-    let stack = start(config("decoding", 3, Deployment::Compose, IndexMode::Hash)).await;
+    let mut c = config("decoding", 3, Deployment::Compose, IndexMode::Hash);
+    // Joins are logged with their id at debug level only (ids are users' ids).
+    c.server_env
+        .push(("RUST_LOG".into(), "info,poc_routing_server::routes=debug".into()));
+    let stack = start(c).await;
     // Raw queries whose decoding is easy to get wrong between Lua, Envoy and the server.
     for raw in [
         "client_id=a+b",
@@ -106,8 +117,8 @@ async fn ids_are_decoded_once_and_alike_on_both_hops() {
             "{raw}: EXPECTED 200 on instance {want} for {id:?}\nRECEIVED {status} {body}"
         );
     }
-    // The owner's process logged the join, with the id as decoded once (its log is flushed
-    // every 100 ms).
+    // The owner's process logged the join at debug level, with the id as decoded once (its log
+    // is flushed every 100 ms).
     let owner_of_a_b = owner(&stack, "a b");
     let logged = || {
         stack

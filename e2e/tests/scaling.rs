@@ -111,7 +111,7 @@ async fn scale_under_load(
     let mut stack = start(c).await;
     let expected: Vec<u64> = (first..first + replicas).collect();
     assert_eq!(stack.running(), expected);
-    let (public, operator) = (api(&stack), Api::new(&stack.operator_url()));
+    let (public, operator) = (api(&stack), operator(&stack));
     let id_kind = if mode == IndexMode::Numeric {
         IdKind::Numeric
     } else {
@@ -165,11 +165,14 @@ async fn scale_under_load(
 
 /// `poc_epoch_changes_total` of the first running instance.
 async fn epoch_changes(stack: &Stack) -> u64 {
-    let metrics = reqwest::get(format!(
-        "http://{}/metrics",
-        stack.instance_addr(stack.running()[0]).unwrap()
-    ))
-    .await
+    let metrics = reqwest::Client::new()
+        .get(format!(
+            "http://{}/metrics",
+            stack.instance_addr(stack.running()[0]).unwrap()
+        ))
+        .bearer_auth(stack.operator_token())
+        .send()
+        .await
     .unwrap()
     .text()
     .await

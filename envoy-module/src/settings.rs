@@ -3,6 +3,7 @@
 //! that names the field.
 #![forbid(unsafe_code)]
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -27,7 +28,14 @@ pub struct Settings {
     /// lives as long as its client keeps it, so sessions have their own bound, apart from
     /// joins'; beyond it, new sessions are refused with 503 `overloaded`.
     pub max_sessions_per_owner: u32,
+    /// The operator's token file (`OPERATOR_TOKEN_FILE` of the servers): `/placement` needs
+    /// a token. Read when the config loads (a missing one refuses it) and at every fetch, so
+    /// a rotation needs no restart.
+    pub operator_token_file: PathBuf,
 }
+
+/// Where the deployments mount the operator's token for Envoy.
+pub const DEFAULT_OPERATOR_TOKEN_FILE: &str = "/etc/poc-routing/operator/token";
 
 impl Default for Settings {
     fn default() -> Self {
@@ -38,6 +46,7 @@ impl Default for Settings {
             stale_after: Duration::from_secs(10),
             max_in_flight_per_owner: 128,
             max_sessions_per_owner: 10_000,
+            operator_token_file: PathBuf::from(DEFAULT_OPERATOR_TOKEN_FILE),
         }
     }
 }
@@ -51,12 +60,13 @@ struct Raw {
     stale_after_ms: Option<u64>,
     max_in_flight_per_owner: Option<u32>,
     max_sessions_per_owner: Option<u32>,
+    operator_token_file: Option<String>,
 }
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SettingsError {
-    #[error("filter_config is not a JSON object with cluster, refresh_interval_ms, fetch_timeout_ms, stale_after_ms, max_in_flight_per_owner, max_sessions_per_owner: {0}")]
+    #[error("filter_config is not a JSON object with cluster, refresh_interval_ms, fetch_timeout_ms, stale_after_ms, max_in_flight_per_owner, max_sessions_per_owner, operator_token_file: {0}")]
     Syntax(String),
     #[error("filter_config.cluster must be a non-empty cluster name")]
     EmptyCluster,
@@ -69,6 +79,10 @@ pub enum SettingsError {
     },
     #[error("filter_config.stale_after_ms ({stale}) must be larger than refresh_interval_ms ({refresh})")]
     StaleBeforeRefresh { stale: u64, refresh: u64 },
+    #[error("filter_config.operator_token_file must be an absolute path (got {0:?})")]
+    RelativeTokenFile(String),
+    #[error("filter_config.operator_token_file: {0}")]
+    TokenFile(String),
 }
 
 fn millis(
@@ -95,17 +109,24 @@ impl Settings {
     /// empty config means every default.
     pub fn parse(config: &[u8]) -> Result<Self, SettingsError> {
         let text = std::str::from_utf8(config).map_err(|e| SettingsError::Syntax(e.to_string()))?;
-        if text.trim().is_empty() {
-            return Ok(Self::default());
+        let raw: Raw = if text.trim().is_empty() {
+            serde_json::from_str("{}")
+        } else {
+            serde_json::from_str(text)
         }
-        let raw: Raw =
-            serde_json::from_str(text).map_err(|e| SettingsError::Syntax(e.to_string()))?;
+        .map_err(|e| SettingsError::Syntax(e.to_string()))?;
         let defaults = Self::default();
         let cluster = raw.cluster.unwrap_or(defaults.cluster);
         if cluster.trim().is_empty() {
             return Err(SettingsError::EmptyCluster);
         }
+        let operator_token_file = match raw.operator_token_file {
+            None => defaults.operator_token_file,
+            Some(p) if p.starts_with('/') => PathBuf::from(p),
+            Some(p) => return Err(SettingsError::RelativeTokenFile(p)),
+        };
         let settings = Self {
+            operator_token_file,
             cluster,
             refresh_interval: millis(
                 "refresh_interval_ms",
@@ -145,7 +166,19 @@ impl Settings {
                 refresh: settings.refresh_interval.as_millis() as u64,
             });
         }
+        settings.authorization().map_err(SettingsError::TokenFile)?;
         Ok(settings)
+    }
+
+    /// The `authorization` value a `/placement` fetch sends: the newest token of the operator
+    /// token file, read now. The error names the file and what is wrong with it.
+    pub fn authorization(&self) -> Result<String, String> {
+        let path = self.operator_token_file.display();
+        let text = std::fs::read_to_string(&self.operator_token_file)
+            .map_err(|e| format!("{path}: {e}"))?;
+        let token = poc_routing_wire::newest_operator_token(&text)
+            .ok_or_else(|| format!("{path}: no token in it"))?;
+        Ok(format!("Bearer {token}"))
     }
 }
 
@@ -167,17 +200,34 @@ fn bound(field: &'static str, raw: Option<u32>, default: u32) -> Result<u32, Set
 mod tests {
     use super::*;
 
+    /// A token file for the tests (a config whose file is missing is refused).
+    fn token_file() -> String {
+        let path = std::env::temp_dir().join(format!("poc-module-token-{}", std::process::id()));
+        std::fs::write(&path, "# old\nfirst-token-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\nnewest-token-bbbbbbbbbbbbbbbbbbbbbbbbbbbb\n").unwrap();
+        path.display().to_string()
+    }
+
+    fn with_token(json: &str) -> Vec<u8> {
+        let file = token_file();
+        let sep = if json.trim() == "{}" { "" } else { "," };
+        json.replacen('{', &format!("{{\"operator_token_file\":{file:?}{sep}"), 1)
+            .into_bytes()
+    }
+
     #[test]
-    fn empty_means_defaults() {
-        assert_eq!(Settings::parse(b"").unwrap(), Settings::default());
-        assert_eq!(Settings::parse(b"{}").unwrap(), Settings::default());
+    fn empty_means_defaults_and_needs_the_default_token_file() {
+        let err = Settings::parse(b"").unwrap_err().to_string();
+        assert!(err.contains(DEFAULT_OPERATOR_TOKEN_FILE), "{err}");
+        let s = Settings::parse(&with_token("{}")).unwrap();
+        assert_eq!(s.cluster, Settings::default().cluster);
+        assert_eq!(s.authorization().unwrap(), "Bearer newest-token-bbbbbbbbbbbbbbbbbbbbbbbbbbbb");
     }
 
     #[test]
     fn every_field() {
-        let s = Settings::parse(
-            br#"{"cluster":"x","refresh_interval_ms":100,"fetch_timeout_ms":300,"stale_after_ms":2000,"max_in_flight_per_owner":7}"#,
-        )
+        let s = Settings::parse(&with_token(
+            r#"{"cluster":"x","refresh_interval_ms":100,"fetch_timeout_ms":300,"stale_after_ms":2000,"max_in_flight_per_owner":7}"#,
+        ))
         .unwrap();
         assert_eq!(s.max_in_flight_per_owner, 7);
         assert_eq!(s.cluster, "x");
@@ -209,8 +259,23 @@ mod tests {
                 b"{\"max_in_flight_per_owner\":0}",
                 "filter_config.max_in_flight_per_owner must be between 1",
             ),
+            (
+                b"{\"operator_token_file\":\"token\"}",
+                "filter_config.operator_token_file must be an absolute path",
+            ),
+            (
+                b"{\"operator_token_file\":\"/nonexistent/token\"}",
+                "filter_config.operator_token_file: /nonexistent/token: No such file",
+            ),
         ];
         for (config, expected) in cases {
+            let text = String::from_utf8_lossy(config);
+            let config = if text.starts_with('{') && !text.contains("operator_token_file") {
+                with_token(&text)
+            } else {
+                config.to_vec()
+            };
+            let config = config.as_slice();
             let err = Settings::parse(config).unwrap_err().to_string();
             assert!(
                 err.contains(expected),

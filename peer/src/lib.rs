@@ -7,6 +7,7 @@
 //! - [`listener`]: the peer listener for axum, handshakes off the accept loop, bounded.
 //! - [`PeerClient`]: the one HTTP client every peer request goes through.
 //! - [`operator`]: the operator's bearer tokens for the endpoints that list client ids.
+//! - [`secrets`]: a deployment's two secrets side by side, and `poc-server credential`.
 //!
 //! [`Credentials`] holds what is in force now, and [`Credentials::reload`] re-reads the
 //! directory (the server does every few seconds), so a rotation needs no restart.
@@ -14,6 +15,7 @@
 pub mod credential;
 pub mod listener;
 pub mod operator;
+pub mod secrets;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};

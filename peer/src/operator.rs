@@ -31,12 +31,8 @@ fn digest(token: &[u8]) -> [u8; 32] {
     out
 }
 
-/// The tokens in a file's text, in order.
-fn lines(text: &str) -> impl Iterator<Item = &str> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-}
+use poc_routing_wire::operator_tokens as lines;
+pub use poc_routing_wire::newest_operator_token as newest;
 
 impl Tokens {
     /// Reads a token file.
@@ -95,11 +91,6 @@ impl Tokens {
     pub fn is_empty(&self) -> bool {
         self.digests.is_empty()
     }
-}
-
-/// The token a tool sends from a token file: its last one.
-pub fn newest(text: &str) -> Option<&str> {
-    lines(text).last()
 }
 
 /// A new token: 32 random bytes in hex.

@@ -386,7 +386,7 @@ mod tests {
             std::sync::OnceLock::new();
         let (_, peer, token) = SECRETS.get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
-            let made = crate::credential::new(dir.path()).unwrap();
+            let made = poc_routing_peer::secrets::new(dir.path()).unwrap();
             let (peer, token) = (made.peer.display().to_string(), made.token.display().to_string());
             (dir, peer, token)
         });

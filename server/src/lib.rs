@@ -20,7 +20,6 @@
 
 pub mod auth;
 pub mod config;
-pub mod credential;
 pub mod discovery;
 pub mod error;
 pub mod gossip;

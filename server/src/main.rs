@@ -4,7 +4,7 @@
 //! answered 200: a container health check that needs no curl in the image.
 //!
 //! `poc-server credential new|rotate|promote|retire|show DIR` makes and rotates a deployment's
-//! credentials ([`poc_routing_server::credential`]).
+//! credentials ([`poc_routing_peer::secrets`]).
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
@@ -48,7 +48,7 @@ async fn main() -> ExitCode {
         Some("healthcheck") => return healthcheck(),
         Some("credential") => {
             let args: Vec<String> = std::env::args().skip(2).collect();
-            return ExitCode::from(poc_routing_server::credential::command(&args));
+            return ExitCode::from(poc_routing_peer::secrets::command(&args));
         }
         Some(other) => {
             eprintln!("poc-server: unknown argument {other:?}; the server is configured by environment variables (see README); `poc-server healthcheck` checks a running one, and `poc-server credential` makes and rotates credentials");

@@ -62,7 +62,7 @@ async fn spawn_app(mode: IndexMode, instance: Option<u64>) -> TestApp {
     let placement = Placement::contiguous(PlacementSpec::new(mode, Naming::compose()), 3).unwrap();
     let identity = Arc::new(instance.map(Identity::known).unwrap_or_default());
     let secrets = tempfile::tempdir().unwrap();
-    let made = poc_routing_server::credential::new(secrets.path()).unwrap();
+    let made = poc_routing_peer::secrets::new(secrets.path()).unwrap();
     let operator = Arc::new(Operator::load(made.token.clone()).unwrap());
     let state = Arc::new(AppState::new(placement.clone(), identity, 1000, operator));
     let token = std::fs::read_to_string(&made.token).unwrap();

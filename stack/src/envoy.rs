@@ -278,7 +278,7 @@ pub const LUA_FLOW_FILE: &str = "envoy-lua.yaml";
 
 /// Where the local stack's Envoy listens: each of `envoy.yaml`'s listeners, by name, and the
 /// admin interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Addresses {
     /// `ingress`: the public listener (10000 in `envoy.yaml`).
     pub listen: SocketAddr,
@@ -290,6 +290,9 @@ pub struct Addresses {
     pub operator: SocketAddr,
     /// The DNS responder every resolver is pointed at.
     pub dns: SocketAddr,
+    /// The operator's token file the routing module reads (in place of the deployments'
+    /// mount point; not an address, but as local as the rest).
+    pub operator_token: PathBuf,
 }
 
 impl Addresses {
@@ -333,7 +336,24 @@ pub fn local_config(envoy_yaml: &str, at: &Addresses, flow: Option<Flow>) -> Res
     if set_dns_resolvers(&mut config, at.dns) == 0 {
         bail!("envoy.yaml has no CaresDnsResolverConfig to point at the local DNS responder");
     }
+    set_token_file(&mut config, &at.operator_token);
     Ok(serde_yaml::to_string(&config)?)
+}
+
+/// Points every routing module filter config that names an operator token file at `path`.
+fn set_token_file(value: &mut Value, path: &Path) {
+    match value {
+        Value::Mapping(m) => {
+            if m.contains_key("operator_token_file") {
+                m.insert("operator_token_file".into(), path.display().to_string().into());
+            }
+            for (_, v) in m.iter_mut() {
+                set_token_file(v, path);
+            }
+        }
+        Value::Sequence(items) => items.iter_mut().for_each(|v| set_token_file(v, path)),
+        _ => {}
+    }
 }
 
 /// What replaces a repository file in Envoy's working directory: a fault to inject, or a
@@ -442,6 +462,7 @@ mod tests {
             probe: at(18002),
             operator: at(18003),
             dns: at(15353),
+            operator_token: "/run/token".into(),
         }
     }
 

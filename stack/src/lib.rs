@@ -25,6 +25,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use poc_routing_peer::secrets;
 use poc_routing_placement::{IndexMode, Placement, PlacementSpec};
 use poc_routing_wire::PlacementAnswer;
 
@@ -34,6 +35,9 @@ use poc_routing_testkit::{wait_until_2xx, KillOnDrop};
 
 /// The port every instance listens on, as in `envoy.yaml`'s servers cluster.
 pub const SERVER_PORT: u16 = poc_routing_placement::DEFAULT_PORT;
+
+/// Every instance's peer listener (mutual TLS), on its own address like its public one.
+pub const PEER_PORT: u16 = 7946;
 
 /// Which deployment the stack imitates: its instance names and how they are discovered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -103,6 +107,9 @@ pub struct StackConfig {
     pub discovery: bool,
     /// Extra environment for every server, e.g. `DOWN_TIMEOUT_S`.
     pub server_env: Vec<(String, String)>,
+    /// The deployment's secrets (`poc-server credential new` layout): the cluster's
+    /// credential and the operator's token. `None`: `<run_dir>/secrets`, made on first start.
+    pub secrets: Option<PathBuf>,
 }
 
 impl StackConfig {
@@ -127,6 +134,7 @@ impl StackConfig {
             envoy_component_log_level: "lua:info,dynamic_modules:info".into(),
             discovery: true,
             server_env: Vec::new(),
+            secrets: None,
         }
     }
 
@@ -156,6 +164,8 @@ pub struct Stack {
     envoy: Option<KillOnDrop>,
     next_host: u8,
     http: reqwest::Client,
+    /// The deployment's secrets ([`StackConfig::secrets`]).
+    secrets: PathBuf,
 }
 
 impl Stack {
@@ -171,7 +181,16 @@ impl Stack {
             .await
             .with_context(|| format!("start the DNS responder on {}", config.dns))?;
         let placement = config.placement();
+        let secrets = config
+            .secrets
+            .clone()
+            .unwrap_or_else(|| config.run_dir.join("secrets"));
+        if !secrets::peer_dir(&secrets).join("ca.pem").exists() {
+            secrets::new(&secrets)
+                .with_context(|| format!("make the stack's credentials in {}", secrets.display()))?;
+        }
         let mut stack = Stack {
+            secrets,
             next_host: config.first_host,
             placement,
             dns,
@@ -202,6 +221,7 @@ impl Stack {
                 probe: stack.config.probe,
                 operator: stack.config.operator,
                 dns: stack.dns.addr(),
+                operator_token: secrets::token_file(&stack.secrets),
             },
             stack.config.flow,
             envoy::Overrides {
@@ -299,6 +319,9 @@ impl Stack {
             .env("BIND_ADDR", ip.to_string())
             .env("INSTANCE_INDEX", index.to_string())
             .env("LOG_FORMAT", "json")
+            .env("PEER_PORT", PEER_PORT.to_string())
+            .env("PEER_CREDENTIAL_DIR", secrets::peer_dir(&self.secrets))
+            .env("OPERATOR_TOKEN_FILE", secrets::token_file(&self.secrets))
             .envs(self.config.server_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(open_log(&log)?)
@@ -437,6 +460,19 @@ impl Stack {
         format!("http://{}", self.config.listen)
     }
 
+    /// The deployment's secrets: `peer/` (the cluster's credential) and `operator/token`.
+    pub fn secrets(&self) -> &Path {
+        &self.secrets
+    }
+
+    /// The operator's token the tools send (the newest in the token file; empty if none).
+    pub fn operator_token(&self) -> String {
+        std::fs::read_to_string(secrets::token_file(&self.secrets))
+            .ok()
+            .and_then(|t| poc_routing_wire::newest_operator_token(&t).map(str::to_owned))
+            .unwrap_or_default()
+    }
+
     /// Envoy's operator listener, e.g. `http://127.0.0.1:9903`.
     pub fn operator_url(&self) -> String {
         format!("http://{}", self.config.operator)
@@ -572,7 +608,8 @@ impl Stack {
         let mut views = BTreeMap::new();
         for (&index, server) in &self.servers {
             let url = format!("http://{}:{SERVER_PORT}/placement", server.ip);
-            let view = match self.http.get(&url).send().await {
+            let request = self.http.get(&url).bearer_auth(self.operator_token());
+            let view = match request.send().await {
                 Ok(r) => r.json().await.ok(),
                 Err(_) => None,
             };

@@ -244,6 +244,9 @@ async fn main() -> ExitCode {
             config.dns = dns;
             config.flow = flow;
             config.envoy_component_log_level = envoy_log_level;
+            // The repository's own secrets (made here if missing), where poc-client and
+            // `docker compose` find them too.
+            config.secrets = Some(poc_routing_stack::envoy::repo_root().join(".secrets"));
             up(config).await
         }
         Cmd::Down { run_dir } => down(&run_dir),

@@ -388,3 +388,17 @@ pub struct SessionMoved {
     pub owner: u64,
     pub epoch: String,
 }
+
+/// The tokens of an operator token file (`OPERATOR_TOKEN_FILE`), in order: one a line, blank
+/// lines and `#` comments aside. Servers accept every one; tools and the routing module send
+/// the last ([`newest_operator_token`]), so a rotation appends a token, then drops the others.
+pub fn operator_tokens(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
+
+/// The token a tool sends from an operator token file: its last.
+pub fn newest_operator_token(text: &str) -> Option<&str> {
+    operator_tokens(text).last()
+}

@@ -225,11 +225,21 @@ unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
             return;
         }
         let settings = config.placement.settings();
+        let authorization = match settings.authorization() {
+            Ok(a) => a,
+            Err(why) => {
+                let why = format!("GET /placement needs the operator's token: {why}");
+                // SAFETY: config_envoy is live: we are inside its scheduled hook.
+                unsafe { report(config_envoy, config, config.placement.fetch_failed(why)) };
+                return;
+            }
+        };
         let mut headers = [
             HttpHeader::of(":method", b"GET"),
             HttpHeader::of(":path", b"/placement"),
             HttpHeader::of("host", settings.cluster.as_bytes()),
             HttpHeader::of("accept", b"application/json"),
+            HttpHeader::of("authorization", authorization.as_bytes()),
         ];
         let mut callout_id = 0u64;
         // SAFETY: config_envoy is live (main thread, inside its hook); the headers and cluster

@@ -1,4 +1,4 @@
-//! `poc-server credential`: makes a deployment's credentials and rotates them.
+//! A deployment's secrets, as `poc-server credential` makes and rotates them.
 //!
 //! A credential directory `DIR` holds two secrets, kept apart because they go to different
 //! readers:
@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use poc_routing_peer::{credential, operator, CredentialError, Fingerprints};
+use crate::{credential, operator, CredentialError, Fingerprints};
 
 /// Where `new` put the two secrets.
 #[derive(Debug)]
