@@ -28,7 +28,12 @@ struct Cli {
     /// The operator's token file, for the commands that read the operator's endpoints (views,
     /// audit, scale-step). Else POC_OPERATOR_TOKEN (the token itself), else
     /// .secrets/operator/token if it exists.
-    #[arg(long, global = true, env = "POC_OPERATOR_TOKEN_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "POC_OPERATOR_TOKEN_FILE",
+        value_name = "FILE"
+    )]
     operator_token_file: Option<PathBuf>,
 }
 

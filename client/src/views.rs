@@ -65,10 +65,10 @@ pub async fn direct(urls: &[String], token: Option<String>) -> Vec<InstanceView>
     let reads = urls.iter().map(|url| {
         let token = token.clone();
         async move {
-        match placement(&Api::new(url).with_token(token)).await {
-            Ok(body) => InstanceView::from_placement(url.clone(), &body),
-            Err(e) => InstanceView::failed(url.clone(), e),
-        }
+            match placement(&Api::new(url).with_token(token)).await {
+                Ok(body) => InstanceView::from_placement(url.clone(), &body),
+                Err(e) => InstanceView::failed(url.clone(), e),
+            }
         }
     });
     futures::future::join_all(reads).await

@@ -274,7 +274,12 @@ pub async fn registered_at(stack: &Stack, id: &str) -> Vec<u64> {
     for index in stack.running() {
         let addr = stack.instance_addr(index).unwrap();
         let url = format!("http://{addr}/clients?limit=1000");
-        let Ok(r) = http.get(url).bearer_auth(stack.operator_token()).send().await else {
+        let Ok(r) = http
+            .get(url)
+            .bearer_auth(stack.operator_token())
+            .send()
+            .await
+        else {
             continue;
         };
         let clients: serde_json::Value = r.json().await.unwrap_or_default();

@@ -140,15 +140,25 @@ async fn raw_http(addr: std::net::SocketAddr, request: &str) -> String {
 async fn operator_listener(stack: &Stack) {
     let operator = stack.operator_url();
     for path in ["/placement", "/clients", "/metrics", "/registrations"] {
-        let (status, body) = get(&reqwest::Client::new(), reqwest::Method::GET, &format!("{operator}{path}")).await;
+        let (status, body) = get(
+            &reqwest::Client::new(),
+            reqwest::Method::GET,
+            &format!("{operator}{path}"),
+        )
+        .await;
         json_error(status, &body, 401, "unauthorized");
     }
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
-        format!("Bearer {}", stack.operator_token()).parse().unwrap(),
+        format!("Bearer {}", stack.operator_token())
+            .parse()
+            .unwrap(),
     );
-    let http = reqwest::Client::builder().default_headers(headers).build().unwrap();
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
     let (status, body) = get(
         &http,
         reqwest::Method::GET,

@@ -20,7 +20,10 @@ fn envoy_yaml_passes_validate_mode() {
     std::fs::write(&token, format!("{}\n", "t".repeat(64))).unwrap();
     let yaml = std::fs::read_to_string(envoy::repo_root().join("envoy.yaml"))
         .unwrap()
-        .replace("/etc/poc-routing/operator/token", &token.display().to_string());
+        .replace(
+            "/etc/poc-routing/operator/token",
+            &token.display().to_string(),
+        );
     std::fs::write(dir.path().join("envoy.yaml"), yaml).unwrap();
     let out = Command::new(bin)
         .current_dir(envoy::repo_root())
@@ -94,8 +97,10 @@ async fn ids_are_decoded_once_and_alike_on_both_hops() {
     let _turn = serial().await;
     let mut c = config("decoding", 3, Deployment::Compose, IndexMode::Hash);
     // Joins are logged with their id at debug level only (ids are users' ids).
-    c.server_env
-        .push(("RUST_LOG".into(), "info,poc_routing_server::routes=debug".into()));
+    c.server_env.push((
+        "RUST_LOG".into(),
+        "info,poc_routing_server::routes=debug".into(),
+    ));
     let stack = start(c).await;
     // Raw queries whose decoding is easy to get wrong between Lua, Envoy and the server.
     for raw in [

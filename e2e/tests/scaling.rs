@@ -173,10 +173,10 @@ async fn epoch_changes(stack: &Stack) -> u64 {
         .bearer_auth(stack.operator_token())
         .send()
         .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     metrics
         .lines()
         .find_map(|l| l.strip_prefix("poc_epoch_changes_total "))

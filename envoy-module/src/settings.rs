@@ -220,7 +220,10 @@ mod tests {
         assert!(err.contains(DEFAULT_OPERATOR_TOKEN_FILE), "{err}");
         let s = Settings::parse(&with_token("{}")).unwrap();
         assert_eq!(s.cluster, Settings::default().cluster);
-        assert_eq!(s.authorization().unwrap(), "Bearer newest-token-bbbbbbbbbbbbbbbbbbbbbbbbbbbb");
+        assert_eq!(
+            s.authorization().unwrap(),
+            "Bearer newest-token-bbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+        );
     }
 
     #[test]

@@ -23,8 +23,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -176,7 +176,9 @@ impl Authority {
         let issuer = Issuer::from_ca_cert_der(&der, &key)
             .map_err(|e| CredentialError::invalid(path, format!("the certificate: {e}")))?;
         let probe = KeyPair::generate()
-            .and_then(|k| CertificateParams::new(vec![PEER_NAME.to_owned()])?.signed_by(&k, &issuer))
+            .and_then(|k| {
+                CertificateParams::new(vec![PEER_NAME.to_owned()])?.signed_by(&k, &issuer)
+            })
             .map_err(|e| CredentialError::invalid(path, format!("the certificate and key: {e}")))?;
         if !issued_by(&probe, &der) {
             return Err(CredentialError::invalid(
@@ -459,6 +461,9 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let err = Keyring::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("ca.pem") && err.contains("No such file"), "{err}");
+        assert!(
+            err.contains("ca.pem") && err.contains("No such file"),
+            "{err}"
+        );
     }
 }

@@ -31,8 +31,8 @@ fn digest(token: &[u8]) -> [u8; 32] {
     out
 }
 
-use poc_routing_wire::operator_tokens as lines;
 pub use poc_routing_wire::newest_operator_token as newest;
+use poc_routing_wire::operator_tokens as lines;
 
 impl Tokens {
     /// Reads a token file.
@@ -162,7 +162,10 @@ mod tests {
             Some(bearer("")),
             Some(bearer(&generate())),
         ] {
-            assert!(!tokens.accepts(bad.as_deref().map(str::as_bytes)), "{bad:?}");
+            assert!(
+                !tokens.accepts(bad.as_deref().map(str::as_bytes)),
+                "{bad:?}"
+            );
         }
 
         rotate(&path).unwrap();
@@ -187,11 +190,15 @@ mod tests {
             ("# only a comment\n\n", "no token"),
             ("short\n", "at least 32"),
         ] {
-            let err = Tokens::parse(Path::new("/t"), text).unwrap_err().to_string();
+            let err = Tokens::parse(Path::new("/t"), text)
+                .unwrap_err()
+                .to_string();
             assert!(err.starts_with("/t: ") && err.contains(want), "{err}");
         }
         let many = (0..9).map(|_| generate()).collect::<Vec<_>>().join("\n");
-        let err = Tokens::parse(Path::new("/t"), &many).unwrap_err().to_string();
+        let err = Tokens::parse(Path::new("/t"), &many)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("at most 8"), "{err}");
     }
 }

@@ -20,9 +20,9 @@ pub fn provider() -> Arc<CryptoProvider> {
 fn roots(keyring: &Keyring) -> Result<Arc<RootCertStore>, rustls::Error> {
     let mut roots = RootCertStore::empty();
     for authority in keyring.trusted() {
-        roots
-            .add(authority.certificate().clone())
-            .map_err(|e| rustls::Error::General(format!("authority {}: {e}", authority.fingerprint())))?;
+        roots.add(authority.certificate().clone()).map_err(|e| {
+            rustls::Error::General(format!("authority {}: {e}", authority.fingerprint()))
+        })?;
     }
     Ok(Arc::new(roots))
 }

@@ -29,14 +29,15 @@ async fn serve(dir: &Path) -> Peer {
         counter.fetch_add(1, Ordering::Relaxed);
     })
     .unwrap();
-    let app = axum::Router::new().route(
-        "/who",
-        get(
-            |axum::extract::ConnectInfo(PeerAddr(addr)): axum::extract::ConnectInfo<PeerAddr>| async move {
-                addr.ip().to_string()
-            },
-        ),
-    );
+    let app =
+        axum::Router::new().route(
+            "/who",
+            get(
+                |axum::extract::ConnectInfo(PeerAddr(addr)): axum::extract::ConnectInfo<
+                    PeerAddr,
+                >| async move { addr.ip().to_string() },
+            ),
+        );
     tokio::spawn(async move {
         axum::serve(
             listener,
@@ -77,7 +78,10 @@ async fn only_a_holder_of_the_cluster_credential_gets_an_answer() {
     credential::create(stranger.path()).unwrap();
     let peer = serve(cluster.path()).await;
 
-    assert_eq!(who(&client(cluster.path(), peer.port)).await.unwrap(), "127.0.0.1");
+    assert_eq!(
+        who(&client(cluster.path(), peer.port)).await.unwrap(),
+        "127.0.0.1"
+    );
 
     // A credential of its own, not the cluster's: refused at the handshake.
     let err = who(&client(stranger.path(), peer.port)).await.unwrap_err();
@@ -116,22 +120,23 @@ async fn a_rotation_keeps_every_pair_of_instances_talking() {
     let a = serve(dir.path()).await;
     let b = serve(dir.path()).await;
     let talk = |from: &Peer, to: &Peer| PeerClient::new(from.credentials.clone(), to.port);
-    let step = |name: &'static str, step: fn(&Path) -> Result<credential::Fingerprints, credential::CredentialError>| {
-        let dir = dir.path().to_owned();
-        move || {
-            step(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
-        }
-    };
-    let steps: [(&str, Box<dyn Fn()>); 3] = [
-        ("rotate", Box::new(step("rotate", credential::rotate))),
-        ("promote", Box::new(step("promote", credential::promote))),
-        ("retire", Box::new(step("retire", credential::retire))),
+    type Step = fn(&Path) -> Result<credential::Fingerprints, credential::CredentialError>;
+    let steps: [(&str, Step); 3] = [
+        ("rotate", credential::rotate),
+        ("promote", credential::promote),
+        ("retire", credential::retire),
     ];
-    for (name, run) in steps {
-        run();
+    for (name, step) in steps {
+        step(dir.path()).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(a.credentials.reload().unwrap(), "{name}: a sees the change");
-        assert!(who(&talk(&a, &b)).await.is_ok(), "{name}: a (new) to b (old)");
-        assert!(who(&talk(&b, &a)).await.is_ok(), "{name}: b (old) to a (new)");
+        assert!(
+            who(&talk(&a, &b)).await.is_ok(),
+            "{name}: a (new) to b (old)"
+        );
+        assert!(
+            who(&talk(&b, &a)).await.is_ok(),
+            "{name}: b (old) to a (new)"
+        );
         b.credentials.reload().unwrap();
         assert!(who(&talk(&a, &b)).await.is_ok(), "{name}: both new");
     }

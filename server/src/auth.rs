@@ -75,10 +75,7 @@ pub async fn watch(operator: Arc<Operator>, peer: Option<Arc<Credentials>>) {
         tokio::time::sleep(RELOAD_EVERY).await;
         let mut errors = Vec::new();
         match operator.reload() {
-            Ok(true) => tracing::info!(
-                accepted = operator.accepted(),
-                "operator tokens changed"
-            ),
+            Ok(true) => tracing::info!(accepted = operator.accepted(), "operator tokens changed"),
             Ok(false) => {}
             Err(e) => errors.push(format!("OPERATOR_TOKEN_FILE {e}")),
         }

@@ -387,7 +387,10 @@ mod tests {
         let (_, peer, token) = SECRETS.get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
             let made = poc_routing_peer::secrets::new(dir.path()).unwrap();
-            let (peer, token) = (made.peer.display().to_string(), made.token.display().to_string());
+            let (peer, token) = (
+                made.peer.display().to_string(),
+                made.token.display().to_string(),
+            );
             (dir, peer, token)
         });
         (peer.clone(), token.clone())

@@ -34,10 +34,10 @@ use poc_routing_wire::{PeerDigest, PeerTable};
 
 use crate::identity::{own_addresses, Identity, Source};
 use crate::membership::{Change, MemberState, Membership, Peer};
-use crate::wall_us;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::rounds::Rounds;
+use crate::wall_us;
 
 /// How the servers find each other.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -291,7 +291,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-
 impl Discovery {
     pub fn new(
         finder: Finder,
@@ -446,7 +445,8 @@ impl Discovery {
     fn count_refused(&self, news: &crate::gossip::News) {
         for (reason, n) in news.refused.counts() {
             if n > 0 {
-                self.metrics.peer_refused
+                self.metrics
+                    .peer_refused
                     .get_or_create(&crate::metrics::ReasonLabel { reason })
                     .inc_by(u64::from(n));
                 tracing::debug!(reason, count = n, "peer cards refused or cut");

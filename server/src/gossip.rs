@@ -221,9 +221,17 @@ impl Gossip {
     /// A card about `me` arrived: one newer than its own card (or, with the same version,
     /// different from it) is refuted at the next write, above its version. One of its own
     /// previous life (a restart whose clock is behind) is outbid the same way, so it rejoins.
-    fn about_me(&mut self, me: u64, news: &mut News, version: u64, same: impl FnOnce(&Card) -> bool) {
+    fn about_me(
+        &mut self,
+        me: u64,
+        news: &mut News,
+        version: u64,
+        same: impl FnOnce(&Card) -> bool,
+    ) {
         let newer = match self.cards.get(&me) {
-            Some(own) => version > own.card.version || (version == own.card.version && !same(&own.card)),
+            Some(own) => {
+                version > own.card.version || (version == own.card.version && !same(&own.card))
+            }
             None => version > self.last_version,
         };
         if newer {
@@ -284,7 +292,13 @@ impl Gossip {
     /// view's window is cut to the transition window, a view whose member list is not a sorted
     /// set of at most `MAX_MEMBERS` is refused with its cards. A card about `me` is never
     /// taken: a newer one is refuted ([`News::refute`]).
-    pub fn merge(&mut self, me: Option<u64>, table: &PeerTable, now: Instant, wall_us: u64) -> News {
+    pub fn merge(
+        &mut self,
+        me: Option<u64>,
+        table: &PeerTable,
+        now: Instant,
+        wall_us: u64,
+    ) -> News {
         let mut news = News::default();
         let horizon = wall_us.saturating_add(MAX_CLOCK_SKEW.as_micros() as u64);
         let views: HashMap<&str, &Vec<u64>> = table
@@ -737,7 +751,10 @@ mod tests {
             }],
             views: vec![],
         };
-        assert!(g.merge(Some(0), &card(10, MemberState::Member), now, WALL).states);
+        assert!(
+            g.merge(Some(0), &card(10, MemberState::Member), now, WALL)
+                .states
+        );
         assert_eq!(
             g.merge(Some(0), &card(9, MemberState::Leaving), now, WALL),
             News::default()
@@ -785,18 +802,36 @@ mod tests {
         // Instance 2 is said to be leaving, at a version above its own (and within the skew).
         let lie = forged(2, 5_000);
         assert!(nodes[0].merge(Some(0), &lie, now, WALL).states);
-        assert_eq!(nodes[0].observed(Some(0), now)[1].state, Some(MemberState::Leaving));
+        assert_eq!(
+            nodes[0].observed(Some(0), now)[1].state,
+            Some(MemberState::Leaving)
+        );
         // The lie reaches 2 in its next sync with 0; 2 refutes it: its next write is above.
         let t0 = nodes[0].table(Some(0), None, now);
         let news = nodes[2].merge(Some(2), &t0, now, WALL);
         assert!(news.refute, "{news:?}");
-        let change = nodes[2].set_own(2, MemberState::Member, Some((epoch(3), &all)), None, &[], 1_002, now);
-        assert_eq!(change, OwnChange::State, "pushed to every peer, as a state change is");
+        let change = nodes[2].set_own(
+            2,
+            MemberState::Member,
+            Some((epoch(3), &all)),
+            None,
+            &[],
+            1_002,
+            now,
+        );
+        assert_eq!(
+            change,
+            OwnChange::State,
+            "pushed to every peer, as a state change is"
+        );
         assert!(nodes[2].version_of(2) > 5_000);
         // The refutation replaces the lie wherever it arrives.
         let t2 = nodes[2].table(Some(2), Some(2), now);
         assert!(nodes[0].merge(Some(0), &t2, now, WALL).states);
-        assert_eq!(nodes[0].observed(Some(0), now)[1].state, Some(MemberState::Member));
+        assert_eq!(
+            nodes[0].observed(Some(0), now)[1].state,
+            Some(MemberState::Member)
+        );
         // Its own card relayed back unchanged is not news, and needs no refutation.
         assert!(!nodes[2].merge(Some(2), &t2, now, WALL).refute);
         // A card of the same version as its own but other content is a lie too.
@@ -833,12 +868,24 @@ mod tests {
         t.cards[0].previous = Some(epoch(2).to_string());
         t.cards[0].previous_left_ms = u64::MAX;
         t.cards[0].removed = vec![
-            PeerRemoval { instance: 2, version: u64::MAX },
-            PeerRemoval { instance: 2, version: WALL + skew + 1 },
+            PeerRemoval {
+                instance: 2,
+                version: u64::MAX,
+            },
+            PeerRemoval {
+                instance: 2,
+                version: WALL + skew + 1,
+            },
         ];
         t.views = vec![
-            PeerViewMembers { epoch: epoch(3).to_string(), members: vec![0, 1, 2] },
-            PeerViewMembers { epoch: epoch(2).to_string(), members: vec![0, 1] },
+            PeerViewMembers {
+                epoch: epoch(3).to_string(),
+                members: vec![0, 1, 2],
+            },
+            PeerViewMembers {
+                epoch: epoch(2).to_string(),
+                members: vec![0, 1],
+            },
         ];
         let news = g.merge(Some(0), &t, now, WALL);
         assert!(news.cards);
@@ -873,8 +920,14 @@ mod tests {
         assert!(news.refute);
         restarted.set_own(1, MemberState::Joining, None, None, &[], 1_001, now);
         assert!(restarted.version_of(1) > 900_000);
-        assert!(peer.merge(Some(0), &restarted.table(Some(1), Some(1), now), now, WALL).states);
-        assert_eq!(peer.observed(Some(0), now)[0].state, Some(MemberState::Joining));
+        assert!(
+            peer.merge(Some(0), &restarted.table(Some(1), Some(1), now), now, WALL)
+                .states
+        );
+        assert_eq!(
+            peer.observed(Some(0), now)[0].state,
+            Some(MemberState::Joining)
+        );
     }
 
     #[test]

@@ -31,13 +31,13 @@ use poc_routing_wire::{HandOff, HandOffAck, MemberState, Registration, MAX_SERVE
 use crate::discovery::Discovery;
 use crate::error::ApiError;
 use crate::gossip::MAX_CLOCK_SKEW;
-use crate::registry::MAX_JOIN_COUNTERS;
 use crate::identity::Identity;
 use crate::membership::Membership;
-use crate::wall_us;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::registry::MAX_JOIN_COUNTERS;
 use crate::sessions::Sessions;
+use crate::wall_us;
 
 /// The most registrations one `POST /peer/handoff` carries.
 pub const BATCH: usize = 1000;
@@ -325,16 +325,24 @@ impl HandOffs {
 pub fn validate(handoff: &HandOff, now_us: u64) -> Result<(), String> {
     let n = handoff.registrations.len();
     if n > BATCH {
-        return Err(format!("{n} registrations in one hand-off; at most {BATCH}"));
+        return Err(format!(
+            "{n} registrations in one hand-off; at most {BATCH}"
+        ));
     }
     let horizon = now_us.saturating_add(MAX_CLOCK_SKEW.as_micros() as u64);
     for (i, r) in handoff.registrations.iter().enumerate() {
         let problem = if let Err(e) = ClientId::try_from(r.client_id.as_str()) {
             Some(format!("an invalid client id ({})", e.code()))
         } else if r.joins.len() > MAX_JOIN_COUNTERS {
-            Some(format!("{} join counters; at most {MAX_JOIN_COUNTERS}", r.joins.len()))
+            Some(format!(
+                "{} join counters; at most {MAX_JOIN_COUNTERS}",
+                r.joins.len()
+            ))
         } else if r.served.len() > MAX_SERVED {
-            Some(format!("{} served entries; at most {MAX_SERVED}", r.served.len()))
+            Some(format!(
+                "{} served entries; at most {MAX_SERVED}",
+                r.served.len()
+            ))
         } else if r.served.iter().any(|s| s.epoch.parse::<Epoch>().is_err()) {
             Some("a served entry whose epoch is not 16 hex digits".to_owned())
         } else if r.first_join_us > r.last_join_us || r.last_join_us > horizon {
@@ -348,7 +356,6 @@ pub fn validate(handoff: &HandOff, now_us: u64) -> Result<(), String> {
     }
     Ok(())
 }
-
 
 /// The owner of `id` under `placement` (ids that do not parse stay where they are).
 fn owner(placement: &Placement, id: &str) -> Option<u64> {

@@ -212,7 +212,9 @@ impl Application {
     pub async fn build(config: Config) -> std::io::Result<Self> {
         let listen = |port: u16, what: &str| {
             let addr = SocketAddr::new(config.bind_addr, port);
-            bind(addr).map_err(|e| std::io::Error::other(format!("cannot listen on {addr} ({what}): {e}")))
+            bind(addr).map_err(|e| {
+                std::io::Error::other(format!("cannot listen on {addr} ({what}): {e}"))
+            })
         };
         let listener = listen(config.placement.port(), "PORT")?;
         let peer = match &config.peer {
@@ -411,8 +413,7 @@ impl Application {
             Some(peer) => {
                 let peer = axum::serve(
                     peer,
-                    peer_router(self.state)
-                        .into_make_service_with_connect_info::<PeerAddr>(),
+                    peer_router(self.state).into_make_service_with_connect_info::<PeerAddr>(),
                 )
                 .with_graceful_shutdown(until_stopped());
                 tokio::try_join!(public, peer).map(|_| ())

@@ -233,7 +233,9 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts one thing refused on the peer plane.
     pub fn refused(&self, reason: &'static str) {
-        self.peer_refused.get_or_create(&ReasonLabel { reason }).inc();
+        self.peer_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts one membership message sent.

@@ -13,20 +13,20 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use poc_routing_peer::PeerAddr;
 use poc_routing_placement::{client_id_from_query, ClientId, Epoch, Placement};
 use poc_routing_wire::{
     Discovery, HandOff, HandOffAck, InstanceRegistrations, JoinAnswer, PeerDigest, PeerTable,
     PeerView, PlacementAnswer, PreviousView, RegistrationsReport, ServedUnder, WhereAnswer,
     EPOCH_HEADER,
 };
-use poc_routing_peer::PeerAddr;
 use serde::Deserialize;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::handoff::HandOffs;
 use crate::membership::{MemberState, Refusal};
-use crate::wall_us;
 use crate::metrics::{CodeLabel, RequestLabels};
+use crate::wall_us;
 use crate::AppState;
 
 pub async fn where_(
@@ -208,7 +208,9 @@ fn record(
     if let Some(evicted) = evicted {
         state.metrics.registrations_evicted.inc();
         tracing::debug!(client_id = %id, evicted = %evicted, "registry full: evicted");
-        tracing::warn!("registry full: the least recently joined registration was evicted (REGISTRY_CAPACITY)");
+        tracing::warn!(
+            "registry full: the least recently joined registration was evicted (REGISTRY_CAPACITY)"
+        );
     }
     state.metrics.joins.inc();
     // A line per join, with the id, at debug level only: ids are users' and sessions' ids, and
@@ -333,7 +335,6 @@ pub async fn placement(State(state): State<Arc<AppState>>) -> Json<PlacementAnsw
         handoff_pending: state.handoffs.as_ref().map_or(0, |h| h.pending()),
     })
 }
-
 
 /// The hand-off's endpoints need discovery, as the gossip's do.
 fn handoffs_of(state: &AppState, request: &str) -> Result<Arc<HandOffs>, ApiError> {

@@ -51,9 +51,14 @@ pub struct Permit(std::sync::Arc<std::sync::atomic::AtomicUsize>);
 
 impl Permit {
     /// A place, if fewer than `max` are taken.
-    pub fn take(count: &std::sync::Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<Self> {
+    pub fn take(
+        count: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        max: usize,
+    ) -> Option<Self> {
         count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| Self(count.clone()))
     }

@@ -556,16 +556,27 @@ async fn operator_endpoints_need_the_token_and_the_peer_plane_is_elsewhere() {
             assert_eq!(r.headers()["www-authenticate"], "Bearer");
             let body: Value = r.json().await.unwrap();
             assert_eq!(body["error"], "unauthorized", "{path}");
-            assert!(body["message"].as_str().unwrap().contains("OPERATOR_TOKEN_FILE"));
+            assert!(body["message"]
+                .as_str()
+                .unwrap()
+                .contains("OPERATOR_TOKEN_FILE"));
         }
         let (status, _) = app.get(path).await;
         assert_eq!(status, 200, "{path} with the token");
     }
     // The public API needs none.
-    let r = anonymous.get(format!("{}/where?client_id=1", app.base)).send().await.unwrap();
+    let r = anonymous
+        .get(format!("{}/where?client_id=1", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     for path in ["/peer/digest", "/peer/registrations"] {
         let (status, body) = app.get(path).await;
-        assert_eq!((status, body["error"].as_str()), (404, Some("not_found")), "{path}");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (404, Some("not_found")),
+            "{path}"
+        );
     }
 }

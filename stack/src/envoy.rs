@@ -345,7 +345,10 @@ fn set_token_file(value: &mut Value, path: &Path) {
     match value {
         Value::Mapping(m) => {
             if m.contains_key("operator_token_file") {
-                m.insert("operator_token_file".into(), path.display().to_string().into());
+                m.insert(
+                    "operator_token_file".into(),
+                    path.display().to_string().into(),
+                );
             }
             for (_, v) in m.iter_mut() {
                 set_token_file(v, path);

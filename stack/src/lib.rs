@@ -186,8 +186,9 @@ impl Stack {
             .clone()
             .unwrap_or_else(|| config.run_dir.join("secrets"));
         if !secrets::peer_dir(&secrets).join("ca.pem").exists() {
-            secrets::new(&secrets)
-                .with_context(|| format!("make the stack's credentials in {}", secrets.display()))?;
+            secrets::new(&secrets).with_context(|| {
+                format!("make the stack's credentials in {}", secrets.display())
+            })?;
         }
         let mut stack = Stack {
             secrets,
@@ -291,6 +292,23 @@ impl Stack {
     }
 
     fn start_instance_with(&mut self, server_bin: &Path, index: u64) -> Result<()> {
+        let secrets = self.secrets.clone();
+        self.spawn_server(server_bin, index, &secrets)
+    }
+
+    /// Starts a process named in DNS as instance `index`, exactly like the others but with
+    /// the secrets in `secrets` (a credential of its own: an attacker's), and leaves it out of
+    /// the stack's expected members. Returns its public address.
+    pub async fn start_stranger(&mut self, index: u64, secrets: &Path) -> Result<SocketAddr> {
+        if self.servers.contains_key(&index) {
+            bail!("instance {index} is already running");
+        }
+        let server_bin = workspace_binary("poc-server")?;
+        self.spawn_server(&server_bin, index, secrets)?;
+        Ok(self.instance_addr(index).expect("just started"))
+    }
+
+    fn spawn_server(&mut self, server_bin: &Path, index: u64, secrets: &Path) -> Result<()> {
         let [a, b, c] = self.config.net;
         let ip = Ipv4Addr::new(a, b, c, self.next_host);
         self.next_host = self
@@ -320,8 +338,8 @@ impl Stack {
             .env("INSTANCE_INDEX", index.to_string())
             .env("LOG_FORMAT", "json")
             .env("PEER_PORT", PEER_PORT.to_string())
-            .env("PEER_CREDENTIAL_DIR", secrets::peer_dir(&self.secrets))
-            .env("OPERATOR_TOKEN_FILE", secrets::token_file(&self.secrets))
+            .env("PEER_CREDENTIAL_DIR", secrets::peer_dir(secrets))
+            .env("OPERATOR_TOKEN_FILE", secrets::token_file(secrets))
             .envs(self.config.server_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(open_log(&log)?)
@@ -606,7 +624,12 @@ impl Stack {
     /// answer).
     pub async fn views(&self) -> BTreeMap<u64, Option<PlacementAnswer>> {
         let mut views = BTreeMap::new();
-        for (&index, server) in &self.servers {
+        // The stack's instances (a stranger started beside them is not one).
+        let members = self
+            .servers
+            .iter()
+            .filter(|(i, _)| self.placement.is_member(**i));
+        for (&index, server) in members {
             let url = format!("http://{}:{SERVER_PORT}/placement", server.ip);
             let request = self.http.get(&url).bearer_auth(self.operator_token());
             let view = match request.send().await {

@@ -1,0 +1,182 @@
+//! The peer plane admits only the cluster. Every forged peer request an attacker on the
+//! instances' network would send (a card removing a member, a forged previous view, a hand-off
+//! of a made-up registration, a read of the registrations) goes to every port of every
+//! server, in plain HTTP and in TLS with a credential of the attacker's own: each is refused
+//! (a 404 on the public port, no handshake on the peer port), and afterwards every instance is
+//! still a member, the views agree, 1000 ids are served by their owners, and the made-up id is
+//! registered nowhere. A stranger process with its own credential, named in DNS as an
+//! instance, never becomes a member.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use poc_routing_client::verify;
+use poc_routing_e2e::*;
+use poc_routing_peer::{secrets, ClientOptions, Credentials, PeerClient};
+use poc_routing_placement::IndexMode;
+use poc_routing_stack::{Deployment, Stack, PEER_PORT, SERVER_PORT};
+use poc_routing_wire::MemberState;
+use serde_json::json;
+
+/// The made-up id the forged hand-off carries.
+const FORGED_ID: &str = "forged-registration";
+
+/// Each forged request: method, path, body.
+fn forgeries(victim: u64) -> Vec<(reqwest::Method, &'static str, serde_json::Value)> {
+    let card = |state: &str| {
+        json!({
+            "from": victim,
+            "cards": [{ "instance": victim, "version": u64::MAX, "state": state,
+                        "epoch": null, "previous": "0123456789abcdef",
+                        "previous_left_ms": u64::MAX, "removed": [{"instance": victim, "version": u64::MAX}] }],
+            "views": [{ "epoch": "0123456789abcdef", "members": [victim] }]
+        })
+    };
+    let handoff = json!({
+        "from": victim,
+        "epoch": "0123456789abcdef",
+        "registrations": [{ "client_id": FORGED_ID, "first_join_us": 1, "last_join_us": 2,
+                            "joins": [{"instance": victim, "tag": 1, "count": 1}], "served": [] }]
+    });
+    vec![
+        (reqwest::Method::POST, "/peer/push", card("leaving")),
+        (reqwest::Method::POST, "/peer/sync", card("leaving")),
+        (reqwest::Method::POST, "/peer/push", card("member")),
+        (reqwest::Method::POST, "/peer/handoff", handoff),
+        (reqwest::Method::GET, "/peer/registrations", json!(null)),
+        (reqwest::Method::GET, "/peer/digest", json!(null)),
+    ]
+}
+
+/// A peer client holding a credential of its own, not the cluster's.
+fn stranger(dir: &std::path::Path) -> PeerClient {
+    secrets::new(dir).unwrap();
+    let creds = Credentials::load(&secrets::peer_dir(dir), ClientOptions::default()).unwrap();
+    PeerClient::new(creds, PEER_PORT)
+}
+
+async fn send(
+    request: reqwest::RequestBuilder,
+    body: &serde_json::Value,
+) -> Result<u16, reqwest::Error> {
+    let request = if body.is_null() {
+        request
+    } else {
+        request.json(body)
+    };
+    request
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+}
+
+async fn every_instance_a_member_and_correct(stack: &Stack, what: &str) {
+    stack
+        .wait_views_agree(Duration::from_secs(2))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    for (index, view) in stack.views().await {
+        let view = view.unwrap_or_else(|| panic!("{what}: instance {index} answers no view"));
+        assert_eq!(view.state, MemberState::Member, "{what}: instance {index}");
+        assert_eq!(view.members, stack.placement().members(), "{what}");
+    }
+    let report = verify(&api(stack), test_ids(1000, IndexMode::Hash, 29), 32, |_| {}).await;
+    assert!(
+        report.all_correct(),
+        "{what}: EXPECTED every join on its owner\nRECEIVED\n{}",
+        report.render()
+    );
+}
+
+#[tokio::test]
+async fn no_forged_peer_request_reaches_any_state() {
+    let _turn = serial().await;
+    let stack = start(config(
+        "peer-plane",
+        3,
+        Deployment::Compose,
+        IndexMode::Hash,
+    ))
+    .await;
+    every_instance_a_member_and_correct(&stack, "before").await;
+    let attacker_dir = tempfile::tempdir().unwrap();
+    let attacker = stranger(attacker_dir.path());
+    let plain = reqwest::Client::new();
+    for index in stack.running() {
+        let ip: IpAddr = stack.instance_addr(index).unwrap().ip();
+        for victim in stack.running() {
+            for (method, path, body) in forgeries(victim) {
+                // The public port has no peer routes.
+                let public = format!("http://{}{path}", SocketAddr::new(ip, SERVER_PORT));
+                let status = send(plain.request(method.clone(), &public), &body).await;
+                assert_eq!(status.ok(), Some(404), "{method} {public}");
+                // The peer port: plain HTTP gets no answer at all...
+                let peer = format!("http://{}{path}", SocketAddr::new(ip, PEER_PORT));
+                let status = send(plain.request(method.clone(), &peer), &body).await;
+                assert!(status.is_err(), "{method} {peer} answered {status:?}");
+                // ...nor TLS with a credential that is not the cluster's.
+                let tls = match method {
+                    reqwest::Method::GET => attacker.get(ip, path),
+                    _ => attacker.post(ip, path),
+                };
+                let status = send(tls, &body).await;
+                assert!(
+                    status.is_err(),
+                    "TLS {method} {path} on {ip} answered {status:?}"
+                );
+            }
+        }
+    }
+    // A forged card would have removed its victim at once; give any a few rounds to show.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    every_instance_a_member_and_correct(&stack, "after every forged request").await;
+    assert!(
+        registered_at(&stack, FORGED_ID).await.is_empty(),
+        "the forged registration is stored nowhere"
+    );
+}
+
+#[tokio::test]
+async fn a_stranger_named_in_dns_as_an_instance_never_becomes_a_member() {
+    let _turn = serial().await;
+    let mut c = config("stranger", 3, Deployment::Compose, IndexMode::Hash);
+    c.flow = flow_from_env();
+    let mut stack = start(c).await;
+    // A server like the others in everything but the credential: its own.
+    let own = tempfile::tempdir().unwrap();
+    secrets::new(own.path()).unwrap();
+    let addr = stack.start_stranger(9, own.path()).await.unwrap();
+    // It stays outside every view, the members stay correct, and it never holds a view.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    every_instance_a_member_and_correct(&stack, "with a stranger in DNS").await;
+    let http = reqwest::Client::new();
+    let its_view: serde_json::Value = http
+        .get(format!("http://{addr}/placement"))
+        .bearer_auth(
+            std::fs::read_to_string(secrets::token_file(own.path()))
+                .unwrap()
+                .trim(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(its_view["state"], "member", "the stranger: {its_view}");
+    for (index, view) in stack.views().await {
+        let view = view.unwrap();
+        assert!(
+            !view.members.contains(&9),
+            "instance {index}: {:?}",
+            view.members
+        );
+        let peer = view.peers.iter().find(|p| p.instance == 9);
+        assert!(
+            peer.is_none_or(|p| p.state.is_none()),
+            "instance {index} holds a card of the stranger: {peer:?}"
+        );
+    }
+    stack.stop_instance(9).unwrap();
+}
