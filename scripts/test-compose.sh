@@ -17,7 +17,9 @@
 #      exactly its sessions drop (the others are not closed), and all are back within 6 s of
 #      docker start
 #   5. /where answers the same from every replica
-#   6. a join is logged by the owning container, and only by it
+#   6. no client id in any server's log at the default level (the join is served by its owner)
+#   6b. a stranger container (the server image, the servers' environment and DNS names, a
+#      credential of its own) never becomes a member, changes no view and reads no client id
 #   7. Envoy's admin interface answers only inside its own container (`envoy-admin`); from
 #      another container, admin paths are refused on every port (POST /quitquitquit too) and
 #      Envoy keeps serving; the probe listener answers only /ready (the host's
@@ -51,6 +53,7 @@ for image in debian:bookworm-slim rust:1.95-slim-bookworm envoyproxy/envoy:v1.40
     fail "image $image is missing and no registry is reachable: run scripts/build-base-images.sh (make images)"
 done
 [ -x "$CLIENT" ] || fail "$CLIENT is missing: run make build"
+[ -x target/release/poc-server ] || fail "target/release/poc-server is missing: run make build"
 case "$FLOW" in
   "" | module) ;;
   lua)
@@ -94,6 +97,11 @@ ip_of() { docker inspect -f "{{(index .NetworkSettings.Networks \"$NETWORK\").IP
 # The running server containers, by name (poc-routing-server-<n>), sorted by number.
 servers() { docker compose ps --format '{{.Name}}' server | sort -t- -k4 -n; }
 number_of() { echo "${1##*-}"; }
+# A command in another container on the Compose network (the server image has bash, which is
+# all this needs).
+neighbour() {
+  docker run --rm --network "$NETWORK" --entrypoint bash poc-routing-server:latest -c "$1" 2>/dev/null
+}
 # verify N FILE [extra args]: poc-client verify through Envoy, JSON report in FILE.
 verify() {
   local count=$1 out=$2
@@ -110,6 +118,9 @@ verify_all() {
 
 step "1. docker compose up -d --build --scale server=2"
 docker compose down -v --remove-orphans >/dev/null 2>&1 || true
+# The deployment's secrets (docker-compose.yaml mounts them), made once as README says.
+[ -f .secrets/peer/ca.pem ] || target/release/poc-server credential new .secrets
+TOKEN=$(grep -v '^#' .secrets/operator/token | tail -n 1)
 docker compose up -d --build --scale server=2 --wait --wait-timeout 300
 wait_for "Envoy's servers cluster to hold 2 healthy servers" 30 healthy_servers_are 2
 # To a file first: with pipefail, `logs | grep -q` fails when grep stops reading early.
@@ -279,21 +290,42 @@ for c in "${running[@]:1}"; do
 done
 head -n 3 "$WORK/where-${running[0]}.txt"
 
-step "6. the join is logged by the owning container, and only by it"
+step "6. no client id in any server's log at the default level"
 id="log-check-$RANDOM$RANDOM"
 answer=$("$CLIENT" join "$id" --url "$URL")
 owner=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["instance"])' "$answer")
 sleep 0.5 # the servers flush their logs every 100 ms
 for c in "${running[@]}"; do
-  n=$(number_of "$c")
   docker logs "$c" >"$WORK/server.log" 2>&1
-  if grep -F "\"client_id\":\"$id\"" "$WORK/server.log" | grep 'client joined' >/dev/null; then
-    [ "$n" = "$owner" ] || fail "$c logged a join it does not own" "only poc-routing-server-$owner" "$c"
-  else
-    [ "$n" != "$owner" ] || fail "the owner did not log the join" "a 'client joined' line for $id in $c" "none"
+  if grep -qF "$id" "$WORK/server.log"; then
+    fail "$c logged a client id at the default level" "no line with $id" "$(grep -F "$id" "$WORK/server.log" | head -n 2)"
   fi
 done
-echo "joined $id on instance $owner; logged by poc-routing-server-$owner only"
+echo "joined $id on instance $owner; no server logged the id"
+
+step "6b. a stranger container with the servers' image, environment and names, but its own credential"
+stranger_secrets=$(mktemp -d)
+target/release/poc-server credential new "$stranger_secrets/s" >/dev/null
+chmod 755 "$stranger_secrets"
+members_before=$("$CLIENT" views --url "$OPERATOR" --json | python3 -c 'import json,sys; print(sorted(set(tuple(v["members"] or []) for v in json.load(sys.stdin))))')
+docker run -d --rm --name poc-routing-server-77 --network "$NETWORK" --network-alias server \
+  -v "$stranger_secrets/s/peer:/run/secrets/peer:ro" -v "$stranger_secrets/s/operator:/run/secrets/operator:ro" \
+  -e SERVICE_PREFIX=poc-routing-server -e SERVICE_SUFFIX= -e DISCOVERY=dns -e DISCOVERY_NAME=server \
+  -e INDEX_MODE="${INDEX_MODE:-hash}" -e INDEX_BASE=1 -e PORT=8081 \
+  -e PEER_CREDENTIAL_DIR=/run/secrets/peer -e OPERATOR_TOKEN_FILE=/run/secrets/operator/token \
+  poc-routing-server:latest >/dev/null
+sleep 25 # as long as it took to become a member before the peer plane was authenticated
+members_after=$("$CLIENT" views --url "$OPERATOR" --json | python3 -c 'import json,sys; print(sorted(set(tuple(v["members"] or []) for v in json.load(sys.stdin))))')
+stranger_log=$(docker logs poc-routing-server-77 2>&1 | tail -n 5)
+docker rm -f poc-routing-server-77 >/dev/null 2>&1 || true
+rm -rf "$stranger_secrets"
+[ "$members_after" = "$members_before" ] || fail "the stranger changed a view" "$members_before" "$members_after ($stranger_log)"
+"$CLIENT" views --url "$OPERATOR" --expect 3 >/dev/null || fail "the views should agree, without the stranger"
+verify_all 1000 after-stranger
+# Without the operator's token, nobody on the network reads an id through Envoy's operator port.
+answer=$(neighbour 'exec 3<>/dev/tcp/envoy/9903 && printf "GET /registrations HTTP/1.1\r\nHost: envoy\r\nConnection: close\r\n\r\n" >&3 && head -n 1 <&3 | cut -d" " -f2')
+[ "$answer" = 401 ] || fail "envoy:9903/registrations without the token, from another container" 401 "$answer"
+echo "the stranger stayed out of every view (members $members_after); /registrations without the token: 401"
 
 step "7. Envoy's admin interface: its own container only; the probe, operator and public listeners"
 # From the host: the original design's ready check reaches the probe listener, which answers
@@ -301,7 +333,9 @@ step "7. Envoy's admin interface: its own container only; the probe, operator an
 curl -fsS "$PROBE/ready" >/dev/null || fail "the host's localhost:9901/ready should answer 200"
 code=$(curl -s -o /dev/null -w '%{http_code}' "$PROBE/server_info")
 [ "$code" = 404 ] || fail "the probe listener answers only /ready" 404 "$code"
-curl -fsS "$OPERATOR/placement" >/dev/null || fail "the operator listener should serve /placement"
+curl -fsS -H "Authorization: Bearer $TOKEN" "$OPERATOR/placement" >/dev/null || fail "the operator listener should serve /placement with the operator's token"
+code=$(curl -s -o /dev/null -w '%{http_code}' "$OPERATOR/placement")
+[ "$code" = 401 ] || fail "the operator listener without the token" 401 "$code"
 code=$(curl -s -o /dev/null -w '%{http_code}' "$URL/clients")
 [ "$code" = 404 ] || fail "the public listener must not serve /clients" 404 "$code"
 host_ip=$(hostname -I | tr ' ' '\n' | grep -E '^[0-9]+\.' | grep -v '^127\.' | head -n 1)
@@ -315,9 +349,6 @@ code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 "http://$host_ip:1000
 # From another container on the Compose network: the admin interface is not there on any port
 # (connection refused on 9901; 404 on the others), even for POST /quitquitquit, and Envoy keeps
 # serving. The server image has bash, which is all this needs.
-neighbour() {
-  docker run --rm --network "$NETWORK" --entrypoint bash poc-routing-server:latest -c "$1" 2>/dev/null
-}
 ask='ask() { exec 3<>"/dev/tcp/envoy/$2" || { echo refused; return; }; printf "%s %s HTTP/1.1\r\nHost: envoy\r\nConnection: close\r\nContent-Length: 0\r\n\r\n" "$1" "$3" >&3; head -n 1 <&3 | cut -d" " -f2; }'
 answers=$(neighbour "$ask; for p in 9901 9902 9903 10000; do echo \"\$p \$(ask POST \$p /quitquitquit) \$(ask GET \$p /server_info)\"; done; echo \"ready \$(ask GET 9902 /ready)\"")
 echo "$answers"

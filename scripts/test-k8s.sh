@@ -68,9 +68,14 @@ bash scripts/k8s/cluster.sh up
 NODE_IP=$(ip -4 -o addr show docker0 | awk '{print $4}' | cut -d/ -f1 | head -n 1)
 URL=http://$NODE_IP:30080
 
-step "2. apply minikube/ (kubectl kustomize | kubectl apply --server-side)"
+step "2. apply minikube/ (kubectl kustomize | kubectl apply --server-side) and the two Secrets"
 "$KUBECTL" kustomize --load-restrictor LoadRestrictionsNone minikube/ |
   "$KUBECTL" --server "$API" apply --server-side -f -
+# The deployment's secrets, as README says: made once, applied as Secrets (the pods wait for
+# them), and re-applied the same way at each step of a rotation.
+[ -f .secrets/peer/ca.pem ] || target/release/poc-server credential new .secrets
+kctl create secret generic poc-routing-peer --from-file=.secrets/peer --dry-run=client -o yaml | kctl apply -f -
+kctl create secret generic poc-routing-operator --from-file=.secrets/operator --dry-run=client -o yaml | kctl apply -f -
 
 step "3. pods Ready; verify 1000 ids through the NodePort ($URL)"
 wait_for "statefulset/server rolled out" 180 kctl rollout status statefulset/server --timeout=5s
