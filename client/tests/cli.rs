@@ -14,11 +14,17 @@ fn workspace_bin(name: &str) -> PathBuf {
 struct Server {
     _child: KillOnDrop,
     url: String,
+    _secrets: tempfile::TempDir,
 }
 
 fn spawn_server(replicas: u32, instance: u64) -> Server {
     let port = free_port();
+    // The operator's token, which every server needs (this fixed member set has no peer plane).
+    let secrets = tempfile::tempdir().expect("a temporary directory");
+    let token = secrets.path().join("token");
+    std::fs::write(&token, format!("{}\n", "0123456789abcdef".repeat(4))).expect("write the token");
     let child = Command::new(workspace_bin("poc-server"))
+        .env("OPERATOR_TOKEN_FILE", &token)
         .env("BIND_ADDR", "127.0.0.1")
         .env("PORT", port.to_string())
         .env("DISCOVERY", "off")
@@ -31,6 +37,7 @@ fn spawn_server(replicas: u32, instance: u64) -> Server {
     let server = Server {
         _child: KillOnDrop::new(child),
         url: format!("http://127.0.0.1:{port}"),
+        _secrets: secrets,
     };
     let ready = tokio::runtime::Runtime::new()
         .expect("a runtime")

@@ -486,7 +486,14 @@ mod tests {
             listener["address"] = socket_address(want);
         }
         assert!(set_dns_resolvers(&mut original, at.dns) >= 2);
+        set_token_file(&mut original, &at.operator_token);
         assert_eq!(out, original);
+        assert!(
+            serde_yaml::to_string(&out)
+                .unwrap()
+                .contains("operator_token_file: /run/token"),
+            "the module reads the stack's own token"
+        );
 
         // A listener the stack does not know would bind where the file says: refused.
         let extra = yaml.replacen("  - name: probe", "  - name: surprise", 1);
