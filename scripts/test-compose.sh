@@ -67,8 +67,10 @@ placeholders=()
 sessions_pid=
 cleanup() {
   local rc=$?
-  # The sessions client, if a failed step left it running.
+  # The sessions client, if a failed step left it running; step 6b's stranger container (not
+  # part of the Compose project: `down` would leave it, and it would hold up the next cold start).
   [ -z "$sessions_pid" ] || kill "$sessions_pid" 2>/dev/null || true
+  docker rm -f poc-routing-server-77 >/dev/null 2>&1 || true
   if [ $rc -ne 0 ] && [ -f "$WORK/sessions.txt" ]; then
     echo "--- poc-client sessions ($WORK/sessions.txt) ---" >&2
     tail -n 5 "$WORK/sessions.txt" >&2 || true
@@ -117,6 +119,7 @@ verify_all() {
 }
 
 step "1. docker compose up -d --build --scale server=2"
+docker rm -f poc-routing-server-77 >/dev/null 2>&1 || true
 docker compose down -v --remove-orphans >/dev/null 2>&1 || true
 # The deployment's secrets (docker-compose.yaml mounts them), made once as README says.
 [ -f .secrets/peer/ca.pem ] || target/release/poc-server credential new .secrets
