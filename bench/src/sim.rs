@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use poc_routing_placement::{Epoch, IndexMode, Naming, Placement, PlacementSpec};
-use poc_routing_server::gossip::Card;
+use poc_routing_server::gossip::{Card, Probe};
 use poc_routing_server::membership::{MemberState, Membership, Timing};
 use poc_routing_server::node::Node;
 use rand::rngs::StdRng;
@@ -223,9 +223,13 @@ impl Sim {
             let Some(j) = self.position(target) else {
                 continue;
             };
-            let answered = self.probe(k, j);
+            let probe = if self.probe(k, j) {
+                Probe::Answered
+            } else {
+                Probe::Unanswered
+            };
             let now = self.now();
-            self.nodes[k].node.probed(target, answered, now);
+            self.nodes[k].node.probed(target, probe, now);
         }
         if self.nodes[k].node.needs_recompute(Some(me), self.now()) {
             self.recompute(k);

@@ -5,7 +5,7 @@
 //! (a 404 on the public port, no handshake on the peer port), and afterwards every instance is
 //! still a member, the views agree, 1000 ids are served by their owners, and the made-up id is
 //! registered nowhere. A stranger process with its own credential, named in DNS as an
-//! instance, never becomes a member.
+//! instance, never becomes a member, and does not hold up a cold start of the deployment.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -151,13 +151,13 @@ async fn a_stranger_named_in_dns_as_an_instance_never_becomes_a_member() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     every_instance_a_member_and_correct(&stack, "with a stranger in DNS").await;
     let http = reqwest::Client::new();
+    let its_token = std::fs::read_to_string(secrets::token_file(own.path()))
+        .unwrap()
+        .trim()
+        .to_owned();
     let its_view: serde_json::Value = http
         .get(format!("http://{addr}/placement"))
-        .bearer_auth(
-            std::fs::read_to_string(secrets::token_file(own.path()))
-                .unwrap()
-                .trim(),
-        )
+        .bearer_auth(&its_token)
         .send()
         .await
         .unwrap()
@@ -178,5 +178,56 @@ async fn a_stranger_named_in_dns_as_an_instance_never_becomes_a_member() {
             "instance {index} holds a card of the stranger: {peer:?}"
         );
     }
+
+    // Every instance crashes and the deployment starts again while the stranger is still in
+    // DNS: a cold start. The stranger fails every handshake, so it is not waited for...
+    let members = stack
+        .running()
+        .into_iter()
+        .filter(|i| *i != 9)
+        .collect::<Vec<_>>();
+    for &index in &members {
+        stack.stop_instance(index).unwrap();
+    }
+    stack
+        .restart_instances(&members)
+        .await
+        .expect("the instances become members with a stranger in DNS");
+    let addrs: Vec<SocketAddr> = members
+        .iter()
+        .map(|i| stack.instance_addr(*i).unwrap())
+        .collect();
+    stack.wait_servers_cluster(&addrs).await.unwrap();
+    poc_routing_testkit::wait_for(
+        "Envoy to route every id to its owner again",
+        Duration::from_secs(15),
+        || async {
+            verify(
+                &api(&stack),
+                test_ids(1000, IndexMode::Hash, 29),
+                32,
+                |_| {},
+            )
+            .await
+            .all_correct()
+        },
+    )
+    .await
+    .unwrap();
+    every_instance_a_member_and_correct(&stack, "after a cold start beside the stranger").await;
+    // ...and the stranger, which hears nothing but strangers, forms no view of its own.
+    let its_view: serde_json::Value = http
+        .get(format!("http://{addr}/placement"))
+        .bearer_auth(&its_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(
+        its_view["state"], "member",
+        "the stranger after the cold start: {its_view}"
+    );
     stack.stop_instance(9).unwrap();
 }

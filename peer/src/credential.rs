@@ -29,6 +29,9 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+/// What a keyring is, by fingerprints (what `/placement` reports): part of the wire contract.
+pub use poc_routing_wire::Fingerprints;
+
 /// The primary authority's file.
 pub const PRIMARY: &str = "ca.pem";
 /// A new authority, accepted before it signs.
@@ -261,14 +264,6 @@ pub struct Keyring {
     pub primary: Authority,
     /// `next.pem` and `previous.pem`, when present: accepted.
     pub accepted: Vec<Authority>,
-}
-
-/// What a keyring is, by fingerprints (what `/placement` reports).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Fingerprints {
-    pub primary: String,
-    /// Every authority accepted, the primary included, in file order (ca, next, previous).
-    pub accepted: Vec<String>,
 }
 
 impl Keyring {

@@ -176,3 +176,74 @@ impl PeerClient {
         &self.credentials
     }
 }
+
+/// Why a peer request got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The TLS handshake failed on the credential (either side's certificate refused, or no
+    /// TLS at all): what listens there is not an instance of this cluster.
+    #[error("not an instance of this cluster: {0}")]
+    NotOurs(reqwest::Error),
+    /// No answer (refused, reset, timed out) or one that is not a 2xx.
+    #[error(transparent)]
+    Http(reqwest::Error),
+    #[error("the answer is over {0} bytes")]
+    TooLarge(usize),
+    #[error("the answer is not the JSON expected: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl From<reqwest::Error> for PeerError {
+    fn from(e: reqwest::Error) -> Self {
+        if refused_by_tls(&e) {
+            Self::NotOurs(e)
+        } else {
+            Self::Http(e)
+        }
+    }
+}
+
+/// Whether `e` comes from TLS itself (a certificate refused by either side, an alert, a peer
+/// that does not speak TLS) rather than from the network. rustls' error travels inside an
+/// `io::Error`, whose `source()` skips it, so each `io::Error` is looked into.
+fn refused_by_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if refused_by_tls(inner) {
+                return true;
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// A peer's JSON answer to `request`: sent, a 2xx, a body of at most `max_bytes`, and of
+/// type `T`. Whatever a peer sends, reading it costs at most `max_bytes` of memory.
+pub async fn json<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    max_bytes: usize,
+) -> Result<T, PeerError> {
+    let mut response = request.send().await?.error_for_status()?;
+    if response
+        .content_length()
+        .is_some_and(|n| n > max_bytes as u64)
+    {
+        return Err(PeerError::TooLarge(max_bytes));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > max_bytes {
+            return Err(PeerError::TooLarge(max_bytes));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(serde_json::from_slice(&body)?)
+}

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
-use poc_routing_peer::{credential, ClientOptions, Credentials, PeerAddr, PeerClient, TlsListener};
+use poc_routing_peer::{
+    credential, ClientOptions, Credentials, PeerAddr, PeerClient, PeerError, TlsListener,
+};
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -107,6 +109,34 @@ async fn only_a_holder_of_the_cluster_credential_gets_an_answer() {
     let fake = serve(stranger.path()).await;
     assert!(who(&client(cluster.path(), fake.port)).await.is_err());
     assert!(peer.refused.load(Ordering::Relaxed) >= 3);
+
+    // What the client makes of each: a failed handshake, either way round, is "not ours"; a
+    // port where nothing listens is only "no answer" (an instance may be starting there).
+    let asked = |client: PeerClient| async move {
+        poc_routing_peer::json::<serde_json::Value>(client.get(LOCAL, "/who"), 1024).await
+    };
+    let not_ours =
+        |r: Result<serde_json::Value, PeerError>| matches!(r, Err(PeerError::NotOurs(_)));
+    assert!(
+        not_ours(asked(client(stranger.path(), peer.port)).await),
+        "our server, their credential"
+    );
+    assert!(
+        not_ours(asked(client(cluster.path(), fake.port)).await),
+        "their server, our credential"
+    );
+    let closed = tokio::net::TcpListener::bind((LOCAL, 0)).await.unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let nothing = asked(client(cluster.path(), closed_port)).await;
+    assert!(matches!(nothing, Err(PeerError::Http(_))), "{nothing:?}");
+    // A keyholder's answer over the bound is refused, not read whole.
+    let big = poc_routing_peer::json::<serde_json::Value>(
+        client(cluster.path(), peer.port).get(LOCAL, "/who"),
+        4,
+    )
+    .await;
+    assert!(matches!(big, Err(PeerError::TooLarge(4))), "{big:?}");
 }
 
 #[tokio::test]

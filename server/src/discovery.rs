@@ -32,6 +32,7 @@ use poc_routing_peer::PeerClient;
 use poc_routing_placement::Placement;
 use poc_routing_wire::{PeerDigest, PeerTable};
 
+use crate::gossip::Probe;
 use crate::identity::{own_addresses, Identity, Source};
 use crate::membership::{Change, MemberState, Membership, Peer};
 use crate::metrics::Metrics;
@@ -255,8 +256,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Why a probe of a peer got nothing usable.
 enum ProbeError {
-    /// No answer, or not one of ours.
+    /// No usable answer.
     Unanswered,
+    /// The TLS handshake failed on the credential: not an instance of this cluster.
+    NotOurs,
     /// It answers as another instance than DNS named (an address reused by another instance).
     Impostor,
 }
@@ -277,14 +280,17 @@ pub struct Discovery {
     rounds: Rounds,
 }
 
-/// A peer's JSON answer to `request`; anything short of a 2xx with a body of type `T` is
-/// [`ProbeError::Unanswered`] (the probe failed, whatever the reason).
+/// A peer's JSON answer to `request`; a failed handshake is [`ProbeError::NotOurs`], anything
+/// else short of a 2xx with a body of type `T` is [`ProbeError::Unanswered`].
 async fn answer_of<T: serde::de::DeserializeOwned>(
     request: reqwest::RequestBuilder,
 ) -> Result<T, ProbeError> {
-    crate::peer_json(request)
+    poc_routing_peer::json(request, crate::PEER_BODY_LIMIT)
         .await
-        .map_err(|_| ProbeError::Unanswered)
+        .map_err(|e| match e {
+            poc_routing_peer::PeerError::NotOurs(_) => ProbeError::NotOurs,
+            _ => ProbeError::Unanswered,
+        })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -378,10 +384,16 @@ impl Discovery {
     /// Probes one peer: its digest, then (if the digests differ, or `force`) a swap of cards.
     async fn probe(&self, peer: Candidate, force: bool) {
         let outcome = self.exchange(peer, force).await;
-        if let Err(ProbeError::Impostor) = outcome {
-            self.finder.forget(peer.addr.ip());
-        }
-        lock(&self.node).probed(peer.index, outcome.is_ok(), Instant::now());
+        let probe = match outcome {
+            Ok(()) => Probe::Answered,
+            Err(ProbeError::Unanswered) => Probe::Unanswered,
+            Err(ProbeError::NotOurs) => Probe::NotOurs,
+            Err(ProbeError::Impostor) => {
+                self.finder.forget(peer.addr.ip());
+                Probe::Unanswered
+            }
+        };
+        lock(&self.node).probed(peer.index, probe, Instant::now());
     }
 
     async fn exchange(&self, peer: Candidate, force: bool) -> Result<(), ProbeError> {

@@ -123,6 +123,18 @@ pub struct News {
     pub refused: Refused,
 }
 
+/// What a probe of a peer got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// An answer: its digest (and its cards, if a swap was due).
+    Answered,
+    /// Nothing usable in time: it may be down, slow or starting.
+    Unanswered,
+    /// Something that is not an instance of this cluster: it refused the cluster's
+    /// credential, or offered one the cluster does not accept. It is never waited for.
+    NotOurs,
+}
+
 /// This instance's gossip state.
 #[derive(Debug, Default)]
 pub struct Gossip {
@@ -135,6 +147,9 @@ pub struct Gossip {
     /// Peers whose last probe from here failed, and since when (cleared by an answer, or by a
     /// newer card of theirs: only the instance itself writes its card, so it is alive).
     unreachable: BTreeMap<u64, Instant>,
+    /// Peers DNS names whose last answer was not one of ours ([`Probe::NotOurs`]), until one
+    /// answers or DNS stops naming it.
+    strangers: BTreeSet<u64>,
     /// Peers to probe in the next rounds, to confirm what a peer's view says of them.
     to_verify: VecDeque<u64>,
     verified_at: HashMap<u64, Instant>,
@@ -201,6 +216,7 @@ impl Gossip {
             }
         }
         self.unreachable.retain(|i, _| found.contains(i));
+        self.strangers.retain(|i| found.contains(i));
         self.to_verify.retain(|i| found.contains(i));
         self.verified_at.retain(|i, _| found.contains(i));
         self.candidates = found;
@@ -533,11 +549,23 @@ impl Gossip {
 
     /// Whether a card of every other instance DNS names is held and none is unreachable: what
     /// a joining instance needs before it may conclude that there are no members yet.
+    ///
+    /// A peer that proved not ours ([`Probe::NotOurs`]) is not waited for, so a stranger in
+    /// DNS cannot hold up a cold start, provided at least one peer that is ours was heard:
+    /// an instance that hears only strangers cannot tell which side is the cluster, so it
+    /// waits. A lone stranger therefore never forms a view of its own either.
     pub fn heard_from_all(&self, me: Option<u64>) -> bool {
-        self.candidates
-            .iter()
-            .filter(|i| Some(**i) != me)
-            .all(|i| self.cards.contains_key(i) && !self.unreachable.contains_key(i))
+        let mut ours = 0;
+        for i in self.candidates.iter().filter(|i| Some(**i) != me) {
+            if self.strangers.contains(i) {
+                continue;
+            }
+            if !self.cards.contains_key(i) || self.unreachable.contains_key(i) {
+                return false;
+            }
+            ours += 1;
+        }
+        ours > 0 || self.strangers.is_empty()
     }
 
     /// The peers to probe this round: up to [`MAX_EXTRA_PROBES`] to verify or to check again
@@ -585,16 +613,21 @@ impl Gossip {
     }
 
     /// Records the outcome of a probe of `instance`; returns whether that changed whether it
-    /// is unreachable from here.
-    pub fn probed(&mut self, instance: u64, answered: bool, now: Instant) -> bool {
-        if answered {
-            self.unreachable.remove(&instance).is_some()
-        } else if self.candidates.contains(&instance) && !self.unreachable.contains_key(&instance) {
-            self.unreachable.insert(instance, now);
-            true
-        } else {
-            false
+    /// is unreachable, or a stranger, from here.
+    pub fn probed(&mut self, instance: u64, probe: Probe, now: Instant) -> bool {
+        if probe == Probe::Answered {
+            let was_stranger = self.strangers.remove(&instance);
+            return self.unreachable.remove(&instance).is_some() || was_stranger;
         }
+        if !self.candidates.contains(&instance) {
+            return false;
+        }
+        let new_stranger = probe == Probe::NotOurs && self.strangers.insert(instance);
+        let newly_unreachable = !self.unreachable.contains_key(&instance);
+        if newly_unreachable {
+            self.unreachable.insert(instance, now);
+        }
+        newly_unreachable || new_stranger
     }
 
     /// The version of `instance`'s card held here (0: none).
@@ -936,7 +969,7 @@ mod tests {
         let mut g = node(0, &[0, 1, 2], MemberState::Member, &[0, 1, 2], now);
         let mut one = node(1, &[0, 1, 2], MemberState::Member, &[0, 1, 2], now);
         sync(&mut g, 0, &mut one, 1, now);
-        g.probed(1, false, now);
+        g.probed(1, Probe::Unanswered, now);
         let p1 = |g: &Gossip| {
             g.observed(Some(0), now)
                 .into_iter()
@@ -946,12 +979,86 @@ mod tests {
         // It is probed again first in the next round.
         let mut rng = StdRng::seed_from_u64(1);
         assert_eq!(g.probe_targets(Some(0), &mut rng)[0], 1);
-        g.probed(1, true, now);
+        g.probed(1, Probe::Answered, now);
         assert_eq!(p1(&g).unwrap().state, Some(MemberState::Member));
-        g.probed(1, false, now);
+        g.probed(1, Probe::Unanswered, now);
         one.set_own(1, MemberState::Leaving, None, None, &[], 50_000, now);
         g.merge(Some(0), &one.table(Some(1), Some(1), now), now, WALL);
         assert_eq!(p1(&g).unwrap().state, Some(MemberState::Leaving));
+    }
+
+    #[test]
+    fn a_cold_start_waits_for_every_peer_but_a_stranger_and_only_beside_one_of_ours() {
+        use Probe::{Answered, NotOurs, Unanswered};
+        // Instance 0 joins with no members yet; DNS names 0, 1, 2 and 9. Each row: what the
+        // probes of 1, 2 and 9 got (None: no probe yet), whether 0 holds cards of 1 and 2, and
+        // whether it may conclude that there are no members.
+        type Row = (&'static str, [Option<Probe>; 3], bool, bool);
+        let rows: [Row; 6] = [
+            ("nothing heard yet", [None, None, None], false, false),
+            (
+                "1 and 2 heard, 9 not yet probed",
+                [Some(Answered), Some(Answered), None],
+                true,
+                false,
+            ),
+            (
+                "1 and 2 heard, 9 silent (may be one of ours, starting)",
+                [Some(Answered), Some(Answered), Some(Unanswered)],
+                true,
+                false,
+            ),
+            (
+                "1 and 2 heard, 9 refused the credential",
+                [Some(Answered), Some(Answered), Some(NotOurs)],
+                true,
+                true,
+            ),
+            (
+                "2 silent, 9 a stranger",
+                [Some(Answered), Some(Unanswered), Some(NotOurs)],
+                true,
+                false,
+            ),
+            (
+                "only strangers: cannot tell which side is the cluster",
+                [Some(NotOurs), Some(NotOurs), Some(NotOurs)],
+                false,
+                false,
+            ),
+        ];
+        let now = Instant::now();
+        for (what, probes, cards, want) in rows {
+            let all = [0, 1, 2, 9];
+            let mut g = node(0, &all, MemberState::Joining, &[], now);
+            if cards {
+                for i in [1, 2] {
+                    let mut peer = node(i, &all, MemberState::Joining, &[], now);
+                    sync(&mut g, 0, &mut peer, i, now);
+                }
+            }
+            for (i, probe) in [1, 2, 9].into_iter().zip(probes) {
+                if let Some(probe) = probe {
+                    g.probed(i, probe, now);
+                }
+            }
+            assert_eq!(g.heard_from_all(Some(0)), want, "{what}");
+        }
+        // A stranger is forgotten once it answers, or once DNS no longer names it.
+        let mut g = node(0, &[0, 9], MemberState::Joining, &[], now);
+        assert!(
+            g.probed(9, NotOurs, now),
+            "a new stranger changes what is heard"
+        );
+        assert!(!g.heard_from_all(Some(0)));
+        assert!(g.probed(9, Answered, now));
+        assert!(
+            !g.heard_from_all(Some(0)),
+            "one of ours again: its card is awaited"
+        );
+        g.probed(9, NotOurs, now);
+        g.set_candidates(Some(0), Arc::new([0].into_iter().collect()));
+        assert!(g.heard_from_all(Some(0)), "alone in DNS: no members yet");
     }
 
     #[test]

@@ -282,7 +282,9 @@ impl HandOffs {
             .post(addr.ip(), "/peer/handoff")
             .timeout(PEER_TIMEOUT)
             .json(&body);
-        let ack: HandOffAck = crate::peer_json(request).await.map_err(|e| e.to_string())?;
+        let ack: HandOffAck = poc_routing_peer::json(request, crate::PEER_BODY_LIMIT)
+            .await
+            .map_err(|e| e.to_string())?;
         if ack.accepted == batch.len() as u64 {
             Ok(())
         } else {
@@ -363,12 +365,19 @@ fn owner(placement: &Placement, id: &str) -> Option<u64> {
     placement.index(&id).ok()
 }
 
+/// The most a peer's registrations list may hold, for a registry of `capacity` ids (the
+/// peers are configured alike): every id at its longest, every byte escaped in JSON.
+pub fn registrations_answer_limit(capacity: usize) -> usize {
+    capacity.saturating_mul(2 * poc_routing_placement::MAX_CLIENT_ID_BYTES + 3) + 64 * 1024
+}
+
 /// Every instance's registered ids, gathered by this one (`GET /registrations`).
 pub async fn gather(
     handoffs: &HandOffs,
     own: poc_routing_wire::InstanceRegistrations,
 ) -> poc_routing_wire::RegistrationsReport {
     let me = handoffs.identity.get();
+    let limit = registrations_answer_limit(handoffs.registry.capacity());
     let addresses: BTreeMap<u64, std::net::SocketAddr> = handoffs.discovery.found();
     let reads =
         addresses
@@ -379,7 +388,7 @@ pub async fn gather(
                     .peers
                     .get(addr.ip(), "/peer/registrations")
                     .timeout(PEER_TIMEOUT);
-                crate::peer_json::<poc_routing_wire::InstanceRegistrations>(request)
+                poc_routing_peer::json::<poc_routing_wire::InstanceRegistrations>(request, limit)
                     .await
                     .map_err(|e| e.to_string())
                     .unwrap_or_else(|error| poc_routing_wire::InstanceRegistrations {

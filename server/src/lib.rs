@@ -131,7 +131,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// The most a peer request's body may hold: a hand-off batch of [`handoff::BATCH`]
 /// registrations at their bounds (`registry::MAX_JOIN_COUNTERS` counters, `MAX_SERVED`
-/// entries); a membership table is far smaller.
+/// entries); a membership table is far smaller. A peer's answers are read with the same
+/// bound, but for a registrations list ([`handoff::registrations_answer_limit`]).
 pub const PEER_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
 /// The peer listener's routes: the gossip and the hand-off, for instances of the cluster only
@@ -162,15 +163,6 @@ pub async fn run(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
-}
-
-/// A peer's JSON answer to `request`: sent, a 2xx, and a body of type `T`, or the error that
-/// stopped it (the membership probes, the hand-offs and the registrations' gathering all ask
-/// peers this way).
-pub(crate) async fn peer_json<T: serde::de::DeserializeOwned>(
-    request: reqwest::RequestBuilder,
-) -> Result<T, reqwest::Error> {
-    request.send().await?.error_for_status()?.json().await
 }
 
 /// Connections the kernel may hold for this listener before it accepts them. After a scale

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use poc_routing_wire::{MemberState, PeerTable};
 use rand::Rng;
 
-use crate::gossip::{Card, Gossip, News, OwnChange, EPOCH_FANOUT};
+use crate::gossip::{Card, Gossip, News, OwnChange, Probe, EPOCH_FANOUT};
 use crate::membership::{Change, Membership, Peer};
 
 /// What a recomputation did.
@@ -62,9 +62,9 @@ impl Node {
         self.gossip.probe_targets(me, rng)
     }
 
-    /// A probe of `instance` was answered, or not.
-    pub fn probed(&mut self, instance: u64, answered: bool, now: Instant) {
-        self.dirty |= self.gossip.probed(instance, answered, now);
+    /// What a probe of `instance` got.
+    pub fn probed(&mut self, instance: u64, probe: Probe, now: Instant) {
+        self.dirty |= self.gossip.probed(instance, probe, now);
     }
 
     /// A peer's cards, from the wire (a sync or a push), judged by the wall clock `wall_us`.

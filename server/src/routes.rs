@@ -333,6 +333,7 @@ pub async fn placement(State(state): State<Arc<AppState>>) -> Json<PlacementAnsw
         previous,
         peers,
         handoff_pending: state.handoffs.as_ref().map_or(0, |h| h.pending()),
+        credential: state.peer_credentials.as_ref().map(|c| c.fingerprints()),
     })
 }
 

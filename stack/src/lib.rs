@@ -674,14 +674,27 @@ impl Stack {
     /// It comes back as the same member: the member set does not change.
     /// Returns the new address and the moment the new process was started.
     pub async fn restart_instance(&mut self, index: u64) -> Result<(SocketAddr, Instant)> {
-        if self.servers.contains_key(&index) {
-            self.stop_instance(index)?;
+        let started = self.restart_instances(&[index]).await?;
+        Ok((self.instance_addr(index).expect("just started"), started))
+    }
+
+    /// [`Self::restart_instance`] for several at once (a whole deployment started again):
+    /// starts them all, then waits until each is healthy. Returns the moment they started.
+    pub async fn restart_instances(&mut self, indexes: &[u64]) -> Result<Instant> {
+        for &index in indexes {
+            if self.servers.contains_key(&index) {
+                self.stop_instance(index)?;
+            }
         }
         let server_bin = workspace_binary("poc-server")?;
         let started = Instant::now();
-        self.start_instance_with(&server_bin, index)?;
-        self.wait_instance_healthy(index).await?;
-        Ok((self.instance_addr(index).expect("just started"), started))
+        for &index in indexes {
+            self.start_instance_with(&server_bin, index)?;
+        }
+        for &index in indexes {
+            self.wait_instance_healthy(index).await?;
+        }
+        Ok(started)
     }
 
     /// Everything Envoy logged so far.

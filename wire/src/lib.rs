@@ -141,6 +141,19 @@ pub struct PlacementAnswer {
     /// acknowledged by that owner (the hand-off).
     #[serde(default)]
     pub handoff_pending: u64,
+    /// With discovery: the peer credential this instance holds now. During a rotation each
+    /// step is in force everywhere once every instance reports it.
+    #[serde(default)]
+    pub credential: Option<Fingerprints>,
+}
+
+/// A peer credential, by the SHA-256 fingerprints of its certificate authorities.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Fingerprints {
+    /// The authority this instance's certificate is issued from (`ca.pem`).
+    pub primary: String,
+    /// Every authority accepted, the primary included, in file order (ca, next, previous).
+    pub accepted: Vec<String>,
 }
 
 /// The previous view, while joins routed by it are still served.

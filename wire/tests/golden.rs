@@ -119,6 +119,10 @@ fn placement_answer() {
                 },
             ],
             handoff_pending: 12,
+            credential: Some(Fingerprints {
+                primary: "3f1c".repeat(16),
+                accepted: vec!["3f1c".repeat(16), "9a07".repeat(16)],
+            }),
         },
     );
 }
@@ -143,6 +147,10 @@ fn a_joining_instance_has_no_epoch() {
             previous: None,
             peers: vec![],
             handoff_pending: 0,
+            credential: Some(Fingerprints {
+                primary: "3f1c".repeat(16),
+                accepted: vec!["3f1c".repeat(16)],
+            }),
         },
     );
 }
