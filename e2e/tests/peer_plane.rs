@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use poc_routing_client::verify;
 use poc_routing_e2e::*;
-use poc_routing_peer::{secrets, ClientOptions, Credentials, PeerClient};
+use poc_routing_peer::{
+    credential, secrets, ClientOptions, Credentials, Fingerprints, PeerClient, PeerError,
+};
 use poc_routing_placement::IndexMode;
 use poc_routing_stack::{Deployment, Stack, PEER_PORT, SERVER_PORT};
 use poc_routing_wire::MemberState;
@@ -230,4 +232,168 @@ async fn a_stranger_named_in_dns_as_an_instance_never_becomes_a_member() {
         "the stranger after the cold start: {its_view}"
     );
     stack.stop_instance(9).unwrap();
+}
+
+/// The value of the series `series` (name and labels, as `/metrics` writes it) on instance
+/// `index`; 0 while the series does not exist yet.
+async fn metric(stack: &Stack, index: u64, series: &str) -> f64 {
+    let addr = stack.instance_addr(index).unwrap();
+    let text = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .bearer_auth(stack.operator_token())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Handshakes refused on the peer listeners of the running members, summed.
+async fn refused_handshakes(stack: &Stack) -> f64 {
+    let mut sum = 0.0;
+    for index in stack.running() {
+        sum += metric(
+            stack,
+            index,
+            r#"poc_peer_refused_total{reason="handshake"}"#,
+        )
+        .await;
+    }
+    sum
+}
+
+/// Waits until every running instance reports a peer credential that passes `holds`.
+async fn every_instance_holds(
+    stack: &Stack,
+    what: &str,
+    holds: impl Fn(&Fingerprints) -> bool,
+) -> Result<(), String> {
+    poc_routing_testkit::wait_for(what, Duration::from_secs(10), || async {
+        stack.views().await.values().all(|v| {
+            v.as_ref()
+                .and_then(|v| v.credential.as_ref())
+                .is_some_and(&holds)
+        })
+    })
+    .await
+    .map_err(|e| format!("{e:#}"))
+}
+
+/// A rotation of the cluster's credential while clients join, with a scale step on each side
+/// of it (a new instance that starts mid-rotation, hand-offs to and from it): every step of
+/// `poc-server credential` is followed by every instance within its reload period, no join
+/// fails, no handshake between instances is refused at any moment, and the old authority is
+/// refused once retired.
+#[tokio::test]
+async fn a_credential_rotation_under_load_fails_no_join_and_no_handshake() {
+    let _turn = serial().await;
+    let mut c = config("rotation", 3, Deployment::Compose, IndexMode::Hash);
+    c.flow = flow_from_env();
+    let mut stack = start(c).await;
+    let (public, operator) = (api(&stack), operator(&stack));
+    let dir = secrets::peer_dir(stack.secrets());
+    // The credential as it is before the rotation, kept aside.
+    let old = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.join(credential::PRIMARY),
+        old.path().join(credential::PRIMARY),
+    )
+    .unwrap();
+    let client_of = |dir: &std::path::Path| {
+        PeerClient::new(
+            Credentials::load(dir, ClientOptions::default()).unwrap(),
+            PEER_PORT,
+        )
+    };
+    let first = stack.running()[0];
+    let first_ip = stack.instance_addr(first).unwrap().ip();
+    let digest = |client: PeerClient| async move {
+        poc_routing_peer::json::<serde_json::Value>(client.get(first_ip, "/peer/digest"), 4096)
+            .await
+    };
+    digest(client_of(old.path()))
+        .await
+        .expect("the cluster's own credential gets an answer");
+    // The refusal counter counts: a stranger's handshake shows in it.
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let before_stranger = refused_handshakes(&stack).await;
+    assert!(digest(stranger(stranger_dir.path())).await.is_err());
+    poc_routing_testkit::wait_for(
+        "the stranger's handshake to be counted",
+        Duration::from_secs(5),
+        || async { refused_handshakes(&stack).await > before_stranger },
+    )
+    .await
+    .unwrap();
+    let refused_before = refused_handshakes(&stack).await;
+
+    let expect = |members| poc_routing_client::scale::Expect {
+        members,
+        agree_within: Duration::from_secs(20),
+        id_kind: poc_routing_client::ids::IdKind::Mixed,
+    };
+    // 1. A new authority accepted beside the old one; then an instance starts.
+    let report = poc_routing_client::scale::step(&public, &operator, &expect(4), 301, async {
+        let rotated = credential::rotate(&dir).map_err(|e| e.to_string())?;
+        every_instance_holds(&stack, "every instance to accept the new authority", |f| {
+            f.accepted == rotated.accepted
+        })
+        .await?;
+        stack
+            .add_instances(&[4])
+            .await
+            .map_err(|e| format!("{e:#}"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("rotate, then 3 -> 4: {e}"));
+    eprintln!("rotate, then 3 -> 4: {}", report.summary());
+    // 2. The new authority signs: every instance issues itself a certificate from it.
+    let report = poc_routing_client::scale::step(&public, &operator, &expect(4), 302, async {
+        let promoted = credential::promote(&dir).map_err(|e| e.to_string())?;
+        every_instance_holds(
+            &stack,
+            "every instance to sign with the new authority",
+            |f| *f == promoted,
+        )
+        .await
+    })
+    .await
+    .unwrap_or_else(|e| panic!("promote: {e}"));
+    eprintln!("promote: {}", report.summary());
+    // 3. The old authority retired; then an instance leaves, handing its clients on.
+    let report = poc_routing_client::scale::step(&public, &operator, &expect(3), 303, async {
+        let retired = credential::retire(&dir).map_err(|e| e.to_string())?;
+        every_instance_holds(&stack, "every instance to refuse the old authority", |f| {
+            *f == retired
+        })
+        .await?;
+        stack
+            .remove_instances(&[4])
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("retire, then 4 -> 3: {e}"));
+    eprintln!("retire, then 4 -> 3: {}", report.summary());
+
+    assert_eq!(
+        refused_handshakes(&stack).await,
+        refused_before,
+        "EXPECTED no handshake between instances refused during the rotation"
+    );
+    every_instance_a_member_and_correct(&stack, "after the rotation").await;
+    // The new credential gets through; the old one, accepted until step 3, is a stranger's.
+    digest(client_of(&dir))
+        .await
+        .expect("the new credential gets an answer");
+    let refused = digest(client_of(old.path())).await;
+    assert!(
+        matches!(refused, Err(PeerError::NotOurs(_))),
+        "the retired credential: {refused:?}"
+    );
 }
