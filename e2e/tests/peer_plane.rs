@@ -397,3 +397,62 @@ async fn a_credential_rotation_under_load_fails_no_join_and_no_handshake() {
         "the retired credential: {refused:?}"
     );
 }
+
+/// A keyholder lies: it pushes a card saying instance 3 is leaving, at a version above 3's own
+/// (inside the allowed clock skew), to instance 1. Instance 1 believes it and drops 3 from its
+/// view; instance 3 hears of the lie at its next swap of cards, writes its card again above it
+/// and pushes it to every peer (refutation). Measured: how long any view lacks instance 3.
+#[tokio::test]
+async fn a_keyholders_forged_card_is_refuted_by_its_subject_within_rounds() {
+    let _turn = serial().await;
+    let mut c = config("refutation", 3, Deployment::Compose, IndexMode::Hash);
+    c.flow = flow_from_env();
+    let stack = start(c).await;
+    every_instance_a_member_and_correct(&stack, "before").await;
+    let liar = PeerClient::new(
+        Credentials::load(
+            &secrets::peer_dir(stack.secrets()),
+            ClientOptions::default(),
+        )
+        .unwrap(),
+        PEER_PORT,
+    );
+    let (target, victim) = (1, 3);
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let lie = json!({
+        "from": 2,
+        "cards": [{ "instance": victim, "version": now_us + 10_000_000, "state": "leaving",
+                    "epoch": null, "previous": null, "previous_left_ms": 0, "removed": [] }],
+        "views": []
+    });
+    let ip = stack.instance_addr(target).unwrap().ip();
+    let pushed = std::time::Instant::now();
+    poc_routing_peer::json::<serde_json::Value>(liar.post(ip, "/peer/push").json(&lie), 4096)
+        .await
+        .expect("a keyholder's push is taken");
+    // Watch every view for 3 s: the last moment any of them lacked the victim.
+    let mut lasted = Duration::ZERO;
+    while pushed.elapsed() < Duration::from_secs(3) {
+        let views = stack.views().await;
+        let lacking = views
+            .values()
+            .any(|v| !v.as_ref().is_some_and(|v| v.members.contains(&victim)));
+        if lacking {
+            lasted = pushed.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("the forged card lasted {lasted:?} in any view");
+    // A round is PROBE_INTERVAL_MS (250 ms): the victim hears the lie at its next swap with
+    // the target (each probes one peer a round, of two), refutes at once, and pushes.
+    assert!(
+        lasted <= Duration::from_millis(1500),
+        "EXPECTED the lie gone from every view within a few rounds, RECEIVED {lasted:?}"
+    );
+    // The lie reached its subject, which refuted it.
+    assert!(metric(&stack, victim, "poc_refutations_total").await >= 1.0);
+    every_instance_a_member_and_correct(&stack, "after the refutation").await;
+}
