@@ -68,3 +68,31 @@ print(f"{dropped} of {n} sessions dropped with their owner (instance {victim}), 
       f"({report['refused_connects']} reconnects refused meanwhile; no session for at most {report['no_session_ms']['max']} ms)")
 EOF
 }
+
+# A stranger beside the servers (make test-compose step 6b, make test-k8s step 5b): the server
+# image with a credential of its own, named in DNS as an instance.
+#
+# member_lists OPERATOR_URL: the distinct member lists the instances hold, as one line. `views`
+# exits 1 while a stranger is in DNS (an instance reports it as a peer with no card), so its
+# status is not used here.
+member_lists() {
+  { "$CLIENT" views --url "$1" --json || true; } |
+    python3 -c 'import json,sys; print(sorted(set(tuple(v["members"]) for v in json.load(sys.stdin) if v["members"] is not None)))'
+}
+
+# stranger_read_nothing REGISTRATIONS STRANGER: REGISTRATIONS is the stranger's own
+# /registrations answer (asked with its own token: it gathers from every instance DNS names,
+# over the peer plane). Fails if it holds a single id from another instance, or if no instance
+# was asked; prints how many refused it.
+stranger_read_nothing() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+answer, stranger = json.load(open(sys.argv[1])), int(sys.argv[2])
+others = [i for i in answer["instances"] if i["instance"] != stranger]
+read = sum(len(i["ids"]) for i in others)
+refused = sum(1 for i in others if i.get("error"))
+if not others or read or refused != len(others):
+    sys.exit(f"FAIL: the stranger reads client ids over the peer plane\nEXPECTED every instance refusing it, 0 ids\nRECEIVED {len(others)} instances asked, {refused} refused, {read} ids")
+print(f"the stranger asked {len(others)} instances for their registrations: all refused it, 0 ids read")
+PY
+}

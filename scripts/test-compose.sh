@@ -310,13 +310,7 @@ step "6b. a stranger container with the servers' image, environment and names, b
 stranger_secrets=$(mktemp -d)
 target/release/poc-server credential new "$stranger_secrets/s" >/dev/null
 chmod 755 "$stranger_secrets"
-# The member lists the instances hold (views that carry one). `views` itself exits 1 while the
-# stranger is there: the instance it asks reports it as a peer DNS names that has no card.
-member_lists() {
-  { "$CLIENT" views --url "$OPERATOR" --json || true; } |
-    python3 -c 'import json,sys; print(sorted(set(tuple(v["members"]) for v in json.load(sys.stdin) if v["members"] is not None)))'
-}
-members_before=$(member_lists)
+members_before=$(member_lists "$OPERATOR")
 docker run -d --rm --name poc-routing-server-77 --network "$NETWORK" --network-alias server \
   -v "$stranger_secrets/s/peer:/run/secrets/peer:ro" -v "$stranger_secrets/s/operator:/run/secrets/operator:ro" \
   -e SERVICE_PREFIX=poc-routing-server -e SERVICE_SUFFIX= -e DISCOVERY=dns -e DISCOVERY_NAME=server \
@@ -324,11 +318,15 @@ docker run -d --rm --name poc-routing-server-77 --network "$NETWORK" --network-a
   -e PEER_CREDENTIAL_DIR=/run/secrets/peer -e OPERATOR_TOKEN_FILE=/run/secrets/operator/token \
   poc-routing-server:latest >/dev/null
 sleep 25 # as long as it took to become a member before the peer plane was authenticated
-members_after=$(member_lists)
+members_after=$(member_lists "$OPERATOR")
+# What the stranger gathered over the peer plane, asked with its own operator token.
+stranger_token=$(grep -v '^#' "$stranger_secrets/s/operator/token" | tail -n 1)
+neighbour "exec 3<>/dev/tcp/poc-routing-server-77/8081 && printf 'GET /registrations HTTP/1.1\r\nHost: stranger\r\nAuthorization: Bearer $stranger_token\r\nConnection: close\r\n\r\n' >&3 && sed '1,/^\r\$/d' <&3" >"$WORK/stranger-registrations.json"
 stranger_log=$(docker logs poc-routing-server-77 2>&1 | tail -n 5)
 docker rm -f poc-routing-server-77 >/dev/null 2>&1 || true
 rm -rf "$stranger_secrets"
 [ "$members_after" = "$members_before" ] || fail "the stranger changed a view" "$members_before" "$members_after ($stranger_log)"
+stranger_read_nothing "$WORK/stranger-registrations.json" 77
 # Docker's DNS drops the removed container a moment later; the instances' next rounds follow.
 wait_for "the views to agree again without the stranger" 20 "$CLIENT" views --url "$OPERATOR" --expect 3
 verify_all 1000 after-stranger

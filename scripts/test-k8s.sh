@@ -16,6 +16,9 @@
 #      `poc-client audit` (every known id registered exactly once, at its owner); 200
 #      WebSocket sessions held through Envoy meanwhile end all on their owner, with no close
 #      but "moved"
+#   5b. a stranger pod with the servers' image, labels and DNS name (server-77) and a credential
+#      of its own: it changes no view, forms none of its own, reads no client id (every instance
+#      refuses its peer requests), and the members' ids stay correct
 #   6. Envoy's admin interface: refused from the node on the pod's address, reachable through
 #      kubectl port-forward; the probe listener answers only /ready; the probes pass
 #   7. the Lua flow: minikube-lua/ applied the same way (Envoy's ConfigMap from envoy-lua.yaml),
@@ -204,6 +207,72 @@ sessions_start 200
 scale_to 3
 scale_to 2
 sessions_check
+
+step "5b. a stranger pod: the servers' image, labels and DNS name (server-77), a credential of its own"
+operator="http://$(envoy_pod_ip):9903"
+rm -rf "$WORK/stranger" && target/release/poc-server credential new "$WORK/stranger" >/dev/null
+kctl create secret generic stranger-peer --from-file="$WORK/stranger/peer" --dry-run=client -o yaml | kctl apply -f - >/dev/null
+kctl create secret generic stranger-operator --from-file="$WORK/stranger/operator" --dry-run=client -o yaml | kctl apply -f - >/dev/null
+members_before=$(member_lists "$operator")
+# hostname + subdomain: the headless Service names it server-77 in its SRV records, as it does
+# the StatefulSet's pods; the labels put it behind both Services, as a member would be.
+kctl apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: stranger
+  labels:
+    app.kubernetes.io/name: poc-routing-server
+spec:
+  hostname: server-77
+  subdomain: server-headless
+  automountServiceAccountToken: false
+  containers:
+  - name: server
+    image: poc-routing-server:latest
+    imagePullPolicy: IfNotPresent
+    ports:
+    - {name: http, containerPort: 8081}
+    - {name: peer, containerPort: 7946}
+    env:
+    - {name: SERVICE_PREFIX, value: server}
+    - {name: SERVICE_SUFFIX, value: .server-headless.poc-routing.svc.cluster.local}
+    - {name: DISCOVERY, value: dns}
+    - {name: DISCOVERY_NAME, value: _http._tcp.server-headless.poc-routing.svc.cluster.local}
+    - {name: INDEX_MODE, value: hash}
+    - {name: INDEX_BASE, value: "0"}
+    - {name: PORT, value: "8081"}
+    - {name: PEER_PORT, value: "7946"}
+    - {name: PEER_CREDENTIAL_DIR, value: /run/secrets/peer}
+    - {name: OPERATOR_TOKEN_FILE, value: /run/secrets/operator/token}
+    volumeMounts:
+    - {name: peer, mountPath: /run/secrets/peer, readOnly: true}
+    - {name: operator, mountPath: /run/secrets/operator, readOnly: true}
+  volumes:
+  - {name: peer, secret: {secretName: stranger-peer}}
+  - {name: operator, secret: {secretName: stranger-operator}}
+YAML
+stranger_running() { [ "$(kctl get pod stranger -o jsonpath='{.status.phase}')" = Running ]; }
+wait_for "the stranger pod running" 60 stranger_running
+stranger_ip=$(kctl get pod stranger -o jsonpath='{.status.podIP}')
+# Named in DNS like a member: every server's round sees it (its peer list shows it).
+named_in_dns() { { "$CLIENT" views --url "$operator" --json || true; } | grep -Eq '"instance": *77[,}[:space:]]'; }
+wait_for "the servers to see server-77 in DNS" 30 named_in_dns
+sleep 25 # as long as it took to become a member before the peer plane was authenticated
+members_after=$(member_lists "$operator")
+stranger_token=$(grep -v '^#' "$WORK/stranger/operator/token" | tail -n 1)
+curl -fsS -H "Authorization: Bearer $stranger_token" "http://$stranger_ip:8081/registrations" >"$WORK/stranger-registrations.json" ||
+  fail "the stranger's own /registrations (what it gathered over the peer plane)"
+stranger_state=$(curl -fsS -H "Authorization: Bearer $stranger_token" "http://$stranger_ip:8081/placement" | grep -o '"state": *"[a-z]*"' | head -n 1)
+kctl delete pod stranger --grace-period=0 --force >/dev/null 2>&1 || true
+kctl delete secret stranger-peer stranger-operator >/dev/null 2>&1 || true
+[ "$members_after" = "$members_before" ] || fail "the stranger changed a view" "$members_before" "$members_after"
+grep -q '"joining"' <<<"$stranger_state" || fail "the stranger formed a view of its own" '"state":"joining"' "$stranger_state"
+stranger_read_nothing "$WORK/stranger-registrations.json" 77
+wait_for "the views to agree again without the stranger" 60 "$CLIENT" views --url "$operator" --expect 2
+"$CLIENT" verify --url "$URL" --count 1000 --concurrency 16 --json >"$WORK/verify-stranger.json" ||
+  fail "poc-client verify after the stranger" "1000 correct" "$(cat "$WORK/verify-stranger.json")"
+echo "the stranger stayed out of every view (members $members_after), formed none of its own ($stranger_state); 1000/1000 correct after"
 
 step "6. Envoy's admin interface: its own pod only; the probe listener answers only /ready"
 pod=$(kctl get pods -l app.kubernetes.io/name=poc-routing-envoy -o jsonpath='{.items[0].metadata.name}')
