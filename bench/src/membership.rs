@@ -242,7 +242,9 @@ pub async fn run(sizes: &[u64], sim_runs: &[String], idle: Duration, doc: &Path)
     let report = Report {
         stack: merged(last.stack, report.stack, |r| r.n),
         // Loss in tenths of a percent: a key that orders.
-        sim: merged(last.sim, report.sim, |o| (o.n, (o.loss * 1000.0).round() as u64)),
+        sim: merged(last.sim, report.sim, |o| {
+            (o.n, (o.loss * 1000.0).round() as u64)
+        }),
         peer_plain_http: last.peer_plain_http,
     };
     let json = serde_json::to_string_pretty(&report)?;
