@@ -323,3 +323,43 @@ pub async fn envoy_stat(stack: &Stack, name: &str) -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// Waits until every running instance's registrations have reached their backups (each
+/// reports `replication_pending` 0 in `/placement`) and the replicas held add up to at least
+/// `at_least`.
+pub async fn wait_replicated(stack: &Stack, at_least: u64) {
+    let result = wait_for(
+        &format!("every registration replicated ({at_least} replicas at least)"),
+        Duration::from_secs(10),
+        || async {
+            let views = stack.views().await;
+            let all_sent = views
+                .values()
+                .all(|v| v.as_ref().is_some_and(|v| v.replication_pending == 0));
+            let held: u64 = views.values().flatten().map(|v| v.replicas_held).sum();
+            all_sent && held >= at_least
+        },
+    )
+    .await;
+    if let Err(e) = result {
+        panic!("{e:#}; views: {:?}", stack.views().await);
+    }
+}
+
+/// The value of the series `series` (name and labels, as `/metrics` writes it) on instance
+/// `index`; 0 while the series does not exist yet.
+pub async fn metric(stack: &Stack, index: u64, series: &str) -> f64 {
+    let addr = stack.instance_addr(index).unwrap();
+    let text = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .bearer_auth(stack.operator_token())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}

@@ -237,6 +237,8 @@ fn published(rule: &Placement, addresses: &[(u64, String)]) -> String {
         previous: None,
         peers: Vec::new(),
         handoff_pending: 0,
+        replicas_held: 0,
+        replication_pending: 0,
         credential: None,
     };
     serde_json::to_string(&answer).unwrap()

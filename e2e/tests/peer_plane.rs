@@ -234,24 +234,6 @@ async fn a_stranger_named_in_dns_as_an_instance_never_becomes_a_member() {
     stack.stop_instance(9).unwrap();
 }
 
-/// The value of the series `series` (name and labels, as `/metrics` writes it) on instance
-/// `index`; 0 while the series does not exist yet.
-async fn metric(stack: &Stack, index: u64, series: &str) -> f64 {
-    let addr = stack.instance_addr(index).unwrap();
-    let text = reqwest::Client::new()
-        .get(format!("http://{addr}/metrics"))
-        .bearer_auth(stack.operator_token())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Handshakes refused on the peer listeners of the running members, summed.
 async fn refused_handshakes(stack: &Stack) -> f64 {
     let mut sum = 0.0;

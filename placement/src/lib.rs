@@ -275,17 +275,37 @@ impl Placement {
     ///
     /// Fails only in numeric mode, when the id is not a decimal number that fits in a `u64`.
     pub fn index(&self, id: &ClientId) -> Result<u64, IdError> {
-        let n = self.members.len() as u64;
+        let position = self.position(id, self.members.len())?;
+        Ok(self.members[position])
+    }
+
+    /// The instance that holds `id`'s replica: the one that would own it if its owner were
+    /// gone, i.e. its owner under the same rule over the members without the owner. Every
+    /// instance computes it alike, and when the owner is removed the backup becomes the owner,
+    /// so the replica is already where it is needed. `None` with a single member.
+    pub fn backup(&self, id: &ClientId) -> Result<Option<u64>, IdError> {
+        let n = self.members.len();
+        if n < 2 {
+            return Ok(None);
+        }
+        let owner = self.position(id, n)?;
+        // The position among the other n - 1 members, which are the list without `owner`.
+        let position = self.position(id, n - 1)?;
+        let skip = usize::from(position >= owner);
+        Ok(Some(self.members[position + skip]))
+    }
+
+    /// The position, in a sorted list of `n` members (1 <= n <= MAX_MEMBERS), that the mode
+    /// picks for `id`.
+    fn position(&self, id: &ClientId, n: usize) -> Result<usize, IdError> {
         let position = match self.spec.mode {
-            IndexMode::Hash => u64::from(fnv1a32(id.as_bytes())) % n,
-            IndexMode::Numeric => id::parse_decimal_u64(id.as_str())? % n,
-            IndexMode::Jump => u64::from(jump_consistent_hash(
-                fnv1a64(id.as_bytes()),
-                self.replicas(),
-            )),
+            IndexMode::Hash => u64::from(fnv1a32(id.as_bytes())) % n as u64,
+            IndexMode::Numeric => id::parse_decimal_u64(id.as_str())? % n as u64,
+            // n <= MAX_MEMBERS, which fits.
+            IndexMode::Jump => u64::from(jump_consistent_hash(fnv1a64(id.as_bytes()), n as u32)),
         };
-        // position < n, which indexes the list.
-        Ok(self.members[position as usize])
+        // position < n.
+        Ok(position as usize)
     }
 
     /// The host name of instance `index`, without the port.
@@ -410,6 +430,57 @@ mod tests {
         let jump = Placement::contiguous(PlacementSpec::new(IndexMode::Jump, Naming::compose()), 3)
             .unwrap();
         assert_ne!(p.epoch(), jump.epoch(), "the mode is part of the epoch");
+    }
+
+    #[test]
+    fn the_backup_is_the_owner_once_the_owner_is_gone() {
+        // Every mode, contiguous and gapped member lists, the edges of the list: the backup
+        // is never the owner, and is exactly who owns the id once the owner is removed.
+        let lists: [&[u64]; 6] = [
+            &[1, 2],
+            &[1, 2, 3],
+            &[2, 5, 7],
+            &[0, 9],
+            &[1, 2, 3, 4, 5, 6, 7],
+            &[3, 40, 41, 900],
+        ];
+        for mode in IndexMode::ALL {
+            for members in lists {
+                let p = Placement::new(
+                    PlacementSpec::new(mode, Naming::compose()),
+                    members.iter().copied(),
+                )
+                .unwrap();
+                for i in 0..300u64 {
+                    let id = ClientId::try_from(i.to_string().as_str()).unwrap();
+                    let owner = p.index(&id).unwrap();
+                    let backup = p.backup(&id).unwrap().expect("two members or more");
+                    assert_ne!(backup, owner, "{mode} {members:?} {id:?}");
+                    let without = p
+                        .with_members(members.iter().copied().filter(|m| *m != owner))
+                        .unwrap();
+                    assert_eq!(
+                        without.index(&id).unwrap(),
+                        backup,
+                        "{mode} {members:?} {id:?}"
+                    );
+                }
+            }
+        }
+        let alone = compose().with_members([4]).unwrap();
+        assert_eq!(alone.backup(&ClientId::try_from("a").unwrap()), Ok(None));
+        let numeric =
+            Placement::contiguous(PlacementSpec::new(IndexMode::Numeric, Naming::compose()), 3)
+                .unwrap();
+        assert_eq!(
+            numeric.backup(&ClientId::try_from("x").unwrap()),
+            Err(IdError::NotNumeric)
+        );
+        // Pinned: 7 % 3 = 1 -> member 2 owns; 7 % 2 = 1 among [1, 3] -> 3 backs it up.
+        assert_eq!(
+            numeric.backup(&ClientId::try_from("7").unwrap()),
+            Ok(Some(3))
+        );
     }
 
     #[test]

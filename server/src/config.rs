@@ -26,6 +26,21 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// `REPLICATION`: how a registration reaches its replica on its backup
+/// ([`crate::replicas`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replication {
+    /// A join answers once the backup has acknowledged the record (or after a bounded wait,
+    /// with the record still pending).
+    Sync,
+    /// Joins answer at once; changed records go to their backups in batches within
+    /// [`crate::replicas::ASYNC_WINDOW`]: a crash loses at most that window's joins.
+    #[default]
+    Async,
+    /// No replicas: a crashed owner's registrations are lost.
+    Off,
+}
+
 /// The whole server configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -50,6 +65,8 @@ pub struct Config {
     pub operator_token_file: PathBuf,
     /// `MAX_SESSIONS`: WebSocket sessions held at once; more are refused with 503.
     pub max_sessions: usize,
+    /// `REPLICATION`: sync, async (the default) or off. With discovery only.
+    pub replication: Replication,
 }
 
 /// Where instances talk to each other, and with what credential.
@@ -150,6 +167,7 @@ impl Config {
             )?,
             instance_index,
             log_format: log_format(&get)?,
+            replication: replication(&get)?,
             registry_capacity: parse(
                 "REGISTRY_CAPACITY",
                 get("REGISTRY_CAPACITY"),
@@ -262,6 +280,20 @@ fn operator_token_file(get: Get) -> Result<PathBuf, ConfigError> {
         accepts: format!("expected a token file: {e}"),
     })?;
     Ok(path)
+}
+
+/// `REPLICATION`: sync, async (the default) or off.
+fn replication(get: Get) -> Result<Replication, ConfigError> {
+    match get("REPLICATION").as_deref() {
+        Some("sync") => Ok(Replication::Sync),
+        None | Some("async") => Ok(Replication::Async),
+        Some("off") => Ok(Replication::Off),
+        Some(other) => Err(ConfigError {
+            var: "REPLICATION",
+            value: other.to_owned(),
+            accepts: "expected sync, async or off".into(),
+        }),
+    }
 }
 
 /// `LOG_FORMAT`: json (the default) or pretty.
@@ -431,6 +463,7 @@ mod tests {
         assert_eq!(c.bind_addr.to_string(), "0.0.0.0");
         assert_eq!(c.instance_index, None);
         assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.replication, Replication::Async);
         assert_eq!(c.peer.as_ref().map(|p| p.port), Some(DEFAULT_PEER_PORT));
         assert_eq!(c.max_sessions, 10_000);
     }
@@ -451,8 +484,10 @@ mod tests {
             ("BIND_ADDR", "127.0.0.11"),
             ("INSTANCE_INDEX", "2"),
             ("LOG_FORMAT", "pretty"),
+            ("REPLICATION", "sync"),
         ])
         .unwrap();
+        assert_eq!(c.replication, Replication::Sync);
         assert_eq!(
             c.placement.hostport(2),
             "server-2.server-headless.poc-routing.svc.cluster.local:9000"
@@ -483,6 +518,7 @@ mod tests {
             ("DRAIN_GRACE_MS", "1e3"),
             ("JOIN_SETTLE_MS", "x"),
             ("INDEX_MODE", "modulo"),
+            ("REPLICATION", "quorum"),
             ("INDEX_BASE", "-1"),
             ("PORT", "0"),
             ("PORT", "65536"),

@@ -108,11 +108,36 @@ impl HandOffs {
     }
 
     /// Takes a hand-off that arrived from `sender` over the peer plane (so from a holder of
-    /// the cluster's credential). Refused unless `handoff.from` is a current or recent member
-    /// here (or a peer this instance sees as a member or leaving), DNS names `sender` as that
-    /// instance's address, and every record passes [`validate`]. Returns how many it merged.
+    /// the cluster's credential), if [`HandOffs::admit`] admits it. Returns how many it merged.
     pub fn receive(&self, handoff: HandOff, sender: IpAddr) -> Result<u64, ApiError> {
-        let from = handoff.from;
+        self.admit(&handoff, sender, "hand-off")?;
+        let count = handoff.registrations.len() as u64;
+        let evicted = self.registry.merge_in(handoff.registrations);
+        self.evicted(&evicted, "receiving a hand-off");
+        self.metrics.handoff_received.inc_by(count);
+        self.wake();
+        Ok(count)
+    }
+
+    /// Whether a batch of registrations from another instance (a hand-off, or replicas) may
+    /// be taken: `batch.from` is a current or recent member here (or a peer this instance
+    /// sees as a member or leaving), DNS names `sender` as that instance's address, and every
+    /// record passes [`validate`]. Refusals are counted and logged (`what` says which batch).
+    pub fn admit(&self, batch: &HandOff, sender: IpAddr, what: &str) -> Result<(), ApiError> {
+        let from = batch.from;
+        self.admit_sender(from, sender)?;
+        if let Err(why) = validate(batch, wall_us()) {
+            self.metrics.refused("handoff_invalid");
+            tracing::warn!(from, error = %why, "{what} refused");
+            return Err(ApiError::BadBody(why));
+        }
+        Ok(())
+    }
+
+    /// Whether a request that says it comes from instance `from` may be taken from `sender`:
+    /// `from` is a current or recent member here (or a peer this instance sees as a member or
+    /// leaving), and DNS names `sender` as its address.
+    pub fn admit_sender(&self, from: u64, sender: IpAddr) -> Result<(), ApiError> {
         let known = self
             .membership
             .is_current_or_recent_member(from, Instant::now())
@@ -131,17 +156,7 @@ impl HandOffs {
                 addr: sender.to_string(),
             });
         }
-        if let Err(why) = validate(&handoff, wall_us()) {
-            self.metrics.refused("handoff_invalid");
-            tracing::warn!(from, error = %why, "hand-off refused");
-            return Err(ApiError::BadBody(why));
-        }
-        let count = handoff.registrations.len() as u64;
-        let evicted = self.registry.merge_in(handoff.registrations);
-        self.evicted(&evicted, "receiving a hand-off");
-        self.metrics.handoff_received.inc_by(count);
-        self.wake();
-        Ok(count)
+        Ok(())
     }
 
     /// Counts and logs registrations evicted to make room.
@@ -320,7 +335,7 @@ impl HandOffs {
     }
 }
 
-/// Whether a hand-off holds only what a join could have made: at most [`BATCH`] records, each
+/// Whether a hand-off (or a batch of replicas) holds only what a join could have made: at most [`BATCH`] records, each
 /// with a valid client id, at most [`MAX_JOIN_COUNTERS`] counters and [`MAX_SERVED`] served
 /// entries with valid epochs, and times in order and not ahead of the clock (by more than
 /// [`MAX_CLOCK_SKEW`]). The first problem, in words (no client id in them).
@@ -360,7 +375,7 @@ pub fn validate(handoff: &HandOff, now_us: u64) -> Result<(), String> {
 }
 
 /// The owner of `id` under `placement` (ids that do not parse stay where they are).
-fn owner(placement: &Placement, id: &str) -> Option<u64> {
+pub(crate) fn owner(placement: &Placement, id: &str) -> Option<u64> {
     let id = ClientId::try_from(id).ok()?;
     placement.index(&id).ok()
 }

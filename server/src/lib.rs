@@ -29,6 +29,7 @@ pub mod membership;
 mod metrics;
 pub mod node;
 pub mod registry;
+pub mod replicas;
 mod rounds;
 pub mod routes;
 pub mod sessions;
@@ -46,7 +47,7 @@ use poc_routing_peer::{ClientOptions, Credentials, PeerAddr, PeerClient, TlsList
 use poc_routing_placement::Placement;
 use tokio::net::TcpListener;
 
-pub use config::{Config, ConfigError, LogFormat, PeerSettings};
+pub use config::{Config, ConfigError, LogFormat, PeerSettings, Replication};
 use discovery::{Discovery, Finder};
 use identity::Identity;
 use membership::Membership;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub discovery: Option<Arc<Discovery>>,
     /// Present with discovery: hands registrations to their new owners.
     pub handoffs: Option<Arc<handoff::HandOffs>>,
+    /// Present with discovery unless `REPLICATION=off`: the replicas of the registrations.
+    pub replicas: Option<Arc<replicas::Replicas>>,
     pub registry: Arc<registry::Registry>,
     /// The WebSocket sessions held here.
     pub sessions: Arc<sessions::Sessions>,
@@ -88,6 +91,7 @@ impl AppState {
             identity,
             discovery: None,
             handoffs: None,
+            replicas: None,
             registry: Arc::new(registry::Registry::new(registry_capacity)),
             sessions: Arc::default(),
             max_sessions: usize::MAX,
@@ -143,6 +147,9 @@ pub fn peer_router(state: Arc<AppState>) -> Router {
         .route("/peer/sync", post(routes::peer_sync))
         .route("/peer/push", post(routes::peer_push))
         .route("/peer/handoff", post(routes::peer_handoff))
+        .route("/peer/replicate", post(routes::peer_replicate))
+        .route("/peer/replicas", get(routes::peer_replicas))
+        .route("/peer/resync", post(routes::peer_resync))
         .route("/peer/registrations", get(routes::peer_registrations))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
@@ -311,15 +318,31 @@ impl Application {
             identity.clone(),
             discovery.clone(),
             metrics.clone(),
-            peers,
+            peers.clone(),
         ));
         tokio::spawn(handoffs.clone().run());
+        let replicas = (config.replication != config::Replication::Off).then(|| {
+            Arc::new(replicas::Replicas::new(
+                config.replication,
+                registry.clone(),
+                membership.clone(),
+                identity.clone(),
+                discovery.clone(),
+                handoffs.clone(),
+                metrics.clone(),
+                peers,
+            ))
+        });
+        if let Some(replicas) = &replicas {
+            tokio::spawn(replicas.clone().run());
+        }
         tokio::spawn(auth::watch(operator.clone(), Some(credentials.clone())));
         let state = AppState {
             membership,
             identity,
             discovery: Some(discovery),
             handoffs: Some(handoffs),
+            replicas,
             registry,
             sessions,
             max_sessions: config.max_sessions,

@@ -75,6 +75,24 @@ pub struct Metrics {
     pub peer_refused: Family<ReasonLabel, Counter>,
     /// Cards about this instance newer than its own that it answered with a newer one.
     pub refutations: Counter,
+    /// The replicas ([`crate::replicas`]).
+    pub replication: ReplicationMetrics,
+}
+
+/// What the replication of registrations to their backups does.
+#[derive(Default)]
+pub struct ReplicationMetrics {
+    /// Replicas of other instances' registrations held here.
+    pub held: Gauge,
+    /// Registrations owned here changed and not yet acknowledged by their backup.
+    pub pending: Gauge,
+    pub sent: Counter,
+    pub failed: Counter,
+    pub received: Counter,
+    pub promoted: Counter,
+    pub handed_on: Counter,
+    pub recovered: Counter,
+    pub evicted: Counter,
 }
 
 impl Default for Metrics {
@@ -202,7 +220,27 @@ impl Default for Metrics {
             "Cards about this instance, newer than its own, that it answered with a newer one",
             refutations.clone(),
         );
+        let replication = ReplicationMetrics::default();
+        let r = &replication;
+        for (name, help, metric) in [
+            ("replicas_held", "Replicas of registrations other instances own, held here as their backup", &r.held),
+            ("replication_pending", "Registrations owned here that changed and are not yet acknowledged by their backup", &r.pending),
+        ] {
+            registry.register(name, help, metric.clone());
+        }
+        for (name, help, metric) in [
+            ("replicated", "Registrations sent to their backup and acknowledged", &r.sent),
+            ("replication_failed", "Replica batches not acknowledged by their backup (sent again later)", &r.failed),
+            ("replicas_received", "Replicas received from their owner and merged here", &r.received),
+            ("replicas_promoted", "Replicas that became registrations here because this instance owns their client now (its owner was removed)", &r.promoted),
+            ("replicas_handed_on", "Replicas this instance is no longer the backup of, handed to their owner (merged there)", &r.handed_on),
+            ("replicas_recovered", "Registrations a restarted instance got back from the replicas its earlier life had sent", &r.recovered),
+            ("replicas_evicted", "Replicas evicted to make room (REGISTRY_CAPACITY)", &r.evicted),
+        ] {
+            registry.register(name, help, metric.clone());
+        }
         Self {
+            replication,
             sessions_refused,
             peer_refused,
             refutations,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, MatchedPath, Query, RawQuery, Request, State};
@@ -17,15 +17,17 @@ use poc_routing_peer::PeerAddr;
 use poc_routing_placement::{client_id_from_query, ClientId, Epoch, Placement};
 use poc_routing_wire::{
     Discovery, HandOff, HandOffAck, InstanceRegistrations, JoinAnswer, PeerDigest, PeerTable,
-    PeerView, PlacementAnswer, PreviousView, RegistrationsReport, ServedUnder, WhereAnswer,
-    EPOCH_HEADER,
+    PeerView, PlacementAnswer, PreviousView, RegistrationsReport, ReplicaPage, Resync, ServedUnder,
+    WhereAnswer, EPOCH_HEADER,
 };
 use serde::Deserialize;
 
+use crate::config::Replication;
 use crate::error::{ApiError, ErrorCode};
 use crate::handoff::HandOffs;
 use crate::membership::{MemberState, Refusal};
 use crate::metrics::{CodeLabel, RequestLabels};
+use crate::replicas::Replicas;
 use crate::wall_us;
 use crate::AppState;
 
@@ -84,6 +86,9 @@ pub async fn join(
                 ApiError::TooManySessions(state.max_sessions)
             })?;
         record(&state, &id, instance, under, &placement);
+        if let Some(replicas) = &state.replicas {
+            replicas.changed([id.as_str().to_owned()]);
+        }
         let epoch = current.epoch().to_string();
         let sessions = state.sessions.clone();
         let metrics = state.metrics.clone();
@@ -106,6 +111,13 @@ pub async fn join(
             .into_response());
     }
     record(&state, &id, instance, under, &placement);
+    match &state.replicas {
+        Some(replicas) if replicas.mode() == Replication::Sync => {
+            replicas.replicate_now(id.as_str()).await
+        }
+        Some(replicas) => replicas.changed([id.as_str().to_owned()]),
+        None => {}
+    }
     Ok(Json(JoinAnswer {
         client_id: id.into_string(),
         status: "joined".into(),
@@ -333,6 +345,8 @@ pub async fn placement(State(state): State<Arc<AppState>>) -> Json<PlacementAnsw
         previous,
         peers,
         handoff_pending: state.handoffs.as_ref().map_or(0, |h| h.pending()),
+        replicas_held: state.replicas.as_ref().map_or(0, |r| r.held()),
+        replication_pending: state.replicas.as_ref().map_or(0, |r| r.pending()),
         credential: state.peer_credentials.as_ref().map(|c| c.fingerprints()),
     })
 }
@@ -357,8 +371,73 @@ pub async fn peer_handoff(
         .map(|Json(h)| h)
         .map_err(|e| ApiError::BadBody(e.body_text()))?;
     let instance = state.identity.get().ok_or(ApiError::IdentityUnknown)?;
+    let ids: Vec<String> = handoff
+        .registrations
+        .iter()
+        .map(|r| r.client_id.clone())
+        .collect();
     let accepted = handoffs.receive(handoff, sender.ip())?;
+    if let Some(replicas) = &state.replicas {
+        // Their new owner gives them a replica on its backup.
+        replicas.changed(ids);
+    }
     Ok(Json(HandOffAck { instance, accepted }))
+}
+
+/// The replicas' endpoints need discovery and replication.
+fn replicas_of(state: &AppState, request: &str) -> Result<Arc<Replicas>, ApiError> {
+    state.replicas.clone().ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "{request} (no replicas here: REPLICATION=off, or a fixed member set)"
+        ))
+    })
+}
+
+/// `POST /peer/replicate`: replicas of registrations their owner holds, for this instance
+/// as their backup. Admitted as a hand-off is; merged, then acknowledged.
+pub async fn peer_replicate(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(PeerAddr(sender)): ConnectInfo<PeerAddr>,
+    body: Result<Json<HandOff>, JsonRejection>,
+) -> Result<Json<HandOffAck>, ApiError> {
+    let replicas = replicas_of(&state, "POST /peer/replicate")?;
+    let batch = body
+        .map(|Json(h)| h)
+        .map_err(|e| ApiError::BadBody(e.body_text()))?;
+    let instance = state.identity.get().ok_or(ApiError::IdentityUnknown)?;
+    let accepted = replicas.receive(batch, sender.ip())?;
+    Ok(Json(HandOffAck { instance, accepted }))
+}
+
+/// `POST /peer/resync`: the sender started again; the replicas it backs up go to it again.
+pub async fn peer_resync(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(PeerAddr(sender)): ConnectInfo<PeerAddr>,
+    body: Result<Json<Resync>, JsonRejection>,
+) -> Result<Json<HandOffAck>, ApiError> {
+    let replicas = replicas_of(&state, "POST /peer/resync")?;
+    let Json(resync) = body.map_err(|e| ApiError::BadBody(e.body_text()))?;
+    let instance = state.identity.get().ok_or(ApiError::IdentityUnknown)?;
+    let accepted = replicas.resync(resync.from, sender.ip())?;
+    Ok(Json(HandOffAck { instance, accepted }))
+}
+
+/// `GET /peer/replicas`'s query.
+#[derive(Debug, Deserialize)]
+pub struct ReplicasQuery {
+    origin: u64,
+    after: Option<String>,
+}
+
+/// `GET /peer/replicas?origin=N[&after=ID]`: the replicas instance N sent here, a page at a
+/// time (what a restarted instance reads back).
+pub async fn peer_replicas(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<ReplicasQuery>, QueryRejection>,
+) -> Result<Json<ReplicaPage>, ApiError> {
+    let replicas = replicas_of(&state, "GET /peer/replicas")?;
+    let Query(q) = query.map_err(|e| ApiError::BadBody(e.body_text()))?;
+    Ok(Json(replicas.page(q.origin, q.after.as_deref())?))
 }
 
 /// This instance's registered ids (`GET /peer/registrations`, and its own entry of

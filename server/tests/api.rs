@@ -226,7 +226,7 @@ async fn placement_is_published() {
             // No name resolves here, so no member has an address.
             "addresses": {},
             "expected_replicas": null, "replicas_mismatch": false, "since_change_ms": null,
-            "previous": null, "peers": [], "handoff_pending": 0, "credential": null,
+            "previous": null, "peers": [], "handoff_pending": 0, "replicas_held": 0, "replication_pending": 0, "credential": null,
         })
     );
 }

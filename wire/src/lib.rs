@@ -141,6 +141,13 @@ pub struct PlacementAnswer {
     /// acknowledged by that owner (the hand-off).
     #[serde(default)]
     pub handoff_pending: u64,
+    /// Replicas of other instances' registrations this instance holds as their backup.
+    #[serde(default)]
+    pub replicas_held: u64,
+    /// Registrations owned here that changed and that their backup has not acknowledged yet
+    /// (the replication lag, in registrations).
+    #[serde(default)]
+    pub replication_pending: u64,
     /// With discovery: the peer credential this instance holds now. During a rotation each
     /// step is in force everywhere once every instance reports it.
     #[serde(default)]
@@ -333,6 +340,25 @@ pub struct HandOff {
     pub from: u64,
     pub epoch: String,
     pub registrations: Vec<Registration>,
+}
+
+/// `GET /peer/replicas?origin=N[&after=ID]`: the replicas an instance holds that instance
+/// `N` sent it, in client id order, a page at a time: what a restarted instance gets back.
+/// A replica is sent as a [`HandOff`] (`POST /peer/replicate`, the same mergeable records).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaPage {
+    pub instance: u64,
+    pub registrations: Vec<Registration>,
+    /// The `after` of the next page; `null` on the last.
+    pub next: Option<String>,
+}
+
+/// `POST /peer/resync`: instance `from` started again and holds no replicas: every
+/// instance sends it again the replicas it is the backup of. Answered with a [`HandOffAck`]
+/// whose `accepted` is how many records were queued for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resync {
+    pub from: u64,
 }
 
 /// The answer to a [`HandOff`]: every registration was merged here (the sender may forget them).

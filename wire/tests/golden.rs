@@ -119,6 +119,8 @@ fn placement_answer() {
                 },
             ],
             handoff_pending: 12,
+            replicas_held: 190,
+            replication_pending: 3,
             credential: Some(Fingerprints {
                 primary: "3f1c".repeat(16),
                 accepted: vec!["3f1c".repeat(16), "9a07".repeat(16)],
@@ -147,6 +149,8 @@ fn a_joining_instance_has_no_epoch() {
             previous: None,
             peers: vec![],
             handoff_pending: 0,
+            replicas_held: 0,
+            replication_pending: 0,
             credential: Some(Fingerprints {
                 primary: "3f1c".repeat(16),
                 accepted: vec!["3f1c".repeat(16)],
