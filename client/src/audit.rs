@@ -8,8 +8,15 @@
 //! - **duplicated** when more than one instance holds it;
 //! - **misplaced** when the one instance holding it is not its owner.
 //!
-//! Hand-offs take a moment after a scale change, so [`settle`] audits again until the result
-//! is clean or a bound passes, and reports how long that took.
+//! And every replica is where it belongs: when the instances keep replicas, each registered
+//! id's replica must be on its backup ([`Placement::backup`]) and nowhere else. A replica is
+//! - **missing** when the id's backup holds none;
+//! - **extra** when an instance other than the id's backup holds one;
+//! - **stale** while its owner reports records changed and not yet acknowledged by their backup
+//!   (`replication_pending`, counted in all).
+//!
+//! Hand-offs and replication take a moment after a scale change, so [`settle`] audits again
+//! until the result is clean or a bound passes, and reports how long that took.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -38,6 +45,13 @@ pub struct Audit {
     pub misplaced: usize,
     /// Registrations instances hold for ids owned elsewhere, not yet acknowledged.
     pub pending: u64,
+    /// Whether every instance keeps replicas (then they are checked).
+    pub replicas_checked: bool,
+    pub replicas: usize,
+    pub replicas_missing: usize,
+    pub replicas_extra: usize,
+    /// Records changed on their owner and not yet acknowledged by their backup.
+    pub replicas_stale: u64,
     pub examples: Vec<String>,
 }
 
@@ -45,13 +59,17 @@ pub struct Audit {
 pub const SHOWN: usize = 10;
 
 impl Audit {
-    /// Nothing lost, duplicated, misplaced or pending, and every instance read.
+    /// Nothing lost, duplicated, misplaced or pending, every instance read, and (when the
+    /// instances keep replicas) every replica on its backup, current, and nowhere else.
     pub fn clean(&self) -> bool {
         self.unreadable.is_empty()
             && self.lost == 0
             && self.duplicated == 0
             && self.misplaced == 0
             && self.pending == 0
+            && self.replicas_missing == 0
+            && self.replicas_extra == 0
+            && self.replicas_stale == 0
     }
 
     pub fn render(&self) -> String {
@@ -69,6 +87,14 @@ impl Audit {
             "duplicated {}, misplaced {}, pending hand-offs {}\n",
             self.duplicated, self.misplaced, self.pending
         );
+        out += &if self.replicas_checked {
+            format!(
+                "replicas {}: missing {}, extra {}, stale {}\n",
+                self.replicas, self.replicas_missing, self.replicas_extra, self.replicas_stale
+            )
+        } else {
+            "replicas: not kept (REPLICATION=off on some instance)\n".to_owned()
+        };
         for u in &self.unreadable {
             out += &format!("  unreadable: {u}\n");
         }
@@ -76,7 +102,7 @@ impl Audit {
             out += &format!("  {e}\n");
         }
         out += if self.clean() {
-            "RESULT: PASS, every registration is at its owner, once\n"
+            "RESULT: PASS, every registration is at its owner, once, and its replica on its backup\n"
         } else {
             "RESULT: FAIL\n"
         };
@@ -112,8 +138,14 @@ pub fn judge(
         ..Audit::default()
     };
     let mut holders: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    let mut replica_holders: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    audit.replicas_checked = report.instances.iter().all(|i| i.replicas.is_some());
     for i in &report.instances {
         audit.pending += i.pending;
+        audit.replicas_stale += i.replication_pending;
+        for id in i.replicas.iter().flatten() {
+            replica_holders.entry(id).or_default().push(i.instance);
+        }
         if let Some(e) = &i.error {
             audit
                 .unreadable
@@ -148,6 +180,30 @@ pub fn judge(
             ));
         } else {
             audit.correct += 1;
+        }
+    }
+    if audit.replicas_checked {
+        audit.replicas = replica_holders.values().map(Vec::len).sum();
+        let backup = |id: &str| {
+            ClientId::try_from(id)
+                .ok()
+                .and_then(|c| placement.backup(&c).ok().flatten())
+        };
+        for id in holders.keys() {
+            let Some(b) = backup(id) else { continue };
+            if !replica_holders.get(id).is_some_and(|at| at.contains(&b)) {
+                audit.replicas_missing += 1;
+                examples.push(format!("replica missing: {id} (backup {b})"));
+            }
+        }
+        for (id, at) in &replica_holders {
+            let b = backup(id);
+            for extra in at.iter().filter(|i| Some(**i) != b) {
+                audit.replicas_extra += 1;
+                examples.push(format!(
+                    "replica extra: {id} on instance {extra} (backup {b:?})"
+                ));
+            }
         }
     }
     if let Some(expected) = expected {
@@ -215,6 +271,8 @@ mod tests {
             epoch: epoch.clone(),
             pending: 0,
             ids,
+            replicas: None,
+            replication_pending: 0,
             error: None,
         };
         let report = RegistrationsReport {
@@ -235,5 +293,86 @@ mod tests {
         };
         let audit = judge(&report, &placement, Some(&ids));
         assert!(audit.clean(), "{audit:?}");
+    }
+
+    #[test]
+    fn replicas_missing_extra_and_stale_are_counted() {
+        let placement = Placement::new(
+            PlacementSpec::new(IndexMode::Hash, Naming::compose()),
+            [1, 2, 3],
+        )
+        .unwrap();
+        let place = |id: &str| {
+            let c = ClientId::try_from(id).unwrap();
+            (
+                placement.index(&c).unwrap(),
+                placement.backup(&c).unwrap().unwrap(),
+            )
+        };
+        let ids: Vec<String> = (0..60).map(|i| format!("r{i}")).collect();
+        let epoch = Some(placement.epoch().to_string());
+        // Each instance: the ids it owns, and the replicas it holds as their backup.
+        let layout = |owned_by: &dyn Fn(&str) -> u64, backed_up_by: &dyn Fn(&str) -> u64| {
+            (1..=3)
+                .map(|i| InstanceRegistrations {
+                    instance: i,
+                    epoch: epoch.clone(),
+                    pending: 0,
+                    ids: ids.iter().filter(|id| owned_by(id) == i).cloned().collect(),
+                    replicas: Some(
+                        ids.iter()
+                            .filter(|id| backed_up_by(id) == i)
+                            .cloned()
+                            .collect(),
+                    ),
+                    replication_pending: 0,
+                    error: None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let report = |instances| RegistrationsReport {
+            via: Some(1),
+            epoch: epoch.clone(),
+            instances,
+        };
+        // Every replica on its backup: clean.
+        let right = layout(&|id| place(id).0, &|id| place(id).1);
+        let audit = judge(&report(right.clone()), &placement, Some(&ids));
+        assert!(audit.clean(), "{}", audit.render());
+        assert_eq!(audit.replicas, 60);
+        // One replica moved to the wrong instance: missing on its backup, extra where it is.
+        let moved = ids[0].clone();
+        let wrong = |id: &str| {
+            let (owner, backup) = place(id);
+            if id == moved {
+                6 - owner - backup
+            } else {
+                backup
+            }
+        };
+        let audit = judge(
+            &report(layout(&|id| place(id).0, &wrong)),
+            &placement,
+            Some(&ids),
+        );
+        assert_eq!(
+            (audit.replicas_missing, audit.replicas_extra),
+            (1, 1),
+            "{}",
+            audit.render()
+        );
+        assert!(!audit.clean());
+        // A change not yet acknowledged: stale.
+        let mut stale = right.clone();
+        stale[1].replication_pending = 3;
+        let audit = judge(&report(stale), &placement, Some(&ids));
+        assert_eq!(audit.replicas_stale, 3);
+        assert!(!audit.clean());
+        // An instance that keeps no replicas: not checked, the rest still is.
+        let mut off = right;
+        off[2].replicas = None;
+        let audit = judge(&report(off), &placement, Some(&ids));
+        assert!(!audit.replicas_checked);
+        assert!(audit.clean(), "{}", audit.render());
     }
 }

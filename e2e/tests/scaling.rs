@@ -61,7 +61,7 @@ async fn audit_registrations(name: &str, n: usize, operator: &Api, known: &[Stri
         audit.render()
     );
     eprintln!(
-        "{name} step {n}: registrations settled in {} ms: {} known ids, {} registered, all at their owner once",
+        "{name} step {n}: registrations settled in {} ms: {} known ids, {} registered, all at their owner once, each replica on its backup",
         settled.map_or(0, |d| d.as_millis()),
         known.len(),
         audit.registered

@@ -380,10 +380,11 @@ pub(crate) fn owner(placement: &Placement, id: &str) -> Option<u64> {
     placement.index(&id).ok()
 }
 
-/// The most a peer's registrations list may hold, for a registry of `capacity` ids (the
-/// peers are configured alike): every id at its longest, every byte escaped in JSON.
+/// The most a peer's registrations list may hold, for a registry of `capacity` ids and as
+/// many replicas (the peers are configured alike): every id at its longest, every byte
+/// escaped in JSON.
 pub fn registrations_answer_limit(capacity: usize) -> usize {
-    capacity.saturating_mul(2 * poc_routing_placement::MAX_CLIENT_ID_BYTES + 3) + 64 * 1024
+    capacity.saturating_mul(2 * (2 * poc_routing_placement::MAX_CLIENT_ID_BYTES + 3)) + 64 * 1024
 }
 
 /// Every instance's registered ids, gathered by this one (`GET /registrations`).
@@ -411,6 +412,8 @@ pub async fn gather(
                         epoch: None,
                         pending: 0,
                         ids: Vec::new(),
+                        replicas: None,
+                        replication_pending: 0,
                         error: Some(error),
                     })
             });

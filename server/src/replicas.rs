@@ -179,6 +179,11 @@ impl Replicas {
         }
     }
 
+    /// The ids of the replicas held here.
+    pub fn ids(&self) -> Vec<String> {
+        lock(&self.store).iter().map(|(id, _)| id.clone()).collect()
+    }
+
     /// Replicas held here.
     pub fn held(&self) -> u64 {
         lock(&self.store).len() as u64

@@ -448,6 +448,8 @@ fn own_registrations(state: &AppState) -> Result<InstanceRegistrations, ApiError
         epoch: state.membership.current().map(|c| c.epoch().to_string()),
         pending: state.handoffs.as_ref().map_or(0, |h| h.pending()),
         ids: state.registry.ids(),
+        replicas: state.replicas.as_ref().map(|r| r.ids()),
+        replication_pending: state.replicas.as_ref().map_or(0, |r| r.pending()),
         error: None,
     })
 }

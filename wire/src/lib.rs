@@ -378,6 +378,13 @@ pub struct InstanceRegistrations {
     /// Registrations it holds for ids it does not own under that epoch, not yet acknowledged.
     pub pending: u64,
     pub ids: Vec<String>,
+    /// The ids it holds a replica of, as a backup; `null` when it keeps none
+    /// (`REPLICATION=off`, or a fixed member set).
+    #[serde(default)]
+    pub replicas: Option<Vec<String>>,
+    /// Registrations it owns that changed and that their backup has not acknowledged yet.
+    #[serde(default)]
+    pub replication_pending: u64,
     /// Set when the instance could not be read; `ids` is then empty.
     pub error: Option<String>,
 }

@@ -282,6 +282,8 @@ fn registration_hand_off() {
                     epoch: Some(rule().epoch().to_string()),
                     pending: 0,
                     ids: vec!["123".into(), "abc".into()],
+                    replicas: Some(vec!["xyz".into()]),
+                    replication_pending: 2,
                     error: None,
                 },
                 InstanceRegistrations {
@@ -289,6 +291,8 @@ fn registration_hand_off() {
                     epoch: None,
                     pending: 0,
                     ids: vec![],
+                    replicas: None,
+                    replication_pending: 0,
                     error: Some("connection refused".into()),
                 },
             ],
