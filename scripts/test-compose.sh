@@ -13,7 +13,8 @@
 #      end the sequence all on their owner with no close but "moved"
 #   3. docker kill one replica: only its clients fail, each with 503 owner_unavailable JSON
 #   4. docker start it (on a new IP): its clients are served again within 5 s, Envoy untouched;
-#      then the sessions' fault row: 300 sessions held while it is killed and started again,
+#      after 3 kill/start cycles `poc-client audit` finds every known id at its owner and its
+#      replica on its backup (the restarted owner read its records back); then the sessions' fault row: 300 sessions held while it is killed and started again,
 #      exactly its sessions drop (the others are not closed), and all are back within 6 s of
 #      docker start
 #   5. /where answers the same from every replica
@@ -254,6 +255,11 @@ printf '{"fault": "restart_recovery_compose%s", "figures": {"served_again_after_
 echo "restart recovery on Compose: ${samples[*]} ms, worst $worst ms ($figures)"
 wait_for "Envoy's servers cluster to hold 3 healthy servers" 30 healthy_servers_are 3
 verify_all 1000 restarted
+# Three crashes of an owner, each restarted empty: it reads its records back from their
+# replicas, so every known id is still registered at its owner, with its replica.
+"$CLIENT" audit --operator-url "$OPERATOR" --ids "$WORK/known-ids.txt" --within-seconds 30 >"$WORK/audit-restarted.txt" 2>&1 ||
+  fail "registrations after 3 kill/start cycles of $victim" "0 lost, 0 duplicated, 0 misplaced, every replica on its backup" "$(cat "$WORK/audit-restarted.txt")"
+echo "registrations after the kill/start cycles: $(head -n 2 "$WORK/audit-restarted.txt" | tr '\n' ' ')"
 
 step "4b. WebSocket sessions through docker kill and docker start of $victim: only its sessions drop, all back within 6 s of docker start"
 # 300 sessions, their progress written every 200 ms as JSON lines (unix_ms, up, ...).
