@@ -237,3 +237,81 @@ async fn a_crashed_owner_restarted_gets_its_registrations_back() {
     // And the records are replicated again from it.
     wait_replicated(&stack, distinct.len() as u64).await;
 }
+
+/// Two instances crash at once and are removed after DOWN_TIMEOUT_S. What is lost is exactly
+/// the clients whose owner and backup were both among them; every other client is at its new
+/// owner, with a replica on its new backup.
+#[tokio::test]
+async fn two_crashes_at_once_lose_only_the_clients_owned_and_backed_up_by_them() {
+    let _turn = serial().await;
+    let mut c = config("two-crashes", 4, Deployment::Compose, IndexMode::Hash);
+    c.server_env = vec![("DOWN_TIMEOUT_S".into(), "2".into())];
+    c.flow = flow_from_env();
+    let mut stack = start(c).await;
+    let ids = test_ids(800, IndexMode::Hash, 31);
+    let joined = verify(&api(&stack), ids.clone(), 16, |_| {}).await;
+    assert!(joined.all_correct(), "{}", joined.render());
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+    let before = stack.placement().clone();
+    let dead = [2u64, 3];
+    let doomed: std::collections::BTreeSet<&String> = distinct
+        .iter()
+        .copied()
+        .filter(|id| {
+            let id = poc_routing_placement::ClientId::try_from(id.as_str()).unwrap();
+            let owner = before.index(&id).unwrap();
+            let backup = before.backup(&id).unwrap().unwrap();
+            dead.contains(&owner) && dead.contains(&backup)
+        })
+        .collect();
+    assert!(
+        !doomed.is_empty(),
+        "some clients are owned and backed up by the two"
+    );
+    wait_replicated(&stack, distinct.len() as u64).await;
+    for index in dead {
+        stack.stop_instance(index).unwrap();
+    }
+    stack
+        .wait_views_agree(Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|e| panic!("the two dead removed: {e}"));
+    let operator = operator(&stack);
+    // Settled: no hand-off pending, every replica in place; only the doomed ones lost.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let audit = loop {
+        let audit = poc_routing_client::audit::audit(&operator, Some(&ids))
+            .await
+            .unwrap();
+        let settled = audit.pending == 0
+            && audit.replicas_missing == 0
+            && audit.replicas_extra == 0
+            && audit.replicas_stale == 0
+            && audit.lost <= doomed.len();
+        if settled || Instant::now() > deadline {
+            break audit;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        (audit.lost, audit.duplicated, audit.misplaced),
+        (doomed.len(), 0, 0),
+        "EXPECTED lost exactly the {} clients owned and backed up by the two dead\nRECEIVED {}",
+        doomed.len(),
+        audit.render()
+    );
+    eprintln!(
+        "two crashes at once: {} of {} lost, exactly those owned and backed up by the two ({} were owned by them)",
+        audit.lost,
+        distinct.len(),
+        distinct
+            .iter()
+            .filter(|id| owner_in(&before, id, &dead))
+            .count()
+    );
+}
+
+fn owner_in(placement: &poc_routing_placement::Placement, id: &str, set: &[u64]) -> bool {
+    let id = poc_routing_placement::ClientId::try_from(id).unwrap();
+    set.contains(&placement.index(&id).unwrap())
+}

@@ -15,7 +15,8 @@
 //!   that it stays pending, as in `async`). After an epoch change every owned record goes to
 //!   its backup under the new view.
 //! - **After an epoch change** each replica held here is looked at again: one this instance
-//!   still backs up stays; one whose client it owns now is **promoted** (merged into the
+//!   still backs up, for the owner that sent it, stays; one whose client it owns now is
+//!   **promoted** (merged into the
 //!   registry: its owner was removed); any other goes into the registry as a registration held
 //!   for a client owned elsewhere, and the hand-off delivers it to its owner, where it is
 //!   merged: a copy the owner already has changes nothing, and one it lacks (it crashed before
@@ -440,15 +441,21 @@ impl Replicas {
         }
     }
 
-    /// Every replica this instance no longer backs up under `current` goes into the registry:
-    /// promoted if this instance owns its client now, else held for the hand-off to deliver
-    /// to its owner.
+    /// Every replica this instance no longer backs up under `current`, or whose owner under
+    /// `current` is not the instance that sent it, goes into the registry: promoted if this
+    /// instance owns its client now, else held for the hand-off to deliver to its owner.
     fn recheck(&self, me: u64, current: &Placement) {
         let moved: Vec<Registration> = {
             let mut store = lock(&self.store);
+            // Kept: the replicas this instance backs up for the owner that sent them. Any
+            // other (its client moved, or its owner is gone and the new owner may never
+            // have had the record) goes to the client's owner.
             let leaving: Vec<String> = store
                 .iter()
-                .filter(|(id, _)| backup_of(current, id) != Some(me))
+                .filter(|(id, held)| {
+                    backup_of(current, id) != Some(me)
+                        || crate::handoff::owner(current, id) != Some(held.origin)
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             let moved = leaving
