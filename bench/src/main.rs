@@ -187,6 +187,11 @@ pub(crate) async fn start_stack(setup: &Setup, replicas: u32) -> Result<Stack> {
         config.lua_override =
             Some(std::fs::read_to_string(root.join(lua)).with_context(|| format!("read {lua}"))?);
     }
+    if let Some(replication) = setup.replication {
+        config
+            .server_env
+            .push(("REPLICATION".into(), replication.into()));
+    }
     let members = config.placement().members().len();
     let stack = Stack::start(config).await?;
     if setup.module_placement {

@@ -29,6 +29,8 @@ pub struct Setup {
     /// The routing module runs in a config that is not `envoy.yaml`'s module flow: wait
     /// until it holds every member before measuring.
     pub module_placement: bool,
+    /// The servers' `REPLICATION`; `None`: their default.
+    pub replication: Option<&'static str>,
 }
 
 impl Setup {
@@ -38,6 +40,7 @@ impl Setup {
             flow,
             lua: None,
             module_placement: false,
+            replication: None,
         }
     }
 
@@ -47,6 +50,7 @@ impl Setup {
             flow: None,
             lua: None,
             module_placement: false,
+            replication: None,
         }
     }
 }
@@ -116,9 +120,29 @@ pub const SCENARIOS: &[Scenario] = &[
     ),
     row(
         "envoy_join_module",
-        "GET /join, module flow: the Rust dynamic module computes the owner from the cached /placement and sends the join to its address (strict override, owners cluster)",
+        "GET /join, module flow: the Rust dynamic module computes the owner from the cached /placement and sends the join to its address (strict override, owners cluster); REPLICATION=async (the default)",
         Target::Envoy,
         Setup::shipped(Some(Flow::Module)),
+        "/join",
+    ),
+    row(
+        "envoy_join_module_sync",
+        "envoy_join_module with REPLICATION=sync: each join answers once its backup has the record",
+        Target::Envoy,
+        Setup {
+            replication: Some("sync"),
+            ..Setup::shipped(Some(Flow::Module))
+        },
+        "/join",
+    ),
+    row(
+        "envoy_join_module_off",
+        "envoy_join_module with REPLICATION=off: no replicas (a crash loses the owner's registrations)",
+        Target::Envoy,
+        Setup {
+            replication: Some("off"),
+            ..Setup::shipped(Some(Flow::Module))
+        },
         "/join",
     ),
     row(
