@@ -49,12 +49,12 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct HandOffs {
     pub registry: Arc<Registry>,
     sessions: Arc<Sessions>,
-    membership: Arc<Membership>,
-    identity: Arc<Identity>,
-    discovery: Arc<Discovery>,
-    metrics: Arc<Metrics>,
+    pub(crate) membership: Arc<Membership>,
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) discovery: Arc<Discovery>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Every hand-off and registrations' read goes through it (mutual TLS, the peer port).
-    peers: PeerClient,
+    pub(crate) peers: PeerClient,
     /// Something may have become pending besides an epoch change.
     dirty: AtomicBool,
     /// Registrations held for ids owned elsewhere, as of the last pass.
@@ -287,24 +287,16 @@ impl HandOffs {
         epoch: Epoch,
         batch: &[Registration],
     ) -> Result<(), String> {
-        let body = HandOff {
-            from: me,
-            epoch: epoch.to_string(),
-            registrations: batch.to_vec(),
-        };
-        let request = self
-            .peers
-            .post(addr.ip(), "/peer/handoff")
-            .timeout(PEER_TIMEOUT)
-            .json(&body);
-        let ack: HandOffAck = poc_routing_peer::json(request, crate::PEER_BODY_LIMIT)
-            .await
-            .map_err(|e| e.to_string())?;
-        if ack.accepted == batch.len() as u64 {
-            Ok(())
-        } else {
-            Err(format!("{} of {} acknowledged", ack.accepted, batch.len()))
-        }
+        send_batch(
+            &self.peers,
+            addr,
+            "/peer/handoff",
+            me,
+            epoch,
+            batch,
+            PEER_TIMEOUT,
+        )
+        .await
     }
 
     /// Before a leaving instance exits: passes until nothing is pending or `within` has
@@ -332,6 +324,33 @@ impl HandOffs {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// Sends `batch` to the instance at `addr` as a [`HandOff`] from `me` under `epoch`, to `path`
+/// (`/peer/handoff`, or `/peer/replicate`); `Ok` once every record is acknowledged.
+pub(crate) async fn send_batch(
+    peers: &PeerClient,
+    addr: std::net::SocketAddr,
+    path: &str,
+    me: u64,
+    epoch: Epoch,
+    batch: &[Registration],
+    timeout: Duration,
+) -> Result<(), String> {
+    let body = HandOff {
+        from: me,
+        epoch: epoch.to_string(),
+        registrations: batch.to_vec(),
+    };
+    let request = peers.post(addr.ip(), path).timeout(timeout).json(&body);
+    let ack: HandOffAck = poc_routing_peer::json(request, crate::PEER_BODY_LIMIT)
+        .await
+        .map_err(|e| e.to_string())?;
+    if ack.accepted == batch.len() as u64 {
+        Ok(())
+    } else {
+        Err(format!("{} of {} acknowledged", ack.accepted, batch.len()))
     }
 }
 

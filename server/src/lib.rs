@@ -318,19 +318,13 @@ impl Application {
             identity.clone(),
             discovery.clone(),
             metrics.clone(),
-            peers.clone(),
+            peers,
         ));
         tokio::spawn(handoffs.clone().run());
         let replicas = (config.replication != config::Replication::Off).then(|| {
             Arc::new(replicas::Replicas::new(
                 config.replication,
-                registry.clone(),
-                membership.clone(),
-                identity.clone(),
-                discovery.clone(),
                 handoffs.clone(),
-                metrics.clone(),
-                peers,
             ))
         });
         if let Some(replicas) = &replicas {

@@ -38,18 +38,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
-use poc_routing_peer::PeerClient;
 use poc_routing_placement::{ClientId, Epoch, Placement};
 use poc_routing_wire::{HandOff, HandOffAck, MemberState, Registration, ReplicaPage, Resync};
 
 use crate::config::Replication;
-use crate::discovery::Discovery;
 use crate::error::ApiError;
 use crate::handoff::{HandOffs, BATCH};
-use crate::identity::Identity;
-use crate::membership::Membership;
-use crate::metrics::Metrics;
-use crate::registry::{merge, Registry};
+use crate::registry::merge;
 
 /// How long a changed record may wait before it is sent to its backup (`async`): the most
 /// joins a crash can lose are this window's.
@@ -102,13 +97,9 @@ pub struct Replicas {
     /// Backups that did not acknowledge, and when.
     failing: Mutex<HashMap<u64, Instant>>,
     recovery: Mutex<Recovery>,
-    registry: Arc<Registry>,
-    membership: Arc<Membership>,
-    identity: Arc<Identity>,
-    discovery: Arc<Discovery>,
+    /// The hand-off, and through it the registry, the views and the peer client: replicas
+    /// are admitted as hand-offs are, and leave through it.
     handoffs: Arc<HandOffs>,
-    metrics: Arc<Metrics>,
-    peers: PeerClient,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -122,31 +113,16 @@ fn backup_of(placement: &Placement, id: &str) -> Option<u64> {
 }
 
 impl Replicas {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        mode: Replication,
-        registry: Arc<Registry>,
-        membership: Arc<Membership>,
-        identity: Arc<Identity>,
-        discovery: Arc<Discovery>,
-        handoffs: Arc<HandOffs>,
-        metrics: Arc<Metrics>,
-        peers: PeerClient,
-    ) -> Self {
-        let capacity = NonZeroUsize::new(registry.capacity()).unwrap_or(NonZeroUsize::MIN);
+    /// Replicas beside `handoffs`, holding as many as its registry does.
+    pub fn new(mode: Replication, handoffs: Arc<HandOffs>) -> Self {
+        let capacity = NonZeroUsize::new(handoffs.registry.capacity()).unwrap_or(NonZeroUsize::MIN);
         Self {
             mode,
             store: Mutex::new(LruCache::new(capacity)),
             dirty: Mutex::default(),
             failing: Mutex::default(),
             recovery: Mutex::default(),
-            registry,
-            membership,
-            identity,
-            discovery,
             handoffs,
-            metrics,
-            peers,
         }
     }
 
@@ -156,7 +132,7 @@ impl Replicas {
 
     /// The records of `ids` changed here: each goes to its backup (if this instance owns it).
     pub fn changed<I: IntoIterator<Item = String>>(&self, ids: I) {
-        let capacity = self.registry.capacity();
+        let capacity = self.handoffs.registry.capacity();
         let mut dirty = lock(&self.dirty);
         if dirty.all {
             return;
@@ -174,7 +150,7 @@ impl Replicas {
     pub fn pending(&self) -> u64 {
         let dirty = lock(&self.dirty);
         if dirty.all {
-            self.registry.snapshot(0).1 as u64
+            self.handoffs.registry.snapshot(0).1 as u64
         } else {
             dirty.ids.len() as u64
         }
@@ -198,13 +174,16 @@ impl Replicas {
         let mut last_check = Instant::now();
         loop {
             tokio::time::sleep(ASYNC_WINDOW).await;
-            let (Some(me), Some(current)) = (self.identity.get(), self.membership.current()) else {
+            let (Some(me), Some(current)) = (
+                self.handoffs.identity.get(),
+                self.handoffs.membership.current(),
+            ) else {
                 continue;
             };
-            if self.membership.state() == MemberState::Leaving {
+            if self.handoffs.membership.state() == MemberState::Leaving {
                 // Owned nowhere after it leaves: their owners send them to the new backups.
                 lock(&self.store).clear();
-                self.metrics.replication.held.set(0);
+                self.handoffs.metrics.replication.held.set(0);
                 continue;
             }
             let epoch = current.epoch();
@@ -216,7 +195,7 @@ impl Replicas {
                 last_check = Instant::now();
                 self.recheck(me, &current);
             }
-            if self.membership.state() == MemberState::Member {
+            if self.handoffs.membership.state() == MemberState::Member {
                 self.recover(me, &current).await;
             }
             self.send_changed(me, &current).await;
@@ -247,11 +226,15 @@ impl Replicas {
                     evicted += 1;
                 }
             }
-            self.metrics.replication.held.set(store.len() as i64);
+            self.handoffs
+                .metrics
+                .replication
+                .held
+                .set(store.len() as i64);
         }
-        self.metrics.replication.received.inc_by(count);
+        self.handoffs.metrics.replication.received.inc_by(count);
         if evicted > 0 {
-            self.metrics.replication.evicted.inc_by(evicted);
+            self.handoffs.metrics.replication.evicted.inc_by(evicted);
             tracing::warn!(
                 count = evicted,
                 "replicas full: the least recently replicated were evicted (REGISTRY_CAPACITY)"
@@ -263,7 +246,11 @@ impl Replicas {
     /// `GET /peer/replicas?origin=N&after=ID`: the replicas `origin` sent here, in id order,
     /// [`BATCH`] at most, after `after`.
     pub fn page(&self, origin: u64, after: Option<&str>) -> Result<ReplicaPage, ApiError> {
-        let instance = self.identity.get().ok_or(ApiError::IdentityUnknown)?;
+        let instance = self
+            .handoffs
+            .identity
+            .get()
+            .ok_or(ApiError::IdentityUnknown)?;
         let store = lock(&self.store);
         let mut ids: Vec<&String> = store
             .iter()
@@ -290,10 +277,14 @@ impl Replicas {
     /// many.
     pub fn resync(&self, from: u64, sender: IpAddr) -> Result<u64, ApiError> {
         self.handoffs.admit_sender(from, sender)?;
-        let (Some(me), Some(current)) = (self.identity.get(), self.membership.current()) else {
+        let (Some(me), Some(current)) = (
+            self.handoffs.identity.get(),
+            self.handoffs.membership.current(),
+        ) else {
             return Ok(0);
         };
         let ids: Vec<String> = self
+            .handoffs
             .registry
             .ids()
             .into_iter()
@@ -318,14 +309,19 @@ impl Replicas {
     }
 
     async fn try_replicate_now(&self, id: &str) -> bool {
-        let (Some(me), Some(current)) = (self.identity.get(), self.membership.current()) else {
+        let (Some(me), Some(current)) = (
+            self.handoffs.identity.get(),
+            self.handoffs.membership.current(),
+        ) else {
             return false;
         };
-        let (Some(backup), Some(record)) = (backup_of(&current, id), self.registry.get(id)) else {
+        let (Some(backup), Some(record)) =
+            (backup_of(&current, id), self.handoffs.registry.get(id))
+        else {
             // A single member has no backup: nothing to wait for.
             return true;
         };
-        let Some(addr) = self.discovery.found().get(&backup).copied() else {
+        let Some(addr) = self.handoffs.discovery.found().get(&backup).copied() else {
             return false;
         };
         let sent = self
@@ -339,11 +335,11 @@ impl Replicas {
             .await;
         match sent {
             Ok(()) => {
-                self.metrics.replication.sent.inc();
+                self.handoffs.metrics.replication.sent.inc();
                 true
             }
             Err(e) => {
-                self.metrics.replication.failed.inc();
+                self.handoffs.metrics.replication.failed.inc();
                 tracing::debug!(backup, error = %e, "a join's replica not acknowledged in time; it goes again");
                 false
             }
@@ -360,7 +356,7 @@ impl Replicas {
             )
         };
         let ids: Vec<String> = if all {
-            self.registry.ids()
+            self.handoffs.registry.ids()
         } else {
             ids.into_iter().collect()
         };
@@ -376,11 +372,11 @@ impl Replicas {
             let Ok(Some(backup)) = current.backup(&client) else {
                 continue;
             };
-            if let Some(record) = self.registry.get(&id) {
+            if let Some(record) = self.handoffs.registry.get(&id) {
                 by_backup.entry(backup).or_default().push(record);
             }
         }
-        let addresses = self.discovery.found();
+        let addresses = self.handoffs.discovery.found();
         for (backup, records) in by_backup {
             let backing_off = lock(&self.failing)
                 .get(&backup)
@@ -395,7 +391,7 @@ impl Replicas {
                     {
                         Ok(()) => sent += batch.len(),
                         Err(e) => {
-                            self.metrics.replication.failed.inc();
+                            self.handoffs.metrics.replication.failed.inc();
                             lock(&self.failing).insert(backup, Instant::now());
                             tracing::debug!(backup, error = %e, "replicas not acknowledged; they go again");
                             break;
@@ -403,14 +399,18 @@ impl Replicas {
                     }
                 }
             }
-            self.metrics.replication.sent.inc_by(sent as u64);
+            self.handoffs.metrics.replication.sent.inc_by(sent as u64);
             if sent == records.len() {
                 lock(&self.failing).remove(&backup);
             } else {
                 self.changed(records[sent..].iter().map(|r| r.client_id.clone()));
             }
         }
-        self.metrics.replication.pending.set(self.pending() as i64);
+        self.handoffs
+            .metrics
+            .replication
+            .pending
+            .set(self.pending() as i64);
     }
 
     async fn send(
@@ -421,24 +421,16 @@ impl Replicas {
         batch: &[Registration],
         timeout: Duration,
     ) -> Result<(), String> {
-        let body = HandOff {
-            from: me,
-            epoch: epoch.to_string(),
-            registrations: batch.to_vec(),
-        };
-        let request = self
-            .peers
-            .post(addr.ip(), "/peer/replicate")
-            .timeout(timeout)
-            .json(&body);
-        let ack: HandOffAck = poc_routing_peer::json(request, crate::PEER_BODY_LIMIT)
-            .await
-            .map_err(|e| e.to_string())?;
-        if ack.accepted == batch.len() as u64 {
-            Ok(())
-        } else {
-            Err(format!("{} of {} acknowledged", ack.accepted, batch.len()))
-        }
+        crate::handoff::send_batch(
+            &self.handoffs.peers,
+            addr,
+            "/peer/replicate",
+            me,
+            epoch,
+            batch,
+            timeout,
+        )
+        .await
     }
 
     /// Every replica this instance no longer backs up under `current`, or whose owner under
@@ -462,7 +454,11 @@ impl Replicas {
                 .iter()
                 .filter_map(|id| store.pop(id).map(|h| h.registration))
                 .collect();
-            self.metrics.replication.held.set(store.len() as i64);
+            self.handoffs
+                .metrics
+                .replication
+                .held
+                .set(store.len() as i64);
             moved
         };
         if moved.is_empty() {
@@ -474,10 +470,18 @@ impl Replicas {
             .count();
         let handed_on = moved.len() - promoted;
         let ids: Vec<String> = moved.iter().map(|r| r.client_id.clone()).collect();
-        let evicted = self.registry.merge_in(moved);
+        let evicted = self.handoffs.registry.merge_in(moved);
         self.handoffs.evicted(&evicted, "taking in replicas");
-        self.metrics.replication.promoted.inc_by(promoted as u64);
-        self.metrics.replication.handed_on.inc_by(handed_on as u64);
+        self.handoffs
+            .metrics
+            .replication
+            .promoted
+            .inc_by(promoted as u64);
+        self.handoffs
+            .metrics
+            .replication
+            .handed_on
+            .inc_by(handed_on as u64);
         // The promoted ones need a backup of their own now.
         self.changed(ids);
         self.handoffs.wake();
@@ -512,7 +516,7 @@ impl Replicas {
             lock(&self.recovery).done = true;
             return;
         }
-        let addresses = self.discovery.found();
+        let addresses = self.handoffs.discovery.found();
         let mut recovered = 0u64;
         for member in asked {
             let Some(addr) = addresses.get(&member).copied() else {
@@ -534,7 +538,11 @@ impl Replicas {
             }
         }
         if recovered > 0 {
-            self.metrics.replication.recovered.inc_by(recovered);
+            self.handoffs
+                .metrics
+                .replication
+                .recovered
+                .inc_by(recovered);
             tracing::info!(
                 recovered,
                 "restart: registrations recovered from the replicas of this instance's earlier life"
@@ -546,6 +554,7 @@ impl Replicas {
     /// Asks the member at `addr` to send again the replicas `me` backs up.
     async fn ask_resync(&self, me: u64, addr: SocketAddr) -> Result<(), String> {
         let request = self
+            .handoffs
             .peers
             .post(addr.ip(), "/peer/resync")
             .json(&Resync { from: me })
@@ -566,6 +575,7 @@ impl Replicas {
                 query.push(("after", after.clone()));
             }
             let request = self
+                .handoffs
                 .peers
                 .get(addr.ip(), "/peer/replicas")
                 .query(&query)
@@ -593,7 +603,7 @@ impl Replicas {
                 .map(|r| r.client_id.clone())
                 .collect();
             merged += ids.len() as u64;
-            let evicted = self.registry.merge_in(checked.registrations);
+            let evicted = self.handoffs.registry.merge_in(checked.registrations);
             self.handoffs.evicted(&evicted, "recovering replicas");
             self.changed(ids);
             match page.next {
