@@ -368,6 +368,7 @@ pub fn render(dir: &Path, out: &Path) -> Result<()> {
     let md = [
         header(&report),
         scenario_table(&report),
+        replication_section(&report),
         targets_section(&report),
         placement_section(&report),
         micro_section(&report),
@@ -424,6 +425,41 @@ fn scenario_table(report: &Report) -> String {
             );
         }
     }
+    md
+}
+
+/// What each `REPLICATION` mode costs the module flow against the native peer, and what an
+/// `async` crash can lose at the measured rate.
+fn replication_section(report: &Report) -> String {
+    let get = |name: &str| report.scenarios.get(name);
+    let (Some(native), Some(default)) = (get("envoy_native_hash"), get("envoy_join_module")) else {
+        return String::new();
+    };
+    let mut md = "\n## Replication (`REPLICATION`)\n\n| mode | scenario | rps / native | p99 / native |\n|---|---|---:|---:|\n".to_owned();
+    for (mode, name) in [
+        ("off", "envoy_join_module_off"),
+        ("async (the default)", "envoy_join_module"),
+        ("sync", "envoy_join_module_sync"),
+    ] {
+        if let Some(s) = get(name) {
+            md += &format!(
+                "| {mode} | `{name}` | {:.3}× | {:.3}× |\n",
+                s.rps / native.rps,
+                s.p99_ms / native.p99_ms
+            );
+        }
+    }
+    let servers = report.settings["replicas"].as_f64().unwrap_or(1.0).max(1.0);
+    let window = poc_routing_server::replicas::ASYNC_WINDOW;
+    let per_owner = default.rps / servers;
+    md += &format!(
+        "\nWhat a crash can lose in `async`: the joins of the last {} ms on the crashed owner. At \
+         `envoy_join_module`'s rate over {servers} servers ({per_owner:.0} joins a second each) \
+         that is at most {:.0} joins; `sync` loses none that were answered, `off` every \
+         registration the owner held.\n",
+        window.as_millis(),
+        per_owner * window.as_secs_f64()
+    );
     md
 }
 

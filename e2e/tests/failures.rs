@@ -205,8 +205,7 @@ async fn an_owner_down_past_the_timeout_is_removed_and_its_clients_move() {
 #[tokio::test]
 async fn a_crashed_owner_restarted_gets_its_registrations_back() {
     let _turn = serial().await;
-    let mut c = config("crash-restart", 3, Deployment::Compose, IndexMode::Hash);
-    c.flow = flow_from_env();
+    let c = config("crash-restart", 3, Deployment::Compose, IndexMode::Hash);
     let mut stack = start(c).await;
     let ids = test_ids(600, IndexMode::Hash, 23);
     let joined = verify(&api(&stack), ids.clone(), 16, |_| {}).await;
@@ -246,7 +245,6 @@ async fn two_crashes_at_once_lose_only_the_clients_owned_and_backed_up_by_them()
     let _turn = serial().await;
     let mut c = config("two-crashes", 4, Deployment::Compose, IndexMode::Hash);
     c.server_env = vec![("DOWN_TIMEOUT_S".into(), "2".into())];
-    c.flow = flow_from_env();
     let mut stack = start(c).await;
     let ids = test_ids(800, IndexMode::Hash, 31);
     let joined = verify(&api(&stack), ids.clone(), 16, |_| {}).await;

@@ -142,8 +142,7 @@ async fn no_forged_peer_request_reaches_any_state() {
 #[tokio::test]
 async fn a_stranger_named_in_dns_as_an_instance_never_becomes_a_member() {
     let _turn = serial().await;
-    let mut c = config("stranger", 3, Deployment::Compose, IndexMode::Hash);
-    c.flow = flow_from_env();
+    let c = config("stranger", 3, Deployment::Compose, IndexMode::Hash);
     let mut stack = start(c).await;
     // A server like the others in everything but the credential: its own.
     let own = tempfile::tempdir().unwrap();
@@ -273,8 +272,7 @@ async fn every_instance_holds(
 #[tokio::test]
 async fn a_credential_rotation_under_load_fails_no_join_and_no_handshake() {
     let _turn = serial().await;
-    let mut c = config("rotation", 3, Deployment::Compose, IndexMode::Hash);
-    c.flow = flow_from_env();
+    let c = config("rotation", 3, Deployment::Compose, IndexMode::Hash);
     let mut stack = start(c).await;
     let (public, operator) = (api(&stack), operator(&stack));
     let dir = secrets::peer_dir(stack.secrets());
@@ -387,8 +385,7 @@ async fn a_credential_rotation_under_load_fails_no_join_and_no_handshake() {
 #[tokio::test]
 async fn a_keyholders_forged_card_is_refuted_by_its_subject_within_rounds() {
     let _turn = serial().await;
-    let mut c = config("refutation", 3, Deployment::Compose, IndexMode::Hash);
-    c.flow = flow_from_env();
+    let c = config("refutation", 3, Deployment::Compose, IndexMode::Hash);
     let stack = start(c).await;
     every_instance_a_member_and_correct(&stack, "before").await;
     let liar = PeerClient::new(
