@@ -28,7 +28,7 @@ COUNT ?= 1000
 SYSTEM_PACKAGES = bash scripts/system-packages.sh
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -e 's/$$(ENVOY_VERSION)/$(ENVOY_VERSION)/g' -e 's/$$(COUNT)/$(COUNT)/g' | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 build: ## Build poc-server, poc-client, poc-stack and the Envoy routing module (release)
 	$(CARGO) build --release --workspace
