@@ -118,9 +118,10 @@ soak: envoy ## 10 minutes of /join at half the measured maximum (after make benc
 	$(CARGO) build --release --workspace
 	target/release/poc-bench soak --minutes 10
 
-lint: ## cargo fmt --check and clippy -D warnings
+lint: ## cargo fmt --check, clippy -D warnings, and the docs with no broken link (rustdoc -D warnings)
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --document-private-items
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

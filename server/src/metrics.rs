@@ -32,7 +32,10 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
-/// Why the peer plane or a peer message was refused (a fixed set: see [`Refusal`]).
+/// Why the peer plane or a peer message was refused. A fixed set, since a label is a
+/// `&'static str`: the listener's ([`poc_routing_peer::Refused`]), the gossip's
+/// ([`crate::gossip::Refused`]) and the hand-off's (`handoff_not_member`, `handoff_not_sender`,
+/// `handoff_invalid`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,

@@ -10,7 +10,7 @@
 //!
 //! `make up` (the `poc-stack` binary) and the end-to-end tests both start it through
 //! [`Stack::start`]: there is one code path. Instances can be added and removed while it runs
-//! ([`Stack::add_instance`], [`Stack::remove_instance`]), as `--scale` does. Linux only, since
+//! ([`Stack::add_instances`], [`Stack::remove_instances`]), as `--scale` does. Linux only, since
 //! it relies on 127.0.0.0/8 being all loopback.
 #![forbid(unsafe_code)]
 

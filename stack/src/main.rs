@@ -65,7 +65,7 @@ enum Cmd {
         detach: bool,
     },
     /// Print the repository's envoy.yaml with route A switched to FLOW, for Docker Compose
-    /// (ENVOY_YAML=<file> docker compose up) or a Kubernetes ConfigMap.
+    /// (`ENVOY_YAML=<file> docker compose up`) or a Kubernetes ConfigMap.
     EnvoyConfig {
         #[arg(long, value_enum)]
         flow: poc_routing_stack::envoy::Flow,
