@@ -183,8 +183,8 @@ pub struct Timing {
     /// The longest a leaving instance waits for every view to move on before it exits.
     pub drain_timeout: Duration,
     /// How long a leaving instance keeps serving after every view has moved on: for requests
-    /// already routed, for Envoy's health check to drop it (1 s), and for the Lua placement
-    /// flow's cached view (2 s) to expire.
+    /// already routed, for Envoy's health check to drop it (1 s), and for the routing
+    /// module's placement (fetched every 250 ms) to move on too.
     pub drain_grace: Duration,
     /// How long a new instance stays `joining` when members already exist: longer than the
     /// proxy's DNS refresh for owner names (1 s in envoy.yaml), so that when ids move to it

@@ -1,8 +1,9 @@
 //! The wire contract of poc-routing: every JSON answer, header and dynamic-metadata name that
 //! crosses a process boundary, defined once.
 //!
-//! The servers write these types; the Envoy module, the servers' discovery (reading peers'
-//! `/placement`), the client and the test stack read them, by deserializing these same types.
+//! The servers write these types; the Envoy module (`/placement`), the servers' peer plane
+//! (gossip tables, hand-offs, replicas), the client and the test stack read them, by
+//! deserializing these same types.
 //! `lua/routing.lua`, which cannot link Rust, reads `/where` answers by pattern, and is tested
 //! against the golden files in `tests/golden/`, which pin the field names and order
 //! (`tests/golden.rs` checks that these types still write exactly those files).

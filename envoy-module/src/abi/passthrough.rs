@@ -24,7 +24,6 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     CONTINUE
 }
 
-/// An error answer from the owner (421, say): the owner's name goes into the metadata.
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     _f: FilterEnvoyPtr,
@@ -49,10 +48,8 @@ extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
 ) {
 }
 
-/// A reply Envoy makes itself (the owner unreachable, timed out, not in `owners`): the owner's
-/// name goes into the metadata before `envoy.yaml`'s local_reply_config writes the body.
-/// Per-route config only enables the filter on a route (`envoy.yaml` keeps it disabled
-/// elsewhere); it carries no settings, so anything but an empty config is refused.
+/// The per-route config holds nothing (`per_route_config_new` in `hooks.rs` accepts only an
+/// empty one, which just enables the filter on a route): nothing to free.
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(_config: *const c_void) {
 }
