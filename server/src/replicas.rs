@@ -24,7 +24,8 @@
 //! - **Restart.** A restarted instance starts with an empty registry and no replicas. Once it
 //!   is a member it asks every member for the replicas its earlier life sent them (`GET
 //!   /peer/replicas`) and merges them into its registry, and asks each to send it again the
-//!   replicas it backs up (`POST /peer/resync`). It serves meanwhile: a join served before its record is
+//!   replicas it backs up (`POST /peer/resync`). A new instance (one the members did not count
+//!   before it joined) has no replicas anywhere, and asks nobody. It serves meanwhile: a join served before its record is
 //!   back starts a counter of its own, and the merge keeps both, so serving first loses
 //!   nothing and makes no client wait.
 //! - **What is lost** when an owner and its backup die together: the clients owned by one and
@@ -87,6 +88,18 @@ struct Recovery {
     answered: BTreeSet<u64>,
     since: Option<Instant>,
     done: bool,
+}
+
+impl Recovery {
+    /// Called with each view seen: the first decides. An instance the first view it sees
+    /// already counts as a member is a restart (the members kept its place), or one of a
+    /// deployment starting: it asks for its replicas. One that joins members who do not count
+    /// it is new, and has no replicas anywhere: nothing to ask.
+    fn first_view(&mut self, me: u64, current: &Placement) {
+        if self.since.is_none() && !self.done && !current.is_member(me) {
+            self.done = true;
+        }
+    }
 }
 
 /// The replicas held here, and the replication of the registrations owned here.
@@ -186,6 +199,7 @@ impl Replicas {
                 self.handoffs.metrics.replication.held.set(0);
                 continue;
             }
+            lock(&self.recovery).first_view(me, &current);
             let epoch = current.epoch();
             if last_epoch != Some(epoch) || last_check.elapsed() >= RECHECK_EVERY {
                 if last_epoch != Some(epoch) {
