@@ -12,9 +12,10 @@
 //!   recovered marks the client's record changed. `async` sends the changed records of the
 //!   clients this instance owns to their backups every [`ASYNC_WINDOW`], in batches; `sync`
 //!   also sends a join's record before the join answers, waiting at most [`SYNC_WAIT`] (past
-//!   that it stays pending, as in `async`). After an epoch change every owned record goes to
-//!   its backup under the new view.
-//! - **After an epoch change** each replica held here is looked at again: one this instance
+//!   that it stays pending, as in `async`). After an epoch change, once the view has held for
+//!   [`SETTLE`], every owned record goes to its backup under the new view.
+//! - **After an epoch change** (once the view has held for [`SETTLE`]) each replica held here
+//!   is looked at again: one this instance
 //!   still backs up, for the owner that sent it, stays; one whose client it owns now is
 //!   **promoted** (merged into the
 //!   registry: its owner was removed); any other goes into the registry as a registration held
@@ -60,6 +61,12 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Replicas are looked at again this often even without an epoch change (one that arrived
 /// from an owner whose view was ahead of or behind this instance's).
 const RECHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// After an epoch change, the replicas are looked at again, and every owned record sent to its
+/// backup, once the view has held this long: while instances join or leave one after another
+/// (each a new epoch), that work waits for the last of them instead of competing with the
+/// membership's own convergence for the CPU, once per epoch.
+const SETTLE: Duration = Duration::from_millis(1000);
 
 /// A backup that did not acknowledge is not sent to again before this.
 const BACKOFF: Duration = Duration::from_secs(1);
@@ -184,6 +191,8 @@ impl Replicas {
     /// restarted instance's records.
     pub async fn run(self: Arc<Self>) {
         let mut last_epoch: Option<Epoch> = None;
+        let mut changed_at = Instant::now();
+        let mut settled = true;
         let mut last_check = Instant::now();
         loop {
             tokio::time::sleep(ASYNC_WINDOW).await;
@@ -201,11 +210,17 @@ impl Replicas {
             }
             lock(&self.recovery).first_view(me, &current);
             let epoch = current.epoch();
-            if last_epoch != Some(epoch) || last_check.elapsed() >= RECHECK_EVERY {
-                if last_epoch != Some(epoch) {
-                    lock(&self.dirty).all = true;
-                }
+            if last_epoch != Some(epoch) {
                 last_epoch = Some(epoch);
+                changed_at = Instant::now();
+                settled = false;
+            }
+            if !settled && changed_at.elapsed() >= SETTLE {
+                settled = true;
+                lock(&self.dirty).all = true;
+                last_check = Instant::now();
+                self.recheck(me, &current);
+            } else if settled && last_check.elapsed() >= RECHECK_EVERY {
                 last_check = Instant::now();
                 self.recheck(me, &current);
             }
@@ -391,40 +406,52 @@ impl Replicas {
             }
         }
         let addresses = self.handoffs.discovery.found();
-        for (backup, records) in by_backup {
-            let backing_off = lock(&self.failing)
-                .get(&backup)
-                .is_some_and(|t| t.elapsed() < BACKOFF);
+        // Each backup on its own: one that hangs delays only the records it backs up.
+        let sends = by_backup.into_iter().map(|(backup, records)| {
             let addr = addresses.get(&backup).copied();
-            let mut sent = 0;
-            if let (Some(addr), false) = (addr, backing_off) {
-                for batch in records.chunks(BATCH) {
-                    match self
-                        .send(addr, me, current.epoch(), batch, PEER_TIMEOUT)
-                        .await
-                    {
-                        Ok(()) => sent += batch.len(),
-                        Err(e) => {
-                            self.handoffs.metrics.replication.failed.inc();
-                            lock(&self.failing).insert(backup, Instant::now());
-                            tracing::debug!(backup, error = %e, "replicas not acknowledged; they go again");
-                            break;
-                        }
-                    }
-                }
-            }
-            self.handoffs.metrics.replication.sent.inc_by(sent as u64);
-            if sent == records.len() {
-                lock(&self.failing).remove(&backup);
-            } else {
-                self.changed(records[sent..].iter().map(|r| r.client_id.clone()));
-            }
-        }
+            self.send_to_backup(me, current.epoch(), backup, addr, records)
+        });
+        futures::future::join_all(sends).await;
         self.handoffs
             .metrics
             .replication
             .pending
             .set(self.pending() as i64);
+    }
+
+    /// Sends `records` to `backup` at `addr` in batches; what is not acknowledged is marked
+    /// changed again, and the backup is not sent to for [`BACKOFF`].
+    async fn send_to_backup(
+        &self,
+        me: u64,
+        epoch: Epoch,
+        backup: u64,
+        addr: Option<SocketAddr>,
+        records: Vec<Registration>,
+    ) {
+        let backing_off = lock(&self.failing)
+            .get(&backup)
+            .is_some_and(|t| t.elapsed() < BACKOFF);
+        let mut sent = 0;
+        if let (Some(addr), false) = (addr, backing_off) {
+            for batch in records.chunks(BATCH) {
+                match self.send(addr, me, epoch, batch, PEER_TIMEOUT).await {
+                    Ok(()) => sent += batch.len(),
+                    Err(e) => {
+                        self.handoffs.metrics.replication.failed.inc();
+                        lock(&self.failing).insert(backup, Instant::now());
+                        tracing::debug!(backup, error = %e, "replicas not acknowledged; they go again");
+                        break;
+                    }
+                }
+            }
+        }
+        self.handoffs.metrics.replication.sent.inc_by(sent as u64);
+        if sent == records.len() {
+            lock(&self.failing).remove(&backup);
+        } else {
+            self.changed(records[sent..].iter().map(|r| r.client_id.clone()));
+        }
     }
 
     async fn send(
