@@ -23,7 +23,8 @@
 #   6. Envoy's admin interface: refused from the node on the pod's address, reachable through
 #      kubectl port-forward; the probe listener answers only /ready; the probes pass
 #   7. the Lua flow: minikube-lua/ applied the same way (Envoy's ConfigMap from envoy-lua.yaml),
-#      Envoy rolled; verify 1000 ids, then step 5 again
+#      Envoy rolled; verify 1000 ids, then step 5 again; 7b. a server container killed and
+#      restarted by the kubelet: every known id audited (0 lost, replicas in place)
 # Always tears the cluster down (scripts/k8s/cluster.sh down), even on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -324,5 +325,18 @@ sessions_start 200
 scale_to 3
 scale_to 2
 sessions_check
+
+step "7b. the Lua flow: $victim's server container killed (a crash; the kubelet restarts it): every known id at its owner, replicas in place"
+wait_for "2 server pods Ready" 120 bash -c "[ \"\$(kubectl --server $API -n $NS get statefulset server -o jsonpath='{.status.readyReplicas}')\" = 2 ]"
+restarts_before=$(restarts)
+container=$(docker ps -q --filter "label=io.kubernetes.pod.name=$victim" --filter "label=io.kubernetes.container.name=server")
+[ -n "$container" ] || fail "no running server container of $victim in Docker"
+docker kill "$container" >/dev/null
+wait_for "$victim's server container restarted" 120 restarted_running
+"$CLIENT" audit --operator-url "http://$(envoy_pod_ip):9903" --ids "$WORK/known-ids.txt" --within-seconds 30 >"$WORK/audit-crash-lua.txt" 2>&1 ||
+  fail "registrations after $victim's crash, Lua flow" "0 lost, 0 duplicated, 0 misplaced, every replica on its backup" "$(cat "$WORK/audit-crash-lua.txt")"
+echo "registrations after the crash: $(head -n 2 "$WORK/audit-crash-lua.txt" | tr '\n' ' ')"
+"$CLIENT" verify --url "$URL" --count 1000 --concurrency 16 --json >"$WORK/verify-lua-crash.json" ||
+  fail "poc-client verify after the crash, Lua flow" "1000 correct" "$(cat "$WORK/verify-lua-crash.json")"
 
 step "PASS: Kubernetes v1.20.2 cluster"
