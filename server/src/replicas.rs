@@ -66,7 +66,7 @@ const RECHECK_EVERY: Duration = Duration::from_secs(5);
 /// backup, once the view has held this long: while instances join or leave one after another
 /// (each a new epoch), that work waits for the last of them instead of competing with the
 /// membership's own convergence for the CPU, once per epoch.
-const SETTLE: Duration = Duration::from_millis(1000);
+pub const SETTLE: Duration = Duration::from_millis(1000);
 
 /// A backup that did not acknowledge is not sent to again before this.
 const BACKOFF: Duration = Duration::from_secs(1);
