@@ -165,23 +165,7 @@ async fn scale_under_load(
 
 /// `poc_epoch_changes_total` of the first running instance.
 async fn epoch_changes(stack: &Stack) -> u64 {
-    let metrics = reqwest::Client::new()
-        .get(format!(
-            "http://{}/metrics",
-            stack.instance_addr(stack.running()[0]).unwrap()
-        ))
-        .bearer_auth(stack.operator_token())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("poc_epoch_changes_total "))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no poc_epoch_changes_total in\n{metrics}"))
+    metric(stack, stack.running()[0], "poc_epoch_changes_total").await as u64
 }
 
 /// Compose numbering: container numbers are not kept contiguous. 2 -> 3 -> 2 (removing 1,
