@@ -3,15 +3,16 @@
 -- Runs on route A when envoy.yaml enables it there in place of the Rust routing module (the
 -- module flow is the default; this is the original design, kept as the readable reference).
 -- For each request it:
---   1. finds the single client_id in the query, with the server's rules (missing, empty,
---      repeated, over 256 bytes, not UTF-8 or holding control characters: 400 with the server's
---      error code);
---   2. asks the servers cluster GET /where?client_id=<the id as the client encoded it>, so the
---      server decodes the id the same way for /where and /join;
+--   1. finds the single key where the route's source says it is (the client_id query
+--      parameter by default, or another parameter or a header: the flow switch writes the
+--      route's source into its metadata), with the server's rules (missing, empty, repeated,
+--      over 256 bytes, not UTF-8 or holding control characters: 400 with the server's code);
+--   2. asks the servers cluster GET /where?client_id=<the key, form-encoded>, so the server
+--      decodes the key the same way for /where and /join;
 --   3. checks the hostport, records it as dynamic metadata poc.routing/owner (the RBAC guard in
 --      envoy.yaml requires it), sets :authority to it, so the dynamic forward proxy dials
---      exactly that instance, and stamps the placement epoch of the answer in x-poc-epoch
---      (replacing any value a client sent).
+--      exactly that instance, and stamps the placement epoch of the answer in x-poc-epoch and
+--      the key in x-poc-key (replacing any value a client sent).
 -- The servers stay the single source of truth: the owner serves a join only if it owns the id
 -- under the stamped epoch, and that epoch is its current one or a recent one (inside the
 -- transition window after a member change).
@@ -29,6 +30,7 @@ local RESOLVER_TIMEOUT_MS = 500
 local RESOLVER_ATTEMPTS = 2
 local METADATA_NAMESPACE = "poc.routing"
 local EPOCH_HEADER = "x-poc-epoch"
+local KEY_HEADER = "x-poc-key"
 
 local M = {}
 
@@ -99,43 +101,102 @@ function M.valid_utf8(s)
   return true
 end
 
--- Returns the raw (still encoded) client_id value and its decoded bytes, or nil, code, message.
-function M.extract_client_id(path)
+-- application/x-www-form-urlencoded encoding, as the Rust placement crate writes it: the key
+-- travels to /where and to the owner (x-poc-key) in this form.
+function M.form_encode(s)
+  return (s:gsub("[^%w%*%-%._ ]", function(c)
+    return string.format("%%%02X", c:byte())
+  end):gsub(" ", "+"))
+end
+
+-- The route's key source, as the flow switch writes it into the route's metadata for this
+-- filter (`poc-stack envoy-config --flow lua`): "query:NAME" or "header:NAME". Returns the kind
+-- and the name, or nil for a source this flow does not read (the generator refuses those).
+function M.parse_source(source)
+  local kind, name = (source or "query:client_id"):match("^(%a+):(.+)$")
+  if (kind == "query" or kind == "header") and name then
+    return kind, kind == "header" and name:lower() or name
+  end
+  return nil
+end
+
+local function describe(kind, name)
+  return (kind == "query" and "the query parameter " or "the header ") .. name
+end
+
+-- Checks decoded key bytes by the id rules; returns nil or the code and message.
+local function check_id(id, what, decoded)
+  if #id == 0 then
+    return "invalid_client_id", what .. " is empty"
+  end
+  if #id > MAX_ID_BYTES then
+    return "invalid_client_id", what .. " is " .. #id .. " bytes long; at most " .. MAX_ID_BYTES .. " are allowed"
+  end
+  local control = id:find("[%z\1-\31\127]")
+  if control then
+    return "invalid_client_id", what .. " contains a control character at byte " .. (control - 1)
+  end
+  if not M.valid_utf8(id) then
+    return "invalid_client_id", what .. " is not valid UTF-8" .. decoded
+  end
+  return nil
+end
+
+-- The key of a request by a query source: the raw (still encoded) value of parameter `name`
+-- and its decoded bytes, or nil, code, message.
+local function query_key(path, name)
+  local what = describe("query", name)
   local query = path:match("%?(.*)$")
   local found
   if query then
     for pair in query:gmatch("[^&]+") do
-      local name, value = pair:match("^([^=]*)=(.*)$")
-      if not name then
-        name, value = pair, ""
+      local key, value = pair:match("^([^=]*)=(.*)$")
+      if not key then
+        key, value = pair, ""
       end
-      if name == "client_id" or (name:find("[%%+]") and M.form_decode(name) == "client_id") then
+      if key == name or (key:find("[%%+]") and M.form_decode(key) == name) then
         if found then
-          return nil, "duplicate_client_id", "client_id is given more than once; exactly one is allowed"
+          return nil, "duplicate_client_id", what .. " is given more than once; exactly one is allowed"
         end
         found = value
       end
     end
   end
   if not found then
-    return nil, "missing_client_id", "the query has no client_id parameter"
+    return nil, "missing_client_id", "the request has no query parameter " .. name
   end
   local id = M.form_decode(found)
-  if #id == 0 then
-    return nil, "invalid_client_id", "client_id is empty"
-  end
-  if #id > MAX_ID_BYTES then
-    return nil, "invalid_client_id",
-      "client_id is " .. #id .. " bytes long; at most " .. MAX_ID_BYTES .. " are allowed"
-  end
-  local control = id:find("[%z\1-\31\127]")
-  if control then
-    return nil, "invalid_client_id", "client_id contains a control character at byte " .. (control - 1)
-  end
-  if not M.valid_utf8(id) then
-    return nil, "invalid_client_id", "client_id is not valid UTF-8 after percent-decoding"
+  local code, message = check_id(id, what, " after percent-decoding")
+  if code then
+    return nil, code, message
   end
   return found, id
+end
+
+-- The key of a request in its route's source: `values` are the header's values in order (for
+-- a header source). Returns the key as /where and x-poc-key carry it (form-encoded) and the
+-- key itself, or nil, code, message: the same codes and messages as the Rust placement crate.
+function M.extract_key(kind, name, path, values)
+  if kind == "query" then
+    return query_key(path, name)
+  end
+  local what = describe(kind, name)
+  if #values == 0 then
+    return nil, "missing_client_id", "the request has no header " .. name
+  end
+  if #values > 1 then
+    return nil, "duplicate_client_id", what .. " is given more than once; exactly one is allowed"
+  end
+  local code, message = check_id(values[1], what, "")
+  if code then
+    return nil, code, message
+  end
+  return M.form_encode(values[1]), values[1]
+end
+
+-- The key by today's default source, the client_id query parameter.
+function M.extract_client_id(path)
+  return query_key(path, "client_id")
 end
 
 ---------------------------------------------------------------------------------------------
@@ -201,8 +262,9 @@ end
 ---------------------------------------------------------------------------------------------
 -- The filter.
 
-local function reply(handle, status, code, message)
-  local body = '{"error":' .. M.json_string(code) .. ',"message":' .. M.json_string(message) .. "}"
+local function reply(handle, status, code, message, source)
+  local body = '{"error":' .. M.json_string(code) .. ',"message":' .. M.json_string(message)
+    .. (source and (',"source":' .. M.json_string(source)) or "") .. "}"
   handle:logInfo("poc-routing: refused with " .. status .. " " .. code)
   handle:respond({ [":status"] = tostring(status), ["content-type"] = "application/json" }, body)
 end
@@ -243,11 +305,26 @@ local function owner_from_where(handle, raw_id)
   return M.hostport_from_answer(body), M.epoch_from_answer(body)
 end
 
+-- Every value of request header `name`, in order.
+local function header_values(headers, name)
+  local values = {}
+  for i = 0, headers:getNumValues(name) - 1 do
+    values[#values + 1] = headers:getAtIndex(name, i)
+  end
+  return values
+end
+
 local function route(handle)
-  local path = handle:headers():get(":path") or ""
-  local raw_id, id_or_code, message = M.extract_client_id(path)
+  local headers = handle:headers()
+  local source = handle:metadata():get("key") or "query:client_id"
+  local kind, name = M.parse_source(source)
+  if not kind then
+    error("route key source " .. tostring(source) .. " is not one the Lua flow reads")
+  end
+  local values = kind == "header" and header_values(headers, name) or {}
+  local raw_id, id_or_code, message = M.extract_key(kind, name, headers:get(":path") or "", values)
   if not raw_id then
-    return reply(handle, 400, id_or_code, message)
+    return reply(handle, 400, id_or_code, message, source)
   end
   -- Answers the request itself (and never returns) when /where fails.
   local hostport, epoch = owner_from_where(handle, raw_id)
@@ -257,11 +334,15 @@ local function route(handle)
   if not epoch then
     return reply(handle, 502, "bad_where_answer", "the /where answer has no placement epoch")
   end
-  local headers = handle:headers()
   handle:streamInfo():dynamicMetadata():set(METADATA_NAMESPACE, "owner", hostport)
+  -- A new handle: the one read before /where is out of scope once httpCall has yielded.
+  headers = handle:headers()
   headers:replace(":authority", hostport)
   headers:replace(EPOCH_HEADER, epoch)
-  handle:logInfo("poc-routing: client_id=" .. raw_id .. " -> " .. hostport .. " epoch " .. epoch)
+  -- The owner checks ownership of the key this request was routed by, from this header
+  -- (replacing any value a client sent), whatever the route's source.
+  headers:replace(KEY_HEADER, raw_id)
+  handle:logDebug("poc-routing: " .. source .. " " .. raw_id .. " -> " .. hostport .. " epoch " .. epoch)
 end
 
 function envoy_on_request(handle)

@@ -10,7 +10,9 @@
 #      are joined; after it, `poc-client audit` finds every known id registered exactly once,
 #      at its owner (registrations are handed off), and reports how long that took to settle;
 #      meanwhile `poc-client sessions` holds 300 WebSocket sessions through Envoy, which must
-#      end the sequence all on their owner with no close but "moved"
+#      end the sequence all on their owner with no close but "moved"; and the example route
+#      keyed by a header (/api/join, x-user-id) gets steady joins too: 0 non-2xx during each
+#      step, 1000 ids on their owner after it
 #   3. docker kill one replica: only its clients fail, each with 503 owner_unavailable JSON
 #   4. docker start it (on a new IP): its clients are served again within 5 s, Envoy untouched;
 #      after 3 kill/start cycles `poc-client audit` finds every known id at its owner and its
@@ -105,6 +107,9 @@ number_of() { echo "${1##*-}"; }
 neighbour() {
   docker run --rm --network "$NETWORK" --entrypoint bash poc-routing-server:latest -c "$1" 2>/dev/null
 }
+# The example affinity route envoy.yaml ships beside /join: /api/join, keyed by the x-user-id
+# header (ids any header carries as they are).
+HEADER_ROUTE=(--url "$URL" --route /api/join --key header:x-user-id --id-kind token)
 # verify N FILE [extra args]: poc-client verify through Envoy, JSON report in FILE.
 verify() {
   local count=$1 out=$2
@@ -133,6 +138,8 @@ grep -q "Dynamic module ABI version v0.2.0 matched" "$WORK/envoy.log" ||
   fail "Envoy did not load the routing module" "Dynamic module ABI version v0.2.0 matched" "$(grep -i dynamic "$WORK/envoy.log" | tail -n 5)"
 wait_for "the routing module to hold 2 members" 10 module_members_are 2
 verify_all 1000 two
+"$CLIENT" verify "${HEADER_ROUTE[@]}" --count 1000 --concurrency 16 >"$WORK/header-two.txt" ||
+  fail "1000 ids on /api/join (header x-user-id)" "1000 correct" "$(cat "$WORK/header-two.txt")"
 
 step "2. scale 2 -> 3 -> 2 -> 4 -> 1 -> 3 under steady /join load: docker compose up -d --scale server=K"
 # WebSocket sessions held through Envoy for the whole sequence, each reconnected when its owner
@@ -154,10 +161,19 @@ for k in 3 2 4 1 3; do
     fail "joining the known ids before step $n" "every join on its owner" "$(tail -n 5 "$WORK/ids-$n-joined.txt")"
   cat "$WORK/ids-$n.txt" >>"$WORK/known-ids.txt"
   ok=true
+  # Steady joins on the example header-keyed route too (envoy.yaml's api_join), all the step.
+  "$CLIENT" load "${HEADER_ROUTE[@]}" --count 1000 --concurrency 4 --max-seconds 300 >"$WORK/header-load-$n.txt" 2>&1 &
+  header_load_pid=$!
   "$CLIENT" scale-step --url "$URL" --operator-url "$OPERATOR" --expect "$k" -- \
     docker compose up -d --scale server=$k --wait --wait-timeout 60 >"$WORK/step-$n-to-$k.txt" 2>&1 || ok=false
   kill "$logs_pid" 2>/dev/null || true
   wait "$logs_pid" 2>/dev/null || true
+  kill -INT "$header_load_pid" 2>/dev/null || true
+  wait "$header_load_pid" ||
+    fail "joins on /api/join (header x-user-id) while scaling to $k" "0 non-2xx" "$(cat "$WORK/header-load-$n.txt")"
+  "$CLIENT" verify "${HEADER_ROUTE[@]}" --count 1000 --concurrency 16 >"$WORK/header-verify-$n.txt" ||
+    fail "1000 ids on /api/join (header x-user-id) after scaling to $k" "1000 correct" "$(cat "$WORK/header-verify-$n.txt")"
+  echo "  /api/join by x-user-id: $(head -n 1 "$WORK/header-load-$n.txt" | cut -c1-100); $(grep -E '^  correct' "$WORK/header-verify-$n.txt" | tr -s ' ')"
   if ! $ok; then
     echo "--- the servers' view changes and refusals during the step ($WORK/step-$n-to-$k.log) ---" >&2
     grep -E 'epoch changed|misdirected|"member"|leaving' "$WORK/step-$n-to-$k.log" | tail -n 80 >&2 || true

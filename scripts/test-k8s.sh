@@ -16,7 +16,8 @@
 #      non-2xx under steady load, every view agreeing, then 1000 ids 100% correct; and by
 #      `poc-client audit` (every known id registered exactly once, at its owner); 200
 #      WebSocket sessions held through Envoy meanwhile end all on their owner, with no close
-#      but "moved"
+#      but "moved"; the example route keyed by a header (/api/join, x-user-id) gets steady
+#      joins too: 0 non-2xx during each step, 1000 ids on their owner after it
 #   5b. a stranger pod with the servers' image, labels and DNS name (server-77) and a credential
 #      of its own: it changes no view, forms none of its own, reads no client id (every instance
 #      refuses its peer requests), and the members' ids stay correct
@@ -78,6 +79,9 @@ trap cleanup EXIT
 bash scripts/k8s/cluster.sh up
 NODE_IP=$(ip -4 -o addr show docker0 | awk '{print $4}' | cut -d/ -f1 | head -n 1)
 URL=http://$NODE_IP:30080
+# The example affinity route envoy.yaml ships beside /join: /api/join, keyed by the x-user-id
+# header (ids any header carries as they are).
+HEADER_ROUTE=(--url "$URL" --route /api/join --key header:x-user-id --id-kind token)
 
 step "2. apply minikube/ (kubectl kustomize | kubectl apply --server-side) and the two Secrets"
 "$KUBECTL" kustomize --load-restrictor LoadRestrictionsNone minikube/ |
@@ -185,11 +189,20 @@ scale_to() {
   "$CLIENT" verify --url "$URL" --ids "$WORK/ids${TAG:-}-$k.txt" --concurrency 16 >"$WORK/ids${TAG:-}-$k-joined.txt" ||
     fail "joining the known ids before scaling to $k" "every join on its owner" "$(tail -n 5 "$WORK/ids${TAG:-}-$k-joined.txt")"
   cat "$WORK/ids${TAG:-}-$k.txt" >>"$WORK/known-ids.txt"
+  # Steady joins on the example header-keyed route too (envoy.yaml's api_join), all the step.
+  "$CLIENT" load "${HEADER_ROUTE[@]}" --count 1000 --concurrency 4 --max-seconds 600 >"$WORK/header-load${TAG:-}-$k.txt" 2>&1 &
+  local header_load_pid=$!
   "$CLIENT" scale-step --url "$URL" --operator-url "http://$(envoy_pod_ip):9903" --expect "$k" \
     --within-seconds 120 -- "$KUBECTL" --server "$API" -n "$NS" scale statefulset/server --replicas="$k" \
     >"$WORK/scale${TAG:-}-$k.txt" 2>&1 ||
     fail "kubectl scale to $k" "0 non-2xx, every view agreeing, 1000 ids correct" "$(cat "$WORK/scale${TAG:-}-$k.txt")"
   echo "scale to $k: $(cat "$WORK/scale${TAG:-}-$k.txt")"
+  kill -INT "$header_load_pid" 2>/dev/null || true
+  wait "$header_load_pid" ||
+    fail "joins on /api/join (header x-user-id) while scaling to $k" "0 non-2xx" "$(cat "$WORK/header-load${TAG:-}-$k.txt")"
+  "$CLIENT" verify "${HEADER_ROUTE[@]}" --count 1000 --concurrency 16 >"$WORK/header-verify${TAG:-}-$k.txt" ||
+    fail "1000 ids on /api/join (header x-user-id) after scaling to $k" "1000 correct" "$(cat "$WORK/header-verify${TAG:-}-$k.txt")"
+  echo "  /api/join by x-user-id: $(head -n 1 "$WORK/header-load${TAG:-}-$k.txt" | cut -c1-100); $(grep -E '^  correct' "$WORK/header-verify${TAG:-}-$k.txt" | tr -s ' ')"
   "$CLIENT" audit --operator-url "$operator" --ids "$WORK/known-ids.txt" --within-seconds 30 >"$WORK/audit${TAG:-}-$k.txt" 2>&1 ||
     fail "registrations after scaling to $k" "0 lost, 0 duplicated, 0 misplaced, 0 pending" "$(cat "$WORK/audit${TAG:-}-$k.txt")"
   echo "  registrations: $(head -n 1 "$WORK/audit${TAG:-}-$k.txt"); $(grep -E '^settled' "$WORK/audit${TAG:-}-$k.txt")"

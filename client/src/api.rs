@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use poc_routing_placement::client_id_query;
+use poc_routing_placement::{client_id_query, KeySource};
 use poc_routing_wire::{ErrorBody, JoinAnswer, Misdirected, WhereAnswer};
 use serde::de::DeserializeOwned;
 
@@ -61,6 +61,25 @@ pub struct Api {
     /// The operator's bearer token, sent with every request when set (the operator's
     /// endpoints need it; the public API does not).
     token: Option<String>,
+    /// The affinity route joins and sessions go to, and where it carries the id.
+    route: JoinRoute,
+}
+
+/// An affinity route as a client sees it: the path to send to (holding `{key}` for a path
+/// source) and the key source its requests carry the id in. `/join` by `client_id` unless set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinRoute {
+    pub path: String,
+    pub source: KeySource,
+}
+
+impl Default for JoinRoute {
+    fn default() -> Self {
+        Self {
+            path: "/join".into(),
+            source: KeySource::default(),
+        }
+    }
 }
 
 impl Api {
@@ -75,7 +94,32 @@ impl Api {
             http,
             base: base.trim_end_matches('/').to_owned(),
             token: None,
+            route: JoinRoute::default(),
         }
+    }
+
+    /// This client, sending joins and sessions to `route` with the id where it says.
+    pub fn with_route(mut self, route: JoinRoute) -> Self {
+        self.route = route;
+        self
+    }
+
+    pub fn route(&self) -> &JoinRoute {
+        &self.route
+    }
+
+    /// The URL of a join of `id` on this client's route, and the header that carries the id
+    /// (a header or cookie source).
+    pub fn join_request(&self, id: &str) -> Result<(String, Option<(String, String)>), CallError> {
+        let made = self
+            .route
+            .source
+            .request(&self.route.path, id)
+            .map_err(|reason| CallError::BadAnswer {
+                url: format!("{}{}", self.base, self.route.path),
+                reason: format!("cannot send this id in {}: {reason}", self.route.source),
+            })?;
+        Ok((format!("{}{}", self.base, made.path), made.header))
     }
 
     /// This client, sending `token` as `Authorization: Bearer` with every request.
@@ -98,11 +142,23 @@ impl Api {
         url: String,
         post: bool,
     ) -> Result<(u16, serde_json::Value), CallError> {
+        self.send_json(url, post, None).await
+    }
+
+    async fn send_json(
+        &self,
+        url: String,
+        post: bool,
+        header: Option<(String, String)>,
+    ) -> Result<(u16, serde_json::Value), CallError> {
         let mut request = if post {
             self.http.post(&url)
         } else {
             self.http.get(&url)
         };
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -160,10 +216,11 @@ impl Api {
         Self::typed(&url, status, body)
     }
 
-    /// Joins `id`. A 421 is an answer (the instance said who owns it), not an error.
+    /// Joins `id` on this client's route. A 421 is an answer (the instance said who owns it),
+    /// not an error.
     pub async fn join(&self, id: &str) -> Result<Join, CallError> {
-        let url = self.url_for("/join", id);
-        let (status, body) = self.get_json(url.clone(), true).await?;
+        let (url, header) = self.join_request(id)?;
+        let (status, body) = self.send_json(url.clone(), true, header).await?;
         match status {
             200 => Ok(Join::Joined(Self::typed(&url, status, body)?)),
             421 => {
@@ -204,7 +261,11 @@ impl Api {
         path: &str,
         id: &str,
     ) -> Result<(u16, serde_json::Value), CallError> {
-        self.get_json(self.url_for(path, id), path == "/join").await
+        if path == "/join" {
+            let (url, header) = self.join_request(id)?;
+            return self.send_json(url, true, header).await;
+        }
+        self.get_json(self.url_for(path, id), false).await
     }
 }
 

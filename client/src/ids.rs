@@ -12,6 +12,8 @@ pub enum IdKind {
     Mixed,
     /// Decimal numbers only (for `INDEX_MODE=numeric`).
     Numeric,
+    /// ASCII letters, digits and `-_.~` only: what a header or a cookie carries as it is.
+    Token,
 }
 
 const ASCII: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-_.~";
@@ -40,6 +42,10 @@ pub fn generate(count: usize, kind: IdKind, seed: u64) -> Vec<String> {
     (0..count)
         .map(|i| match (kind, i % 4) {
             (IdKind::Numeric, _) | (IdKind::Mixed, 0) => numeric(&mut rng),
+            (IdKind::Token, _) => {
+                let len = rng.gen_range(4..24);
+                ascii(&mut rng, len)
+            }
             (IdKind::Mixed, 1) => {
                 let len = rng.gen_range(1..24);
                 ascii(&mut rng, len)

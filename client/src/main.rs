@@ -8,8 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use poc_routing_client::api::JoinRoute;
 use poc_routing_client::ids::{self, IdKind};
 use poc_routing_client::{audit, load, scale, sessions, verify, views, Api, CallError};
+use poc_routing_placement::KeySource;
 
 /// Envoy's public listener: /join, /where and /health.
 const DEFAULT_URL: &str = "http://127.0.0.1:10000";
@@ -50,6 +52,8 @@ enum Command {
         id: String,
         #[arg(long, default_value = DEFAULT_URL)]
         url: String,
+        #[command(flatten)]
+        route: RouteArgs,
     },
     /// For many ids: /where, then /join, and check that the owner answered the join.
     Verify(VerifyArgs),
@@ -82,6 +86,8 @@ enum Command {
 struct SessionsArgs {
     #[arg(long, default_value = DEFAULT_URL)]
     url: String,
+    #[command(flatten)]
+    route: RouteArgs,
     #[arg(long, default_value_t = 1000)]
     count: usize,
     /// How long to hold them (stops earlier on SIGINT/SIGTERM).
@@ -121,6 +127,8 @@ struct ScaleStepArgs {
     /// Envoy's public listener: the load and the verification go through it.
     #[arg(long, default_value = DEFAULT_URL)]
     url: String,
+    #[command(flatten)]
+    route: RouteArgs,
     /// Envoy's operator listener: the views are read through it.
     #[arg(long, default_value = OPERATOR_URL)]
     operator_url: String,
@@ -143,6 +151,8 @@ struct ScaleStepArgs {
 struct VerifyArgs {
     #[arg(long, default_value = DEFAULT_URL)]
     url: String,
+    #[command(flatten)]
+    route: RouteArgs,
     /// How many random ids to check (ignored with --ids).
     #[arg(long, default_value_t = 1000)]
     count: usize,
@@ -166,6 +176,8 @@ struct VerifyArgs {
 struct LoadArgs {
     #[arg(long, default_value = DEFAULT_URL)]
     url: String,
+    #[command(flatten)]
+    route: RouteArgs,
     /// Distinct ids, joined round-robin.
     #[arg(long, default_value_t = 2000)]
     count: usize,
@@ -178,6 +190,30 @@ struct LoadArgs {
     random: RandomIds,
     #[arg(long)]
     json: bool,
+}
+
+/// The affinity route joins and sessions go to, and where its requests carry the id.
+#[derive(clap::Args)]
+struct RouteArgs {
+    /// The path to send joins and sessions to (with `{key}` where a path source reads it,
+    /// such as /rooms/{key}/join).
+    #[arg(long, default_value = "/join", value_name = "PATH")]
+    route: String,
+    /// Where that route's requests carry the id, as envoy.yaml names it: query:NAME,
+    /// header:NAME, cookie:NAME or path:/segments/{key}/... (header and cookie ids are sent as
+    /// they are: use --id-kind token for ids any of them can carry).
+    #[arg(long, default_value = "query:client_id", value_name = "SOURCE")]
+    key: KeySource,
+}
+
+impl RouteArgs {
+    /// `url`'s client on this route.
+    fn api(&self, url: &str) -> Api {
+        Api::new(url).with_route(JoinRoute {
+            path: self.route.clone(),
+            source: self.key.clone(),
+        })
+    }
 }
 
 /// How `verify` and `load` generate their random ids.
@@ -270,7 +306,7 @@ fn exit_code(ok: bool) -> ExitCode {
 
 async fn run_load(args: LoadArgs) -> ExitCode {
     let ids = args.random.generate(args.count.max(1));
-    let api = Api::new(&args.url);
+    let api = args.route.api(&args.url);
     if let Err(e) = reachable(&api, &ids[0]).await {
         return fail(e);
     }
@@ -291,7 +327,7 @@ async fn run_load(args: LoadArgs) -> ExitCode {
 
 async fn run_sessions(args: SessionsArgs) -> ExitCode {
     let ids = args.random.generate(args.count.max(1));
-    let public = Api::new(&args.url);
+    let public = args.route.api(&args.url);
     let options = sessions::Options {
         ping_every: std::time::Duration::from_millis(args.ping_ms.max(10)),
         ..sessions::Options::default()
@@ -412,7 +448,7 @@ async fn run_verify(args: VerifyArgs) -> ExitCode {
     if ids.is_empty() {
         return fail("no ids to verify");
     }
-    let api = Api::new(&args.url);
+    let api = args.route.api(&args.url);
     if let Err(e) = reachable(&api, &ids[0]).await {
         return fail(e);
     }
@@ -465,7 +501,7 @@ async fn run_scale_step(args: ScaleStepArgs, token: Option<String>) -> ExitCode 
     };
     let seed = args.random.seed.unwrap_or_else(rand::random);
     let (public, operator) = (
-        Api::new(&args.url),
+        args.route.api(&args.url),
         Api::new(&args.operator_url).with_token(token),
     );
     match scale::step(&public, &operator, &expect, seed, run_change(&args.command)).await {
@@ -494,7 +530,7 @@ async fn main() -> ExitCode {
     };
     match cli.command {
         Command::Where { id, url } => print_call(&Api::new(&url), "/where", &id).await,
-        Command::Join { id, url } => print_call(&Api::new(&url), "/join", &id).await,
+        Command::Join { id, url, route } => print_call(&route.api(&url), "/join", &id).await,
         Command::Load(args) => run_load(args).await,
         Command::Views(args) => run_views(args, token).await,
         Command::Verify(args) => run_verify(args).await,

@@ -168,9 +168,12 @@ impl Run {
                 client_id: id.clone(),
                 ..SessionState::default()
             }));
-            let url = public.url_for("/join", id).replacen("http://", "ws://", 1);
+            // An id the route's source cannot carry fails its session at once (counted refused).
+            let request = public
+                .join_request(id)
+                .map(|(url, header)| (url.replacen("http://", "ws://", 1), header));
             let task = hold(
-                url,
+                request,
                 state.clone(),
                 options.clone(),
                 stopped.clone(),
@@ -278,13 +281,40 @@ fn lock(s: &Mutex<SessionState>) -> std::sync::MutexGuard<'_, SessionState> {
 }
 
 /// Holds one client's session until stopped: connect, read the welcome, ping, reconnect.
+/// The WebSocket handshake of a session: `url`, and the header carrying the id if the route's
+/// source is a header or a cookie.
+fn handshake(
+    url: &str,
+    header: Option<&(String, String)>,
+) -> Option<tokio_tungstenite::tungstenite::handshake::client::Request> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+    let mut request = url.into_client_request().ok()?;
+    if let Some((name, value)) = header {
+        request.headers_mut().insert(
+            HeaderName::from_bytes(name.as_bytes()).ok()?,
+            HeaderValue::from_bytes(value.as_bytes()).ok()?,
+        );
+    }
+    Some(request)
+}
+
 async fn hold(
-    url: String,
+    request: Result<(String, Option<(String, String)>), crate::api::CallError>,
     state: Arc<Mutex<SessionState>>,
     options: Options,
     mut stopped: watch::Receiver<bool>,
     opening: Arc<tokio::sync::Semaphore>,
 ) {
+    // An id the route cannot carry (a cookie with a space, a header value with a newline)
+    // never opens: its session counts one refusal and ends.
+    let Some((url, header)) = request
+        .ok()
+        .filter(|(url, header)| handshake(url, header.as_ref()).is_some())
+    else {
+        lock(&state).refused += 1;
+        return;
+    };
     let mut first = true;
     // Connects refused in a row (reset by a welcome).
     let mut refusals = 0u32;
@@ -299,7 +329,9 @@ async fn hold(
         };
         let connected = tokio::time::timeout(
             Duration::from_secs(5),
-            tokio_tungstenite::connect_async(url.as_str()),
+            tokio_tungstenite::connect_async(
+                handshake(&url, header.as_ref()).expect("checked before the first connect"),
+            ),
         )
         .await;
         let mut socket = match connected {

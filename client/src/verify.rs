@@ -46,6 +46,19 @@ pub async fn check(api: &Api, id: &str) -> (IdResult, Option<Duration>, Option<D
     let joined = api.join(id).await;
     let join_time = started.elapsed();
     let outcome = match joined {
+        // The owner registered another key than the one sent: the route's source was read
+        // wrong somewhere between the client and the owner.
+        Ok(Join::Joined(joined)) if joined.client_id != id => {
+            let e = CallError::BadAnswer {
+                url: api.route().path.clone(),
+                reason: format!("joined as {:?}, not as the id sent", joined.client_id),
+            };
+            return (
+                error_result(id, Some(owner), "join", &e),
+                Some(where_time),
+                Some(join_time),
+            );
+        }
         Ok(Join::Joined(joined)) if joined.instance == owner => Outcome::Correct {
             instance: joined.instance,
         },

@@ -8,6 +8,8 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use poc_routing_placement::{ClientId, KeyError};
+
 use crate::routing::{route, Limits, LocalReply, Route};
 use crate::settings::Settings;
 use crate::snapshot::Snapshot;
@@ -135,7 +137,12 @@ impl PlacementCache {
     }
 
     /// Decides one join (`session`: a WebSocket session) by the current snapshot.
-    pub fn decide(&self, path: &[u8], now: Instant, session: bool) -> Result<Route, LocalReply> {
+    pub fn decide(
+        &self,
+        key: Result<ClientId, KeyError>,
+        now: Instant,
+        session: bool,
+    ) -> Result<Route, LocalReply> {
         let current = self
             .current
             .read()
@@ -146,7 +153,7 @@ impl PlacementCache {
             max_in_flight: self.settings.max_in_flight_per_owner,
             max_sessions: self.settings.max_sessions_per_owner,
         };
-        route(path, current.as_ref(), limits, now, session)
+        route(key, current.as_ref(), limits, now, session)
     }
 }
 
@@ -224,8 +231,11 @@ mod tests {
     fn epochs_are_adopted_and_bad_answers_keep_the_last_good_one() {
         let r = PlacementCache::new(Settings::default());
         let now = Instant::now();
-        let refused =
-            |r: &PlacementCache| r.decide(b"/join?client_id=a", now, false).unwrap_err().code;
+        let refused = |r: &PlacementCache| {
+            r.decide(Ok(ClientId::try_from("a").unwrap()), now, false)
+                .unwrap_err()
+                .code
+        };
         assert_eq!(refused(&r), "placement_unavailable");
 
         let first = answer("hash", &[1, 2], None);
@@ -237,7 +247,7 @@ mod tests {
             FetchOutcome::Unchanged
         );
         let epoch = r
-            .decide(b"/join?client_id=a", now, false)
+            .decide(Ok(ClientId::try_from("a").unwrap()), now, false)
             .unwrap()
             .epoch()
             .to_owned();
@@ -254,7 +264,7 @@ mod tests {
             matches!(r.fetched(Some(b"200"), b"{", now), FetchOutcome::Failed(m) if m.contains("not a /placement"))
         );
         assert_eq!(
-            r.decide(b"/join?client_id=a", now, false)
+            r.decide(Ok(ClientId::try_from("a").unwrap()), now, false)
                 .unwrap()
                 .epoch()
                 .to_owned(),
@@ -267,7 +277,7 @@ mod tests {
             FetchOutcome::Changed(_)
         ));
         assert_ne!(
-            r.decide(b"/join?client_id=a", now, false)
+            r.decide(Ok(ClientId::try_from("a").unwrap()), now, false)
                 .unwrap()
                 .epoch()
                 .to_owned(),

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use poc_routing_placement::{client_id_from_query, ClientId, IdError};
+use poc_routing_placement::{ClientId, IdError, KeyError};
 use poc_routing_wire::ErrorBody;
 
 use crate::snapshot::{InFlight, Snapshot};
@@ -46,6 +46,8 @@ pub struct LocalReply {
     pub owner: Option<String>,
     /// `retry-after` in seconds, when trying again shortly is the remedy.
     pub retry_after: Option<u32>,
+    /// The key source, when the refusal is about the key.
+    pub source: Option<String>,
 }
 
 impl LocalReply {
@@ -56,11 +58,20 @@ impl LocalReply {
             message,
             owner: None,
             retry_after: None,
+            source: None,
         }
     }
 
     fn bad_id(e: &IdError) -> Self {
         Self::new(400, e.code(), e.to_string())
+    }
+
+    /// No usable key where the route's source says it is: 400, the source in the body.
+    fn bad_key(e: &KeyError) -> Self {
+        Self {
+            source: Some(e.source.to_string()),
+            ..Self::new(400, e.code(), e.to_string())
+        }
     }
 
     /// The filter itself failed (a panic was caught): nothing is forwarded.
@@ -109,33 +120,11 @@ impl LocalReply {
         if let Some(owner) = &self.owner {
             body.details.insert("owner".into(), owner.as_str().into());
         }
+        if let Some(source) = &self.source {
+            body.details.insert("source".into(), source.as_str().into());
+        }
         serde_json::to_string(&body).expect("an error body is plain JSON")
     }
-}
-
-/// The single valid `client_id` in a request path, by the placement crate's rules.
-///
-/// The path is bytes: a query that is not UTF-8 keeps its UTF-8 parameters, and a `client_id`
-/// holding raw non-UTF-8 bytes is refused as such, as the servers refuse it.
-pub fn client_id(path: &[u8]) -> Result<ClientId, IdError> {
-    let Some(start) = path.iter().position(|&b| b == b'?') else {
-        return client_id_from_query(None);
-    };
-    let query = &path[start + 1..];
-    if let Ok(query) = std::str::from_utf8(query) {
-        return client_id_from_query(Some(query));
-    }
-    let mut kept = Vec::new();
-    for pair in query.split(|&b| b == b'&') {
-        match std::str::from_utf8(pair) {
-            Ok(pair) => kept.push(pair),
-            Err(_) if pair.starts_with(b"client_id=") || pair == b"client_id" => {
-                return Err(IdError::NotUtf8)
-            }
-            Err(_) => {}
-        }
-    }
-    client_id_from_query(Some(&kept.join("&")))
 }
 
 /// How a join is decided, from the filter's settings.
@@ -149,18 +138,18 @@ pub struct Limits {
     pub max_sessions: u32,
 }
 
-/// Routes one join: the id is checked first (a bad id is the client's error whatever the
-/// state of the placement), then the snapshot must exist and be younger than `stale_after`,
+/// Routes one join by its key, as the route's source found it: the key is checked first (a
+/// bad key is the client's error whatever the state of the placement), then the snapshot must exist and be younger than `stale_after`,
 /// the owner must have an address, and fewer than `max_in_flight` joins may be in flight to it
 /// (for a WebSocket session, `session`: fewer than `max_sessions` sessions open to it).
 pub fn route(
-    path: &[u8],
+    key: Result<ClientId, KeyError>,
     snapshot: Option<&Arc<Snapshot>>,
     limits: Limits,
     now: Instant,
     session: bool,
 ) -> Result<Route, LocalReply> {
-    let id = client_id(path).map_err(|e| LocalReply::bad_id(&e))?;
+    let id = key.map_err(|e| LocalReply::bad_key(&e))?;
     let Some(snapshot) = snapshot else {
         return Err(LocalReply::new(
             503,
@@ -205,6 +194,12 @@ pub fn route(
 mod tests {
     use super::*;
     use crate::snapshot::tests::{address, answer};
+    use poc_routing_placement::KeySource;
+
+    /// The key of `path` by the default source, `client_id` in the query.
+    fn query(path: &[u8]) -> Result<ClientId, KeyError> {
+        KeySource::default().extract(path, &[])
+    }
 
     const STALE: Limits = Limits {
         stale_after: Duration::from_secs(10),
@@ -232,7 +227,10 @@ mod tests {
             (b"/join?client%5Fid=x", Ok("x")),
             (b"/join?x=1&client_id=%C3%A9", Ok("é")),
             (b"/join?x=\xff&client_id=ok", Ok("ok")),
-            (b"/join", Err((400, "missing_client_id", "no client_id"))),
+            (
+                b"/join",
+                Err((400, "missing_client_id", "no query parameter client_id")),
+            ),
             (
                 b"/join?client_id=",
                 Err((400, "invalid_client_id", "empty")),
@@ -259,7 +257,7 @@ mod tests {
             ),
         ];
         for (path, expected) in cases {
-            let got = route(path, Some(&s), STALE, Instant::now(), false);
+            let got = route(query(path), Some(&s), STALE, Instant::now(), false);
             let shown = String::from_utf8_lossy(path);
             match expected {
                 Ok(id) => {
@@ -285,7 +283,14 @@ mod tests {
     #[test]
     fn routes_carry_the_snapshot_epoch() {
         let s = snapshot("jump", &[1, 3]);
-        let r = route(b"/join?client_id=7", Some(&s), STALE, Instant::now(), false).unwrap();
+        let r = route(
+            query(b"/join?client_id=7"),
+            Some(&s),
+            STALE,
+            Instant::now(),
+            false,
+        )
+        .unwrap();
         assert_eq!(r.epoch(), s.epoch());
         assert!(["poc-routing-server-1:8081", "poc-routing-server-3:8081"]
             .contains(&r.in_flight.hostport()));
@@ -296,7 +301,14 @@ mod tests {
     fn an_owner_without_an_address_or_with_too_many_joins_in_flight_is_refused() {
         let body = answer("hash", &[1], None).replace(&format!("\"1\":\"{}\"", address(1)), "");
         let s = Arc::new(Snapshot::parse(body.as_bytes(), Instant::now(), None).unwrap());
-        let r = route(b"/join?client_id=a", Some(&s), STALE, Instant::now(), false).unwrap_err();
+        let r = route(
+            query(b"/join?client_id=a"),
+            Some(&s),
+            STALE,
+            Instant::now(),
+            false,
+        )
+        .unwrap_err();
         assert_eq!((r.status, r.code), (503, "owner_unavailable"));
         assert_eq!(r.owner.as_deref(), Some("poc-routing-server-1:8081"));
         let body: serde_json::Value = serde_json::from_str(&r.body()).unwrap();
@@ -307,15 +319,43 @@ mod tests {
             max_in_flight: 2,
             ..STALE
         };
-        let first = route(b"/join?client_id=a", Some(&s), two, Instant::now(), false).unwrap();
-        let second = route(b"/join?client_id=b", Some(&s), two, Instant::now(), false).unwrap();
-        let r = route(b"/join?client_id=c", Some(&s), two, Instant::now(), false).unwrap_err();
+        let first = route(
+            query(b"/join?client_id=a"),
+            Some(&s),
+            two,
+            Instant::now(),
+            false,
+        )
+        .unwrap();
+        let second = route(
+            query(b"/join?client_id=b"),
+            Some(&s),
+            two,
+            Instant::now(),
+            false,
+        )
+        .unwrap();
+        let r = route(
+            query(b"/join?client_id=c"),
+            Some(&s),
+            two,
+            Instant::now(),
+            false,
+        )
+        .unwrap_err();
         assert_eq!(
             (r.status, r.code, r.retry_after),
             (503, "overloaded", Some(1))
         );
         drop((first, second));
-        assert!(route(b"/join?client_id=c", Some(&s), two, Instant::now(), false).is_ok());
+        assert!(route(
+            query(b"/join?client_id=c"),
+            Some(&s),
+            two,
+            Instant::now(),
+            false
+        )
+        .is_ok());
 
         // Sessions are counted apart: joins in flight do not stop a session, nor the reverse.
         let one_session = Limits {
@@ -324,14 +364,14 @@ mod tests {
             ..STALE
         };
         let join = route(
-            b"/join?client_id=a",
+            query(b"/join?client_id=a"),
             Some(&s),
             one_session,
             Instant::now(),
             false,
         );
         let session = route(
-            b"/join?client_id=a",
+            query(b"/join?client_id=a"),
             Some(&s),
             one_session,
             Instant::now(),
@@ -339,7 +379,7 @@ mod tests {
         );
         assert!(join.is_ok() && session.is_ok());
         let r = route(
-            b"/join?client_id=b",
+            query(b"/join?client_id=b"),
             Some(&s),
             one_session,
             Instant::now(),
@@ -350,7 +390,7 @@ mod tests {
         assert!(r.body().contains("WebSocket sessions"), "{}", r.body());
         drop(session);
         assert!(route(
-            b"/join?client_id=b",
+            query(b"/join?client_id=b"),
             Some(&s),
             one_session,
             Instant::now(),
@@ -363,7 +403,7 @@ mod tests {
     fn numeric_mode_refuses_words_with_the_servers_message() {
         let s = snapshot("numeric", &[1, 2]);
         let r = route(
-            b"/join?client_id=bob",
+            query(b"/join?client_id=bob"),
             Some(&s),
             STALE,
             Instant::now(),
@@ -376,13 +416,20 @@ mod tests {
 
     #[test]
     fn no_or_stale_placement_is_503_but_a_bad_id_is_still_400() {
-        let r = route(b"/join?client_id=a", None, STALE, Instant::now(), false).unwrap_err();
+        let r = route(
+            query(b"/join?client_id=a"),
+            None,
+            STALE,
+            Instant::now(),
+            false,
+        )
+        .unwrap_err();
         assert_eq!((r.status, r.code), (503, "placement_unavailable"));
-        let r = route(b"/join", None, STALE, Instant::now(), false).unwrap_err();
+        let r = route(query(b"/join"), None, STALE, Instant::now(), false).unwrap_err();
         assert_eq!(r.status, 400);
         let s = snapshot("hash", &[1]);
         let later = Instant::now() + STALE.stale_after + Duration::from_secs(1);
-        let r = route(b"/join?client_id=a", Some(&s), STALE, later, false).unwrap_err();
+        let r = route(query(b"/join?client_id=a"), Some(&s), STALE, later, false).unwrap_err();
         assert_eq!((r.status, r.code), (503, "placement_unavailable"));
         assert!(r.message.contains("limit 10000 ms"), "{}", r.message);
     }
@@ -393,5 +440,43 @@ mod tests {
             serde_json::from_str(&LocalReply::routing_error().body()).unwrap();
         assert_eq!(body["error"], "routing_error");
         assert!(body["message"].as_str().unwrap().contains("not forwarded"));
+    }
+
+    /// The key-source vectors the placement crate and the Lua spec share: through the
+    /// per-route config and the routing decision, each request goes to its key's owner, or
+    /// is refused with the vector's code and a message naming the source.
+    #[test]
+    fn the_shared_key_vectors_route_or_refuse_alike() {
+        let s = snapshot("hash", &[1, 2, 3]);
+        let vectors = include_str!("../../placement/tests/data/keys.tsv");
+        let mut checked = 0;
+        for line in vectors
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let f: Vec<&str> = line.split('\t').collect();
+            let config = format!("{{\"key\":{:?}}}", f[0]);
+            let settings = crate::settings::RouteSettings::parse(config.as_bytes()).unwrap();
+            let values: Vec<&[u8]> = match f[2] {
+                "-" => vec![],
+                v => v.split(" | ").map(str::as_bytes).collect(),
+            };
+            let key = settings.key.extract(f[1].as_bytes(), &values);
+            let got = route(key, Some(&s), STALE, Instant::now(), false);
+            match f[3].split_at(1) {
+                ("=", id) => {
+                    let want = s.owner(&ClientId::try_from(id).unwrap()).unwrap();
+                    assert_eq!(got.unwrap().in_flight.hostport(), want.hostport(), "{line}");
+                }
+                (_, code) => {
+                    let r = got.unwrap_err();
+                    assert_eq!((r.status, r.code), (400, code), "{line}");
+                    let body: serde_json::Value = serde_json::from_str(&r.body()).unwrap();
+                    assert_eq!(body["source"], settings.key.to_string(), "{line}");
+                }
+            }
+            checked += 1;
+        }
+        assert!(checked >= 40);
     }
 }

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use poc_routing_placement::{KeySource, KeySourceError};
 use serde::Deserialize;
 
 /// How the filter learns the placement.
@@ -196,6 +197,41 @@ fn bound(field: &'static str, raw: Option<u32>, default: u32) -> Result<u32, Set
     }
 }
 
+/// An affinity route's own configuration: the `config` of the filter's per-route config
+/// (`DynamicModuleFilterPerRoute`), which also enables the filter on that route. Checked when
+/// Envoy loads the route; a bad one refuses the configuration with a message naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteSettings {
+    /// Where this route's requests carry their key (`query:client_id` unless it says).
+    pub key: KeySource,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    key: Option<String>,
+}
+
+impl RouteSettings {
+    /// Parses a per-route config: empty (or `{}`) is the default, the `client_id` query
+    /// parameter; `{"key": "header:x-user-id"}` names another source.
+    pub fn parse(config: &[u8]) -> Result<Self, String> {
+        let text = std::str::from_utf8(config).map_err(|e| e.to_string())?;
+        let raw: RawRoute = match text.trim() {
+            "" | "\"\"" => RawRoute { key: None },
+            text => serde_json::from_str(text)
+                .map_err(|e| format!("the per-route config is not a JSON object with key: {e}"))?,
+        };
+        let key = match raw.key {
+            None => KeySource::default(),
+            Some(written) => written
+                .parse()
+                .map_err(|e: KeySourceError| format!("per-route config key: {e}"))?,
+        };
+        Ok(Self { key })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +321,30 @@ mod tests {
                 "{}: EXPECTED {expected:?} RECEIVED {err:?}",
                 String::from_utf8_lossy(config)
             );
+        }
+    }
+
+    #[test]
+    fn route_settings_name_the_key_source_or_the_field() {
+        for empty in [&b""[..], b"{}", b"\"\"", b" "] {
+            assert_eq!(
+                RouteSettings::parse(empty).unwrap().key,
+                KeySource::default()
+            );
+        }
+        let r = RouteSettings::parse(br#"{"key":"header:X-User-Id"}"#).unwrap();
+        assert_eq!(r.key, KeySource::Header("x-user-id".into()));
+        let cases: [(&[u8], &str); 3] = [
+            (
+                br#"{"key":"body:x"}"#,
+                "per-route config key: \"body:x\" is not a key source",
+            ),
+            (br#"{"keys":"query:a"}"#, "unknown field `keys`"),
+            (br#"{"key":"path:/rooms"}"#, "exactly one {key}"),
+        ];
+        for (raw, want) in cases {
+            let e = RouteSettings::parse(raw).unwrap_err();
+            assert!(e.contains(want), "{e}");
         }
     }
 }

@@ -43,6 +43,63 @@ describe("extract_client_id", function()
   end
 end)
 
+describe("the shared key-source vectors (placement/tests/data/keys.tsv)", function()
+  local file = assert(io.open("placement/tests/data/keys.tsv", "r"))
+  local checked, skipped = 0, 0
+  for line in file:lines() do
+    if line:sub(1, 1) ~= "#" and line ~= "" then
+      local source, path, values, want = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)$")
+      assert(source, "keys.tsv: " .. line)
+      local kind, name = routing.parse_source(source)
+      if not kind then
+        skipped = skipped + 1
+      else
+        checked = checked + 1
+        it(source .. " " .. path .. " [" .. values .. "]", function()
+          local list = {}
+          if values ~= "-" then
+            for v in (values .. " | "):gmatch("(.-) | ") do
+              list[#list + 1] = v
+            end
+          end
+          local raw, id_or_code, message = routing.extract_key(kind, name, path, list)
+          if want:sub(1, 1) == "=" then
+            assert.are.equal(want:sub(2), id_or_code)
+            assert.are.equal(want:sub(2), routing.form_decode(raw))
+          else
+            assert.is_nil(raw)
+            assert.are.equal(want:sub(2), id_or_code)
+            assert.truthy(message:find(name, 1, true), message)
+          end
+        end)
+      end
+    end
+  end
+  file:close()
+  it("covers the query and header sources, and skips only the others", function()
+    assert.is_true(checked >= 30)
+    assert.is_true(skipped >= 15)
+  end)
+  it("refuses to read sources it does not support", function()
+    assert.is_nil(routing.parse_source("cookie:user"))
+    assert.is_nil(routing.parse_source("path:/rooms/{key}"))
+    assert.are.same({ "header", "x-user-id" }, { routing.parse_source("header:X-User-Id") })
+    assert.are.same({ "query", "client_id" }, { routing.parse_source(nil) })
+  end)
+end)
+
+describe("form_encode", function()
+  it("encodes as the placement crate does, and reads back", function()
+    assert.are.equal("a+b", routing.form_encode("a b"))
+    assert.are.equal("a%2Bb%26c%3D", routing.form_encode("a+b&c="))
+    assert.are.equal("Zo%C3%AB", routing.form_encode("Zoë"))
+    assert.are.equal("x-y_z.w*", routing.form_encode("x-y_z.w*"))
+    for _, s in ipairs({ "a b", "100%", "日本", "a+b" }) do
+      assert.are.equal(s, routing.form_decode(routing.form_encode(s)))
+    end
+  end)
+end)
+
 describe("form_decode", function()
   it("decodes like an HTML form", function()
     assert.are.equal("a b", routing.form_decode("a+b"))

@@ -9,22 +9,23 @@ use percent_encoding::percent_decode;
 pub const MAX_CLIENT_ID_BYTES: usize = 256;
 
 /// Why a request carries no usable client id. The machine code ([`IdError::code`]) is what
-/// clients see in the JSON error body.
+/// clients see in the JSON error body; the message they see names the source the id was
+/// looked for in ([`crate::KeyError`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
-    #[error("the query has no client_id parameter")]
+    #[error("the request has no client id")]
     Missing,
-    #[error("client_id is given more than once; exactly one is allowed")]
+    #[error("the client id is given more than once; exactly one is allowed")]
     Duplicate,
-    #[error("client_id is empty")]
+    #[error("the client id is empty")]
     Empty,
-    #[error("client_id is {0} bytes long; at most {MAX_CLIENT_ID_BYTES} are allowed")]
+    #[error("the client id is {0} bytes long; at most {MAX_CLIENT_ID_BYTES} are allowed")]
     TooLong(usize),
-    #[error("client_id is not valid UTF-8 after percent-decoding")]
+    #[error("the client id is not valid UTF-8")]
     NotUtf8,
-    #[error("client_id contains a control character at byte {0}")]
+    #[error("the client id contains a control character at byte {0}")]
     ControlChar(usize),
-    #[error("client_id must be decimal digits with a value of at most 18446744073709551615 in numeric mode")]
+    #[error("the client id must be decimal digits with a value of at most 18446744073709551615 in numeric mode")]
     NotNumeric,
 }
 
@@ -89,7 +90,7 @@ impl TryFrom<&str> for ClientId {
 
 /// Decodes one `application/x-www-form-urlencoded` component: `+` is a space, `%XX` a byte.
 /// Malformed escapes (`%` not followed by two hex digits) are kept as they are, as browsers do.
-fn form_decode(raw: &str) -> Vec<u8> {
+pub(crate) fn form_decode(raw: &str) -> Vec<u8> {
     let plus_as_space: Vec<u8> = raw
         .bytes()
         .map(|b| if b == b'+' { b' ' } else { b })
@@ -98,27 +99,18 @@ fn form_decode(raw: &str) -> Vec<u8> {
 }
 
 /// Finds the single `client_id` parameter in a raw query string (without the `?`) and returns
-/// the validated id.
+/// the validated id: [`KeySource::default_query`](crate::KeySource::default_query)'s rules.
 ///
 /// Parameter names are decoded before comparison, so `client%5Fid` is `client_id` too; a
 /// parameter without `=` has an empty value. Two `client_id` parameters are an error even when
 /// they agree, because a proxy and a server could otherwise pick different ones.
-pub fn client_id_from_query(query: Option<&str>) -> Result<ClientId, IdError> {
-    let mut found: Option<&str> = None;
-    for pair in query.unwrap_or("").split('&') {
-        if pair.is_empty() {
-            continue;
-        }
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if form_decode(name) != b"client_id" {
-            continue;
-        }
-        if found.replace(value).is_some() {
-            return Err(IdError::Duplicate);
-        }
-    }
-    let raw = found.ok_or(IdError::Missing)?;
-    ClientId::new(form_decode(raw))
+pub fn client_id_from_query(query: Option<&str>) -> Result<ClientId, crate::KeyError> {
+    let at = |error| crate::KeyError {
+        source: crate::KeySource::default_query(),
+        error,
+    };
+    let raw = crate::key::query_value(query.map(str::as_bytes), "client_id").map_err(at)?;
+    ClientId::new(raw).map_err(at)
 }
 
 /// `client_id=<id>`, form-encoded (a space is `+`, other reserved bytes `%XX`): the query that
@@ -195,7 +187,7 @@ mod tests {
             (Some("client_ids=1"), Err(IdError::Missing)),
         ];
         for (query, want) in cases {
-            let got = client_id_from_query(query);
+            let got = client_id_from_query(query).map_err(|e| e.error);
             assert_eq!(
                 got.as_ref().map(ClientId::as_str),
                 want.as_ref().map(|s| *s),

@@ -7,8 +7,9 @@
 //! (`tests/vectors.rs`, against the vectors `scripts/gen-vectors.py` writes).
 //!
 //! The three steps are kept apart on purpose:
-//! 1. [`client_id_from_query`] finds exactly one `client_id` in a raw query string and decodes it
-//!    the way HTML forms encode it (`+` is a space, `%XX` a byte, then UTF-8).
+//! 1. A [`KeySource`] finds exactly one key where the route says the request carries it (the
+//!    `client_id` query parameter by default, form-decoded; a header, a cookie or a path
+//!    segment), so every source is read by one piece of code.
 //! 2. [`ClientId::new`] enforces what an id may be (1..=256 bytes, no control characters).
 //! 3. [`Placement::index`] maps a valid id to an instance index with the configured [`IndexMode`].
 //!
@@ -26,10 +27,15 @@
 
 mod hash;
 mod id;
+mod key;
 mod spec;
 
 pub use hash::{fnv1a32, fnv1a64, jump_consistent_hash};
 pub use id::{client_id_from_query, client_id_query, ClientId, IdError, MAX_CLIENT_ID_BYTES};
+pub use key::{
+    key_from_header, key_header_value, KeyError, KeySource, KeySourceError, KeyedRequest,
+    PathTemplate, KEY_HEADER,
+};
 pub use spec::{
     is_prefix, is_suffix, Naming, PlacementSpec, DEFAULT_PORT, MAX_INDEX, PREFIX_ACCEPTS,
     SUFFIX_ACCEPTS,

@@ -7,7 +7,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use poc_routing_placement::IdError;
+use poc_routing_placement::{IdError, KeyError};
 use poc_routing_wire::{ErrorBody, Misdirected};
 
 /// Everything a request can fail with.
@@ -15,6 +15,9 @@ use poc_routing_wire::{ErrorBody, Misdirected};
 pub enum ApiError {
     #[error(transparent)]
     BadClientId(#[from] IdError),
+    /// No usable key where the request carries it (the message names the source).
+    #[error(transparent)]
+    BadKey(#[from] KeyError),
     /// Envoy sent this request to an instance that does not own the id under the epoch it was
     /// routed by (or by an epoch this instance does not hold): a routing bug, a view that is too
     /// old, or a request that bypassed the proxy. Refused so it is never served twice.
@@ -67,7 +70,7 @@ pub struct ErrorCode(pub &'static str);
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadClientId(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadClientId(_) | ApiError::BadKey(_) => StatusCode::BAD_REQUEST,
             ApiError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::IdentityUnknown | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadEpoch | ApiError::BadQuery(_) | ApiError::BadBody(_) => {
@@ -85,6 +88,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadClientId(e) => e.code(),
+            ApiError::BadKey(e) => e.code(),
             ApiError::Misdirected { .. } => "misdirected",
             ApiError::IdentityUnknown => "identity_unknown",
             ApiError::NotReady => "not_ready",
@@ -106,6 +110,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = self.code();
         let mut body = ErrorBody::new(code, self.to_string());
+        if let ApiError::BadKey(e) = &self {
+            body.details
+                .insert("source".into(), e.source.to_string().into());
+        }
         if let ApiError::Misdirected {
             client_id,
             instance,

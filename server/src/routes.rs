@@ -14,7 +14,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use poc_routing_peer::PeerAddr;
-use poc_routing_placement::{client_id_from_query, ClientId, Epoch, Placement};
+use poc_routing_placement::{
+    client_id_from_query, key_from_header, ClientId, Epoch, KeyError, KeySource, Placement,
+    KEY_HEADER,
+};
 use poc_routing_wire::{
     Discovery, HandOff, HandOffAck, InstanceRegistrations, JoinAnswer, PeerDigest, PeerTable,
     PeerView, PlacementAnswer, PreviousView, RegistrationsReport, ReplicaPage, Resync, ServedUnder,
@@ -130,14 +133,31 @@ pub async fn join(
     .into_response())
 }
 
-/// Whether this instance serves a join of the id in `query`, routed by the epoch in `headers`:
-/// the id, this instance's index, and the view it is served under.
+/// The key a join is for: the one the routing filter routed it by, which it hands over in
+/// [`KEY_HEADER`] whatever the route's source (a header, a cookie, a path segment), overwriting
+/// any value a client sent; without that header (a join sent to an instance directly), the
+/// `client_id` query parameter.
+fn join_key(headers: &HeaderMap, query: Option<&str>) -> Result<ClientId, KeyError> {
+    let mut routed = headers.get_all(KEY_HEADER).iter();
+    match (routed.next(), routed.next()) {
+        (None, _) => client_id_from_query(query),
+        (Some(value), None) => key_from_header(value.as_bytes()),
+        (Some(_), Some(_)) => Err(KeyError {
+            source: KeySource::Header(KEY_HEADER.into()),
+            error: poc_routing_placement::IdError::Duplicate,
+        }),
+    }
+}
+
+/// Whether this instance serves a join of the key in `headers` or `query` ([`join_key`]),
+/// routed by the epoch in `headers`: the id, this instance's index, and the view it is served
+/// under.
 async fn admit(
     state: &AppState,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<(ClientId, u64, ServedUnder, Arc<Placement>), ApiError> {
-    let id = client_id_from_query(query)?;
+    let id = join_key(headers, query)?;
     let routed = routed_epoch(headers)?;
     let instance = state.identity.get().ok_or(ApiError::IdentityUnknown)?;
     let mut verdict = state

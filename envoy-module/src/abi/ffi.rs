@@ -83,6 +83,11 @@ extern "C" {
         index: usize,
         optional_size: *mut usize,
     ) -> bool;
+    /// The per-route config (what `per_route_config_new` returned) of the route the request
+    /// matched, the most specific one, or null.
+    pub(super) fn envoy_dynamic_module_callback_get_most_specific_route_config(
+        filter: FilterEnvoyPtr,
+    ) -> *const c_void;
     pub(super) fn envoy_dynamic_module_callback_http_set_header(
         filter: FilterEnvoyPtr,
         header_type: u32,

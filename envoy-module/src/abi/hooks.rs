@@ -12,7 +12,12 @@ use super::envoy::*;
 use super::ffi::*;
 use crate::refresh::{no_unwind, FetchOutcome, PlacementCache, Ticker};
 use crate::routing::LocalReply;
-use crate::settings::Settings;
+use crate::settings::{RouteSettings, Settings};
+use poc_routing_placement::{key_header_value, KeySource, KEY_HEADER};
+
+/// The key source of a route whose per-route config names none: the `client_id` parameter.
+static DEFAULT_SOURCE: std::sync::LazyLock<KeySource> =
+    std::sync::LazyLock::new(KeySource::default);
 use crate::snapshot::InFlight;
 use crate::{EPOCH_HEADER, FILTER_NAME, METADATA_OWNER_KEY};
 
@@ -58,15 +63,29 @@ fn on_request(config: &Config, state: &StreamState, stream: &mut Stream) -> u32 
     let session = stream
         .header(REQUEST_HEADER, "upgrade")
         .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));
+    // SAFETY: every per-route config of this module is a RouteSettings (per_route_config_new).
+    let route_settings = unsafe { stream.route_config::<RouteSettings>() };
+    let source = route_settings.map_or(&*DEFAULT_SOURCE, |r| &r.key);
+    let values = source
+        .header_name()
+        .map(|name| stream.request_header_values(name))
+        .unwrap_or_default();
+    let values: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
     let path = stream.header(REQUEST_HEADER, ":path").unwrap_or_default();
+    let key = source.extract(path, &values);
+    let key_value = key.as_ref().map(key_header_value).unwrap_or_default();
     let decided = config
         .placement
-        .decide(path, Instant::now(), session)
+        .decide(key, Instant::now(), session)
         .and_then(|route| {
             if !stream.set_upstream_override(route.address()) {
                 return Err(LocalReply::owner_unavailable(route.in_flight.hostport()));
             }
-            if !stream.set_request_header(EPOCH_HEADER, route.epoch()) {
+            // The owner checks the key the join was routed by, from this header (a client's
+            // own value is overwritten), and the epoch it was routed under.
+            if !stream.set_request_header(EPOCH_HEADER, route.epoch())
+                || !stream.set_request_header(KEY_HEADER, &key_value)
+            {
                 return Err(LocalReply::routing_error());
             }
             state.in_flight.set(Some(route.in_flight));
@@ -454,25 +473,38 @@ unsafe extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
     name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> *const c_void {
-    static ENABLED: u8 = 0;
     no_unwind(|| {
         // SAFETY: both buffers are Envoy's, valid for this hook.
         let (name, config) = unsafe { (bytes(name), bytes(config)) };
-        let empty = config.is_empty() || config == b"{}" || config == b"\"\"";
-        if name == FILTER_NAME.as_bytes() && empty {
-            return std::ptr::from_ref(&ENABLED).cast();
+        let parsed = if name == FILTER_NAME.as_bytes() {
+            RouteSettings::parse(config)
+        } else {
+            Err(format!(
+                "filter_name must be {FILTER_NAME:?} (got {:?})",
+                String::from_utf8_lossy(name)
+            ))
+        };
+        match parsed {
+            Ok(settings) => Box::into_raw(Box::new(settings)).cast_const().cast(),
+            Err(why) => {
+                log(LOG_ERROR, &format!("per-route config refused: {why}"));
+                std::ptr::null()
+            }
         }
-        log(
-            LOG_ERROR,
-            &format!(
-                "per-route config refused: filter_name must be {FILTER_NAME:?} with no filter_config (got {:?}, {:?})",
-                String::from_utf8_lossy(name),
-                String::from_utf8_lossy(config)
-            ),
-        );
-        std::ptr::null()
     })
     .unwrap_or(std::ptr::null())
+}
+
+#[no_mangle]
+unsafe extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(
+    config: *const c_void,
+) {
+    let _ = no_unwind(|| {
+        if !config.is_null() {
+            // SAFETY: the Box leaked in per_route_config_new, destroyed exactly once, here.
+            drop(unsafe { Box::from_raw(config as *mut RouteSettings) });
+        }
+    });
 }
 
 #[cfg(test)]

@@ -3,8 +3,6 @@
 //! could panic.
 #![allow(unsafe_code)]
 
-use std::ffi::c_void;
-
 use super::ffi::*;
 
 #[no_mangle]
@@ -46,12 +44,6 @@ extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
     _f: FilterEnvoyPtr,
     _m: FilterModulePtr,
 ) {
-}
-
-/// The per-route config holds nothing (`per_route_config_new` in `hooks.rs` accepts only an
-/// empty one, which just enables the filter on a route): nothing to free.
-#[no_mangle]
-extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(_config: *const c_void) {
 }
 
 #[no_mangle]
