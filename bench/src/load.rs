@@ -56,10 +56,18 @@ pub struct Load {
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
 
+/// One request of a scenario: its URI, and the header that carries its key (a header, cookie
+/// or JWT arm), made once before the run.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub uri: hyper::Uri,
+    pub header: Option<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+}
+
 /// What every worker shares: where to send, and the two switches the run flips.
 struct Shared {
     client: HttpClient,
-    urls: Arc<Vec<hyper::Uri>>,
+    targets: Arc<Vec<Target>>,
     /// On between the warm-up and the end of the measured time.
     recording: AtomicBool,
     stop: AtomicBool,
@@ -82,10 +90,17 @@ async fn worker(shared: Arc<Shared>, index: usize) -> (Histogram<u64>, u64, u64)
         if let Some(t) = ticker.as_mut() {
             t.tick().await;
         }
-        let uri = shared.urls[i % shared.urls.len()].clone();
+        let target = &shared.targets[i % shared.targets.len()];
         i += 1;
+        let mut request = hyper::Request::get(target.uri.clone());
+        if let Some((name, value)) = &target.header {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(Empty::new())
+            .expect("a GET with a valid URI and header");
         let started = Instant::now();
-        let good = match shared.client.get(uri).await {
+        let good = match shared.client.request(request).await {
             Ok(response) => {
                 let status = response.status();
                 response.into_body().collect().await.is_ok()
@@ -109,14 +124,14 @@ fn histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds")
 }
 
-/// Sends GETs to `urls` in turn (each connection starts at a different offset).
+/// Sends GETs to `targets` in turn (each connection starts at a different offset).
 /// A request counts as an error unless it is answered with a 2xx status.
-pub async fn run(urls: Arc<Vec<hyper::Uri>>, load: &Load) -> Measured {
+pub async fn run(targets: Arc<Vec<Target>>, load: &Load) -> Measured {
     let shared = Arc::new(Shared {
         client: Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(load.concurrency)
             .build_http(),
-        urls,
+        targets,
         recording: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         accept_421: load.accept_421,
@@ -151,15 +166,67 @@ pub async fn run(urls: Arc<Vec<hyper::Uri>>, load: &Load) -> Measured {
     }
 }
 
-/// `base + path + ?client_id=<id>` for every id.
-pub fn urls(base: &str, path: &str, ids: &[String]) -> Arc<Vec<hyper::Uri>> {
-    Arc::new(
-        ids.iter()
-            .map(|id| {
-                format!("{base}{path}?{}", client_id_query(id))
-                    .parse()
-                    .expect("valid URI")
+/// How a scenario's requests carry their id, besides `?client_id=<id>`, which every request
+/// has (so that a native peer's `/where` answers 200 whatever it hashes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carry {
+    /// The query parameter alone.
+    Query,
+    /// The header named, holding the id.
+    Header(&'static str),
+    /// The cookie named, holding the id.
+    Cookie(&'static str),
+    /// The path's `{key}` segment (percent-encoded).
+    Path,
+    /// `authorization: Bearer <a token whose sub is the id>`.
+    Jwt,
+}
+
+/// For every id: `base + path + ?client_id=<id>`, with the id in `carry` too. A JWT arm's
+/// tokens are signed by `issuer`.
+pub fn targets(
+    base: &str,
+    path: &str,
+    carry: Carry,
+    ids: &[String],
+    issuer: Option<&poc_routing_testkit::jwt::Issuer>,
+) -> anyhow::Result<Arc<Vec<Target>>> {
+    use anyhow::Context;
+    use hyper::header::{HeaderName, HeaderValue};
+    let header = |name: &str, value: String| -> anyhow::Result<_> {
+        Ok(Some((
+            HeaderName::from_bytes(name.as_bytes())?,
+            HeaderValue::from_str(&value)?,
+        )))
+    };
+    let made: anyhow::Result<Vec<Target>> = ids
+        .iter()
+        .map(|id| {
+            let path = match carry {
+                Carry::Path => path.replace(
+                    "{key}",
+                    &percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
+                        .to_string(),
+                ),
+                _ => path.to_owned(),
+            };
+            let header = match carry {
+                Carry::Query | Carry::Path => None,
+                Carry::Header(name) => header(name, id.clone())?,
+                Carry::Cookie(name) => header("cookie", format!("{name}={id}"))?,
+                Carry::Jwt => {
+                    let issuer = issuer.context("a JWT arm needs an issuer")?;
+                    header(
+                        "authorization",
+                        format!("Bearer {}", issuer.token(id, 86_400)?),
+                    )?
+                }
+            };
+            Ok(Target {
+                uri: format!("{base}{path}?{}", client_id_query(id)).parse()?,
+                header,
             })
-            .collect(),
-    )
+        })
+        .collect();
+    Ok(Arc::new(made?))
 }

@@ -171,7 +171,17 @@ pub(crate) fn stack_config(name: &str, replicas: u32, flow: Option<Flow>) -> Sta
 }
 
 /// Starts the local stack a scenario's setup describes.
-pub(crate) async fn start_stack(setup: &Setup, replicas: u32) -> Result<Stack> {
+/// A setup with `jwks` needs the issuer whose JWKS Envoy verifies tokens with.
+pub(crate) async fn start_stack(
+    setup: &Setup,
+    replicas: u32,
+    issuer: Option<&poc_routing_testkit::jwt::Issuer>,
+) -> Result<Stack> {
+    let jwks = match (setup.jwks, issuer) {
+        (true, Some(issuer)) => Some(issuer),
+        (true, None) => bail!("{} verifies JWTs: it needs an issuer", setup.envoy),
+        (false, _) => None,
+    };
     let root = envoy::repo_root();
     let name = format!(
         "stack-{}",
@@ -191,6 +201,10 @@ pub(crate) async fn start_stack(setup: &Setup, replicas: u32) -> Result<Stack> {
         config
             .server_env
             .push(("REPLICATION".into(), replication.into()));
+    }
+    if let Some(issuer) = jwks {
+        std::fs::create_dir_all(&config.run_dir)?;
+        std::fs::write(config.run_dir.join(configs::JWKS_FILE), issuer.jwks())?;
     }
     let members = config.placement().members().len();
     let stack = Stack::start(config).await?;
@@ -244,6 +258,8 @@ async fn run_scenarios(
         bail!("--only: no scenario named {unknown:?}");
     }
     let ids = bench_ids();
+    // The JWT arms' key: its JWKS goes into their Envoy's directory, its tokens into requests.
+    let issuer = poc_routing_testkit::jwt::Issuer::new("bench")?;
     let mut scenarios = report::Scenarios::new();
     let mut stack: Option<(Setup, Stack)> = None;
     let chosen = SCENARIOS
@@ -262,7 +278,7 @@ async fn run_scenarios(
             }
             (target, Some(setup)) => {
                 if stack.is_none() {
-                    stack = Some((setup, start_stack(&setup, replicas).await?));
+                    stack = Some((setup, start_stack(&setup, replicas, Some(&issuer)).await?));
                 }
                 let (_, running) = stack.as_ref().expect("started above");
                 match target {
@@ -276,7 +292,8 @@ async fn run_scenarios(
             }
             (_, None) => bail!("scenario {} has a target but no setup", s.name),
         };
-        let measured = scenario(s, load::urls(&base, s.path, &ids), settings).await;
+        let targets = load::targets(&base, s.path, s.carry, &ids, Some(&issuer))?;
+        let measured = scenario(s, targets, settings).await;
         scenarios.insert(s.name.to_owned(), measured);
     }
     Ok(scenarios)
@@ -284,7 +301,7 @@ async fn run_scenarios(
 
 async fn scenario(
     s: &Scenario,
-    urls: std::sync::Arc<Vec<hyper::Uri>>,
+    targets: std::sync::Arc<Vec<load::Target>>,
     settings: &load::Load,
 ) -> load::Measured {
     let settings = load::Load {
@@ -295,7 +312,7 @@ async fn scenario(
         "[bench] {}: {} connections, {:?} warm-up, {:?} measured",
         s.name, settings.concurrency, settings.warmup, settings.duration
     );
-    let m = load::run(urls, &settings).await;
+    let m = load::run(targets, &settings).await;
     eprintln!(
         "[bench] {}: {:.0} rps, p50 {:.2} ms, p99 {:.2} ms, {} errors",
         s.name, m.rps, m.p50_ms, m.p99_ms, m.errors

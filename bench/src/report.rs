@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::load::{Load, Measured};
 use crate::quality::Row;
-use crate::scenarios::{join_scenario, SCENARIOS};
+use crate::scenarios::{join_scenario, KEY_ARMS, SCENARIOS};
 use poc_routing_stack::envoy::Flow;
 
 pub type Scenarios = BTreeMap<String, Measured>;
@@ -136,9 +136,15 @@ fn baseline() -> BTreeMap<String, f64> {
 /// to hello_world. The two yardsticks run none of our routing code and are not compared.
 fn yardstick(name: &str) -> Option<&'static str> {
     match name {
-        "hello_world" | "envoy_native_hash" => None,
+        "hello_world" => None,
+        name if name.starts_with("envoy_native_hash") => None,
         "direct_where" => Some("hello_world"),
-        _ => Some("envoy_native_hash"),
+        name => Some(
+            KEY_ARMS
+                .iter()
+                .find(|(_, arm, _)| *arm == name)
+                .map_or("envoy_native_hash", |(_, _, native)| native),
+        ),
     }
 }
 
@@ -216,23 +222,32 @@ fn targets(scenarios: &BTreeMap<String, ScenarioJson>, jump: &[(f64, f64)]) -> V
 fn join_targets(scenarios: &BTreeMap<String, ScenarioJson>) -> Vec<Target> {
     let native = &scenarios["envoy_native_hash"];
     let names = [join_scenario(Flow::Module), join_scenario(Flow::Lua)];
+    let mut pairs: Vec<(&str, &str, &ScenarioJson)> = names
+        .into_iter()
+        .map(|name| (name, "envoy_native_hash", native))
+        .collect();
+    // The header-keyed route against the peer hashing the same header, in the same run.
+    let (_, header, header_native) = KEY_ARMS[1];
+    if let Some(peer) = scenarios.get(header_native) {
+        pairs.push((header, header_native, peer));
+    }
     let mut targets = Vec::new();
-    for name in names {
+    for (name, peer_name, peer) in pairs {
         let Some(join) = scenarios.get(name) else {
             continue;
         };
         targets.push(ratio_target(
-            &format!("{name} rps / envoy_native_hash rps"),
+            &format!("{name} rps / {peer_name} rps"),
             ">= 0.9×",
-            join.rps / native.rps,
+            join.rps / peer.rps,
             0.9,
             true,
             join_notes(name),
         ));
         targets.push(ratio_target(
-            &format!("{name} p99 / envoy_native_hash p99"),
+            &format!("{name} p99 / {peer_name} p99"),
             "<= 1.2×",
-            join.p99_ms / native.p99_ms,
+            join.p99_ms / peer.p99_ms,
             1.2,
             false,
             join_notes(name),
@@ -369,6 +384,7 @@ pub fn render(dir: &Path, out: &Path) -> Result<()> {
         header(&report),
         scenario_table(&report),
         replication_section(&report),
+        key_sources_section(&report),
         targets_section(&report),
         placement_section(&report),
         micro_section(&report),
@@ -460,6 +476,32 @@ fn replication_section(report: &Report) -> String {
         window.as_millis(),
         per_owner * window.as_secs_f64()
     );
+    md
+}
+
+/// Each key source's module arm beside the native peer hashing the same thing, from one run.
+fn key_sources_section(report: &Report) -> String {
+    let get = |name: &str| report.scenarios.get(name);
+    let mut md = "\n## Key sources (module flow against Envoy hashing the same key)\n\n| key source | scenario | rps | p99 ms | peer | peer rps | peer p99 ms | rps / peer | p99 / peer |\n|---|---|---:|---:|---|---:|---:|---:|---:|\n".to_owned();
+    let mut rows = 0;
+    for (source, arm, peer) in KEY_ARMS {
+        let (Some(a), Some(p)) = (get(arm), get(peer)) else {
+            continue;
+        };
+        rows += 1;
+        md += &format!(
+            "| `{source}` | `{arm}` | {:.0} | {:.2} | `{peer}` | {:.0} | {:.2} | {:.3}× | {:.3}× |\n",
+            a.rps,
+            a.p99_ms,
+            p.rps,
+            p.p99_ms,
+            a.rps / p.rps,
+            a.p99_ms / p.p99_ms
+        );
+    }
+    if rows == 0 {
+        return String::new();
+    }
     md
 }
 

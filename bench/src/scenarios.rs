@@ -6,6 +6,8 @@
 
 use poc_routing_stack::envoy::Flow;
 
+use crate::load::Carry;
+
 /// Where a scenario's load goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -31,6 +33,9 @@ pub struct Setup {
     pub module_placement: bool,
     /// The servers' `REPLICATION`; `None`: their default.
     pub replication: Option<&'static str>,
+    /// Envoy verifies JWTs against `jwks.json` in its working directory: the bench makes a
+    /// key, writes its JWKS there and signs the scenario's tokens with it.
+    pub jwks: bool,
 }
 
 impl Setup {
@@ -41,6 +46,7 @@ impl Setup {
             lua: None,
             module_placement: false,
             replication: None,
+            jwks: false,
         }
     }
 
@@ -51,6 +57,17 @@ impl Setup {
             lua: None,
             module_placement: false,
             replication: None,
+            jwks: false,
+        }
+    }
+
+    /// `bench/envoy/keys.yaml`: `envoy.yaml` plus a cookie, a path and a JWT route, module
+    /// flow.
+    const fn keys() -> Self {
+        Self {
+            module_placement: true,
+            jwks: true,
+            ..Self::file("bench/envoy/keys.yaml")
         }
     }
 }
@@ -66,6 +83,9 @@ pub struct Scenario {
     pub setup: Option<Setup>,
     /// The path asked, with `?client_id=<id>` over 10,000 ids.
     pub path: &'static str,
+    /// Where else each request carries its id (the key source the route reads, or the one
+    /// a native peer hashes).
+    pub carry: Carry,
     /// Every join goes to one fixed owner, so the other instances answer 421: counted as served.
     pub fixed_owner: bool,
 }
@@ -83,7 +103,22 @@ const fn row(
         target,
         setup: Some(setup),
         path,
+        carry: Carry::Query,
         fixed_owner: false,
+    }
+}
+
+/// A key-source arm: a row whose requests carry the id in `carry`.
+const fn keyed(
+    name: &'static str,
+    what: &'static str,
+    setup: Setup,
+    path: &'static str,
+    carry: Carry,
+) -> Scenario {
+    Scenario {
+        carry,
+        ..row(name, what, Target::Envoy, setup, path)
     }
 }
 
@@ -95,6 +130,7 @@ pub const SCENARIOS: &[Scenario] = &[
         target: Target::Hello,
         setup: None,
         path: "/",
+        carry: Carry::Query,
         fixed_owner: false,
     },
     row(
@@ -125,6 +161,13 @@ pub const SCENARIOS: &[Scenario] = &[
         Setup::shipped(Some(Flow::Module)),
         "/join",
     ),
+    keyed(
+        "envoy_join_module_header",
+        "GET /api/join with the id in x-user-id: envoy.yaml's header-keyed example route, module flow (same stack as envoy_join_module)",
+        Setup::shipped(Some(Flow::Module)),
+        "/api/join",
+        Carry::Header("x-user-id"),
+    ),
     row(
         "envoy_join_module_sync",
         "envoy_join_module with REPLICATION=sync: each join answers once its backup has the record",
@@ -151,6 +194,58 @@ pub const SCENARIOS: &[Scenario] = &[
         Target::Envoy,
         Setup::file("bench/envoy/native-hash.yaml"),
         "/where",
+    ),
+    keyed(
+        "envoy_native_hash_header",
+        "bench-only Envoy: MAGLEV on the x-user-id header (the header arm's peer)",
+        Setup::file("bench/envoy/native-hash-header.yaml"),
+        "/where",
+        Carry::Header("x-user-id"),
+    ),
+    keyed(
+        "envoy_join_module_cookie",
+        "GET /cookie/join with the id in the user cookie, module flow (bench/envoy/keys.yaml)",
+        Setup::keys(),
+        "/cookie/join",
+        Carry::Cookie("user"),
+    ),
+    keyed(
+        "envoy_join_module_path",
+        "GET /rooms/{id}/join, keyed by the path segment, module flow (bench/envoy/keys.yaml)",
+        Setup::keys(),
+        "/rooms/{key}/join",
+        Carry::Path,
+    ),
+    keyed(
+        "envoy_join_module_jwt",
+        "GET /me/join with an ES256 token whose sub is the id: jwt_authn verifies it and copies sub into x-jwt-sub, the route's key (bench/envoy/keys.yaml)",
+        Setup::keys(),
+        "/me/join",
+        Carry::Jwt,
+    ),
+    keyed(
+        "envoy_native_hash_cookie",
+        "bench-only Envoy: MAGLEV on the user cookie (the cookie arm's peer)",
+        Setup::file("bench/envoy/native-hash-cookie.yaml"),
+        "/where",
+        Carry::Cookie("user"),
+    ),
+    keyed(
+        "envoy_native_hash_path",
+        "bench-only Envoy: MAGLEV on :path (the path arm's peer; the path holds the id)",
+        Setup::file("bench/envoy/native-hash-path.yaml"),
+        "/where",
+        Carry::Query,
+    ),
+    keyed(
+        "envoy_native_hash_jwt",
+        "bench-only Envoy: jwt_authn as in keys.yaml, then MAGLEV on the verified x-jwt-sub (the JWT arm's peer)",
+        Setup {
+            jwks: true,
+            ..Setup::file("bench/envoy/native-hash-jwt.yaml")
+        },
+        "/where",
+        Carry::Jwt,
     ),
     row(
         "envoy_native_module",
@@ -187,6 +282,31 @@ pub const SCENARIOS: &[Scenario] = &[
     },
 ];
 
+/// The key-source arms, each with its native peer: (source, module arm, native arm).
+pub const KEY_ARMS: [(&str, &str, &str); 5] = [
+    ("query:client_id", "envoy_join_module", "envoy_native_hash"),
+    (
+        "header:x-user-id",
+        "envoy_join_module_header",
+        "envoy_native_hash_header",
+    ),
+    (
+        "cookie:user",
+        "envoy_join_module_cookie",
+        "envoy_native_hash_cookie",
+    ),
+    (
+        "path:/rooms/{key}",
+        "envoy_join_module_path",
+        "envoy_native_hash_path",
+    ),
+    (
+        "JWT sub (header:x-jwt-sub)",
+        "envoy_join_module_jwt",
+        "envoy_native_hash_jwt",
+    ),
+];
+
 /// The scenario of a `/join` flow.
 pub fn join_scenario(flow: Flow) -> &'static str {
     match flow {
@@ -216,6 +336,18 @@ mod tests {
         }
         for flow in [Flow::Lua, Flow::Module] {
             assert!(names.contains(&join_scenario(flow)));
+        }
+    }
+
+    #[test]
+    fn every_key_arm_and_its_peer_is_a_scenario() {
+        for (source, arm, peer) in KEY_ARMS {
+            for name in [arm, peer] {
+                assert!(
+                    SCENARIOS.iter().any(|s| s.name == name),
+                    "{source}: no scenario {name}"
+                );
+            }
         }
     }
 }

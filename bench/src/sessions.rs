@@ -194,7 +194,7 @@ async fn setup_round(urls: Arc<Vec<String>>, settings: &Settings) -> load::Measu
 /// Holds `count` idle sessions through the shipped `envoy.yaml` on one instance; the owner's
 /// and Envoy's memory before and after.
 async fn idle_memory(count: usize) -> Result<IdleMemory> {
-    let stack = start_stack(&Setup::shipped(None), 1).await?;
+    let stack = start_stack(&Setup::shipped(None), 1, None).await?;
     let owner = stack.instance_pids()[0];
     let envoy = stack.envoy_pid().context("Envoy is not running")?;
     let public = Api::new(&stack.url());
@@ -248,12 +248,12 @@ pub async fn run(settings: Settings) -> Result<SessionsReport> {
     let ids = bench_ids();
     let mut setup = Vec::new();
     for arm in ARMS {
-        let stack = start_stack(&arm.setup, 1).await?;
+        let stack = start_stack(&arm.setup, 1, None).await?;
         let base = stack.url().replacen("http://", "ws://", 1);
         let urls: Arc<Vec<String>> = Arc::new(
-            load::urls(&base, "/join", &ids)
+            load::targets(&base, "/join", load::Carry::Query, &ids, None)?
                 .iter()
-                .map(|u| u.to_string())
+                .map(|t| t.uri.to_string())
                 .collect(),
         );
         let mut rounds = Vec::new();

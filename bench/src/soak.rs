@@ -34,7 +34,7 @@ pub async fn run(minutes: u64, rate: Option<f64>, replicas: u32) -> Result<()> {
     let stack = Stack::start(stack_config("stack-soak", replicas, None)).await?;
     let pids = stack.instance_pids();
     let ids = bench_ids();
-    let urls = load::urls(&stack.url(), "/join", &ids);
+    let urls = load::targets(&stack.url(), "/join", load::Carry::Query, &ids, None)?;
     let total = Duration::from_secs(minutes * 60);
     // Ten slices, so that memory is sampled along the way; the first minute is warm-up.
     let slices = 10u32;

@@ -16,35 +16,12 @@ use poc_routing_placement::{IndexMode, KeySource};
 use poc_routing_stack::envoy::{self, Flow};
 use poc_routing_stack::{Deployment, Stack};
 
-/// The shipped envoy.yaml plus two affinity routes made from `api_join`: `/cookie/join` keyed
+/// The shipped envoy.yaml plus two affinity routes in `api_join`'s shape: `/cookie/join` keyed
 /// by the `user` cookie, and `/rooms/{key}/join` keyed by the path segment.
 fn with_cookie_and_path_routes() -> String {
     envoy_yaml_with(|config| {
-        let routes = envoy::hcm_mut(config)["route_config"]["virtual_hosts"][0]["routes"]
-            .as_sequence_mut()
-            .unwrap();
-        let at = routes.iter().position(|r| r["name"] == "api_join").unwrap();
-        let mut cookie = routes[at].clone();
-        cookie["name"] = "cookie_join".into();
-        cookie["match"] = serde_yaml::from_str("{ path_separated_prefix: /cookie/join }").unwrap();
-        let module = &mut cookie["typed_per_filter_config"][envoy::MODULE_FILTER];
-        module["config"]["filter_config"]["value"]["key"] = "cookie:user".into();
-        let mut rooms = routes[at].clone();
-        rooms["name"] = "rooms".into();
-        rooms["match"] = serde_yaml::from_str("{ path_separated_prefix: /rooms }").unwrap();
-        let route = rooms["route"].as_mapping_mut().unwrap();
-        route.remove("prefix_rewrite");
-        route.insert(
-            "regex_rewrite".into(),
-            serde_yaml::from_str(
-                r#"{ pattern: { regex: "^/rooms/[^/]+/join$" }, substitution: /join }"#,
-            )
-            .unwrap(),
-        );
-        let module = &mut rooms["typed_per_filter_config"][envoy::MODULE_FILTER];
-        module["config"]["filter_config"]["value"]["key"] = "path:/rooms/{key}".into();
-        routes.insert(at + 1, cookie);
-        routes.insert(at + 2, rooms);
+        envoy::add_affinity_route(config, "cookie_join", "/cookie/join", "cookie:user").unwrap();
+        envoy::add_affinity_route(config, "rooms", "/rooms", "path:/rooms/{key}").unwrap();
     })
 }
 
@@ -192,13 +169,15 @@ async fn every_source_routes_to_its_keys_owner_in_the_module_flow() {
     }
     spoofed_keys_are_never_trusted(&stack).await;
     // The cookie route reads its cookie among others; the path route refuses a path without
-    // its segment before any owner is chosen.
+    // its segment before any owner is chosen (Envoy merges `//` first: `/rooms//join` is
+    // `/rooms/join`, whose key is `join`).
     let alice = id_owned_by(&stack, 3);
     let cookie = format!("theme=dark; user={alice}; lang=en");
     let got = get(&stack, "/cookie/join", &[("cookie", cookie.as_str())]).await;
     joined_as(&stack, got, &alice, "a cookie among others");
-    let (status, body) = get(&stack, "/rooms//join", &[]).await;
-    assert_eq!(status / 100, 4, "{body}");
+    let (status, body) = get(&stack, "/rooms", &[]).await;
+    let body = json_error(status, &body.to_string(), 400, "missing_client_id");
+    assert_eq!(body["source"], "path:/rooms/{key}", "{body}");
     sessions_on_the_header_route(&stack, "module").await;
 }
 
@@ -255,114 +234,37 @@ fn the_shipped_example_route_is_keyed_by_a_header() {
 /// with 401 by `jwt_authn`, before the routing filter chooses any owner.
 mod jwt {
     use super::*;
-    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-    use ring::rand::SystemRandom;
-    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-
-    /// A P-256 key pair made for this test: the signing key and its JWKS.
-    struct Issuer {
-        key: EncodingKey,
-        jwks: String,
-    }
-
-    fn issuer(kid: &str) -> Issuer {
-        use base64::Engine;
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .unwrap();
-        // The public key is the uncompressed point: 0x04, x, y.
-        let point = pair.public_key().as_ref();
-        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-        let jwks = serde_json::json!({"keys": [{
-            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
-            "x": b64(&point[1..33]), "y": b64(&point[33..65]),
-        }]});
-        Issuer {
-            key: EncodingKey::from_ec_der(pkcs8.as_ref()),
-            jwks: jwks.to_string(),
-        }
-    }
-
-    fn token(issuer: &Issuer, kid: &str, sub: &str, exp_from_now: i64) -> String {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(kid.into());
-        let claims = serde_json::json!({
-            "iss": "poc-routing-test", "sub": sub, "iat": now, "exp": now + exp_from_now,
-        });
-        encode(&header, &claims, &issuer.key).unwrap()
-    }
+    use poc_routing_testkit::jwt::{Issuer, ISSUER};
 
     /// envoy.yaml with the JWT route `/me/join` (keyed by `header:x-jwt-sub`) and the two
     /// filters in front of the routing filter.
     fn with_jwt_route(jwks: &str) -> String {
         envoy_yaml_with(|config| {
-            let hcm = envoy::hcm_mut(config);
-            let filters = hcm["http_filters"].as_sequence_mut().unwrap();
-            let mut front: Vec<serde_yaml::Value> = serde_yaml::from_str(
-                r#"
-- name: envoy.filters.http.header_mutation
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
-    mutations:
-      request_mutations:
-      - remove: x-jwt-sub
-- name: envoy.filters.http.jwt_authn
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
-    providers:
-      local:
-        issuer: poc-routing-test
-        forward: false
-        local_jwks: { inline_string: "" }
-        claim_to_headers:
-        - { header_name: x-jwt-sub, claim_name: sub }
-    rules:
-    - match: { path_separated_prefix: /me/join }
-      requires: { provider_name: local }
-"#,
-            )
-            .unwrap();
-            front[1]["typed_config"]["providers"]["local"]["local_jwks"]["inline_string"] =
-                jwks.into();
-            for (i, filter) in front.into_iter().enumerate() {
-                filters.insert(i, filter);
-            }
-            let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
-                .as_sequence_mut()
-                .unwrap();
-            let at = routes.iter().position(|r| r["name"] == "api_join").unwrap();
-            let mut me = routes[at].clone();
-            me["name"] = "me_join".into();
-            me["match"] = serde_yaml::from_str("{ path_separated_prefix: /me/join }").unwrap();
-            let module = &mut me["typed_per_filter_config"][envoy::MODULE_FILTER];
-            module["config"]["filter_config"]["value"]["key"] = "header:x-jwt-sub".into();
-            routes.insert(at + 1, me);
+            let jwks = serde_yaml::from_str(&format!("{{ inline_string: {jwks:?} }}")).unwrap();
+            envoy::add_jwt_front(config, jwks, ISSUER, "/me/join").unwrap();
+            envoy::add_affinity_route(config, "me_join", "/me/join", "header:x-jwt-sub").unwrap();
         })
     }
 
     #[tokio::test]
     async fn a_verified_jwt_claim_is_the_key_and_a_bad_token_reaches_no_owner() {
         let _turn = serial().await;
-        let ours = issuer("ours");
-        let stranger = issuer("ours");
+        let ours = Issuer::new("ours").unwrap();
+        // Another key under the same kid: a token it signs is badly signed for ours.
+        let stranger = Issuer::new("ours").unwrap();
         let mut c = config("keys-jwt", 3, Deployment::Compose, IndexMode::Hash);
         c.flow = Some(Flow::Module);
-        c.envoy_yaml_override = Some(with_jwt_route(&ours.jwks));
+        c.envoy_yaml_override = Some(with_jwt_route(ours.jwks()));
         let stack = start(c).await;
         // Every user's verified `sub` goes to its owner, registered as exactly that key.
         for sub in ids::generate(200, IdKind::Token, 5) {
-            let bearer = format!("Bearer {}", token(&ours, "ours", &sub, 300));
+            let bearer = format!("Bearer {}", ours.token(&sub, 300).unwrap());
             let got = get(&stack, "/me/join", &[("authorization", bearer.as_str())]).await;
             joined_as(&stack, got, &sub, "a verified sub");
         }
         let (alice, mallory) = (id_owned_by(&stack, 1), id_owned_by(&stack, 2));
         // A client's own x-jwt-sub (and x-poc-key) never count: the verified claim does.
-        let bearer = format!("Bearer {}", token(&ours, "ours", &alice, 300));
+        let bearer = format!("Bearer {}", ours.token(&alice, 300).unwrap());
         let spoof = [
             ("authorization", bearer.as_str()),
             ("x-jwt-sub", mallory.as_str()),
@@ -376,8 +278,8 @@ mod jwt {
         );
         // No token, an expired one, one signed by another key, and a spoofed header alone:
         // 401 from jwt_authn, and no owner was asked.
-        let expired = format!("Bearer {}", token(&ours, "ours", &mallory, -600));
-        let forged = format!("Bearer {}", token(&stranger, "ours", &mallory, 300));
+        let expired = format!("Bearer {}", ours.token(&mallory, -600).unwrap());
+        let forged = format!("Bearer {}", stranger.token(&mallory, 300).unwrap());
         let refused: [&[(&str, &str)]; 4] = [
             &[],
             &[("authorization", expired.as_str())],

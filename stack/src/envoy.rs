@@ -271,6 +271,82 @@ pub fn route_key_source(route: &Value) -> Result<KeySource> {
     }
 }
 
+/// Adds an affinity route in `api_join`'s shape (route A's: the `owners` cluster, the routing
+/// filter, the Lua flow's filters) right after it: `name`, matching `path_separated_prefix:
+/// prefix`, keyed by `key` (a key source as the module's per-route config writes it), every path
+/// rewritten to the server's `/join`. For tests and the bench, which try every key source.
+pub fn add_affinity_route(config: &mut Value, name: &str, prefix: &str, key: &str) -> Result<()> {
+    key.parse::<KeySource>()
+        .with_context(|| format!("route {name}'s key"))?;
+    let routes = hcm_mut(config)["route_config"]["virtual_hosts"][0]["routes"]
+        .as_sequence_mut()
+        .ok_or_else(|| anyhow!("envoy.yaml has no routes where expected"))?;
+    let at = routes
+        .iter()
+        .position(|r| r["name"] == "api_join")
+        .ok_or_else(|| anyhow!("envoy.yaml has no route named api_join to copy"))?;
+    let mut route = routes[at].clone();
+    route["name"] = name.into();
+    route["match"] = serde_yaml::from_str(&format!("{{ path_separated_prefix: {prefix} }}"))?;
+    let action = route["route"]
+        .as_mapping_mut()
+        .ok_or_else(|| anyhow!("route api_join has no route action"))?;
+    action.remove("prefix_rewrite");
+    action.insert(
+        "regex_rewrite".into(),
+        serde_yaml::from_str(r#"{ pattern: { regex: "^.*$" }, substitution: /join }"#)?,
+    );
+    route["typed_per_filter_config"][MODULE_FILTER]["config"]["filter_config"]["value"]["key"] =
+        key.into();
+    routes.insert(at + 1, route);
+    Ok(())
+}
+
+/// The header a verified JWT's `sub` claim is copied into by [`add_jwt_front`].
+pub const JWT_SUB_HEADER: &str = "x-jwt-sub";
+
+/// Puts Envoy's `jwt_authn` in front of every other filter, requiring a token signed by a key
+/// of `jwks` (a `local_jwks` DataSource: `{ filename: ... }` or `{ inline_string: ... }`) and
+/// issued by `issuer` on the paths under `prefix`, and copying its `sub` claim into
+/// [`JWT_SUB_HEADER`]; and before it a `header_mutation` that removes that header from every
+/// request, so only a verified claim can be there. A route keyed by `header:x-jwt-sub` is then
+/// keyed by the verified claim, and a missing, expired or badly signed token is refused (401)
+/// before any routing filter runs.
+pub fn add_jwt_front(config: &mut Value, jwks: Value, issuer: &str, prefix: &str) -> Result<()> {
+    let front: Vec<Value> = serde_yaml::from_str(&format!(
+        r#"
+- name: envoy.filters.http.header_mutation
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+    mutations:
+      request_mutations:
+      - remove: {JWT_SUB_HEADER}
+- name: envoy.filters.http.jwt_authn
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+    providers:
+      local:
+        issuer: {issuer:?}
+        forward: false
+        claim_to_headers:
+        - {{ header_name: {JWT_SUB_HEADER}, claim_name: sub }}
+    rules:
+    - match: {{ prefix: {prefix:?} }}
+      requires: {{ provider_name: local }}
+"#
+    ))?;
+    let filters = hcm_mut(config)["http_filters"]
+        .as_sequence_mut()
+        .ok_or_else(|| anyhow!("the config has no http_filters"))?;
+    for (i, mut filter) in front.into_iter().enumerate() {
+        if i == 1 {
+            filter["typed_config"]["providers"]["local"]["local_jwks"] = jwks.clone();
+        }
+        filters.insert(i, filter);
+    }
+    Ok(())
+}
+
 /// Gives every affinity route `flow`'s shape: its filters enabled, the other flow's disabled,
 /// and its cluster; in the Lua flow, the route's key source in the route metadata the script
 /// reads. Fails if `envoy.yaml` does not name every filter there, or if a route's key source is

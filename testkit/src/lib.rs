@@ -6,6 +6,9 @@
 //! - [`KillOnDrop`]: a child process that cannot outlive the test that started it.
 //! - [`wait_for`] and [`wait_until_2xx`]: poll until something holds, or fail naming it.
 //! - [`shutdown_signal`]: completes on SIGINT or SIGTERM.
+//! - [`jwt::Issuer`]: an ES256 key, its JWKS and tokens signed with it (the JWT key source).
+
+pub mod jwt;
 
 use std::future::Future;
 use std::net::TcpListener;
