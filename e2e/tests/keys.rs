@@ -82,9 +82,11 @@ fn joined_as(stack: &Stack, (status, body): (u16, serde_json::Value), id: &str, 
 /// and neither is a client's `x-poc-key`: the owner registers the route's key.
 async fn spoofed_keys_are_never_trusted(stack: &Stack) {
     let (alice, mallory) = (id_owned_by(stack, 1), id_owned_by(stack, 2));
+    // Two x-poc-key values: the filter replaces every one.
     let spoof = [
         ("x-user-id", mallory.as_str()),
         ("x-poc-key", mallory.as_str()),
+        ("x-poc-key", "someone-else"),
     ];
     let got = get(stack, &format!("/join?client_id={alice}"), &spoof).await;
     joined_as(
