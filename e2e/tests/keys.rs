@@ -181,6 +181,37 @@ async fn every_source_routes_to_its_keys_owner_in_the_module_flow() {
     let body = json_error(status, &body.to_string(), 400, "missing_client_id");
     assert_eq!(body["source"], "path:/rooms/{key}", "{body}");
     sessions_on_the_header_route(&stack, "module").await;
+    registrations_made_by_header_follow_their_key(stack).await;
+}
+
+/// Registrations joined by a header key are handed off like any: after an instance is added
+/// and one removed, every one is registered exactly once, at its new owner (the audit reads
+/// every instance's registrations), and its replica is on its backup.
+async fn registrations_made_by_header_follow_their_key(mut stack: Stack) {
+    let ids = ids::generate(400, IdKind::Token, 3);
+    let mut known = Vec::new();
+    let public = api(&stack).with_route(route("/api/join", "header:x-user-id"));
+    for id in &ids {
+        if public.join(id).await.is_ok() {
+            known.push(id.clone());
+        }
+    }
+    assert_eq!(known.len(), ids.len(), "every header join answered");
+    stack.add_instances(&[4]).await.unwrap();
+    stack.remove_instances(&[1]).await.unwrap();
+    stack
+        .wait_views_agree(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let operator = operator(&stack);
+    let (audit, settled) =
+        poc_routing_client::audit::settle(&operator, Some(&known), Duration::from_secs(15)).await;
+    let audit = audit.unwrap();
+    assert!(
+        settled.is_some(),
+        "EXPECTED every header-keyed registration at its new owner, once\nRECEIVED {}",
+        audit.render()
+    );
 }
 
 #[tokio::test]
