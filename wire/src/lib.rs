@@ -22,6 +22,11 @@ use serde::{Deserialize, Serialize};
 /// judges the join under that epoch; Envoy removes a client's own on every route.
 pub const EPOCH_HEADER: &str = "x-poc-epoch";
 
+/// The header in which the routing filter hands the owner the key it routed a request by
+/// (form-encoded), whatever the route's key source; it overwrites a client's own, and route B
+/// and the operator listener remove it. Defined with the key sources, which refuse to read it.
+pub use poc_routing_placement::KEY_HEADER;
+
 /// The dynamic metadata namespace and key where the routing filter records the owner's name
 /// (`envoy.yaml`'s error bodies and access log read it; the Lua flow's guard requires it).
 pub const METADATA_NAMESPACE: &str = "poc.routing";
