@@ -712,4 +712,29 @@ mod tests {
             "{e}"
         );
     }
+
+    /// `route_refused` (a request on an affinity route that no routing filter sent anywhere)
+    /// names its routes in a CEL expression: a new affinity route must be added there too.
+    #[test]
+    fn every_affinity_route_is_named_in_route_refused() {
+        let yaml = std::fs::read_to_string(repo_root().join("envoy.yaml")).unwrap();
+        let mut config: Value = serde_yaml::from_str(&yaml).unwrap();
+        let mappers = hcm_mut(&mut config)["local_reply_config"]["mappers"]
+            .as_sequence()
+            .unwrap()
+            .clone();
+        let expression = mappers
+            .iter()
+            .filter(|m| m["body_format_override"]["json_format"]["error"] == "route_refused")
+            .find_map(|m| m["filter"]["extension_filter"]["typed_config"]["expression"].as_str())
+            .expect("envoy.yaml maps route_refused by the route's name")
+            .to_owned();
+        for route in affinity_routes_mut(&mut config).unwrap() {
+            let name = route["name"].as_str().unwrap();
+            assert!(
+                expression.contains(&format!("'{name}'")),
+                "route {name} is missing from route_refused's expression: {expression}"
+            );
+        }
+    }
 }
