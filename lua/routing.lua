@@ -165,6 +165,10 @@ local function query_key(path, name)
   if not found then
     return nil, "missing_client_id", "the request has no query parameter " .. name
   end
+  -- Raw bytes that are not UTF-8 are refused before decoding, as the placement crate does.
+  if not M.valid_utf8(found) then
+    return nil, "invalid_client_id", what .. " is not valid UTF-8 after percent-decoding"
+  end
   local id = M.form_decode(found)
   local code, message = check_id(id, what, " after percent-decoding")
   if code then

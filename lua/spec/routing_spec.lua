@@ -88,6 +88,15 @@ describe("the shared key-source vectors (placement/tests/data/keys.tsv)", functi
   end)
 end)
 
+describe("extract_key on raw bytes", function()
+  it("refuses a raw value that is not UTF-8 before decoding, as the placement crate does", function()
+    local raw, code = routing.extract_key("query", "client_id", "/join?client_id=\195%A9", {})
+    assert.is_nil(raw)
+    assert.are.equal("invalid_client_id", code)
+    assert.are.equal("%C3%A9", (routing.extract_key("query", "client_id", "/join?client_id=%C3%A9", {})))
+  end)
+end)
+
 describe("form_encode", function()
   it("encodes as the placement crate does, and reads back", function()
     assert.are.equal("a+b", routing.form_encode("a b"))

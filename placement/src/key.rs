@@ -112,6 +112,11 @@ impl KeySource {
                 format!("{path}{sep}{name}={value}")
             }
             KeySource::Header(name) => {
+                if id.trim() != id {
+                    return Err(format!(
+                        "{id:?} cannot be a header value as it is: HTTP trims its outer spaces"
+                    ));
+                }
                 header = Some((name.clone(), id.to_owned()));
                 path.to_owned()
             }
@@ -134,8 +139,11 @@ impl KeySource {
                 }
                 // Envoy unescapes %2F before any filter sees the path (envoy.yaml's
                 // path_with_escaped_slashes_action), so a `/` in a key would split it.
-                if id.contains('/') {
-                    return Err(format!("{id:?} cannot be a path segment: it holds a /"));
+                // And it resolves `.` and `..` segments, and turns a `\` into a `/`.
+                if id.contains(['/', '\\']) || id == "." || id == ".." {
+                    return Err(format!(
+                        "{id:?} cannot be a path segment behind Envoy: it holds a / or \\, or is . or .."
+                    ));
                 }
                 let segment = utf8_percent_encode(id, SEGMENT).to_string();
                 path.replacen(PathTemplate::KEY, &segment, 1)
@@ -222,13 +230,14 @@ impl FromStr for KeySource {
             })
             .map(KeySource::Query),
             "header" => {
-                let header = name("header", is_tchar)?;
+                // Lower case first: `header:X-Poc-Key` is the routing filter's own header too.
+                let header = name("header", is_tchar)?.to_ascii_lowercase();
                 if header.starts_with(':') || header == "cookie" || header == KEY_HEADER {
                     return Err(fail(
                         "a pseudo-header, `cookie` (use cookie:NAME) or the routing filter's own header cannot carry the key",
                     ));
                 }
-                Ok(KeySource::Header(header.to_ascii_lowercase()))
+                Ok(KeySource::Header(header))
             }
             "cookie" => name("cookie", is_tchar).map(KeySource::Cookie),
             "path" => PathTemplate::parse(rest)
@@ -483,6 +492,8 @@ mod tests {
             ("header::path", "byte 0"),
             ("header:cookie", "cookie:NAME"),
             ("header:x-poc-key", "routing filter's own header"),
+            ("header:X-Poc-Key", "routing filter's own header"),
+            ("header:Cookie", "cookie:NAME"),
             ("cookie:a=b", "byte 1 of the cookie name"),
             ("path:rooms/{key}", "starts with /"),
             ("path:/rooms", "exactly one {key}"),
@@ -553,7 +564,11 @@ mod tests {
         assert!(cookie.request("/join", "a;b").is_err());
         let path: KeySource = "path:/rooms/{key}".parse().unwrap();
         assert!(path.request("/rooms/x", "a").is_err());
-        assert!(path.request("/rooms/{key}", "a/b").is_err());
+        for id in ["a/b", "a\\b", ".", ".."] {
+            assert!(path.request("/rooms/{key}", id).is_err(), "{id:?}");
+        }
+        let header: KeySource = "header:x-user-id".parse().unwrap();
+        assert!(header.request("/api", " alice").is_err());
     }
 
     #[test]

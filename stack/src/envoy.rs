@@ -256,13 +256,28 @@ pub fn affinity_routes_mut(config: &mut Value) -> Result<Vec<&mut Value>> {
     Ok(routes)
 }
 
+/// The module `envoy.yaml`'s affinity routes name in their per-route config.
+pub const MODULE_NAME: &str = "poc_routing_envoy_module";
+
 /// The key source an affinity route names in the routing module's per-route config
-/// (`filter_config.value.key`; the `client_id` query parameter when it names none).
+/// (`filter_config: { "@type": ...Struct, value: { key } }`; the `client_id` query parameter
+/// when there is no `filter_config`). Anything else is refused rather than read as the default:
+/// another module's per-route config, or a `filter_config` of another form, which the Lua flow
+/// could not read the same way.
 pub fn route_key_source(route: &Value) -> Result<KeySource> {
     let name = route["name"].as_str().unwrap_or("?");
-    match &route["typed_per_filter_config"][MODULE_FILTER]["config"]["filter_config"]["value"]
-        ["key"]
-    {
+    let config = &route["typed_per_filter_config"][MODULE_FILTER]["config"];
+    if config["dynamic_module_config"]["name"] != MODULE_NAME {
+        bail!("route {name}: the routing filter's per-route config must name the module {MODULE_NAME}");
+    }
+    let filter_config = &config["filter_config"];
+    if filter_config.is_null() {
+        return Ok(KeySource::default());
+    }
+    if filter_config["@type"] != "type.googleapis.com/google.protobuf.Struct" {
+        bail!("route {name}: write the routing module's filter_config as a google.protobuf.Struct with value: {{ key: ... }}");
+    }
+    match &filter_config["value"]["key"] {
         Value::Null => Ok(KeySource::default()),
         Value::String(written) => written
             .parse()
@@ -299,6 +314,26 @@ pub fn add_affinity_route(config: &mut Value, name: &str, prefix: &str, key: &st
     route["typed_per_filter_config"][MODULE_FILTER]["config"]["filter_config"]["value"]["key"] =
         key.into();
     routes.insert(at + 1, route);
+    // route_refused's JSON answer names the affinity routes it covers.
+    let mappers = hcm_mut(config)["local_reply_config"]["mappers"]
+        .as_sequence_mut()
+        .ok_or_else(|| anyhow!("the config has no local_reply_config mappers"))?;
+    let listed = "xds.route_name in [";
+    let expression = mappers
+        .iter_mut()
+        // get_mut, not indexing: indexing a mapping inserts what it does not hold.
+        .filter_map(|m| {
+            m.get_mut("filter")?
+                .get_mut("extension_filter")?
+                .get_mut("typed_config")?
+                .get_mut("expression")
+        })
+        .find(|e| e.as_str().is_some_and(|e| e.contains(listed)))
+        .ok_or_else(|| anyhow!("no route_refused expression lists the affinity routes"))?;
+    let text = expression.as_str().unwrap_or_default();
+    *expression = text
+        .replacen(listed, &format!("{listed}'{name}', "), 1)
+        .into();
     Ok(())
 }
 
@@ -718,8 +753,16 @@ mod tests {
     #[test]
     fn every_affinity_route_is_named_in_route_refused() {
         let yaml = std::fs::read_to_string(repo_root().join("envoy.yaml")).unwrap();
-        let mut config: Value = serde_yaml::from_str(&yaml).unwrap();
-        let mappers = hcm_mut(&mut config)["local_reply_config"]["mappers"]
+        let shipped: Value = serde_yaml::from_str(&yaml).unwrap();
+        let mut added = shipped.clone();
+        add_affinity_route(&mut added, "rooms", "/rooms", "path:/rooms/{key}").unwrap();
+        for mut config in [shipped, added] {
+            route_refused_names_every_affinity_route(&mut config);
+        }
+    }
+
+    fn route_refused_names_every_affinity_route(config: &mut Value) {
+        let mappers = hcm_mut(config)["local_reply_config"]["mappers"]
             .as_sequence()
             .unwrap()
             .clone();
@@ -729,12 +772,38 @@ mod tests {
             .find_map(|m| m["filter"]["extension_filter"]["typed_config"]["expression"].as_str())
             .expect("envoy.yaml maps route_refused by the route's name")
             .to_owned();
-        for route in affinity_routes_mut(&mut config).unwrap() {
+        for route in affinity_routes_mut(config).unwrap() {
             let name = route["name"].as_str().unwrap();
             assert!(
                 expression.contains(&format!("'{name}'")),
                 "route {name} is missing from route_refused's expression: {expression}"
             );
+        }
+    }
+
+    /// A per-route config the Lua flow could not read the same way as the module is refused.
+    #[test]
+    fn a_key_source_written_another_way_is_refused() {
+        let yaml = std::fs::read_to_string(repo_root().join("envoy.yaml")).unwrap();
+        let mut config: Value = serde_yaml::from_str(&yaml).unwrap();
+        let routes = affinity_routes_mut(&mut config).unwrap();
+        let api = routes
+            .into_iter()
+            .find(|r| r["name"] == "api_join")
+            .unwrap();
+        let module = api["typed_per_filter_config"][MODULE_FILTER]["config"].clone();
+        let mut other_type = module.clone();
+        other_type["filter_config"]["@type"] =
+            "type.googleapis.com/google.protobuf.StringValue".into();
+        let mut other_module = module;
+        other_module["dynamic_module_config"]["name"] = "someone_else".into();
+        for (changed, why) in [
+            (other_type, "google.protobuf.Struct"),
+            (other_module, "must name the module"),
+        ] {
+            api["typed_per_filter_config"][MODULE_FILTER]["config"] = changed;
+            let e = format!("{:#}", route_key_source(api).unwrap_err());
+            assert!(e.contains("route api_join") && e.contains(why), "{e}");
         }
     }
 }

@@ -63,7 +63,10 @@ fn on_request(config: &Config, state: &StreamState, stream: &mut Stream) -> u32 
     let session = stream
         .header(REQUEST_HEADER, "upgrade")
         .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"));
-    // SAFETY: every per-route config of this module is a RouteSettings (per_route_config_new).
+    // SAFETY: a per-route config under this filter's name is made by this module's
+    // per_route_config_new, a RouteSettings: each route's config names this module (Envoy's
+    // configuration is the operator's, and `poc-stack`'s route_key_source refuses a route
+    // whose config names another module).
     let route_settings = unsafe { stream.route_config::<RouteSettings>() };
     let source = route_settings.map_or(&*DEFAULT_SOURCE, |r| &r.key);
     let values = source
