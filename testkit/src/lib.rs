@@ -10,6 +10,7 @@
 
 pub mod jwt;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::TcpListener;
 use std::ops::{Deref, DerefMut};
@@ -28,21 +29,29 @@ use rand::Rng;
 /// (`ip_local_port_range`), which outgoing connections never use: a port from that range (what
 /// binding port 0 gives) is often taken a moment later as the local end of a connection, which
 /// made Envoy fail to start with "Address already in use" now and then.
+///
+/// A port is handed out once per process: two draws for one stack (its listeners are bound
+/// only when Envoy starts) once gave Envoy the same port for two listeners.
 pub fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let (first_ephemeral, _) = ephemeral_range();
     let low = 10_000u16.min(first_ephemeral.saturating_sub(1000));
     let mut rng = rand::thread_rng();
-    for _ in 0..100 {
+    for _ in 0..1000 {
         let port = rng.gen_range(low..first_ephemeral);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }
     // Everything below the ephemeral range is taken: fall back to what the kernel picks.
-    TcpListener::bind("127.0.0.1:0")
+    let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("bind a loopback port")
+        .expect("bind a loopback port");
+    handed_out.insert(port);
+    port
 }
 
 /// The kernel's ephemeral port range, `(first, last)`; Linux's default where it cannot be read.
