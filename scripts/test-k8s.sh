@@ -98,6 +98,10 @@ wait_for "deployment/envoy rolled out" 180 kctl rollout status deployment/envoy 
 pods=$(kctl get pods -l app.kubernetes.io/name=poc-routing-server -o jsonpath='{.items[*].metadata.name}')
 [ "$pods" = "server-0 server-1" ] || fail "the StatefulSet's pods" "server-0 server-1" "$pods"
 wait_for "Envoy to answer on the NodePort" 60 curl -fsS "$URL/where?client_id=probe"
+# Ready pods are members at once, but Envoy's owners cluster learns a new pod's address at its
+# next DNS refresh (every second): until then that owner's joins are refused with 503
+# owner_unavailable (fail-closed). Wait until 50 joins reach their owners, then measure.
+wait_for "Envoy to reach every owner" 30 "$CLIENT" verify --url "$URL" --count 50 --concurrency 4
 "$CLIENT" verify --url "$URL" --count 1000 --concurrency 16 --json >"$WORK/verify.json" ||
   fail "poc-client verify through the NodePort" "1000 correct" "$(cat "$WORK/verify.json")"
 echo "1000/1000 correct through $URL"
