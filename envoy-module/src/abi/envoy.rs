@@ -151,25 +151,7 @@ impl Stream {
     /// The value of a header of `header_type`, borrowed from Envoy: the `&mut self` borrow
     /// keeps every setter away while it is held, since Envoy's buffer is only valid until one.
     pub(super) fn header(&mut self, header_type: u32, key: &str) -> Option<&[u8]> {
-        let mut out = EnvoyBuffer {
-            ptr: std::ptr::null(),
-            length: 0,
-        };
-        // SAFETY: self.0 is the live filter of the current hook; `out` is a valid place to
-        // write, and the size pointer may be null.
-        let found = unsafe {
-            envoy_dynamic_module_callback_http_get_header(
-                self.0,
-                header_type,
-                ModuleBuffer::of(key.as_bytes()),
-                &mut out,
-                0,
-                std::ptr::null_mut(),
-            )
-        };
-        // SAFETY: `out` is Envoy's buffer for this hook; the returned borrow of `self` ends
-        // before any setter (all take `&self` of the same Stream) can be called.
-        found.then(|| unsafe { bytes(out) })
+        self.header_at(header_type, key, 0, None)
     }
 
     /// Every value of request header `key`, in order (copied: Envoy's buffers last only until
@@ -177,32 +159,45 @@ impl Stream {
     pub(super) fn request_header_values(&mut self, key: &str) -> Vec<Vec<u8>> {
         let mut values = Vec::new();
         let mut count = 1usize;
-        let mut index = 0usize;
-        while index < count {
-            let mut out = EnvoyBuffer {
-                ptr: std::ptr::null(),
-                length: 0,
-            };
-            // SAFETY: self.0 is the live filter of the current hook; `out` and `count` are
-            // valid places to write.
-            let found = unsafe {
-                envoy_dynamic_module_callback_http_get_header(
-                    self.0,
-                    REQUEST_HEADER,
-                    ModuleBuffer::of(key.as_bytes()),
-                    &mut out,
-                    index,
-                    &mut count,
-                )
-            };
-            if !found {
-                break;
+        while values.len() < count {
+            let index = values.len();
+            match self.header_at(REQUEST_HEADER, key, index, Some(&mut count)) {
+                Some(value) => values.push(value.to_vec()),
+                None => break,
             }
-            // SAFETY: `out` is Envoy's buffer for this hook, copied before any other call.
-            values.push(unsafe { bytes(out) }.to_vec());
-            index += 1;
         }
         values
+    }
+
+    /// Value `index` of a header, borrowed from Envoy as [`Stream::header`] explains; `count`,
+    /// if given, receives how many values the header has.
+    fn header_at(
+        &mut self,
+        header_type: u32,
+        key: &str,
+        index: usize,
+        count: Option<&mut usize>,
+    ) -> Option<&[u8]> {
+        let mut out = EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+        let count = count.map_or(std::ptr::null_mut(), std::ptr::from_mut);
+        // SAFETY: self.0 is the live filter of the current hook; `out` is a valid place to
+        // write, and the size pointer is null or a valid place to write.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_get_header(
+                self.0,
+                header_type,
+                ModuleBuffer::of(key.as_bytes()),
+                &mut out,
+                index,
+                count,
+            )
+        };
+        // SAFETY: `out` is Envoy's buffer for this hook; the returned borrow of `self` ends
+        // before any setter (all take `&self` of the same Stream) can be called.
+        found.then(|| unsafe { bytes(out) })
     }
 
     /// The per-route config of the route this request matched: what `per_route_config_new`
