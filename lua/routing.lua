@@ -110,17 +110,21 @@ function M.form_encode(s)
 end
 
 -- The route's key source, as the flow switch writes it into the route's metadata for this
--- filter (`poc-stack envoy-config --flow lua`): "query:NAME" or "header:NAME". Returns the kind
--- and the name, or nil for a source this flow does not read (the generator refuses those).
+-- filter (`poc-stack envoy-config --flow lua`): "query:NAME", "header:NAME" or
+-- "path:/segments/{key}/...". Returns the kind and the name (the template for a path), or nil
+-- for a source this flow does not read (a cookie: the generator refuses those).
 function M.parse_source(source)
   local kind, name = (source or "query:client_id"):match("^(%a+):(.+)$")
-  if (kind == "query" or kind == "header") and name then
+  if (kind == "query" or kind == "header" or kind == "path") and name then
     return kind, kind == "header" and name:lower() or name
   end
   return nil
 end
 
 local function describe(kind, name)
+  if kind == "path" then
+    return "the path segment {key} of " .. name
+  end
   return (kind == "query" and "the query parameter " or "the header ") .. name
 end
 
@@ -140,6 +144,47 @@ local function check_id(id, what, decoded)
     return "invalid_client_id", what .. " is not valid UTF-8" .. decoded
   end
   return nil
+end
+
+-- Percent-decoding of a path segment: %XX a byte, '+' stays '+'.
+local function percent_decode(s)
+  return (s:gsub("%%(%x%x)", hex_byte))
+end
+
+-- The key of a request by a path source (the template checked by the generator, as the Rust
+-- placement crate parses it): the segment where the template has {key}, percent-decoded, if
+-- the path's first segments are the template's; the query is ignored.
+local function path_key(path, template)
+  local what = describe("path", template)
+  local missing = "the path does not match " .. template .. ", so it has no key"
+  path = path:match("^([^?]*)")
+  if path:sub(1, 1) ~= "/" then
+    return nil, "missing_client_id", missing
+  end
+  local parts = {}
+  for part in (path:sub(2) .. "/"):gmatch("([^/]*)/") do
+    parts[#parts + 1] = part
+  end
+  local raw
+  local i = 0
+  for segment in (template:sub(2) .. "/"):gmatch("([^/]*)/") do
+    i = i + 1
+    local part = parts[i]
+    if part == nil then
+      return nil, "missing_client_id", missing
+    end
+    if segment == "{key}" then
+      raw = part
+    elseif part ~= segment then
+      return nil, "missing_client_id", missing
+    end
+  end
+  local id = percent_decode(raw)
+  local code, message = check_id(id, what, " after percent-decoding")
+  if code then
+    return nil, code, message
+  end
+  return M.form_encode(id), id
 end
 
 -- The key of a request by a query source: the raw (still encoded) value of parameter `name`
@@ -183,6 +228,9 @@ end
 function M.extract_key(kind, name, path, values)
   if kind == "query" then
     return query_key(path, name)
+  end
+  if kind == "path" then
+    return path_key(path, name)
   end
   local what = describe(kind, name)
   if #values == 0 then
@@ -326,6 +374,7 @@ local function route(handle)
     error("route key source " .. tostring(source) .. " is not one the Lua flow reads")
   end
   local values = kind == "header" and header_values(headers, name) or {}
+  -- The path as Envoy normalised it, before any rewrite: the key is where the client put it.
   local raw_id, id_or_code, message = M.extract_key(kind, name, headers:get(":path") or "", values)
   if not raw_id then
     return reply(handle, 400, id_or_code, message, source)

@@ -128,6 +128,11 @@ impl Api {
         self
     }
 
+    /// The HTTP client, for calls of an application behind the instances (app mode).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }

@@ -9,6 +9,7 @@ pub mod api;
 pub mod audit;
 pub mod ids;
 pub mod load;
+pub mod rooms;
 pub mod scale;
 pub mod sessions;
 pub mod verify;

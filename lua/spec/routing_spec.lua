@@ -76,13 +76,13 @@ describe("the shared key-source vectors (placement/tests/data/keys.tsv)", functi
     end
   end
   file:close()
-  it("covers the query and header sources, and skips only the others", function()
-    assert.is_true(checked >= 30)
-    assert.is_true(skipped >= 15)
+  it("covers the query, header and path sources, and skips only cookies", function()
+    assert.is_true(checked >= 40)
+    assert.is_true(skipped >= 5)
   end)
   it("refuses to read sources it does not support", function()
     assert.is_nil(routing.parse_source("cookie:user"))
-    assert.is_nil(routing.parse_source("path:/rooms/{key}"))
+    assert.are.same({ "path", "/rooms/{key}" }, { routing.parse_source("path:/rooms/{key}") })
     assert.are.same({ "header", "x-user-id" }, { routing.parse_source("header:X-User-Id") })
     assert.are.same({ "query", "client_id" }, { routing.parse_source(nil) })
   end)

@@ -67,7 +67,34 @@ pub struct Config {
     pub max_sessions: usize,
     /// `REPLICATION`: sync, async (the default) or off. With discovery only.
     pub replication: Replication,
+    /// App mode (`APP_URL` set): the application this instance serves its keys' requests to.
+    pub app: Option<AppSettings>,
 }
+
+/// App mode: the instance runs beside an application and forwards it the requests of the keys
+/// it owns ([`crate::app`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppSettings {
+    /// `APP_URL`: `http://host:port` of the application, in the same pod or network namespace.
+    pub url: axum::http::uri::Authority,
+    /// `APP_STATE_ADDR`: the state API's listener (`/state/{key}`, `/events`), on a loopback
+    /// address so that only the application beside the instance reaches it.
+    pub state_addr: SocketAddr,
+    /// `APP_TIMEOUT_MS`: how long the application may take to answer a request's headers
+    /// before the client gets 504 `app_timeout` (a body then streams for as long as it takes).
+    pub timeout: Duration,
+}
+
+impl AppSettings {
+    /// `http://host:port`, as errors name the application.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.url)
+    }
+}
+
+/// The state API's address unless `APP_STATE_ADDR` says otherwise.
+pub const DEFAULT_APP_STATE_ADDR: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8090);
 
 /// Where instances talk to each other, and with what credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +195,7 @@ impl Config {
             instance_index,
             log_format: log_format(&get)?,
             replication: replication(&get)?,
+            app: app_settings(&get)?,
             registry_capacity: parse(
                 "REGISTRY_CAPACITY",
                 get("REGISTRY_CAPACITY"),
@@ -280,6 +308,51 @@ fn operator_token_file(get: Get) -> Result<PathBuf, ConfigError> {
         accepts: format!("expected a token file: {e}"),
     })?;
     Ok(path)
+}
+
+/// `APP_URL`, `APP_STATE_ADDR`, `APP_TIMEOUT_MS`: app mode, when `APP_URL` is set.
+fn app_settings(get: Get) -> Result<Option<AppSettings>, ConfigError> {
+    let Some(raw) = get("APP_URL") else {
+        return Ok(None);
+    };
+    let refused = || {
+        ConfigError {
+        var: "APP_URL",
+        value: raw.clone(),
+        accepts: "expected http://HOST:PORT of the application beside this instance (no path, no query), such as http://127.0.0.1:3000".into(),
+    }
+    };
+    let uri: axum::http::Uri = raw.trim().parse().map_err(|_| refused())?;
+    let plain = uri.scheme_str() == Some("http")
+        && uri
+            .path_and_query()
+            .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty())
+        && uri
+            .authority()
+            .is_some_and(|a| a.port_u16().is_some() && !a.as_str().contains('@'));
+    let url = match uri.authority() {
+        Some(a) if plain => a.clone(),
+        _ => return Err(refused()),
+    };
+    let state_addr = parse(
+        "APP_STATE_ADDR",
+        get("APP_STATE_ADDR"),
+        DEFAULT_APP_STATE_ADDR,
+        "a loopback address and port such as 127.0.0.1:8090 (only the application beside the instance may reach the state API)",
+        |a: &SocketAddr| a.ip().is_loopback(),
+    )?;
+    let timeout_ms = parse(
+        "APP_TIMEOUT_MS",
+        get("APP_TIMEOUT_MS"),
+        30_000,
+        "milliseconds from 1 to 3600000",
+        |v: &u64| (1..=3_600_000).contains(v),
+    )?;
+    Ok(Some(AppSettings {
+        url,
+        state_addr,
+        timeout: Duration::from_millis(timeout_ms),
+    }))
 }
 
 /// `REPLICATION`: sync, async (the default) or off.
@@ -466,6 +539,50 @@ mod tests {
         assert_eq!(c.replication, Replication::Async);
         assert_eq!(c.peer.as_ref().map(|p| p.port), Some(DEFAULT_PEER_PORT));
         assert_eq!(c.max_sessions, 10_000);
+        assert_eq!(c.app, None);
+    }
+
+    #[test]
+    fn app_mode_settings_and_their_refusals() {
+        let c = config(&[("APP_URL", "http://127.0.0.1:3000")]).unwrap();
+        let app = c.app.unwrap();
+        assert_eq!(app.url(), "http://127.0.0.1:3000");
+        assert_eq!(app.state_addr, DEFAULT_APP_STATE_ADDR);
+        assert_eq!(app.timeout, Duration::from_secs(30));
+        let c = config(&[
+            ("APP_URL", "http://rooms:80/"),
+            ("APP_STATE_ADDR", "[::1]:9000"),
+            ("APP_TIMEOUT_MS", "250"),
+        ])
+        .unwrap();
+        let app = c.app.unwrap();
+        assert_eq!(
+            (app.url(), app.timeout),
+            ("http://rooms:80".to_owned(), Duration::from_millis(250))
+        );
+        for (var, value) in [
+            ("APP_URL", "https://127.0.0.1:3000"),
+            ("APP_URL", "http://127.0.0.1"),
+            ("APP_URL", "http://127.0.0.1:3000/app"),
+            ("APP_URL", "http://u:p@127.0.0.1:3000"),
+            ("APP_URL", "127.0.0.1:3000"),
+        ] {
+            let e = config(&[(var, value)]).unwrap_err();
+            assert_eq!(e.var, "APP_URL", "{value}");
+            assert!(e.to_string().contains("http://HOST:PORT"), "{e}");
+        }
+        let e = config(&[
+            ("APP_URL", "http://127.0.0.1:3000"),
+            ("APP_STATE_ADDR", "0.0.0.0:8090"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "APP_STATE_ADDR");
+        let e = config(&[
+            ("APP_URL", "http://127.0.0.1:3000"),
+            ("APP_TIMEOUT_MS", "0"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "APP_TIMEOUT_MS");
     }
 
     #[test]

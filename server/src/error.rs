@@ -61,6 +61,31 @@ pub enum ApiError {
     /// A WebSocket session past `MAX_SESSIONS`.
     #[error("this instance holds {0} sessions, its limit (MAX_SESSIONS); try again later")]
     TooManySessions(usize),
+    /// App mode: the application could not be reached, or broke the connection.
+    #[error("the application at {app} (APP_URL) did not answer: {why}")]
+    AppUnavailable { app: String, why: String },
+    /// App mode: the application did not answer within `APP_TIMEOUT_MS`.
+    #[error(
+        "the application at {app} (APP_URL) did not answer within {after_ms} ms (APP_TIMEOUT_MS)"
+    )]
+    AppTimeout { app: String, after_ms: u64 },
+    /// App mode: a request the application cannot be given now, because the key's state is
+    /// not here yet (its previous owner still holds it, or this instance is recovering its
+    /// records after a restart). Nothing was forwarded; a retry is safe.
+    #[error("the state of this key is not here yet: {0}; try again shortly")]
+    StateUnavailable(String),
+    /// The state API: a write whose `If-Match` version is not the one held.
+    #[error("the state of {key:?} is at version {version}, not the version the write was conditional on (If-Match)")]
+    VersionMismatch { key: String, version: u64 },
+    /// The state API: no state held for the key (never written, or deleted).
+    #[error("no state is held for {key:?}")]
+    NoState { key: String, version: u64 },
+    /// The state API: a value past [`poc_routing_wire::MAX_STATE_BYTES`].
+    #[error("a key's state holds at most {0} bytes")]
+    StateTooLarge(usize),
+    /// A peer asked for the record of a key this instance still owns under its own view.
+    #[error("instance {0} still owns this key under its current view; ask again once it holds the new one")]
+    StillOwner(u64),
 }
 
 /// The machine code of an error response, stored in the response's extensions.
@@ -82,6 +107,13 @@ impl ApiError {
             ApiError::BadUpgrade(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::TooManySessions(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::AppUnavailable { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::AppTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::StateUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
+            ApiError::NoState { .. } => StatusCode::NOT_FOUND,
+            ApiError::StateTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::StillOwner(_) => StatusCode::CONFLICT,
         }
     }
 
@@ -102,6 +134,13 @@ impl ApiError {
             ApiError::BadUpgrade(_) => "invalid_upgrade",
             ApiError::Unauthorized => "unauthorized",
             ApiError::TooManySessions(_) => "too_many_sessions",
+            ApiError::AppUnavailable { .. } => "app_unavailable",
+            ApiError::AppTimeout { .. } => "app_timeout",
+            ApiError::StateUnavailable(_) => "state_unavailable",
+            ApiError::VersionMismatch { .. } => "version_mismatch",
+            ApiError::NoState { .. } => "no_state",
+            ApiError::StateTooLarge(_) => "state_too_large",
+            ApiError::StillOwner(_) => "still_owner",
         }
     }
 }
@@ -131,6 +170,15 @@ impl IntoResponse for ApiError {
                 epoch: epoch.clone(),
                 routed_epoch: routed_epoch.clone(),
             });
+        }
+        match &self {
+            ApiError::AppUnavailable { app, .. } | ApiError::AppTimeout { app, .. } => {
+                body.details.insert("app".into(), app.clone().into());
+            }
+            ApiError::VersionMismatch { version, .. } | ApiError::NoState { version, .. } => {
+                body.details.insert("version".into(), (*version).into());
+            }
+            _ => {}
         }
         let mut response = (self.status(), Json(body)).into_response();
         if let ApiError::Unauthorized = self {

@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use poc_routing_peer::PeerClient;
 use poc_routing_placement::{ClientId, Epoch, Placement};
-use poc_routing_wire::{HandOff, HandOffAck, MemberState, Registration, MAX_SERVED};
+use poc_routing_wire::{
+    HandOff, HandOffAck, MemberState, Registration, MAX_SERVED, MAX_STATE_BYTES,
+};
 
 use crate::discovery::Discovery;
 use crate::error::ApiError;
@@ -61,6 +63,8 @@ pub struct HandOffs {
     pending: AtomicU64,
     /// The epoch of the last pass.
     last_epoch: Mutex<Option<Epoch>>,
+    /// Keys that arrive here or leave (app mode's `GET /events`).
+    pub events: Arc<crate::ownership::Events>,
 }
 
 /// What one pass did.
@@ -93,6 +97,7 @@ impl HandOffs {
             dirty: AtomicBool::new(true),
             pending: AtomicU64::new(0),
             last_epoch: Mutex::new(None),
+            events: Arc::default(),
         }
     }
 
@@ -112,7 +117,13 @@ impl HandOffs {
     pub fn receive(&self, handoff: HandOff, sender: IpAddr) -> Result<u64, ApiError> {
         self.admit(&handoff, sender, "hand-off")?;
         let count = handoff.registrations.len() as u64;
+        let ids: Vec<String> = handoff
+            .registrations
+            .iter()
+            .map(|r| r.client_id.clone())
+            .collect();
         let evicted = self.registry.merge_in(handoff.registrations);
+        self.arrived(ids);
         self.evicted(&evicted, "receiving a hand-off");
         self.metrics.handoff_received.inc_by(count);
         self.wake();
@@ -157,6 +168,20 @@ impl HandOffs {
             });
         }
         Ok(())
+    }
+
+    /// Tells the application (app mode) which of `ids`, whose records came here, this instance
+    /// owns now.
+    pub fn arrived(&self, ids: Vec<String>) {
+        let (Some(me), Some(current)) = (self.identity.get(), self.membership.current()) else {
+            return;
+        };
+        let owned = ids
+            .into_iter()
+            .filter(|id| owner(&current, id) == Some(me))
+            .collect();
+        self.events
+            .arrived(owned, Some(current.epoch().to_string()));
     }
 
     /// Counts and logs registrations evicted to make room.
@@ -221,11 +246,14 @@ impl HandOffs {
             let Some(addr) = addresses.get(&owner).filter(|_| ready.contains(&owner)) else {
                 continue;
             };
-            for batch in registrations.chunks(BATCH) {
+            for batch in batches(&registrations) {
                 match self.send(*addr, me, current.epoch(), batch).await {
                     Ok(()) => {
                         self.metrics.handoff_sent.inc_by(batch.len() as u64);
-                        delivered += self.registry.acknowledged(batch) as u64;
+                        let forgotten = self.registry.acknowledged(batch);
+                        delivered += forgotten.len() as u64;
+                        self.events
+                            .left(forgotten, Some(current.epoch().to_string()));
                     }
                     Err(e) => {
                         self.metrics.handoff_failed.inc();
@@ -327,6 +355,40 @@ impl HandOffs {
     }
 }
 
+/// The bytes a batch's records may add up to, by [`approximate_size`]: well under
+/// [`crate::PEER_BODY_LIMIT`], which the receiver enforces.
+const BATCH_BYTES: usize = crate::PEER_BODY_LIMIT / 2;
+
+/// A bound on the JSON size of one record: its id and counters at their bounds, and its
+/// application state in base64.
+fn approximate_size(r: &Registration) -> usize {
+    let state = r
+        .state
+        .as_ref()
+        .and_then(|s| s.value.as_ref())
+        .map_or(0, |v| v.len().div_ceil(3) * 4);
+    2 * r.client_id.len() + 64 * (r.joins.len() + r.served.len()) + state + 256
+}
+
+/// `records` in batches of at most [`BATCH`] records and [`BATCH_BYTES`] bytes (a record
+/// larger than that alone goes in a batch of its own).
+pub(crate) fn batches(records: &[Registration]) -> Vec<&[Registration]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, r) in records.iter().enumerate() {
+        let size = approximate_size(r);
+        if i > start && (i - start == BATCH || bytes + size > BATCH_BYTES) {
+            out.push(&records[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < records.len() {
+        out.push(&records[start..]);
+    }
+    out
+}
+
 /// Sends `batch` to the instance at `addr` as a [`HandOff`] from `me` under `epoch`, to `path`
 /// (`/peer/handoff`, or `/peer/replicate`); `Ok` once every record is acknowledged.
 pub(crate) async fn send_batch(
@@ -383,6 +445,18 @@ pub fn validate(handoff: &HandOff, now_us: u64) -> Result<(), String> {
             Some("a served entry whose epoch is not 16 hex digits".to_owned())
         } else if r.first_join_us > r.last_join_us || r.last_join_us > horizon {
             Some("join times out of order or ahead of the clock".to_owned())
+        } else if let Some(state) = &r.state {
+            if state
+                .value
+                .as_ref()
+                .is_some_and(|v| v.len() > MAX_STATE_BYTES)
+            {
+                Some(format!("an application state over {MAX_STATE_BYTES} bytes"))
+            } else if state.written_us > horizon || state.version == 0 {
+                Some("an application state of version 0 or written ahead of the clock".to_owned())
+            } else {
+                None
+            }
         } else {
             None
         };

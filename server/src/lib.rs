@@ -18,6 +18,7 @@
 //! serves an already-bound listener until a shutdown future completes, so tests bind port 0.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod discovery;
@@ -28,6 +29,7 @@ pub mod identity;
 pub mod membership;
 mod metrics;
 pub mod node;
+pub mod ownership;
 pub mod registry;
 pub mod replicas;
 mod rounds;
@@ -47,7 +49,7 @@ use poc_routing_peer::{ClientOptions, Credentials, PeerAddr, PeerClient, TlsList
 use poc_routing_placement::Placement;
 use tokio::net::TcpListener;
 
-pub use config::{Config, ConfigError, LogFormat, PeerSettings, Replication};
+pub use config::{AppSettings, Config, ConfigError, LogFormat, PeerSettings, Replication};
 use discovery::{Discovery, Finder};
 use identity::Identity;
 use membership::Membership;
@@ -73,6 +75,8 @@ pub struct AppState {
     pub operator: Arc<auth::Operator>,
     /// With discovery: the peer credential in force (its fingerprints go in `/placement`).
     pub peer_credentials: Option<Arc<Credentials>>,
+    /// App mode (`APP_URL`): the application the keys' requests are forwarded to.
+    pub app: Option<Arc<app::App>>,
     metrics: Arc<metrics::Metrics>,
 }
 
@@ -98,6 +102,7 @@ impl AppState {
             session_count: Arc::default(),
             operator,
             peer_credentials: None,
+            app: None,
             metrics,
         }
     }
@@ -119,13 +124,17 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             auth::require_operator,
         ));
-    Router::new()
+    let api = Router::new()
         .route("/where", get(routes::where_))
         .route("/join", get(routes::join).post(routes::join))
         .route("/health", get(routes::health))
-        .merge(operator)
-        .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed)
+        .merge(operator);
+    // App mode: every other request is a key's, for the application ([`app::forward`]).
+    let api = match state.app {
+        Some(_) => api.fallback(app::forward),
+        None => api.fallback(routes::not_found),
+    };
+    api.method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             routes::observe,
@@ -151,6 +160,7 @@ pub fn peer_router(state: Arc<AppState>) -> Router {
         .route("/peer/replicas", get(routes::peer_replicas))
         .route("/peer/resync", post(routes::peer_resync))
         .route("/peer/registrations", get(routes::peer_registrations))
+        .route("/peer/release", post(app::peer_release))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(PEER_BODY_LIMIT))
@@ -197,6 +207,8 @@ pub struct Application {
     listener: TcpListener,
     /// With discovery: the peer listener.
     peer: Option<TlsListener>,
+    /// In app mode: the state API's listener (`APP_STATE_ADDR`).
+    state_listener: Option<TcpListener>,
     state: Arc<AppState>,
 }
 
@@ -268,6 +280,7 @@ impl Application {
                 operator.clone(),
             );
             state.max_sessions = config.max_sessions;
+            let state_listener = app_mode(&mut state, &config.app)?;
             tokio::spawn(discovery::resolve_fixed_members(
                 state.membership.clone(),
                 Duration::from_secs(1),
@@ -276,6 +289,7 @@ impl Application {
             return Ok(Self {
                 listener,
                 peer: None,
+                state_listener,
                 state: Arc::new(state),
             });
         };
@@ -331,7 +345,7 @@ impl Application {
             tokio::spawn(replicas.clone().run());
         }
         tokio::spawn(auth::watch(operator.clone(), Some(credentials.clone())));
-        let state = AppState {
+        let mut state = AppState {
             membership,
             identity,
             discovery: Some(discovery),
@@ -343,13 +357,23 @@ impl Application {
             session_count: Arc::default(),
             operator,
             peer_credentials: Some(credentials),
+            app: None,
             metrics,
         };
+        let state_listener = app_mode(&mut state, &config.app)?;
         Ok(Self {
             listener,
             peer: Some(peer_listener),
+            state_listener,
             state: Arc::new(state),
         })
+    }
+
+    /// In app mode: the state API's address.
+    pub fn state_api_addr(&self) -> Option<SocketAddr> {
+        self.state_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -415,6 +439,15 @@ impl Application {
                 let _ = stopped.wait_for(|s| *s).await;
             }
         };
+        if let Some(listener) = self.state_listener {
+            let api = axum::serve(listener, app::state_router(self.state.clone()))
+                .with_graceful_shutdown(until_stopped());
+            tokio::spawn(async move {
+                if let Err(e) = api.await {
+                    tracing::error!(error = %e, "the state API's listener failed");
+                }
+            });
+        }
         let public = axum::serve(self.listener, router(self.state.clone()))
             .with_graceful_shutdown(until_stopped());
         match self.peer {
@@ -429,6 +462,31 @@ impl Application {
             }
         }
     }
+}
+
+/// App mode, if `config` has it: the application in `state`, and the state API's listener
+/// bound on `APP_STATE_ADDR`.
+fn app_mode(
+    state: &mut AppState,
+    app: &Option<AppSettings>,
+) -> std::io::Result<Option<TcpListener>> {
+    let Some(settings) = app else {
+        return Ok(None);
+    };
+    let listener = std::net::TcpListener::bind(settings.state_addr)
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            TcpListener::from_std(l)
+        })
+        .map_err(|e| {
+            std::io::Error::other(format!(
+                "cannot listen on {} (APP_STATE_ADDR): {e}",
+                settings.state_addr
+            ))
+        })?;
+    tracing::info!(app = %settings.url(), state_api = %settings.state_addr, "app mode");
+    state.app = Some(Arc::new(app::App::new(settings.clone())));
+    Ok(Some(listener))
 }
 
 /// The wall clock in microseconds since the Unix epoch: where a card's version starts, and

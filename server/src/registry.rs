@@ -18,7 +18,7 @@ use std::num::NonZeroUsize;
 use std::sync::Mutex;
 
 use lru::LruCache;
-use poc_routing_wire::{JoinCount, Registration, ServedBy, MAX_SERVED};
+use poc_routing_wire::{JoinCount, KeyState, Registration, ServedBy, MAX_SERVED};
 
 /// The most join counters one registration keeps. A client gets a counter each time an
 /// instance starts a record for it (a join on an owner that holds no record of it yet), so
@@ -68,6 +68,16 @@ pub fn merge(into: &mut Registration, other: &Registration) {
         }
     }
     tidy_served(&mut into.served);
+    // The application's state (app mode): the newer copy, whatever the order.
+    if let Some(theirs) = &other.state {
+        if into
+            .state
+            .as_ref()
+            .is_none_or(|mine| theirs.newer_than(mine))
+        {
+            into.state = Some(theirs.clone());
+        }
+    }
 }
 
 /// At most [`MAX_JOIN_COUNTERS`]: the largest are kept, in (instance, tag) order.
@@ -152,6 +162,7 @@ impl Registry {
                     last_join_us: now_us,
                     joins: Vec::new(),
                     served: Vec::new(),
+                    state: None,
                 },
                 own_tag: None,
             };
@@ -248,10 +259,11 @@ impl Registry {
     }
 
     /// Forgets the registrations an owner acknowledged, unless they changed here since they
-    /// were sent (a join served meanwhile): those stay, and go again.
-    pub fn acknowledged(&self, sent: &[Registration]) -> usize {
+    /// were sent (a join served meanwhile): those stay, and go again. Returns the ids
+    /// forgotten.
+    pub fn acknowledged(&self, sent: &[Registration]) -> Vec<String> {
         let mut inner = self.lock();
-        let mut forgotten = 0;
+        let mut forgotten = Vec::new();
         for r in sent {
             if inner
                 .clients
@@ -259,10 +271,77 @@ impl Registry {
                 .is_some_and(|held| held.registration == *r)
             {
                 inner.clients.pop(&r.client_id);
-                forgotten += 1;
+                forgotten.push(r.client_id.clone());
             }
         }
         forgotten
+    }
+
+    /// Whether a record of `client_id` is held here.
+    pub fn contains(&self, client_id: &str) -> bool {
+        self.lock().clients.contains(client_id)
+    }
+
+    /// Removes and returns the record of `client_id` (its new owner took it: `/peer/release`).
+    pub fn take(&self, client_id: &str) -> Option<Registration> {
+        self.lock().clients.pop(client_id).map(|h| h.registration)
+    }
+
+    /// The application's state of `client_id` (app mode), if any was written; a deleted one
+    /// is a tombstone (`value` absent).
+    pub fn state(&self, client_id: &str) -> Option<KeyState> {
+        self.lock()
+            .clients
+            .peek(client_id)
+            .and_then(|h| h.registration.state.clone())
+    }
+
+    /// Writes the application's state of `client_id` (`None`: deletes it) as instance `me` at
+    /// `now_us`, the next version after the one held, if `if_version` (when given) is that
+    /// held version (0: none). The record is made if there is none (`Err` is the held
+    /// version). Returns the version written and the id evicted to make room, if any.
+    pub fn write_state(
+        &self,
+        client_id: &str,
+        me: u64,
+        now_us: u64,
+        if_version: Option<u64>,
+        value: Option<Vec<u8>>,
+    ) -> Result<(u64, Option<String>), u64> {
+        let mut inner = self.lock();
+        let held_version = inner
+            .clients
+            .peek(client_id)
+            .and_then(|h| h.registration.state.as_ref())
+            .map_or(0, |s| s.version);
+        if if_version.is_some_and(|v| v != held_version) {
+            return Err(held_version);
+        }
+        let mut evicted = None;
+        if !inner.clients.contains(client_id) {
+            let fresh = Held {
+                registration: Registration {
+                    client_id: client_id.to_owned(),
+                    first_join_us: now_us,
+                    last_join_us: now_us,
+                    joins: Vec::new(),
+                    served: Vec::new(),
+                    state: None,
+                },
+                own_tag: None,
+            };
+            evicted = Self::put(&mut inner, client_id.to_owned(), fresh);
+        }
+        let version = held_version + 1;
+        if let Some(held) = inner.clients.get_mut(client_id) {
+            held.registration.state = Some(KeyState {
+                version,
+                written_us: now_us,
+                writer: me,
+                value,
+            });
+        }
+        Ok((version, evicted))
     }
 
     /// One client's registration.
@@ -360,11 +439,11 @@ mod tests {
         assert_eq!(c.served[0].instance, 2, "newest first");
         // The old owner forgets it once acknowledged, unless it changed meanwhile.
         old.record("c", 1, "e1", 40, &mut tag);
-        assert_eq!(old.acknowledged(&sent), 0);
+        assert!(old.acknowledged(&sent).is_empty());
         assert!(old.get("c").is_some());
         let again = old.not_owned(1, |_| Some(2)).remove(&2).unwrap();
         new.merge_in(again.clone());
-        assert_eq!(old.acknowledged(&again), 1);
+        assert_eq!(old.acknowledged(&again), vec!["c".to_owned()]);
         assert!(old.get("c").is_none());
         assert_eq!(total_joins(&new.get("c").unwrap()), 4);
         // Back to instance 1 later: its joins go to a fresh counter, and nothing is lost.
@@ -433,5 +512,106 @@ mod tests {
                 "case {case}: every join counted once"
             );
         }
+    }
+
+    /// A key's application state (app mode) merges by version: the newer copy wins in every
+    /// order, a late copy never overwrites a newer one, a deletion is a newer version that
+    /// holds nothing, and a write is conditional on the version held.
+    #[test]
+    fn application_state_keeps_the_newer_copy_in_any_order() {
+        let mut tag = tags();
+        let owner = Registry::new(10);
+        assert_eq!(
+            owner.write_state("k", 1, 10, Some(0), Some(b"a".to_vec())),
+            Ok((1, None))
+        );
+        assert_eq!(
+            owner.write_state("k", 1, 20, Some(0), Some(b"x".to_vec())),
+            Err(1),
+            "If-Match 0 on a written key"
+        );
+        assert_eq!(
+            owner.write_state("k", 1, 20, None, Some(b"b".to_vec())),
+            Ok((2, None))
+        );
+        owner.record("k", 1, "e", 25, &mut tag);
+        let v2 = owner.get("k").unwrap();
+        assert_eq!(owner.write_state("k", 1, 30, Some(2), None), Ok((3, None)));
+        let v3 = owner.get("k").unwrap();
+        assert_eq!(
+            owner.state("k").unwrap().value,
+            None,
+            "deleted: a tombstone"
+        );
+        // Copies arriving at another instance, late and out of order.
+        for order in [[&v2, &v3], [&v3, &v2]] {
+            let other = Registry::new(10);
+            other.merge_in(vec![order[0].clone()]);
+            other.merge_in(vec![order[1].clone()]);
+            let state = other.state("k").unwrap();
+            assert_eq!(
+                (state.version, state.value),
+                (3, None),
+                "the tombstone wins"
+            );
+            assert_eq!(
+                total_joins(&other.get("k").unwrap()),
+                1,
+                "the joins merge as before"
+            );
+        }
+        // Two writes of one version (two owners during a view change): the later one, on
+        // every copy.
+        let a = Registry::new(10);
+        let b = Registry::new(10);
+        a.write_state("j", 1, 100, None, Some(b"from 1".to_vec()))
+            .unwrap();
+        b.write_state("j", 2, 101, None, Some(b"from 2".to_vec()))
+            .unwrap();
+        let (ra, rb) = (a.get("j").unwrap(), b.get("j").unwrap());
+        a.merge_in(vec![rb]);
+        b.merge_in(vec![ra]);
+        assert_eq!(a.get("j"), b.get("j"));
+        assert_eq!(a.state("j").unwrap().value.as_deref(), Some(&b"from 2"[..]));
+    }
+
+    #[test]
+    fn hand_off_batches_hold_at_most_batch_records_and_bytes() {
+        use crate::handoff::{batches, BATCH};
+        let record = |id: usize, bytes: usize| Registration {
+            client_id: format!("c{id}"),
+            first_join_us: 1,
+            last_join_us: 1,
+            joins: Vec::new(),
+            served: Vec::new(),
+            state: (bytes > 0).then(|| KeyState {
+                version: 1,
+                written_us: 1,
+                writer: 1,
+                value: Some(vec![0; bytes]),
+            }),
+        };
+        let small: Vec<Registration> = (0..2500).map(|i| record(i, 0)).collect();
+        let sizes: Vec<usize> = batches(&small).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, vec![BATCH, BATCH, 500]);
+        let large: Vec<Registration> = (0..300)
+            .map(|i| record(i, poc_routing_wire::MAX_STATE_BYTES))
+            .collect();
+        let split = batches(&large);
+        assert!(
+            split.len() > 1,
+            "300 records of 64 KiB do not go in one request"
+        );
+        assert_eq!(split.iter().map(|b| b.len()).sum::<usize>(), 300);
+        for b in &split {
+            let json = serde_json::to_vec(&poc_routing_wire::HandOff {
+                from: 1,
+                epoch: "0".into(),
+                registrations: b.to_vec(),
+            })
+            .unwrap();
+            assert!(json.len() < crate::PEER_BODY_LIMIT, "{} bytes", json.len());
+        }
+        assert!(batches(&[]).is_empty());
     }
 }

@@ -328,6 +328,29 @@ impl Replicas {
         Ok(count)
     }
 
+    /// Whether this instance is still reading back, after a restart, the records its earlier
+    /// life replicated (app mode serves no key it holds no record of meanwhile: its state may
+    /// be among them).
+    pub fn recovering(&self) -> bool {
+        !lock(&self.recovery).done
+    }
+
+    /// The replica of `id` held here, taken out of the replicas and into the registry: this
+    /// instance owns `id` now (its owner was removed, or placement moved it here) and is
+    /// about to serve it, before the next look at the replicas would have promoted it.
+    /// Returns whether there was one.
+    pub fn promote(&self, id: &str) -> bool {
+        let Some(held) = lock(&self.store).pop(id) else {
+            return false;
+        };
+        let evicted = self.handoffs.registry.merge_in(vec![held.registration]);
+        self.handoffs.evicted(&evicted, "promoting a replica");
+        self.handoffs.metrics.replication.promoted.inc();
+        self.handoffs.arrived(vec![id.to_owned()]);
+        self.changed([id.to_owned()]);
+        true
+    }
+
     /// `sync`: sends the record of `id` to its backup now, and waits for the acknowledgement
     /// at most [`SYNC_WAIT`]. If it is not acknowledged (or cannot be sent now), it is marked
     /// changed, and the next pass sends it as in `async`.
@@ -335,6 +358,16 @@ impl Replicas {
         if !self.try_replicate_now(id).await {
             self.changed([id.to_owned()]);
         }
+    }
+
+    /// Like [`Replicas::replicate_now`], whatever the mode (an application's state write),
+    /// and says whether the backup acknowledged it.
+    pub async fn replicate_acknowledged(&self, id: &str) -> bool {
+        let acknowledged = self.try_replicate_now(id).await;
+        if !acknowledged {
+            self.changed([id.to_owned()]);
+        }
+        acknowledged
     }
 
     async fn try_replicate_now(&self, id: &str) -> bool {
@@ -434,7 +467,7 @@ impl Replicas {
             .is_some_and(|t| t.elapsed() < BACKOFF);
         let mut sent = 0;
         if let (Some(addr), false) = (addr, backing_off) {
-            for batch in records.chunks(BATCH) {
+            for batch in crate::handoff::batches(&records) {
                 match self.send(addr, me, epoch, batch, PEER_TIMEOUT).await {
                     Ok(()) => sent += batch.len(),
                     Err(e) => {
@@ -513,6 +546,7 @@ impl Replicas {
         let ids: Vec<String> = moved.iter().map(|r| r.client_id.clone()).collect();
         let evicted = self.handoffs.registry.merge_in(moved);
         self.handoffs.evicted(&evicted, "taking in replicas");
+        self.handoffs.arrived(ids.clone());
         self.handoffs
             .metrics
             .replication
@@ -646,6 +680,7 @@ impl Replicas {
             merged += ids.len() as u64;
             let evicted = self.handoffs.registry.merge_in(checked.registrations);
             self.handoffs.evicted(&evicted, "recovering replicas");
+            self.handoffs.arrived(ids.clone());
             self.changed(ids);
             match page.next {
                 Some(next) => after = Some(next),

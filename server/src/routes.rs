@@ -53,7 +53,7 @@ pub async fn where_(
 }
 
 /// The epoch stamped by the routing filter, if any.
-fn routed_epoch(headers: &HeaderMap) -> Result<Option<Epoch>, ApiError> {
+pub(crate) fn routed_epoch(headers: &HeaderMap) -> Result<Option<Epoch>, ApiError> {
     match headers.get(EPOCH_HEADER) {
         None => Ok(None),
         Some(v) => v
@@ -159,10 +159,19 @@ async fn admit(
 ) -> Result<(ClientId, u64, ServedUnder, Arc<Placement>), ApiError> {
     let id = join_key(headers, query)?;
     let routed = routed_epoch(headers)?;
+    let (instance, under, placement) = admit_key(state, &id, routed).await?;
+    Ok((id, instance, under, placement))
+}
+
+/// Whether this instance serves a request for `id` routed by `routed`: this instance's index
+/// and the view it is served under.
+pub(crate) async fn admit_key(
+    state: &AppState,
+    id: &ClientId,
+    routed: Option<Epoch>,
+) -> Result<(u64, ServedUnder, Arc<Placement>), ApiError> {
     let instance = state.identity.get().ok_or(ApiError::IdentityUnknown)?;
-    let mut verdict = state
-        .membership
-        .judge(instance, &id, routed, Instant::now());
+    let mut verdict = state.membership.judge(instance, id, routed, Instant::now());
     // Routed by a view this instance has not adopted or heard of yet: look again before
     // refusing, so views that change at slightly different moments fail nobody. Several
     // instances leaving at once make short-lived views a peer may have held for a few
@@ -176,25 +185,23 @@ async fn admit(
             break;
         };
         let news = discovery.refresh().await;
-        verdict = state
-            .membership
-            .judge(instance, &id, routed, Instant::now());
+        verdict = state.membership.judge(instance, id, routed, Instant::now());
         if !news {
             break;
         }
     }
     match verdict {
-        Ok((under, placement)) => Ok((id, instance, under, placement)),
+        Ok((under, placement)) => Ok((instance, under, placement)),
         Err(Refusal::NoView) => Err(ApiError::NotReady),
         Err(Refusal::BadId(e)) => Err(e.into()),
         Err(Refusal::NotOwner { owner } | Refusal::UnknownEpoch { owner }) => {
-            Err(misdirected(state, &id, instance, owner, routed))
+            Err(misdirected(state, id, instance, owner, routed))
         }
     }
 }
 
 /// The 421 for a join this instance does not serve, logged and counted.
-fn misdirected(
+pub(crate) fn misdirected(
     state: &AppState,
     id: &ClientId,
     instance: u64,
@@ -219,7 +226,7 @@ fn misdirected(
 }
 
 /// Records a join served here: the registration, metrics and the log line.
-fn record(
+pub(crate) fn record(
     state: &AppState,
     id: &ClientId,
     instance: u64,

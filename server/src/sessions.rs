@@ -131,30 +131,37 @@ impl Sessions {
         instance: u64,
         epoch: String,
     ) -> SessionEnd {
-        let (tx, mut moved) = oneshot::channel();
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock()
-            .entry(client_id.clone())
-            .or_default()
-            .push(Open { id, moved: tx });
+        let mut registered = self.register(&client_id);
         let welcome = SessionMessage::Welcome {
-            client_id: client_id.clone(),
+            client_id,
             instance,
             epoch,
         };
-        let end = match socket.send(text(&welcome)).await {
+        match socket.send(text(&welcome)).await {
             Err(_) => SessionEnd::ClientGone,
-            Ok(()) => self.exchange(&mut socket, &mut moved, instance).await,
-        };
-        // Gone from the table (a "moved" close already took it out).
-        let mut open = self.lock();
-        if let Some(sessions) = open.get_mut(&client_id) {
-            sessions.retain(|s| s.id != id);
-            if sessions.is_empty() {
-                open.remove(&client_id);
+            Ok(()) => {
+                self.exchange(&mut socket, &mut registered.moved, instance)
+                    .await
             }
         }
-        end
+    }
+
+    /// Enters a session of `client_id` in the table (a session served here, or one relayed
+    /// to the application in app mode): [`Sessions::sweep`] tells it through
+    /// [`Registered::moved`] when its client moves. It leaves the table when dropped.
+    pub fn register(&self, client_id: &str) -> Registered<'_> {
+        let (tx, moved) = oneshot::channel();
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock()
+            .entry(client_id.to_owned())
+            .or_default()
+            .push(Open { id, moved: tx });
+        Registered {
+            sessions: self,
+            client_id: client_id.to_owned(),
+            id,
+            moved,
+        }
     }
 
     async fn exchange(
@@ -170,11 +177,7 @@ impl Sessions {
             tokio::select! {
                 why = &mut *moved => {
                     let Ok(why) = why else { return SessionEnd::ClientGone };
-                    let frame = CloseFrame {
-                        code: CLOSE_MOVED,
-                        reason: serde_json::to_string(&why).unwrap_or_default().into(),
-                    };
-                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    let _ = socket.send(Message::Close(Some(moved_frame(&why)))).await;
                     return SessionEnd::Moved;
                 }
                 _ = ping.tick() => {
@@ -217,6 +220,36 @@ impl Sessions {
                 }
             }
         }
+    }
+}
+
+/// A session in the table, until dropped.
+pub struct Registered<'a> {
+    sessions: &'a Sessions,
+    client_id: String,
+    id: u64,
+    /// Where the client moved, once it did.
+    pub moved: oneshot::Receiver<SessionMoved>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        // Gone from the table (a "moved" close already took it out).
+        let mut open = self.sessions.lock();
+        if let Some(sessions) = open.get_mut(&self.client_id) {
+            sessions.retain(|s| s.id != self.id);
+            if sessions.is_empty() {
+                open.remove(&self.client_id);
+            }
+        }
+    }
+}
+
+/// The close frame that ends a session whose client moved: [`CLOSE_MOVED`], and where to.
+pub fn moved_frame(why: &SessionMoved) -> CloseFrame {
+    CloseFrame {
+        code: CLOSE_MOVED,
+        reason: serde_json::to_string(why).unwrap_or_default().into(),
     }
 }
 

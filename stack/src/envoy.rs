@@ -385,7 +385,7 @@ pub fn add_jwt_front(config: &mut Value, jwks: Value, issuer: &str, prefix: &str
 /// Gives every affinity route `flow`'s shape: its filters enabled, the other flow's disabled,
 /// and its cluster; in the Lua flow, the route's key source in the route metadata the script
 /// reads. Fails if `envoy.yaml` does not name every filter there, or if a route's key source is
-/// one the Lua flow does not read (a cookie or a path: those need the module flow).
+/// one the Lua flow does not read (a cookie: that needs the module flow).
 fn set_flow(config: &mut Value, flow: Flow) -> Result<()> {
     for route in affinity_routes_mut(config)? {
         let name = route["name"].as_str().unwrap_or("?").to_owned();
@@ -432,8 +432,8 @@ fn set_lua_key(route: &mut Value, flow: Flow, source: &KeySource) -> Result<()> 
         }
         return Ok(());
     }
-    if !matches!(source, KeySource::Query(_) | KeySource::Header(_)) {
-        bail!("the Lua flow reads a key from a query parameter or a header only, not {source}; use the module flow for it");
+    if matches!(source, KeySource::Cookie(_)) {
+        bail!("the Lua flow reads a key from a query parameter, a header or a path segment, not {source}; use the module flow for it");
     }
     let metadata = route
         .entry("metadata".into())
@@ -728,18 +728,21 @@ mod tests {
         assert_eq!(back, out, "switching there and back changes nothing");
     }
 
-    /// The Lua flow reads query and header keys; a route keyed by a cookie or a path is
-    /// refused when its config is generated, naming the route, not discovered on a request.
+    /// The Lua flow reads query, header and path keys; a route keyed by a cookie is refused
+    /// when its config is generated, naming the route, not discovered on a request.
     #[test]
     fn the_lua_flow_refuses_sources_it_does_not_read() {
         let yaml = std::fs::read_to_string(repo_root().join("envoy.yaml")).unwrap();
-        for source in ["cookie:user", "path:/api/join/{key}"] {
-            let changed = yaml.replace("header:x-user-id", source);
-            assert_ne!(changed, yaml);
-            assert!(with_flow(&changed, Flow::Module).is_ok());
-            let e = format!("{:#}", with_flow(&changed, Flow::Lua).unwrap_err());
-            assert!(e.contains("route api_join") && e.contains(source), "{e}");
-        }
+        let changed = yaml.replace("header:x-user-id", "cookie:user");
+        assert_ne!(changed, yaml);
+        assert!(with_flow(&changed, Flow::Module).is_ok());
+        let e = format!("{:#}", with_flow(&changed, Flow::Lua).unwrap_err());
+        assert!(
+            e.contains("route api_join") && e.contains("cookie:user"),
+            "{e}"
+        );
+        let path = yaml.replace("header:x-user-id", "path:/api/join/{key}");
+        assert!(with_flow(&path, Flow::Lua).is_ok());
         let bad = yaml.replace("header:x-user-id", "header:x y");
         let e = format!("{:#}", with_flow(&bad, Flow::Lua).unwrap_err());
         assert!(

@@ -39,6 +39,11 @@ pub const SERVER_PORT: u16 = poc_routing_placement::DEFAULT_PORT;
 /// Every instance's peer listener (mutual TLS), on its own address like its public one.
 pub const PEER_PORT: u16 = 7946;
 
+/// With an application ([`StackConfig::app`]): where it listens, and the instance's state
+/// API, on the instance's own address (a loopback one), as a pod's containers share theirs.
+pub const APP_PORT: u16 = 3000;
+pub const STATE_API_PORT: u16 = 8090;
+
 /// Which deployment the stack imitates: its instance names and how they are discovered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Deployment {
@@ -110,6 +115,10 @@ pub struct StackConfig {
     /// The deployment's secrets (`poc-server credential new` layout): the cluster's
     /// credential and the operator's token. `None`: `<run_dir>/secrets`, made on first start.
     pub secrets: Option<PathBuf>,
+    /// App mode: a binary of the workspace (such as `poc-rooms`, the example room service)
+    /// started beside every instance, on the instance's address, port [`APP_PORT`]; the
+    /// instance forwards it its keys' requests (`APP_URL`).
+    pub app: Option<String>,
 }
 
 impl StackConfig {
@@ -135,6 +144,7 @@ impl StackConfig {
             discovery: true,
             server_env: Vec::new(),
             secrets: None,
+            app: None,
         }
     }
 
@@ -151,6 +161,8 @@ impl StackConfig {
 struct ServerProcess {
     child: KillOnDrop,
     ip: Ipv4Addr,
+    /// The application beside it (app mode): it goes when the instance goes.
+    app: Option<KillOnDrop>,
 }
 
 /// A running local stack. Dropping it stops every process it started.
@@ -328,6 +340,25 @@ impl Stack {
                 .env("DISCOVERY", "off")
                 .env("REPLICAS", p.replicas().to_string());
         }
+        let app = match &self.config.app {
+            Some(binary) => {
+                command
+                    .env("APP_URL", format!("http://{ip}:{APP_PORT}"))
+                    .env("APP_STATE_ADDR", format!("{ip}:{STATE_API_PORT}"));
+                let log = self.config.run_dir.join(format!("app-{index}.log"));
+                let app_bin = workspace_binary(binary)?;
+                let app = Command::new(&app_bin)
+                    .env("LISTEN", format!("{ip}:{APP_PORT}"))
+                    .env("STATE_URL", format!("http://{ip}:{STATE_API_PORT}"))
+                    .stdin(Stdio::null())
+                    .stdout(open_log(&log)?)
+                    .stderr(open_log(&log)?)
+                    .spawn()
+                    .with_context(|| format!("start {}", app_bin.display()))?;
+                Some(KillOnDrop::new(app))
+            }
+            None => None,
+        };
         let child = command
             .env("SERVICE_PREFIX", p.prefix())
             .env("SERVICE_SUFFIX", p.suffix())
@@ -347,7 +378,7 @@ impl Stack {
             .spawn()
             .with_context(|| format!("start {}", server_bin.display()))?;
         let child = KillOnDrop::new(child);
-        self.servers.insert(index, ServerProcess { child, ip });
+        self.servers.insert(index, ServerProcess { child, ip, app });
         let host = self.placement.host(index);
         self.dns.set(&host, vec![ip]);
         self.dns
@@ -384,7 +415,17 @@ impl Stack {
         let url = format!("http://{ip}:{SERVER_PORT}/health");
         wait_until_2xx(&self.http, &url, Duration::from_secs(10))
             .await
-            .with_context(|| format!("instance {index}"))
+            .with_context(|| format!("instance {index}"))?;
+        if let Some(app) = self.app_url(index) {
+            wait_until_2xx(
+                &self.http,
+                &format!("{app}/health"),
+                Duration::from_secs(10),
+            )
+            .await
+            .with_context(|| format!("the application beside instance {index}"))?;
+        }
+        Ok(())
     }
 
     async fn wait_envoy_ready(&mut self) -> Result<()> {
@@ -700,6 +741,31 @@ impl Stack {
     /// Everything Envoy logged so far.
     pub fn envoy_log(&self) -> String {
         std::fs::read_to_string(self.config.run_dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    /// In app mode: the application beside instance `index` (`http://ip:port`).
+    pub fn app_url(&self, index: u64) -> Option<String> {
+        let server = self.servers.get(&index).filter(|s| s.app.is_some())?;
+        Some(format!("http://{}:{APP_PORT}", server.ip))
+    }
+
+    /// In app mode: instance `index`'s state API (`http://ip:port`), which only the
+    /// application and tests on this machine reach.
+    pub fn state_api_url(&self, index: u64) -> Option<String> {
+        let server = self.servers.get(&index).filter(|s| s.app.is_some())?;
+        Some(format!("http://{}:{STATE_API_PORT}", server.ip))
+    }
+
+    /// Kills the application beside instance `index` (the instance stays), as a crashed
+    /// container of a pod; `SIGSTOP` instead makes it hang.
+    pub fn signal_app(&self, index: u64, signal: nix::sys::signal::Signal) -> Result<()> {
+        let app = self
+            .servers
+            .get(&index)
+            .and_then(|s| s.app.as_ref())
+            .with_context(|| format!("instance {index} runs no application"))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(app.id() as i32), signal)?;
+        Ok(())
     }
 
     /// Everything instance `index` logged so far (across restarts).

@@ -63,6 +63,10 @@ enum Cmd {
         /// Run in the background and return once ready.
         #[arg(long)]
         detach: bool,
+        /// App mode: start this workspace binary beside every instance (poc-rooms, the
+        /// example room service) and have the instances forward their keys' requests to it.
+        #[arg(long)]
+        app: Option<String>,
     },
     /// Print the repository's envoy.yaml with route A switched to FLOW, for Docker Compose
     /// (`ENVOY_YAML=<file> docker compose up`) or a Kubernetes ConfigMap.
@@ -235,6 +239,7 @@ async fn main() -> ExitCode {
             envoy_log_level,
             run_dir,
             detach: false,
+            app,
         } => {
             let mut config = StackConfig::new(replicas, naming, mode, run_dir);
             config.listen = listen;
@@ -244,6 +249,7 @@ async fn main() -> ExitCode {
             config.dns = dns;
             config.flow = flow;
             config.envoy_component_log_level = envoy_log_level;
+            config.app = app;
             // The repository's own secrets (made here if missing), where poc-client and
             // `docker compose` find them too.
             config.secrets = Some(poc_routing_stack::envoy::repo_root().join(".secrets"));

@@ -318,6 +318,61 @@ pub struct Registration {
     /// The instances and epochs the client was served under, newest first, at most
     /// [`MAX_SERVED`].
     pub served: Vec<ServedBy>,
+    /// In app mode: the application's state for this key ([`KeyState`]), which moves with the
+    /// record. Absent in the records of the built-in application (`/join`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<KeyState>,
+}
+
+/// The application's state of one key (app mode): bytes only the application reads, and the
+/// version its owner gave them. Copies merge by keeping the newer ([`KeyState::newer_than`]),
+/// so a late copy (a hand-off or a replica that arrives after a newer write) never overwrites a
+/// newer one. A deletion is kept as a tombstone (`value` absent) for the same reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyState {
+    /// Rises by one with every write of the key, wherever it is written.
+    pub version: u64,
+    /// When it was written (wall clock, microseconds since the Unix epoch), and by which
+    /// instance: the tie-break between two writes of one version (two owners during a view
+    /// change that each missed the other's write), so every copy keeps the same one.
+    pub written_us: u64,
+    pub writer: u64,
+    /// The bytes, base64 on the wire; absent once deleted.
+    #[serde(default, with = "base64_bytes")]
+    pub value: Option<Vec<u8>>,
+}
+
+impl KeyState {
+    /// Whether this copy replaces `other` in a merge: a higher version, or the same version
+    /// written later (then by the higher instance).
+    pub fn newer_than(&self, other: &KeyState) -> bool {
+        (self.version, self.written_us, self.writer)
+            > (other.version, other.written_us, other.writer)
+    }
+}
+
+/// The most bytes one key's application state may hold (`PUT /state/{key}` answers 413 past
+/// it): a hand-off batch carries many, and each is held in memory by its owner and its backup.
+pub const MAX_STATE_BYTES: usize = 64 * 1024;
+
+/// `Option<Vec<u8>>` as an optional base64 string.
+mod base64_bytes {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(bytes) => s.serialize_some(&STANDARD.encode(bytes)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| STANDARD.decode(s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// The most `served` entries a [`Registration`] keeps.
@@ -402,6 +457,51 @@ pub struct RegistrationsReport {
     pub via: Option<u64>,
     pub epoch: Option<String>,
     pub instances: Vec<InstanceRegistrations>,
+}
+
+/// `POST /peer/release`: the current owner of `key` (`from`) asks the instance that owned it
+/// under the previous view for its record before serving it (app mode), so that the
+/// application's state is where its key is before the application reads it. Answered with a
+/// [`HandOff`] of that record (none if it holds none); the sender no longer holds it then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub from: u64,
+    pub key: String,
+}
+
+/// The header in which an instance in app mode tells the application which instance it is
+/// (with [`KEY_HEADER`] and [`EPOCH_HEADER`], which it sets itself on every forwarded request).
+pub const INSTANCE_HEADER: &str = "x-poc-instance";
+
+/// The header of the state API (`/state/{key}`) that carries a key state's version: in every
+/// answer, and in a write's `If-Match` precondition.
+pub const STATE_VERSION_HEADER: &str = "x-poc-version";
+
+/// `PUT` or `DELETE /state/{key}` (the state API, app mode): the version written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateWritten {
+    pub key: String,
+    pub version: u64,
+    /// Whether the key's backup acknowledged the write before this answer (`false`: no backup
+    /// now, or it did not answer in time; the write is sent again until it does).
+    pub replicated: bool,
+}
+
+/// One line of `GET /events` (the state API, app mode, newline-delimited JSON): keys that
+/// became this instance's (`arrived`: their record and state are here now) or stopped being
+/// (`left`: handed to their new owner), under `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnershipEvent {
+    pub event: OwnershipChange,
+    pub keys: Vec<String>,
+    pub epoch: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OwnershipChange {
+    Arrived,
+    Left,
 }
 
 /// The close code an owner ends a WebSocket session with when its client moved to another

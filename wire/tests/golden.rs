@@ -255,6 +255,8 @@ fn registration_hand_off() {
             epoch: rule().epoch().to_string(),
             last_us: 1_795_000_000_900_000,
         }],
+        // The built-in application's records carry no state, and write none.
+        state: None,
     };
     pinned(
         "handoff.json",
@@ -296,6 +298,59 @@ fn registration_hand_off() {
                     error: Some("connection refused".into()),
                 },
             ],
+        },
+    );
+}
+
+/// App mode: a record carrying the application's state (base64), the release a new owner
+/// asks for, a state write's answer and an ownership event.
+#[test]
+fn app_mode() {
+    let with_state = |value: Option<Vec<u8>>| Registration {
+        client_id: "room-1".into(),
+        first_join_us: 1_795_000_000_000_000,
+        last_join_us: 1_795_000_000_000_000,
+        joins: vec![],
+        served: vec![],
+        state: Some(KeyState {
+            version: 7,
+            written_us: 1_795_000_000_500_000,
+            writer: 2,
+            value,
+        }),
+    };
+    pinned(
+        "handoff-app-state.json",
+        &HandOff {
+            from: 2,
+            epoch: rule().epoch().to_string(),
+            registrations: vec![
+                with_state(Some(b"{\"messages\":[]}".to_vec())),
+                with_state(None),
+            ],
+        },
+    );
+    pinned(
+        "release.json",
+        &Release {
+            from: 4,
+            key: "room-1".into(),
+        },
+    );
+    pinned(
+        "state-written.json",
+        &StateWritten {
+            key: "room-1".into(),
+            version: 8,
+            replicated: true,
+        },
+    );
+    pinned(
+        "ownership-event.json",
+        &OwnershipEvent {
+            event: OwnershipChange::Arrived,
+            keys: vec!["room-1".into(), "room-2".into()],
+            epoch: Some(rule().epoch().to_string()),
         },
     );
 }
