@@ -14,13 +14,16 @@ FROM chef AS planner
 COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
 
-# --- dependencies first (a cached layer), then our code: poc-server and the routing module
+# --- dependencies first (a cached layer), then our code: poc-server, the routing module and the
+# example room service (app mode: docker-compose.app.yaml, minikube/app)
 FROM chef AS builder
 COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json \
-    --package poc-routing-server --package poc-routing-envoy-module
+    --package poc-routing-server --package poc-routing-envoy-module \
+    --package poc-routing-example-rooms
 COPY . .
-RUN cargo build --release --locked --package poc-routing-server --package poc-routing-envoy-module
+RUN cargo build --release --locked --package poc-routing-server --package poc-routing-envoy-module \
+    --package poc-routing-example-rooms
 
 # --- Envoy with the routing module. The module is built on Debian bookworm (glibc 2.36) and
 # needs at most GLIBC_2.34 (e2e/tests/module.rs checks it), so it also loads in the official
@@ -38,6 +41,8 @@ EXPOSE 10000
 FROM debian:bookworm-slim AS server
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin poc
 COPY --from=builder /app/target/release/poc-server /usr/local/bin/poc-server
+# The example application of app mode; it runs only where a deployment starts it.
+COPY --from=builder /app/target/release/poc-rooms /usr/local/bin/poc-rooms
 USER 10001:10001
 ENV PORT=8081 \
     LOG_FORMAT=json

@@ -19,10 +19,13 @@ NAMING ?= compose
 # module (envoy.yaml's default) or lua; empty: as envoy.yaml says
 FLOW ?=
 COUNT ?= 1000
+# App mode: a workspace binary started beside every instance of the local stack (poc-rooms,
+# the example room service); empty: none
+APP ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: credential bench bench-sessions bench-membership soak help build envoy k8s-tools k8s-render images compose-plugin docker test test-rust test-lua test-faults test-compose test-k8s lint fmt up down demo clean
+.PHONY: credential bench bench-sessions bench-membership soak help build envoy k8s-tools k8s-render images compose-plugin docker test test-rust test-lua test-faults test-compose test-k8s lint fmt up down demo demo-app clean
 
 # Debian packages, installed when missing (as root, or with passwordless sudo), else named.
 SYSTEM_PACKAGES = bash scripts/system-packages.sh
@@ -131,7 +134,7 @@ credential: ## Make the deployment's secrets in .secrets/ (the cluster's credent
 	@if [ -f .secrets/peer/ca.pem ]; then target/release/poc-server credential show .secrets; else target/release/poc-server credential new .secrets; fi
 
 up: build envoy ## Start the local stack (REPLICAS servers, DNS, Envoy on 127.0.0.1:10000) and return when ready
-	target/release/poc-stack up --detach --replicas $(REPLICAS) --mode $(INDEX_MODE) --naming $(NAMING) $(if $(FLOW),--flow $(FLOW),)
+	target/release/poc-stack up --detach --replicas $(REPLICAS) --mode $(INDEX_MODE) --naming $(NAMING) $(if $(FLOW),--flow $(FLOW),) $(if $(APP),--app $(APP),)
 
 down: ## Stop the local stack
 	@if [ -x target/release/poc-stack ]; then target/release/poc-stack down; else echo "nothing to stop"; fi
@@ -139,6 +142,20 @@ down: ## Stop the local stack
 demo: up ## up, then poc-client verify --count $(COUNT), then down; fails unless every join was correct
 	@set -o pipefail; rc=0; \
 	target/release/poc-client verify --count $(COUNT) $(if $(filter numeric,$(INDEX_MODE)),--id-kind numeric,) || rc=$$?; \
+	$(MAKE) --no-print-directory down; exit $$rc
+
+demo-app: ## App mode: up with the example room service beside every instance, a message posted to a room and read back through Envoy, then 100 rooms checked (poc-client rooms), then down
+	$(SYSTEM_PACKAGES) curl
+	$(MAKE) --no-print-directory up APP=poc-rooms
+	@set -o pipefail; rc=0; ( \
+	  set -e; \
+	  echo '$$ curl -X POST --data hello localhost:10000/rooms/lobby/messages'; \
+	  curl -fsS -X POST --data hello localhost:10000/rooms/lobby/messages; echo; \
+	  echo '$$ curl localhost:10000/rooms/lobby/messages'; \
+	  curl -fsS localhost:10000/rooms/lobby/messages; echo; \
+	  target/release/poc-client rooms post --rooms 100 --round 1; \
+	  target/release/poc-client rooms verify --rooms 100 --rounds 1 \
+	) || rc=$$?; \
 	$(MAKE) --no-print-directory down; exit $$rc
 
 clean: ## Remove build output, .venv and the local stack's files

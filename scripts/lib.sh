@@ -96,3 +96,22 @@ if not others or read or refused != len(others):
 print(f"the stranger asked {len(others)} instances for their registrations: all refused it, 0 ids read")
 PY
 }
+
+# The example room service (app mode; make test-compose, make test-k8s), through Envoy at
+# $URL with $CLIENT, reports in $WORK, the rounds posted so far in rooms_round.
+# rooms_step NAME: every room's history read back complete on its owner, one more message
+# posted to every room (each on its owner), and every history read back again.
+rooms_round=0
+rooms_step() {
+  local rooms=(--url "$URL" --rooms 100)
+  if [ "$rooms_round" -gt 0 ]; then
+    "$CLIENT" rooms verify "${rooms[@]}" --rounds "$rooms_round" >"$WORK/rooms-$1-before.txt" ||
+      fail "room histories after $1" "every room's $rooms_round messages on its owner" "$(cat "$WORK/rooms-$1-before.txt")"
+  fi
+  rooms_round=$((rooms_round + 1))
+  "$CLIENT" rooms post "${rooms[@]}" --round "$rooms_round" >"$WORK/rooms-$1-post.txt" ||
+    fail "posting message $rooms_round to every room after $1" "every post on the room's owner" "$(cat "$WORK/rooms-$1-post.txt")"
+  "$CLIENT" rooms verify "${rooms[@]}" --rounds "$rooms_round" >"$WORK/rooms-$1.txt" ||
+    fail "room histories after posting after $1" "every room's $rooms_round messages on its owner" "$(cat "$WORK/rooms-$1.txt")"
+  echo "  rooms ($1): $(head -n 1 "$WORK/rooms-$1.txt")"
+}

@@ -28,6 +28,12 @@
 #      Envoy keeps serving; the probe listener answers only /ready (the host's
 #      localhost:9901/ready); the operator listener answers on the host's loopback only; the
 #      public listener serves no internal path
+#   8. app mode throughout: every server runs the example room service beside it
+#      (docker-compose.app.yaml). After step 1, after every scale step and after the kill/start
+#      cycles, `poc-client rooms` reads every room's history back complete on its owner, posts
+#      one more message to each (on its owner), and reads them again; the audit above finds
+#      each room's record (which carries its history) at its owner once, its replica on its
+#      backup, nowhere else
 # Always tears down (down -v); dumps `compose logs` when a step fails.
 #
 # FLOW=lua runs it all with route A switched to the Lua flow (envoy-lua.yaml, mounted through
@@ -47,6 +53,9 @@ WORK=target/compose-test${FLOW:+-$FLOW}
 mkdir -p "$WORK" target/bench/faults
 
 step() { printf '\n=== %s  (%ss)\n' "$*" "$SECONDS"; }
+
+# App mode: the example room service beside every server (step 8), with every other step.
+export COMPOSE_FILE=docker-compose.yaml:docker-compose.app.yaml
 
 # --- prerequisites: fail loudly, never skip
 docker info >/dev/null 2>&1 || fail "Docker is not reachable: install Docker Engine and start it (dockerd)"
@@ -140,6 +149,7 @@ wait_for "the routing module to hold 2 members" 10 module_members_are 2
 verify_all 1000 two
 "$CLIENT" verify "${HEADER_ROUTE[@]}" --count 1000 --concurrency 16 >"$WORK/header-two.txt" ||
   fail "1000 ids on /api/join (header x-user-id)" "1000 correct" "$(cat "$WORK/header-two.txt")"
+rooms_step two
 
 step "2. scale 2 -> 3 -> 2 -> 4 -> 1 -> 3 under steady /join load: docker compose up -d --scale server=K"
 # WebSocket sessions held through Envoy for the whole sequence, each reconnected when its owner
@@ -184,6 +194,7 @@ for k in 3 2 4 1 3; do
   "$CLIENT" audit --operator-url "$OPERATOR" --ids "$WORK/known-ids.txt" --within-seconds 15 >"$WORK/audit-$n.txt" 2>&1 ||
     fail "registrations after scaling to $k" "0 lost, 0 duplicated, 0 misplaced, 0 pending" "$(cat "$WORK/audit-$n.txt")"
   echo "  registrations: $(head -n 1 "$WORK/audit-$n.txt"); $(grep -E '^settled' "$WORK/audit-$n.txt")"
+  rooms_step "step-$n-to-$k"
   # The plain --scale command re-creates no surviving server: scaling up keeps every
   # container, scaling down only removes some.
   ids_after=$(docker compose ps -q server | sort)
@@ -276,6 +287,8 @@ verify_all 1000 restarted
 "$CLIENT" audit --operator-url "$OPERATOR" --ids "$WORK/known-ids.txt" --within-seconds 30 >"$WORK/audit-restarted.txt" 2>&1 ||
   fail "registrations after 3 kill/start cycles of $victim" "0 lost, 0 duplicated, 0 misplaced, every replica on its backup" "$(cat "$WORK/audit-restarted.txt")"
 echo "registrations after the kill/start cycles: $(head -n 2 "$WORK/audit-restarted.txt" | tr '\n' ' ')"
+# The rooms the killed owner held came back with its records: every history complete.
+rooms_step kill-start-cycles
 
 step "4b. WebSocket sessions through docker kill and docker start of $victim: only its sessions drop, all back within 6 s of docker start"
 # 300 sessions, their progress written every 200 ms as JSON lines (unix_ms, up, ...).

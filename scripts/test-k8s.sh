@@ -26,6 +26,12 @@
 #   7. the Lua flow: minikube-lua/ applied the same way (Envoy's ConfigMap from envoy-lua.yaml),
 #      Envoy rolled; verify 1000 ids, then step 5 again; 7b. a server container killed and
 #      restarted by the kubelet: every known id audited (0 lost, replicas in place)
+#   8. app mode throughout: minikube-app/ (and minikube-lua-app/ in step 7) run the example
+#      room service as a second container of every server pod. After step 3, after the
+#      deletion and the crash of step 4, after every scale step and after 7b, `poc-client
+#      rooms` reads every room's history back complete on its owner, posts one more message to
+#      each (on its owner), and reads them again; the audits above find each room's record
+#      (which carries its history) at its owner once, its replica on its backup
 # Always tears the cluster down (scripts/k8s/cluster.sh down), even on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -83,8 +89,8 @@ URL=http://$NODE_IP:30080
 # header (ids any header carries as they are).
 HEADER_ROUTE=(--url "$URL" --route /api/join --key header:x-user-id --id-kind token)
 
-step "2. apply minikube/ (kubectl kustomize | kubectl apply --server-side) and the two Secrets"
-"$KUBECTL" kustomize --load-restrictor LoadRestrictionsNone minikube/ |
+step "2. apply minikube-app/ (minikube/ with the example room service beside each server; kubectl kustomize | kubectl apply --server-side) and the two Secrets"
+"$KUBECTL" kustomize --load-restrictor LoadRestrictionsNone minikube-app/ |
   "$KUBECTL" --server "$API" apply --server-side -f -
 # The deployment's secrets, as README says: made once, applied as Secrets (the pods wait for
 # them), and re-applied the same way at each step of a rotation.
@@ -105,6 +111,7 @@ wait_for "Envoy to reach every owner" 30 "$CLIENT" verify --url "$URL" --count 5
 "$CLIENT" verify --url "$URL" --count 1000 --concurrency 16 --json >"$WORK/verify.json" ||
   fail "poc-client verify through the NodePort" "1000 correct" "$(cat "$WORK/verify.json")"
 echo "1000/1000 correct through $URL"
+rooms_step two
 
 step "4. kubectl delete pod: other clients never fail; its clients are served again by the new pod"
 # Known ids, audited after this step and the crash of 4b: nothing lost, replicas in place.
@@ -156,7 +163,9 @@ wait_for "200 sessions up" 60 sessions_up_is "$progress" 200
 # kubelet send SIGTERM, and the server then leaves as in a scale-down. The kubelet runs the
 # containers in this machine's Docker (dockershim), so the container is killed there, and the
 # kubelet restarts it in the same pod.
-restarts() { kctl get pod "$victim" -o jsonpath='{.status.containerStatuses[0].restartCount}'; }
+# The server container's status (the pod also runs the room service).
+SERVER_STATUS='.status.containerStatuses[?(@.name=="server")]'
+restarts() { kctl get pod "$victim" -o jsonpath="{$SERVER_STATUS.restartCount}"; }
 restarts_before=$(restarts)
 container=$(docker ps -q --filter "label=io.kubernetes.pod.name=$victim" --filter "label=io.kubernetes.container.name=server")
 [ -n "$container" ] || fail "no running server container of $victim in Docker"
@@ -164,7 +173,7 @@ docker kill "$container" >/dev/null
 wait_for "the killed owner's sessions to drop" 20 sessions_up_below "$progress" 200
 restarted_running() {
   [ "$(restarts)" -gt "$restarts_before" ] &&
-    [ -n "$(kctl get pod "$victim" -o jsonpath='{.status.containerStatuses[0].state.running.startedAt}')" ]
+    [ -n "$(kctl get pod "$victim" -o jsonpath="{$SERVER_STATUS.state.running.startedAt}")" ]
 }
 wait_for "$victim's server container restarted" 120 restarted_running
 wait_for "every session back up" 60 sessions_up_is "$progress" 200
@@ -172,7 +181,7 @@ kill -TERM "$sessions_pid"
 wait "$sessions_pid" || true # exits 1: the dropped sessions are unexpected closes
 sessions_pid=
 # From the restarted container's start (whole seconds, so up to 1 s more than the real time).
-started_at=$(kctl get pod "$victim" -o jsonpath='{.status.containerStatuses[0].state.running.startedAt}')
+started_at=$(kctl get pod "$victim" -o jsonpath="{$SERVER_STATUS.state.running.startedAt}")
 sessions_fault_check "$WORK/fault-sessions.json" "$progress" "$(($(date -d "$started_at" +%s) * 1000))" "$owned" \
   target/bench/faults/sessions_restart_k8s.json 15000
 # The pod deleted (it left, handing off), then its container killed (it came back empty and
@@ -180,6 +189,7 @@ sessions_fault_check "$WORK/fault-sessions.json" "$progress" "$(($(date -d "$sta
 "$CLIENT" audit --operator-url "http://$(envoy_pod_ip):9903" --ids "$WORK/crash-ids.txt" --within-seconds 30 >"$WORK/audit-crash.txt" 2>&1 ||
   fail "registrations after the pod's deletion and its container's crash" "0 lost, 0 duplicated, 0 misplaced, every replica on its backup" "$(cat "$WORK/audit-crash.txt")"
 echo "registrations after the deletion and the crash: $(head -n 2 "$WORK/audit-crash.txt" | tr '\n' ' ')"
+rooms_step delete-and-crash
 
 
 # scale_to K: kubectl scale, checked by poc-client scale-step; 2000 more known ids joined before
@@ -211,6 +221,7 @@ scale_to() {
     fail "registrations after scaling to $k" "0 lost, 0 duplicated, 0 misplaced, 0 pending" "$(cat "$WORK/audit${TAG:-}-$k.txt")"
   echo "  registrations: $(head -n 1 "$WORK/audit${TAG:-}-$k.txt"); $(grep -E '^settled' "$WORK/audit${TAG:-}-$k.txt")"
   wait_for "$k server pods Ready" 120 bash -c "[ \"\$(kubectl --server $API -n $NS get statefulset server -o jsonpath='{.status.readyReplicas}')\" = $k ] && [ \"\$(kubectl --server $API -n $NS get pods -l app.kubernetes.io/name=poc-routing-server --no-headers | wc -l)\" = $k ]"
+  rooms_step "scale${TAG:-}-$k"
 }
 
 step "5. kubectl -n $NS scale statefulset/server --replicas=K under steady /join load: 2 -> 3 -> 2"
@@ -327,8 +338,8 @@ wait "$forward_pid" 2>/dev/null || true
 curl -fsS "$URL/where?client_id=probe" >/dev/null || fail "Envoy should keep serving"
 echo "admin refused at $pod_ip:9901 from the node, answered through kubectl port-forward; probe listener: /ready only"
 
-step "7. the Lua flow: kubectl kustomize minikube-lua/ | kubectl apply; verify; 2 -> 3 -> 2 under load"
-"$KUBECTL" kustomize --load-restrictor LoadRestrictionsNone minikube-lua/ |
+step "7. the Lua flow: kubectl kustomize minikube-lua-app/ | kubectl apply; verify; 2 -> 3 -> 2 under load"
+"$KUBECTL" kustomize --load-restrictor LoadRestrictionsNone minikube-lua-app/ |
   "$KUBECTL" --server "$API" apply --server-side -f -
 wait_for "deployment/envoy rolled out with the Lua flow" 180 kctl rollout status deployment/envoy --timeout=5s
 # Every Envoy pod left runs the Lua flow once none of the old ReplicaSet's pods is left.
@@ -355,5 +366,6 @@ wait_for "$victim's server container restarted" 120 restarted_running
 echo "registrations after the crash: $(head -n 2 "$WORK/audit-crash-lua.txt" | tr '\n' ' ')"
 "$CLIENT" verify --url "$URL" --count 1000 --concurrency 16 --json >"$WORK/verify-lua-crash.json" ||
   fail "poc-client verify after the crash, Lua flow" "1000 correct" "$(cat "$WORK/verify-lua-crash.json")"
+rooms_step crash-lua
 
 step "PASS: Kubernetes v1.20.2 cluster"

@@ -202,6 +202,7 @@ pub(crate) async fn start_stack(
             .server_env
             .push(("REPLICATION".into(), replication.into()));
     }
+    config.app = setup.app.map(str::to_owned);
     if let Some(issuer) = jwks {
         std::fs::create_dir_all(&config.run_dir)?;
         std::fs::write(config.run_dir.join(configs::JWKS_FILE), issuer.jwks())?;

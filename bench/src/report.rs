@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::load::{Load, Measured};
 use crate::quality::Row;
-use crate::scenarios::{join_scenario, KEY_ARMS, SCENARIOS};
+use crate::scenarios::{join_scenario, APP_ARM, KEY_ARMS, SCENARIOS};
 use poc_routing_stack::envoy::Flow;
 
 pub type Scenarios = BTreeMap<String, Measured>;
@@ -139,6 +139,7 @@ fn yardstick(name: &str) -> Option<&'static str> {
         "hello_world" => None,
         name if name.starts_with("envoy_native_hash") => None,
         "direct_where" => Some("hello_world"),
+        name if name == APP_ARM.0 => Some(APP_ARM.2),
         name => Some(
             KEY_ARMS
                 .iter()
@@ -385,6 +386,7 @@ pub fn render(dir: &Path, out: &Path) -> Result<()> {
         scenario_table(&report),
         replication_section(&report),
         key_sources_section(&report),
+        app_section(&report),
         targets_section(&report),
         placement_section(&report),
         micro_section(&report),
@@ -501,6 +503,30 @@ fn key_sources_section(report: &Report) -> String {
     }
     if rows == 0 {
         return String::new();
+    }
+    md
+}
+
+/// App mode's path (Envoy, the owner, the application beside it) beside the owner answering
+/// itself on the same route shape and the native peer, from one run.
+fn app_section(report: &Report) -> String {
+    let (app, direct, peer) = APP_ARM;
+    let get = |name: &str| report.scenarios.get(name);
+    let (Some(p), Some(a)) = (get(peer), get(app)) else {
+        return String::new();
+    };
+    let mut md = format!(
+        "\n## App mode (the owner forwards to the application beside it)\n\nThe same path-keyed route shape three ways: `{app}` through the owner to the example room service (which reads the room's state from the state API on each request), `{direct}` answered by the owner itself (`/join`), and `{peer}` (Envoy hashing the path, no owner check).\n\n| scenario | rps | p99 ms | rps / peer | p99 / peer |\n|---|---:|---:|---:|---:|\n"
+    );
+    for (name, s) in [(app, Some(a)), (direct, get(direct)), (peer, Some(p))] {
+        let Some(s) = s else { continue };
+        md += &format!(
+            "| `{name}` | {:.0} | {:.2} | {:.3}× | {:.3}× |\n",
+            s.rps,
+            s.p99_ms,
+            s.rps / p.rps,
+            s.p99_ms / p.p99_ms
+        );
     }
     md
 }

@@ -36,6 +36,8 @@ pub struct Setup {
     /// Envoy verifies JWTs against `jwks.json` in its working directory: the bench makes a
     /// key, writes its JWKS there and signs the scenario's tokens with it.
     pub jwks: bool,
+    /// App mode: the workspace binary started beside every instance (`poc-rooms`).
+    pub app: Option<&'static str>,
 }
 
 impl Setup {
@@ -47,6 +49,7 @@ impl Setup {
             module_placement: false,
             replication: None,
             jwks: false,
+            app: None,
         }
     }
 
@@ -58,6 +61,7 @@ impl Setup {
             module_placement: false,
             replication: None,
             jwks: false,
+            app: None,
         }
     }
 
@@ -167,6 +171,16 @@ pub const SCENARIOS: &[Scenario] = &[
         Setup::shipped(Some(Flow::Module)),
         "/api/join",
         Carry::Header("x-user-id"),
+    ),
+    keyed(
+        "envoy_app_rooms",
+        "GET /rooms/{id}/messages, app mode: the shipped rooms route (module flow, keyed by the path) to the owner, which forwards it to the example room service beside it; the service reads the room's state from the instance's state API",
+        Setup {
+            app: Some("poc-rooms"),
+            ..Setup::shipped(Some(Flow::Module))
+        },
+        "/rooms/{key}/messages",
+        Carry::Path,
     ),
     row(
         "envoy_join_module_sync",
@@ -306,6 +320,14 @@ pub const KEY_ARMS: [(&str, &str, &str); 5] = [
         "envoy_native_hash_jwt",
     ),
 ];
+
+/// App mode's arm, beside the same route shape served by the owner itself (`/join`, keyed by
+/// the path) and the native peer hashing the path: (app arm, direct owner, native peer).
+pub const APP_ARM: (&str, &str, &str) = (
+    "envoy_app_rooms",
+    "envoy_join_module_path",
+    "envoy_native_hash_path",
+);
 
 /// The scenario of a `/join` flow.
 pub fn join_scenario(flow: Flow) -> &'static str {

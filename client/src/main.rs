@@ -80,6 +80,44 @@ enum Command {
     /// reconnect times and time without a session (JSON with --json). Exits 1 unless every
     /// session is up on its owner and none closed unexpectedly.
     Sessions(SessionsArgs),
+    /// The example room service of app mode (examples/rooms) through Envoy: `post` adds
+    /// message ROUND to rooms room-0..room-N-1, each of which must answer on its owner as the
+    /// ROUND-th message; `verify` reads every room, whose history must be exactly messages
+    /// 1..ROUNDS, on its owner. Refusals that forwarded nothing (a room's state on its way) are
+    /// retried for 20 s. Exits 1 unless every room is right.
+    #[command(subcommand)]
+    Rooms(RoomsCommand),
+}
+
+#[derive(Subcommand)]
+enum RoomsCommand {
+    /// Post round ROUND to every room.
+    Post {
+        #[command(flatten)]
+        rooms: RoomsArgs,
+        #[arg(long)]
+        round: u32,
+    },
+    /// Read every room: exactly ROUNDS messages each, on its owner.
+    Verify {
+        #[command(flatten)]
+        rooms: RoomsArgs,
+        #[arg(long)]
+        rounds: u32,
+    },
+}
+
+#[derive(clap::Args)]
+struct RoomsArgs {
+    #[arg(long, default_value = DEFAULT_URL)]
+    url: String,
+    /// How many rooms: room-0 .. room-(N-1).
+    #[arg(long, default_value_t = 100)]
+    rooms: usize,
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -537,5 +575,35 @@ async fn main() -> ExitCode {
         Command::ScaleStep(args) => run_scale_step(args, token).await,
         Command::Audit(args) => run_audit(args, token).await,
         Command::Sessions(args) => run_sessions(args).await,
+        Command::Rooms(command) => run_rooms(command).await,
     }
+}
+
+async fn run_rooms(command: RoomsCommand) -> ExitCode {
+    let (args, report) = match command {
+        RoomsCommand::Post { rooms, round } => {
+            let api = Api::new(&rooms.url);
+            let report =
+                poc_routing_client::rooms::post_round(&api, rooms.rooms, round, rooms.concurrency)
+                    .await;
+            (rooms, report)
+        }
+        RoomsCommand::Verify { rooms, rounds } => {
+            let api = Api::new(&rooms.url);
+            let report = poc_routing_client::rooms::verify_rooms(
+                &api,
+                rooms.rooms,
+                rounds,
+                rooms.concurrency,
+            )
+            .await;
+            (rooms, report)
+        }
+    };
+    if args.json {
+        print_json(&report);
+    } else {
+        print!("{}", report.render());
+    }
+    exit_code(report.all_correct())
 }

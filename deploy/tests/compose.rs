@@ -50,3 +50,32 @@ fn envoy_publishes_its_listeners_and_never_its_admin_interface() {
         "Compose's health check asks the probe listener: {health}"
     );
 }
+
+/// `docker-compose.app.yaml` (app mode) adds to the server service only: the application and
+/// its state API on the container's loopback, and an entrypoint that starts the example room
+/// service there before the server takes its place (so the server gets the SIGTERM). It
+/// publishes nothing.
+#[test]
+fn the_app_file_runs_the_room_service_beside_each_server_on_loopback() {
+    let app: Value = serde_yaml::from_str(&read("docker-compose.app.yaml")).unwrap();
+    let services = app["services"].as_mapping().unwrap();
+    assert_eq!(services.len(), 1, "only the server service changes");
+    let server = &app["services"]["server"];
+    let env = &server["environment"];
+    assert_eq!(env["APP_URL"], "http://127.0.0.1:3000");
+    assert_eq!(env["APP_STATE_ADDR"], "127.0.0.1:8090");
+    let entrypoint: Vec<&str> = server["entrypoint"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let script = entrypoint.last().unwrap();
+    assert!(script.contains("LISTEN=127.0.0.1:3000"), "{script}");
+    assert!(
+        script.contains("STATE_URL=http://127.0.0.1:8090"),
+        "{script}"
+    );
+    assert!(script.ends_with("& exec poc-server"), "{script}");
+    assert!(server["ports"].is_null() && server["expose"].is_null());
+}

@@ -425,3 +425,62 @@ fn the_lua_overlay_changes_only_envoys_config() {
         );
     }
 }
+
+/// `minikube-app/` (app mode) is `minikube/` with the example room service as a second
+/// container of every server pod, hardened like the server, and the server told where it is
+/// (`APP_URL`) and where its state API listens (`APP_STATE_ADDR`, the pod's loopback):
+/// nothing else differs. `minikube-lua-app/` is that in the Lua flow.
+#[test]
+fn the_app_overlay_adds_the_room_service_beside_each_server() {
+    let base = Rendered::new().docs;
+    let app = documents(&kustomize(&repo_root().join("minikube-app")));
+    assert_eq!(base.len(), app.len());
+    let sts = find(&app, "StatefulSet", "server");
+    let server = container(sts, "server");
+    assert_eq!(env(server, "APP_URL"), "http://127.0.0.1:3000");
+    assert_eq!(env(server, "APP_STATE_ADDR"), "127.0.0.1:8090");
+    let rooms = container(sts, "rooms");
+    assert_eq!(rooms["command"][0], "poc-rooms");
+    assert_eq!(
+        rooms["image"], server["image"],
+        "the server image holds poc-rooms"
+    );
+    assert_eq!(env(rooms, "LISTEN"), "127.0.0.1:3000");
+    assert_eq!(env(rooms, "STATE_URL"), "http://127.0.0.1:8090");
+    assert!(
+        rooms["ports"].is_null(),
+        "the application publishes no port: only the pod reaches it"
+    );
+    assert_eq!(rooms["securityContext"], server["securityContext"]);
+    assert!(rooms["resources"]["limits"].is_mapping() && rooms["readinessProbe"].is_mapping());
+    // Without the two variables and the second container, it is minikube/ as it is.
+    let mut stripped = sts.clone();
+    let containers = stripped["spec"]["template"]["spec"]["containers"]
+        .as_sequence_mut()
+        .unwrap();
+    containers.retain(|c| c["name"] != "rooms");
+    containers[0]["env"]
+        .as_sequence_mut()
+        .unwrap()
+        .retain(|e| !e["name"].as_str().unwrap().starts_with("APP_"));
+    assert_eq!(&stripped, find(&base, "StatefulSet", "server"));
+    for (b, a) in base.iter().zip(&app) {
+        if b["kind"] != "StatefulSet" {
+            assert_eq!(b, a);
+        }
+    }
+    // The Lua flow's app overlay: the same, with the Lua flow's ConfigMap.
+    let lua_app = documents(&kustomize(&repo_root().join("minikube-lua-app")));
+    let lua = documents(&kustomize(&repo_root().join("minikube-lua")));
+    assert_eq!(find(&lua_app, "StatefulSet", "server"), sts);
+    assert_eq!(
+        find(&lua_app, "ConfigMap", "envoy-config"),
+        find(&lua, "ConfigMap", "envoy-config")
+    );
+    // And it validates against the schemas.
+    let dir = tempfile_dir("validate-app");
+    let file = dir.join("rendered.yaml");
+    std::fs::write(&file, kustomize(&repo_root().join("minikube-app"))).unwrap();
+    let (ok, text) = validate(&file);
+    assert!(ok, "kubernetes-validate failed:\n{text}");
+}
