@@ -15,7 +15,7 @@ COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
 
 # --- dependencies first (a cached layer), then our code: poc-server, the routing module and the
-# example room service (app mode: docker-compose.app.yaml, minikube/app)
+# example room service (app mode: docker-compose.app.yaml, minikube-app/)
 FROM chef AS builder
 COPY --from=planner /app/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json \

@@ -31,9 +31,9 @@
 #   8. app mode throughout: every server runs the example room service beside it
 #      (docker-compose.app.yaml). After step 1, after every scale step and after the kill/start
 #      cycles, `poc-client rooms` reads every room's history back complete on its owner, posts
-#      one more message to each (on its owner), and reads them again; the audit above finds
-#      each room's record (which carries its history) at its owner once, its replica on its
-#      backup, nowhere else
+#      one more message to each (on its owner), and reads them again; the audits above judge
+#      every registered id, the rooms' records (which carry their histories) included: at
+#      the owner once, the replica on the backup, nowhere else
 # Always tears down (down -v); dumps `compose logs` when a step fails.
 #
 # FLOW=lua runs it all with route A switched to the Lua flow (envoy-lua.yaml, mounted through

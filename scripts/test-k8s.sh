@@ -2,7 +2,8 @@
 # End-to-end test of the Kubernetes deployment on a real, single-node Kubernetes v1.20.2 cluster
 # built from Debian's source package (`make test-k8s`; scripts/k8s/). Steps:
 #   1. build or reuse the cluster binaries and images; start the cluster (scripts/k8s/cluster.sh)
-#   2. apply minikube/ as README says, rendered by kubectl kustomize (server-side apply)
+#   2. apply minikube-app/ (minikube/ with the example room service in every server pod) as
+#      README says, rendered by kubectl kustomize (server-side apply)
 #   3. pods server-0, server-1 and Envoy Ready; poc-client verify --count 1000 through the
 #      NodePort, 100% correct
 #   4. kubectl delete pod server-<owner>: other clients never fail; its own clients are served
@@ -30,8 +31,9 @@
 #      room service as a second container of every server pod. After step 3, after the
 #      deletion and the crash of step 4, after every scale step and after 7b, `poc-client
 #      rooms` reads every room's history back complete on its owner, posts one more message to
-#      each (on its owner), and reads them again; the audits above find each room's record
-#      (which carries its history) at its owner once, its replica on its backup
+#      each (on its owner), and reads them again; the audits above judge every registered id,
+#      the rooms' records (which carry their histories) included: at the owner once, the
+#      replica on the backup
 # Always tears the cluster down (scripts/k8s/cluster.sh down), even on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -583,9 +583,14 @@ async fn run_rooms(command: RoomsCommand) -> ExitCode {
     let (args, report) = match command {
         RoomsCommand::Post { rooms, round } => {
             let api = Api::new(&rooms.url);
-            let report =
-                poc_routing_client::rooms::post_round(&api, rooms.rooms, round, rooms.concurrency)
-                    .await;
+            let report = poc_routing_client::rooms::post_round(
+                &api,
+                rooms.rooms,
+                round,
+                rooms.concurrency,
+                true,
+            )
+            .await;
             (rooms, report)
         }
         RoomsCommand::Verify { rooms, rounds } => {

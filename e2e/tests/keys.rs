@@ -234,9 +234,10 @@ async fn query_and_header_sources_route_to_their_keys_owner_in_the_lua_flow() {
     sessions_on_the_header_route(&stack, "lua").await;
 }
 
-/// The key source a route names is the one `poc-stack` and the module agree on.
+/// The key source a route names is the one `poc-stack` and the module agree on: the shipped
+/// example routes are keyed by a header (`api_join`) and by a path segment (`rooms`, app mode).
 #[test]
-fn the_shipped_example_route_is_keyed_by_a_header() {
+fn the_shipped_example_routes_are_keyed_by_a_header_and_a_path() {
     let mut config: serde_yaml::Value = serde_yaml::from_str(
         &std::fs::read_to_string(envoy::repo_root().join("envoy.yaml")).unwrap(),
     )
@@ -256,6 +257,7 @@ fn the_shipped_example_route_is_keyed_by_a_header() {
         [
             ("join".to_owned(), KeySource::default()),
             ("api_join".to_owned(), KeySource::Header("x-user-id".into())),
+            ("rooms".to_owned(), "path:/rooms/{key}".parse().unwrap()),
         ]
     );
 }

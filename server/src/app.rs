@@ -7,30 +7,40 @@
 //!   the epoch and this instance's index in headers the instance sets itself (`x-poc-key`,
 //!   `x-poc-epoch`, `x-poc-instance`), the body streamed both ways. A WebSocket upgrade is
 //!   relayed message by message, and closed with the moved code when its key moves, as a
-//!   `/join` session is. Anything else is never forwarded: 421 `misdirected` as for a join.
-//!   Unlike a join, a request routed by the previous view is not served during the transition
-//!   window: two owners would then write one key's state at once.
+//!   `/join` session is. Anything else is never forwarded: 421 `misdirected` as for a join;
+//!   a request without a key is 404. Unlike a join, a request routed by the previous view is
+//!   not served during the transition window: two owners would then write one key's state.
 //! - **The application's answers** reach the client as they are. A dead or hung application
-//!   gives 502 `app_unavailable` or 504 `app_timeout`, naming `APP_URL`.
+//!   gives 502 `app_unavailable` or 504 `app_timeout`, naming `APP_URL` (the time-out covers
+//!   the answer's headers; a body then streams for as long as the application sends it).
 //! - **State follows the key** ([`state_router`]). The application keeps per-key state through
 //!   the state API on a loopback listener (`APP_STATE_ADDR`): `GET`, `PUT` and `DELETE
-//!   /state/{key}`. The state is a field of the key's registration ([`KeyState`]), so the
-//!   hand-off, the replicas and the restart's recovery carry it exactly as they carry the
-//!   record of joins, and the merge keeps the newer version whatever order copies arrive in.
+//!   /state/{key}`. The state is a field of the key's registration ([`KeyState`]), made by the
+//!   application's first write (a request alone makes none, so made-up keys evict nobody's
+//!   state), and the hand-off, the replicas and the restart's recovery carry it as they carry
+//!   the record of joins. Copies merge by version, and a version is the later of the one
+//!   replaced plus one and the writer's clock, so a late copy never overwrites a newer write.
 //!   A write waits for the key's backup to acknowledge it (at most
 //!   [`crate::replicas::SYNC_WAIT`]) and says whether it did.
-//! - **Before the application reads a key** that this instance holds no record of
-//!   ([`ensure_here`]): the replica held here is promoted if there is one, and while the
-//!   previous view's window lasts, the key's previous owner is asked for its record
-//!   (`POST /peer/release`), which it gives up. Until that is done (the previous owner does
-//!   not hold the new view yet, or this instance restarted and is reading its records back)
-//!   the request is refused with 503 `state_unavailable`, nothing forwarded.
+//! - **Before the application reads or writes a key** after a view change ([`ensure_here`],
+//!   once per key and change, one request at a time per key): the key's owners under the views
+//!   still inside their transition window are asked for a copy of their record (`POST
+//!   /peer/release`; each keeps it until its hand-off is acknowledged), and the replica held
+//!   here is promoted. Until that is done (a recent owner does not hold this view yet, or this
+//!   instance restarted and is reading its records back) the request is refused with 503
+//!   `state_unavailable`, nothing forwarded. A write checks ownership and is applied under the
+//!   lock that `/peer/release` copies under, so a copy given away holds every accepted write.
 //! - **Ownership events** (`GET /events`, newline-delimited JSON): the keys held when the
 //!   application connects, then the keys that arrive and leave ([`crate::ownership`]).
+//!
+//! Limits: a record whose hand-off is still pending when the window has passed (its old owner
+//! alive but unreachable for that long) is merged when it arrives, by version; an owner and its
+//! backup lost together lose their keys' state.
 //!
 //! The built-in application, `/join`, is the same mechanism without an application: its
 //! registration is the record every key has, which an application's state rides on.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,7 +66,7 @@ use tokio_tungstenite::tungstenite;
 
 use crate::config::AppSettings;
 use crate::error::ApiError;
-use crate::routes::{admit_key, misdirected, record, routed_epoch};
+use crate::routes::{admit_key, misdirected, routed_epoch};
 use crate::{wall_us, AppState};
 
 /// The largest WebSocket message relayed either way: bounded, as every size a client
@@ -73,16 +83,61 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct App {
     pub settings: AppSettings,
     client: Client<HttpConnector, Body>,
+    settled: Settled,
+    /// Held while a state write checks that this instance owns its key and writes it, and
+    /// while `/peer/release` checks that it does not and copies the record: a copy given to
+    /// the new owner holds every write this instance accepted.
+    ownership: std::sync::Mutex<()>,
+}
+
+/// Which keys' records are known to be here (or nowhere else) since which view change (its
+/// moment: an epoch comes back whenever the same members do, so it cannot tell two changes
+/// apart), so that [`ensure_here`] asks their recent owners once per key and change; and one
+/// asker at a time per key.
+struct Settled {
+    done: std::sync::Mutex<lru::LruCache<String, Option<Instant>>>,
+    busy: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Settled {
+    fn new(capacity: usize) -> Self {
+        let capacity = std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN);
+        Self {
+            done: std::sync::Mutex::new(lru::LruCache::new(capacity)),
+            busy: std::sync::Mutex::default(),
+        }
+    }
+
+    fn is(&self, key: &str, change: Option<Instant>) -> bool {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        done.get(key) == Some(&change)
+    }
+
+    fn mark(&self, key: &str, change: Option<Instant>) {
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        done.put(key.to_owned(), change);
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        busy.remove(key);
+    }
+
+    /// The lock one request holds while it settles `key`.
+    fn gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        busy.entry(key.to_owned()).or_default().clone()
+    }
 }
 
 impl App {
-    pub fn new(settings: AppSettings) -> Self {
+    /// `capacity`: the keys whose settled view is remembered (`REGISTRY_CAPACITY`).
+    pub fn new(settings: AppSettings, capacity: usize) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         Self {
             settings,
             client: Client::builder(TokioExecutor::new()).build(connector),
+            settled: Settled::new(capacity),
+            ownership: std::sync::Mutex::new(()),
         }
     }
 
@@ -139,18 +194,14 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The key of a request routed to the application: the one the routing filter put in
 /// [`KEY_HEADER`] (a direct call sets it itself; ownership is judged for it all the same).
-fn routed_key(headers: &HeaderMap) -> Result<ClientId, ApiError> {
-    let source = || KeySource::Header(KEY_HEADER.into());
+/// `None` without one: not a key's request.
+fn routed_key(headers: &HeaderMap) -> Result<Option<ClientId>, ApiError> {
     let mut values = headers.get_all(KEY_HEADER).iter();
     match (values.next(), values.next()) {
-        (Some(v), None) => Ok(key_from_header(v.as_bytes())?),
-        (None, _) => Err(poc_routing_placement::KeyError {
-            source: source(),
-            error: poc_routing_placement::IdError::Missing,
-        }
-        .into()),
+        (None, _) => Ok(None),
+        (Some(v), None) => Ok(Some(key_from_header(v.as_bytes())?)),
         (Some(_), Some(_)) => Err(poc_routing_placement::KeyError {
-            source: source(),
+            source: KeySource::Header(KEY_HEADER.into()),
             error: poc_routing_placement::IdError::Duplicate,
         }
         .into()),
@@ -171,9 +222,17 @@ pub async fn forward(
         )));
     };
     let (mut parts, body) = request.into_parts();
-    let id = routed_key(&parts.headers)?;
+    // Without a key (a path no affinity route sent, or the operator listener's, which removes
+    // the header): a path this instance does not serve, as without an application.
+    let Some(id) = routed_key(&parts.headers)? else {
+        return Err(ApiError::NotFound(format!(
+            "{} {} (app mode forwards the requests an affinity route sends with their key in {KEY_HEADER})",
+            parts.method,
+            parts.uri.path()
+        )));
+    };
     let routed = routed_epoch(&parts.headers)?;
-    let (instance, under, placement) = admit_key(&state, &id, routed).await?;
+    let (instance, under, _) = admit_key(&state, &id, routed).await?;
     let current = state.membership.current().ok_or(ApiError::NotReady)?;
     if under == ServedUnder::Previous && current.index(&id)? != instance {
         // Owned here under the previous view only: its new owner may be serving it already.
@@ -181,10 +240,8 @@ pub async fn forward(
         return Err(misdirected(&state, &id, instance, owner, routed));
     }
     ensure_here(&state, &id, instance).await?;
-    record(&state, &id, instance, ServedUnder::Current, &placement);
-    if let Some(replicas) = &state.replicas {
-        replicas.changed([id.as_str().to_owned()]);
-    }
+    // No registration is made for a request: a key's record here is its application state,
+    // made by the application's first write, so a client's made-up keys evict nobody's state.
     let wants_upgrade = parts.headers.contains_key(header::UPGRADE);
     let upgrade = if wants_upgrade {
         Some(
@@ -203,6 +260,8 @@ pub async fn forward(
         (INSTANCE_HEADER, instance.to_string()),
     ];
     for (name, value) in stamp {
+        // Whatever a client sent under these names goes, whether or not a value is set.
+        headers.remove(name);
         if let Ok(value) = HeaderValue::try_from(value) {
             headers.insert(name, value);
         }
@@ -238,6 +297,9 @@ async fn relay_session(
     path: &str,
 ) -> Result<Response, ApiError> {
     use tungstenite::client::IntoClientRequest;
+    // A place among MAX_SESSIONS first: a refused session opens nothing on the application.
+    let permit = crate::sessions::Permit::take(&state.session_count, state.max_sessions)
+        .ok_or(ApiError::TooManySessions(state.max_sessions))?;
     let mut request = format!("ws://{}{path}", app.settings.url)
         .into_client_request()
         .map_err(|e| app.unavailable(e))?;
@@ -260,7 +322,8 @@ async fn relay_session(
         Ok(connected) => connected,
         // The application answered the upgrade with something else: that answer, as it is.
         Err(tungstenite::Error::Http(refused)) => {
-            let (parts, body) = refused.into_parts();
+            let (mut parts, body) = refused.into_parts();
+            remove_hop_by_hop(&mut parts.headers);
             return Ok(Response::from_parts(
                 parts,
                 Body::from(body.unwrap_or_default()),
@@ -268,8 +331,6 @@ async fn relay_session(
         }
         Err(e) => return Err(app.unavailable(causes(&e))),
     };
-    let permit = crate::sessions::Permit::take(&state.session_count, state.max_sessions)
-        .ok_or(ApiError::TooManySessions(state.max_sessions))?;
     let mut upgrade = upgrade
         .max_message_size(MAX_RELAYED_MESSAGE_BYTES)
         .max_frame_size(MAX_RELAYED_MESSAGE_BYTES);
@@ -396,32 +457,43 @@ fn to_client(m: tungstenite::Message) -> Option<Message> {
 }
 
 /// Makes sure the record of `id`, which instance `me` owns now, is here before the
-/// application reads or writes it: held already; or the replica held here, promoted; and,
-/// while the previous view's window lasts, whatever the key's previous owner holds, which it
-/// gives up (`POST /peer/release`). Refused with `state_unavailable` while that cannot be
-/// known.
+/// application reads or writes it: the key's owners under the views still inside the
+/// transition window are asked for their copy (`POST /peer/release`), and the replica held
+/// here (this instance was the key's backup) is promoted; the copies merge by version. Done
+/// once per key and view, one request at a time per key. Refused with `state_unavailable`
+/// (nothing forwarded) while a recent owner that is still a member does not answer or does not
+/// hold this view yet, and while a restarted instance reads its records back.
 pub async fn ensure_here(state: &AppState, id: &ClientId, me: u64) -> Result<(), ApiError> {
     let key = id.as_str();
-    if state.registry.contains(key) {
-        return Ok(());
-    }
-    let (Some(handoffs), Some(discovery)) = (&state.handoffs, &state.discovery) else {
+    let (Some(app), Some(handoffs), Some(discovery)) =
+        (&state.app, &state.handoffs, &state.discovery)
+    else {
         // A fixed member set: keys never move.
         return Ok(());
     };
-    if let Some(replicas) = &state.replicas {
-        if replicas.recovering() {
-            return Err(ApiError::StateUnavailable(
-                "this instance started again and is reading back its records from their replicas"
-                    .into(),
-            ));
-        }
-        replicas.promote(key);
+    // Read before the views: a change in between makes the next request settle again.
+    let change = state.membership.changed_at();
+    if app.settled.is(key, change) {
+        return Ok(());
+    }
+    let gate = app.settled.gate(key);
+    let _settling = gate.lock().await;
+    if app.settled.is(key, change) {
+        return Ok(());
+    }
+    let views = state.membership.views();
+    if views.current.is_none() {
+        return Err(ApiError::NotReady);
+    }
+    if state.replicas.as_ref().is_some_and(|r| r.recovering()) {
+        return Err(ApiError::StateUnavailable(
+            "this instance started again and is reading back its records from their replicas"
+                .into(),
+        ));
     }
     // Every owner of the key under a view still inside its window: several instances
     // joining or leaving together make several views in a row, and the record may be with
     // the owner of any of them (its hand-off not delivered yet).
-    let views = state.membership.views();
     let now = Instant::now();
     let mut holders: Vec<u64> = Vec::new();
     for (view, until) in &views.recent {
@@ -437,6 +509,10 @@ pub async fn ensure_here(state: &AppState, id: &ClientId, me: u64) -> Result<(),
     for holder in holders {
         take_from(state, handoffs, discovery, &views, holder, me, key).await?;
     }
+    if let Some(replicas) = &state.replicas {
+        replicas.promote(key);
+    }
+    app.settled.mark(key, change);
     Ok(())
 }
 
@@ -468,8 +544,8 @@ async fn take_from(
             }
             Ok(())
         }
-        Err(ReleaseError::StillOwner) => Err(ApiError::StateUnavailable(format!(
-            "instance {holder}, its owner under a recent view, does not hold the new view yet"
+        Err(ReleaseError::ViewsDisagree) => Err(ApiError::StateUnavailable(format!(
+            "instance {holder}, its owner under a recent view, does not hold this instance's view yet"
         ))),
         Err(ReleaseError::Failed(why)) if still_member => Err(ApiError::StateUnavailable(format!(
             "instance {holder}, its owner under a recent view, did not give its record: {why}"
@@ -482,7 +558,8 @@ async fn take_from(
 }
 
 enum ReleaseError {
-    StillOwner,
+    /// The holder's view is not this instance's yet (409 `still_owner` or `not_your_key`).
+    ViewsDisagree,
     Failed(String),
 }
 
@@ -511,20 +588,20 @@ async fn release(
             }
             Ok(answer.registrations)
         }
-        Err(e) => {
-            let text = e.to_string();
-            if text.contains("still_owner") {
-                Err(ReleaseError::StillOwner)
-            } else {
-                Err(ReleaseError::Failed(text))
-            }
+        // 409: `still_owner` or `not_your_key`, the only conflicts the endpoint answers.
+        Err(poc_routing_peer::PeerError::Http(e))
+            if e.status() == Some(axum::http::StatusCode::CONFLICT) =>
+        {
+            Err(ReleaseError::ViewsDisagree)
         }
+        Err(e) => Err(ReleaseError::Failed(e.to_string())),
     }
 }
 
-/// `POST /peer/release` (peer listener): the current owner of a key asks for the record this
-/// instance holds of it. Refused while this instance still owns the key under its own view
-/// (409 `still_owner`): the two views disagree, and the asker retries.
+/// `POST /peer/release` (peer listener): the current owner of a key asks for a copy of the
+/// record this instance holds of it. Refused unless the asker owns the key under this instance's view
+/// (409 `still_owner` while this instance does, 409 `not_your_key` while a third does): the
+/// two views disagree, and the asker retries.
 pub async fn peer_release(
     State(state): State<Arc<AppState>>,
     axum::extract::ConnectInfo(poc_routing_peer::PeerAddr(sender)): axum::extract::ConnectInfo<
@@ -541,23 +618,34 @@ pub async fn peer_release(
     handoffs.admit_sender(release.from, sender.ip())?;
     let id = ClientId::try_from(release.key.as_str())?;
     let me = state.identity.get().ok_or(ApiError::IdentityUnknown)?;
+    let _no_write_meanwhile = state
+        .app
+        .as_ref()
+        .map(|app| app.ownership.lock().unwrap_or_else(|e| e.into_inner()));
     let current = state.membership.current().ok_or(ApiError::NotReady)?;
-    if current.index(&id)? == me {
+    let owner = current.index(&id)?;
+    if owner == me {
         return Err(ApiError::StillOwner(me));
     }
-    let taken = state.registry.take(id.as_str());
-    if taken.is_some() {
-        handoffs.events.left(
-            vec![id.as_str().to_owned()],
-            Some(current.epoch().to_string()),
-        );
-        // Its sessions, if any, are closed as moved by the next pass.
+    if owner != release.from {
+        // The asker is ahead of this view or behind it: the record stays until they agree.
+        return Err(ApiError::NotYourKey {
+            from: release.from,
+            owner,
+        });
+    }
+    // A copy: the record stays here until the hand-off delivers it and the owner acknowledges
+    // it, as every record does, so an answer lost on the way loses nothing. This instance
+    // writes it no more (it owns the key under no view it serves the application by), and the
+    // owner's newer writes win the merge when the hand-off arrives.
+    let record = state.registry.get(id.as_str());
+    if record.is_some() {
         handoffs.wake();
     }
     Ok(Json(HandOff {
         from: me,
         epoch: current.epoch().to_string(),
-        registrations: taken.into_iter().collect(),
+        registrations: record.into_iter().collect(),
     }))
 }
 
@@ -666,13 +754,26 @@ async fn write(
 ) -> Result<Response, ApiError> {
     let expected = if_match(headers)?;
     let (id, me) = state_key(state, uri).await?;
-    let (version, evicted) = state
-        .registry
-        .write_state(id.as_str(), me, wall_us(), expected, value)
-        .map_err(|held| ApiError::VersionMismatch {
-            key: id.as_str().to_owned(),
-            version: held,
-        })?;
+    // Owned here still, checked again with no wait before the write (the view may have
+    // changed while the record was being settled), and no copy given away meanwhile.
+    let written = {
+        let _no_copy_meanwhile = state
+            .app
+            .as_ref()
+            .map(|app| app.ownership.lock().unwrap_or_else(|e| e.into_inner()));
+        let current = state.membership.current().ok_or(ApiError::NotReady)?;
+        let owner = current.index(&id)?;
+        if owner != me {
+            return Err(misdirected(state, &id, me, owner, None));
+        }
+        state
+            .registry
+            .write_state(id.as_str(), me, wall_us(), expected, value)
+    };
+    let (version, evicted) = written.map_err(|held| ApiError::VersionMismatch {
+        key: id.as_str().to_owned(),
+        version: held,
+    })?;
     if let (Some(evicted), Some(handoffs)) = (evicted, &state.handoffs) {
         handoffs.evicted(&[evicted], "writing a key's state");
     }
@@ -777,11 +878,11 @@ mod tests {
     }
 
     #[test]
-    fn the_routed_key_is_required_once() {
+    fn the_routed_key_is_taken_once() {
         let mut h = HeaderMap::new();
-        assert_eq!(routed_key(&h).unwrap_err().code(), "missing_client_id");
+        assert!(routed_key(&h).unwrap().is_none(), "not a key's request");
         h.append(KEY_HEADER, HeaderValue::from_static("room%201"));
-        assert_eq!(routed_key(&h).unwrap().as_str(), "room 1");
+        assert_eq!(routed_key(&h).unwrap().unwrap().as_str(), "room 1");
         h.append(KEY_HEADER, HeaderValue::from_static("other"));
         assert_eq!(routed_key(&h).unwrap_err().code(), "duplicate_client_id");
     }

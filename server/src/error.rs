@@ -86,6 +86,9 @@ pub enum ApiError {
     /// A peer asked for the record of a key this instance still owns under its own view.
     #[error("instance {0} still owns this key under its current view; ask again once it holds the new one")]
     StillOwner(u64),
+    /// A peer asked for the record of a key that a third instance owns under this one's view.
+    #[error("instance {from} asked for a key that instance {owner} owns under this instance's view; ask again once the views agree")]
+    NotYourKey { from: u64, owner: u64 },
 }
 
 /// The machine code of an error response, stored in the response's extensions.
@@ -113,7 +116,7 @@ impl ApiError {
             ApiError::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             ApiError::NoState { .. } => StatusCode::NOT_FOUND,
             ApiError::StateTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::StillOwner(_) => StatusCode::CONFLICT,
+            ApiError::StillOwner(_) | ApiError::NotYourKey { .. } => StatusCode::CONFLICT,
         }
     }
 
@@ -141,6 +144,7 @@ impl ApiError {
             ApiError::NoState { .. } => "no_state",
             ApiError::StateTooLarge(_) => "state_too_large",
             ApiError::StillOwner(_) => "still_owner",
+            ApiError::NotYourKey { .. } => "not_your_key",
         }
     }
 }

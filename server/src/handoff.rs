@@ -452,8 +452,11 @@ pub fn validate(handoff: &HandOff, now_us: u64) -> Result<(), String> {
                 .is_some_and(|v| v.len() > MAX_STATE_BYTES)
             {
                 Some(format!("an application state over {MAX_STATE_BYTES} bytes"))
-            } else if state.written_us > horizon || state.version == 0 {
-                Some("an application state of version 0 or written ahead of the clock".to_owned())
+            } else if state.written_us > horizon || state.version == 0 || state.version > horizon {
+                Some(
+                    "an application state of version 0, or versioned or written ahead of the clock"
+                        .to_owned(),
+                )
             } else {
                 None
             }

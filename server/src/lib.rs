@@ -485,7 +485,10 @@ fn app_mode(
             ))
         })?;
     tracing::info!(app = %settings.url(), state_api = %settings.state_addr, "app mode");
-    state.app = Some(Arc::new(app::App::new(settings.clone())));
+    state.app = Some(Arc::new(app::App::new(
+        settings.clone(),
+        state.registry.capacity(),
+    )));
     Ok(Some(listener))
 }
 

@@ -2,13 +2,16 @@
 //! the application to warm or drop what it caches (`GET /events` on the state listener).
 //!
 //! A key *arrives* when its record comes here for this instance to own it: a hand-off from its
-//! previous owner, a record released to this instance on first use (`/peer/release`), a
-//! replica promoted after its owner was removed, or a record recovered after a restart. It
-//! *leaves* when its new owner acknowledged or took the record. A key first used here (no
-//! record anywhere) arrives with its first request, which the application sees anyway.
+//! previous owner, a copy taken from a recent owner on first use after a view change
+//! (`/peer/release`), a replica promoted after its owner was removed, or a record recovered
+//! after a restart. It *leaves* when its new owner acknowledged the hand-off of its record. A
+//! key may be told to arrive more than once (a copy, then the hand-off of the same record); a
+//! key first used here (no record anywhere) arrives with its first request, which the
+//! application sees anyway.
 //!
-//! Events are a broadcast: an application that reads slowly misses the oldest and is told how
-//! many it missed, rather than the instance holding them without bound.
+//! Events are a broadcast: an application that reads too slowly (more than
+//! [`BUFFERED_EVENTS`] behind) is disconnected rather than the instance holding them without
+//! bound, and on connecting again it is told the keys held then.
 
 use poc_routing_wire::{OwnershipChange, OwnershipEvent};
 use tokio::sync::broadcast;

@@ -297,9 +297,10 @@ impl Registry {
     }
 
     /// Writes the application's state of `client_id` (`None`: deletes it) as instance `me` at
-    /// `now_us`, the next version after the one held, if `if_version` (when given) is that
-    /// held version (0: none). The record is made if there is none (`Err` is the held
-    /// version). Returns the version written and the id evicted to make room, if any.
+    /// `now_us`, if `if_version` (when given) is the version held (0: none; `Err` is the held
+    /// version). The version written is the later of the held one plus one and `now_us`. The
+    /// record is made if there is none. Returns the version written and the id evicted to make
+    /// room, if any.
     pub fn write_state(
         &self,
         client_id: &str,
@@ -332,7 +333,10 @@ impl Registry {
             };
             evicted = Self::put(&mut inner, client_id.to_owned(), fresh);
         }
-        let version = held_version + 1;
+        // Newer than the version replaced and than any copy written before now anywhere
+        // (within the clocks' skew): a record made afresh here, before an older copy of the key
+        // arrived, still wins the merge against it.
+        let version = (held_version + 1).max(now_us);
         if let Some(held) = inner.clients.get_mut(client_id) {
             held.registration.state = Some(KeyState {
                 version,
@@ -521,37 +525,42 @@ mod tests {
     fn application_state_keeps_the_newer_copy_in_any_order() {
         let mut tag = tags();
         let owner = Registry::new(10);
+        // A version is the later of the held one plus one and the writer's clock.
         assert_eq!(
             owner.write_state("k", 1, 10, Some(0), Some(b"a".to_vec())),
-            Ok((1, None))
+            Ok((10, None))
         );
         assert_eq!(
             owner.write_state("k", 1, 20, Some(0), Some(b"x".to_vec())),
-            Err(1),
+            Err(10),
             "If-Match 0 on a written key"
         );
         assert_eq!(
-            owner.write_state("k", 1, 20, None, Some(b"b".to_vec())),
-            Ok((2, None))
+            owner.write_state("k", 1, 5, Some(10), Some(b"b".to_vec())),
+            Ok((11, None)),
+            "a clock behind"
         );
         owner.record("k", 1, "e", 25, &mut tag);
-        let v2 = owner.get("k").unwrap();
-        assert_eq!(owner.write_state("k", 1, 30, Some(2), None), Ok((3, None)));
-        let v3 = owner.get("k").unwrap();
+        let v11 = owner.get("k").unwrap();
+        assert_eq!(
+            owner.write_state("k", 1, 30, Some(11), None),
+            Ok((30, None))
+        );
+        let v30 = owner.get("k").unwrap();
         assert_eq!(
             owner.state("k").unwrap().value,
             None,
             "deleted: a tombstone"
         );
         // Copies arriving at another instance, late and out of order.
-        for order in [[&v2, &v3], [&v3, &v2]] {
+        for order in [[&v11, &v30], [&v30, &v11]] {
             let other = Registry::new(10);
             other.merge_in(vec![order[0].clone()]);
             other.merge_in(vec![order[1].clone()]);
             let state = other.state("k").unwrap();
             assert_eq!(
                 (state.version, state.value),
-                (3, None),
+                (30, None),
                 "the tombstone wins"
             );
             assert_eq!(
@@ -560,13 +569,25 @@ mod tests {
                 "the joins merge as before"
             );
         }
-        // Two writes of one version (two owners during a view change): the later one, on
-        // every copy.
+        // A record made afresh (its older copy not here yet) wins against that older copy
+        // when it arrives: its version is the later clock.
+        let fresh = Registry::new(10);
+        assert_eq!(
+            fresh.write_state("k", 2, 40, None, Some(b"new".to_vec())),
+            Ok((40, None))
+        );
+        fresh.merge_in(vec![v11.clone()]);
+        assert_eq!(
+            fresh.state("k").unwrap().value.as_deref(),
+            Some(&b"new"[..])
+        );
+        // Two writes of one version (two clocks that agree to the microsecond): the higher
+        // writer, on every copy.
         let a = Registry::new(10);
         let b = Registry::new(10);
         a.write_state("j", 1, 100, None, Some(b"from 1".to_vec()))
             .unwrap();
-        b.write_state("j", 2, 101, None, Some(b"from 2".to_vec()))
+        b.write_state("j", 2, 100, None, Some(b"from 2".to_vec()))
             .unwrap();
         let (ra, rb) = (a.get("j").unwrap(), b.get("j").unwrap());
         a.merge_in(vec![rb]);
