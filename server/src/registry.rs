@@ -153,21 +153,7 @@ impl Registry {
         new_tag: impl FnOnce() -> u64,
     ) -> Option<String> {
         let mut inner = self.lock();
-        let mut evicted = None;
-        if !inner.clients.contains(client_id) {
-            let fresh = Held {
-                registration: Registration {
-                    client_id: client_id.to_owned(),
-                    first_join_us: now_us,
-                    last_join_us: now_us,
-                    joins: Vec::new(),
-                    served: Vec::new(),
-                    state: None,
-                },
-                own_tag: None,
-            };
-            evicted = Self::put(&mut inner, client_id.to_owned(), fresh);
-        }
+        let evicted = Self::make_if_absent(&mut inner, client_id, now_us);
         let Some(held) = inner.clients.get_mut(client_id) else {
             return evicted;
         };
@@ -205,6 +191,26 @@ impl Registry {
         }
         tidy_served(&mut r.served);
         evicted
+    }
+
+    /// An empty record of `client_id` made at `now_us`, if none is held; returns the id
+    /// evicted for it, counted.
+    fn make_if_absent(inner: &mut Inner, client_id: &str, now_us: u64) -> Option<String> {
+        if inner.clients.contains(client_id) {
+            return None;
+        }
+        let fresh = Held {
+            registration: Registration {
+                client_id: client_id.to_owned(),
+                first_join_us: now_us,
+                last_join_us: now_us,
+                joins: Vec::new(),
+                served: Vec::new(),
+                state: None,
+            },
+            own_tag: None,
+        };
+        Self::put(inner, client_id.to_owned(), fresh)
     }
 
     /// Inserts `held` under `id`; returns the id evicted for it, counted.
@@ -318,21 +324,7 @@ impl Registry {
         if if_version.is_some_and(|v| v != held_version) {
             return Err(held_version);
         }
-        let mut evicted = None;
-        if !inner.clients.contains(client_id) {
-            let fresh = Held {
-                registration: Registration {
-                    client_id: client_id.to_owned(),
-                    first_join_us: now_us,
-                    last_join_us: now_us,
-                    joins: Vec::new(),
-                    served: Vec::new(),
-                    state: None,
-                },
-                own_tag: None,
-            };
-            evicted = Self::put(&mut inner, client_id.to_owned(), fresh);
-        }
+        let evicted = Self::make_if_absent(&mut inner, client_id, now_us);
         // Newer than the version replaced and than any copy written before now anywhere
         // (within the clocks' skew): a record made afresh here, before an older copy of the key
         // arrived, still wins the merge against it.
