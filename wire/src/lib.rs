@@ -177,7 +177,7 @@ pub struct PreviousView {
     pub window_left_ms: u64,
 }
 
-/// What an instance last learnt from one peer's `/placement`.
+/// What an instance last learnt of one peer from the membership gossip (its card).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerView {
     pub instance: u64,
