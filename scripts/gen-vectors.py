@@ -7,7 +7,7 @@
 - placement/tests/data/members.json: owners over member lists with the gaps a scale-down
   leaves, and the epoch of each list (FNV-1a 64 of `mode|prefix|suffix|port|m1,m2,...`).
 
-The rules are written here from their definitions (README, "Placement rules"), so the Rust
+The rules are written here from their definitions (docs/placement.md), so the Rust
 crate, the Lua filter and this script agree only if all three are right. placement.json is the
 project's copy of the shared reference vectors; this script writes it byte for byte.
 

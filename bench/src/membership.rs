@@ -161,10 +161,11 @@ async fn measure(n: u64, idle: Duration) -> Result<Row> {
     })
 }
 
-/// The simulation's default runs (`make bench`): 1,000 instances at 0, 1, 5 and 20% loss, and
-/// 10,000 at 1%. The work of a change grows as N² (every instance's card reaches every other),
-/// so 10,000 takes about 13 GB and, here, most of an hour.
-pub const SIM_RUNS: &[&str] = &["1000@0", "1000@1", "1000@5", "1000@20", "10000@1"];
+/// The simulation's default runs (`make bench`): 1,000 instances at 0, 1, 5 and 20% loss, a
+/// few minutes in all. The work of a change grows as N² (every instance's card reaches every
+/// other), so 10,000 instances (`make bench-sim-10k`, `--sim 10000@1`) take about 13 GB and,
+/// here, most of an hour: a run of its own.
+pub const SIM_RUNS: &[&str] = &["1000@0", "1000@1", "1000@5", "1000@20"];
 
 /// What `docs/BENCHMARKS-membership.json` (and `target/bench/membership.json`) holds. A run
 /// replaces the rows it measured and keeps the others from the last run that measured them,
@@ -436,8 +437,8 @@ fn render(report: &Report, idle: Duration, plot: &Path) -> String {
     }
     if !report.sim.is_empty() {
         out += "## Past one machine: simulation\n\n\
-                The servers' own membership code (`poc_routing_server::node::Node`: gossip, \
-                membership rules, epochs) for every instance in one process, with virtual time \
+                The servers' own membership code (the `poc-routing-membership` crate's `Node`, \
+                through its one entry point: gossip, membership rules, epochs) for every instance in one process, with virtual time \
                 and each message lost at the given rate (`bench/src/sim.rs` says what the \
                 model keeps and leaves out). Idle: requests per member per second over 60 s. \
                 Then one instance joins, one leaves (SIGTERM), one crashes and stays in DNS; \

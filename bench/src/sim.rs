@@ -1,6 +1,7 @@
 //! Membership past one machine, by simulation: N instances' membership code in one process,
-//! the server's own [`Node`] (gossip, membership rules, epochs), driven with virtual time and
-//! lost and delayed messages instead of DNS, HTTP and the wall clock.
+//! the servers' own [`Node`] (gossip, membership rules, epochs) through its one way in,
+//! [`Node::handle`], driven with virtual time and lost and delayed messages instead of DNS, HTTP
+//! and the wall clock: the same digest-then-sync sequence, the same pushes.
 //!
 //! What the model keeps of the real system:
 //! - every round (250 ms, each node with its own phase) a node probes the peers its gossip
@@ -18,14 +19,15 @@
 //! removals (a live member removed as down by anyone).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use poc_routing_membership::{
+    Card, Cards, Change, Effect, Encoding, Input, MemberState, Membership, Message, Node, Now,
+    Probe, Timing,
+};
 use poc_routing_placement::{Epoch, IndexMode, Naming, Placement, PlacementSpec};
-use poc_routing_server::gossip::{Card, Probe};
-use poc_routing_server::membership::{MemberState, Membership, Timing};
-use poc_routing_server::node::Node;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -56,7 +58,7 @@ pub struct Outcome {
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     Round(usize),
-    Push { to: usize, from: usize },
+    Push(usize),
 }
 
 struct SimNode {
@@ -71,8 +73,8 @@ struct Sim {
     nodes: Vec<SimNode>,
     dns: Arc<BTreeSet<u64>>,
     events: BinaryHeap<Reverse<(Duration, u64, Event)>>,
-    /// Cards in flight, by event sequence number.
-    in_flight: std::collections::HashMap<u64, Vec<Arc<Card>>>,
+    /// Pushes in flight, by event sequence number.
+    in_flight: HashMap<u64, Cards>,
     seq: u64,
     loss: f64,
     rng: StdRng,
@@ -115,13 +117,28 @@ impl Sim {
             })
             .collect();
         let mut rng = StdRng::seed_from_u64(seed);
+        let start = Now {
+            instant: base,
+            wall_us: 1,
+        };
+        let nodes = all
+            .iter()
+            .map(|&i| {
+                let membership = Arc::new(Membership::discovered(rule.clone(), timing, None));
+                SimNode {
+                    me: i,
+                    node: Node::seeded(membership, i, dns.clone(), &cards, start, &mut rng),
+                    alive: true,
+                }
+            })
+            .collect();
         let mut sim = Sim {
             base,
             t: Duration::ZERO,
-            nodes: Vec::new(),
-            dns: dns.clone(),
+            nodes,
+            dns,
             events: BinaryHeap::new(),
-            in_flight: Default::default(),
+            in_flight: HashMap::new(),
             seq: 0,
             loss,
             rng: StdRng::seed_from_u64(seed ^ 0x5eed),
@@ -129,31 +146,8 @@ impl Sim {
             false_removals: 0,
             leaving: None,
             timing,
-            rule: rule.clone(),
+            rule,
         };
-        for &i in &all {
-            let membership = Arc::new(Membership::discovered(rule.clone(), timing, None));
-            membership.set_state(MemberState::Member);
-            let mut node = Node::new(membership);
-            node.round(Some(i), dns.clone(), &mut rng);
-            node.receive_cards(Some(i), &cards, base);
-            // Its own card: the same version and content as the one the others hold.
-            node.gossip.set_own(
-                i,
-                MemberState::Member,
-                Some((view.epoch(), &all)),
-                None,
-                &[],
-                1,
-                base,
-            );
-            node.recompute(Some(i), base, 1, &mut rng);
-            sim.nodes.push(SimNode {
-                me: i,
-                node,
-                alive: true,
-            });
-        }
         for k in 0..sim.nodes.len() {
             let phase = Duration::from_micros(rng.gen_range(0..250_000));
             sim.schedule(phase, Event::Round(k));
@@ -161,8 +155,13 @@ impl Sim {
         sim
     }
 
-    fn now(&self) -> Instant {
-        self.base + self.t
+    /// The virtual time: an instant, and a wall clock in µs that starts above the seeded
+    /// cards' versions.
+    fn now(&self) -> Now {
+        Now {
+            instant: self.base + self.t,
+            wall_us: 1 + self.t.as_micros() as u64,
+        }
     }
 
     fn schedule(&mut self, after: Duration, event: Event) -> u64 {
@@ -187,9 +186,12 @@ impl Sim {
             self.t = t;
             match event {
                 Event::Round(k) => self.round(k),
-                Event::Push { to, from } => {
-                    let cards = self.in_flight.remove(&seq).unwrap_or_default();
-                    self.deliver_push(to, from, &cards);
+                Event::Push(to) => {
+                    if let Some(cards) = self.in_flight.remove(&seq) {
+                        if self.nodes[to].alive && !self.lost() {
+                            self.handle(to, Input::Request(Message::Push(cards)));
+                        }
+                    }
                 }
             }
         }
@@ -216,24 +218,12 @@ impl Sim {
         if !self.nodes[k].alive {
             return;
         }
-        let me = self.nodes[k].me;
-        let dns = self.dns.clone();
-        let targets = self.nodes[k].node.round(Some(me), dns, &mut self.rng);
-        for target in targets {
-            let Some(j) = self.position(target) else {
-                continue;
-            };
-            let probe = if self.probe(k, j) {
-                Probe::Answered
-            } else {
-                Probe::Unanswered
-            };
-            let now = self.now();
-            self.nodes[k].node.probed(target, probe, now);
-        }
-        if self.nodes[k].node.needs_recompute(Some(me), self.now()) {
-            self.recompute(k);
-        }
+        let input = Input::Round {
+            me: Some(self.nodes[k].me),
+            found: self.dns.clone(),
+            force_sync: false,
+        };
+        self.handle(k, input);
         self.schedule(self.timing.probe_interval, Event::Round(k));
     }
 
@@ -243,77 +233,69 @@ impl Sim {
         (self.nodes.get(k)?.me == instance).then_some(k)
     }
 
-    /// One probe of `j` by `k`: digest both ways, then a swap of cards if they differ.
-    fn probe(&mut self, k: usize, j: usize) -> bool {
-        self.messages += 1;
-        if !self.nodes[j].alive || self.lost() || self.lost() {
-            return false;
-        }
-        if self.nodes[k].node.gossip.digest() == self.nodes[j].node.gossip.digest() {
-            return true;
-        }
-        self.messages += 1;
-        if self.lost() {
-            return false;
-        }
+    /// Hands `input` to node `k` (its one way in) and carries out what it asks; returns its
+    /// reply, if the input was a request.
+    fn handle(&mut self, k: usize, input: Input) -> Option<Message> {
         let now = self.now();
-        let mine = self.nodes[k].node.gossip.cards(None);
-        let jme = Some(self.nodes[j].me);
-        if self.nodes[j].node.receive_cards(jme, &mine, now).states {
-            self.recompute(j);
-        }
-        if self.lost() {
-            return false;
-        }
-        let theirs = self.nodes[j].node.gossip.cards(None);
-        let kme = Some(self.nodes[k].me);
-        self.nodes[k].node.receive_cards(kme, &theirs, now);
-        true
-    }
-
-    fn deliver_push(&mut self, to: usize, _from: usize, cards: &[Arc<Card>]) {
-        if !self.nodes[to].alive || self.lost() {
-            return;
-        }
-        let me = Some(self.nodes[to].me);
-        let now = self.now();
-        if self.nodes[to].node.receive_cards(me, cards, now).states {
-            self.recompute(to);
-        }
-    }
-
-    fn recompute(&mut self, k: usize) {
-        let me = self.nodes[k].me;
-        let now = self.now();
-        let wall_us = 1 + self.t.as_micros() as u64;
-        let outcome = self.nodes[k]
-            .node
-            .recompute(Some(me), now, wall_us, &mut self.rng);
-        if let Some(change) = &outcome.change {
-            for removed in &change.removed_as_down {
-                // A leaving instance whose leaving card has not arrived yet is removed here
-                // as down: the right view, reached another way, not a false removal.
-                let live = self.position(*removed).is_some_and(|j| self.nodes[j].alive);
-                if live && Some(*removed) != self.leaving {
-                    if std::env::var_os("SIM_DEBUG").is_some() {
-                        eprintln!(
-                            "t={:?} node {me} removed {removed} as down: {change:?}",
-                            self.t
-                        );
-                    }
-                    self.false_removals += 1;
+        let effects = self.nodes[k].node.handle(input, now, &mut self.rng);
+        let mut reply = None;
+        for effect in effects {
+            match effect {
+                Effect::Send {
+                    to,
+                    message: Message::Push(cards),
+                } => {
+                    let Some(j) = self.position(to) else {
+                        continue;
+                    };
+                    self.messages += 1;
+                    let seq = self.schedule(DELAY, Event::Push(j));
+                    self.in_flight.insert(seq, cards);
                 }
+                Effect::Send { to, message } => self.exchange(k, to, message),
+                Effect::Reply(message) => reply = Some(message),
+                Effect::ViewChanged(change) => self.count_false_removals(k, &change),
+                Effect::BecameMember | Effect::Refused(_) | Effect::Refuting => {}
             }
         }
-        if let Some((_, targets)) = outcome.push {
-            let card = self.nodes[k].node.gossip.cards(Some(me));
-            for target in targets {
-                let Some(j) = self.position(target) else {
-                    continue;
-                };
-                self.messages += 1;
-                let seq = self.schedule(DELAY, Event::Push { to: j, from: k });
-                self.in_flight.insert(seq, card.clone());
+        reply
+    }
+
+    /// A request from node `k` to instance `to` and its answer, each lost at the loss rate,
+    /// as an HTTP request that times out; the answer (or the failure) goes back to `k`.
+    fn exchange(&mut self, k: usize, to: u64, message: Message) {
+        self.messages += 1;
+        let answer = match self.position(to) {
+            Some(j) if self.nodes[j].alive && !self.lost() => self
+                .handle(j, Input::Request(message))
+                .filter(|_| !self.lost()),
+            _ => None,
+        };
+        let input = match answer {
+            Some(message) => Input::Answer { from: to, message },
+            None => Input::Failed {
+                peer: to,
+                probe: Probe::Unanswered,
+            },
+        };
+        self.handle(k, input);
+    }
+
+    /// Counts the live members node `k`'s view change removed as down.
+    fn count_false_removals(&mut self, k: usize, change: &Change) {
+        let me = self.nodes[k].me;
+        for removed in &change.removed_as_down {
+            // A leaving instance whose leaving card has not arrived yet is removed here
+            // as down: the right view, reached another way, not a false removal.
+            let live = self.position(*removed).is_some_and(|j| self.nodes[j].alive);
+            if live && Some(*removed) != self.leaving {
+                if std::env::var_os("SIM_DEBUG").is_some() {
+                    eprintln!(
+                        "t={:?} node {me} removed {removed} as down: {change:?}",
+                        self.t
+                    );
+                }
+                self.false_removals += 1;
             }
         }
     }
@@ -358,7 +340,7 @@ pub fn run(n: u64, loss: f64, seed: u64) -> Outcome {
     let membership = Arc::new(Membership::discovered(sim.rule.clone(), sim.timing, None));
     sim.nodes.push(SimNode {
         me: new,
-        node: Node::new(membership),
+        node: Node::new(membership, Encoding::Shared),
         alive: true,
     });
     sim.dns = Arc::new(sim.dns.iter().copied().chain([new]).collect());
@@ -367,13 +349,12 @@ pub fn run(n: u64, loss: f64, seed: u64) -> Outcome {
     let epoch = sim.expected_epoch(&[]);
     let join = sim.run_until_converged(CONVERGE_WITHIN, |s| s.agree(epoch, &[]));
 
-    // A leave: one member turns leaving (SIGTERM) and computes its view at once, as the
-    // server's leave() does; once every other member dropped it, it exits and DNS forgets it.
+    // A leave: one member turns leaving (SIGTERM) and says so at once, as the server's
+    // leave() does; once every other member dropped it, it exits and DNS forgets it.
     let leaving = 1 + (n / 2);
     let k = sim.position(leaving).expect("the leaving node");
     sim.leaving = Some(leaving);
-    sim.nodes[k].node.membership.set_state(MemberState::Leaving);
-    sim.recompute(k);
+    sim.handle(k, Input::Leave);
     let epoch = sim.expected_epoch(&[leaving]);
     let leave = sim.run_until_converged(CONVERGE_WITHIN, |s| s.agree(epoch, &[leaving]));
     sim.nodes[k].alive = false;
@@ -402,12 +383,12 @@ pub fn run(n: u64, loss: f64, seed: u64) -> Outcome {
 mod tests {
     use super::*;
 
-    /// The simulation at a size CI runs in seconds: the membership code converges after a
-    /// join, a leave and a crash, removes no live member under 5% loss, and sends about one
-    /// probe per member per round while idle.
+    /// The simulation at a size `cargo test` runs in seconds: the servers' membership code,
+    /// through its one entry point, converges after a join, a leave and a crash, removes no
+    /// live member under 5% loss, and sends about one probe per member per round while idle.
     #[test]
-    fn forty_members_converge_after_join_leave_and_crash_with_no_false_removal() {
-        let o = run(40, 0.05, 7);
+    fn fifty_members_converge_after_join_leave_and_crash_with_no_false_removal() {
+        let o = run(50, 0.05, 7);
         assert!(
             (4.0..5.0).contains(&o.idle_messages_per_member_s),
             "EXPECTED about 4 messages per member per second idle (one probe a round), RECEIVED {o:?}"

@@ -522,7 +522,7 @@ async fn take_from(
     state: &AppState,
     handoffs: &crate::handoff::HandOffs,
     discovery: &crate::discovery::Discovery,
-    views: &crate::membership::Views,
+    views: &poc_routing_membership::Views,
     holder: u64,
     me: u64,
     key: &str,

@@ -14,7 +14,7 @@ use poc_routing_placement::{
 };
 
 use crate::discovery::DnsDiscovery;
-use crate::membership::Timing;
+use poc_routing_membership::Timing;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,6 +52,9 @@ pub struct Config {
     /// `REPLICAS` as given. With discovery on it is only compared with what is deployed.
     pub expected_replicas: Option<u32>,
     pub timing: Timing,
+    /// `HANDOFF_INTERVAL_MS`: the hand-off's pace, how often it looks for registrations whose
+    /// owner is elsewhere (and backs off to once a second while none can be delivered).
+    pub handoff_interval: Duration,
     /// The address to bind, `0.0.0.0` by default.
     pub bind_addr: IpAddr,
     /// `INSTANCE_INDEX`, when the deployment states the identity explicitly.
@@ -185,6 +188,7 @@ impl Config {
             discovery,
             expected_replicas,
             timing: timing(&get)?,
+            handoff_interval: handoff_interval(&get)?,
             bind_addr: parse(
                 "BIND_ADDR",
                 get("BIND_ADDR"),
@@ -382,32 +386,62 @@ fn log_format(get: Get) -> Result<LogFormat, ConfigError> {
     }
 }
 
-/// The membership timers, each in its own variable.
+/// The membership timers, each in its own variable; unset, each keeps [`Timing::default`]'s.
 fn timing(get: Get) -> Result<Timing, ConfigError> {
-    let millis = |var: &'static str, default: u64, min: u64, max: u64| {
+    let defaults = Timing::default();
+    let millis = |var: &'static str, default: Duration, min: u64, max: u64| {
         parse(
             var,
             get(var),
-            default,
+            default.as_millis() as u64,
             &format!("an integer from {min} to {max} (milliseconds)"),
             |v: &u64| (min..=max).contains(v),
         )
         .map(Duration::from_millis)
     };
-    Ok(Timing {
-        probe_interval: millis("PROBE_INTERVAL_MS", 250, 10, 60_000)?,
-        transition_window: millis("TRANSITION_WINDOW_MS", 5_000, 0, 600_000)?,
+    let timing = Timing {
+        probe_interval: millis("PROBE_INTERVAL_MS", defaults.probe_interval, 10, 60_000)?,
+        suspicion: millis("SUSPICION_MS", defaults.suspicion, 0, 600_000)?,
+        transition_window: millis(
+            "TRANSITION_WINDOW_MS",
+            defaults.transition_window,
+            0,
+            600_000,
+        )?,
         down_timeout: Duration::from_secs(parse(
             "DOWN_TIMEOUT_S",
             get("DOWN_TIMEOUT_S"),
-            30,
+            defaults.down_timeout.as_secs(),
             "an integer from 1 to 86400 (seconds)",
             |v: &u64| (1..=86_400).contains(v),
         )?),
-        drain_timeout: millis("DRAIN_TIMEOUT_MS", 7_000, 0, 600_000)?,
-        drain_grace: millis("DRAIN_GRACE_MS", 2_500, 0, 600_000)?,
-        join_settle: millis("JOIN_SETTLE_MS", 2_000, 0, 600_000)?,
-    })
+        drain_timeout: millis("DRAIN_TIMEOUT_MS", defaults.drain_timeout, 0, 600_000)?,
+        drain_grace: millis("DRAIN_GRACE_MS", defaults.drain_grace, 0, 600_000)?,
+        join_settle: millis("JOIN_SETTLE_MS", defaults.join_settle, 0, 600_000)?,
+    };
+    if timing.suspicion >= timing.down_timeout {
+        return Err(ConfigError {
+            var: "SUSPICION_MS",
+            value: timing.suspicion.as_millis().to_string(),
+            accepts: format!(
+                "expected less than DOWN_TIMEOUT_S ({} s): suspicion confirms a peer's report before the down timeout would",
+                timing.down_timeout.as_secs()
+            ),
+        });
+    }
+    Ok(timing)
+}
+
+/// `HANDOFF_INTERVAL_MS`: how often the hand-off looks for registrations to send on.
+fn handoff_interval(get: Get) -> Result<Duration, ConfigError> {
+    parse(
+        "HANDOFF_INTERVAL_MS",
+        get("HANDOFF_INTERVAL_MS"),
+        crate::handoff::DEFAULT_INTERVAL.as_millis() as u64,
+        "an integer from 10 to 60000 (milliseconds)",
+        |v: &u64| (10..=60_000).contains(v),
+    )
+    .map(Duration::from_millis)
 }
 
 /// `INDEX_MODE`, `SERVICE_PREFIX`, `SERVICE_SUFFIX`, `PORT` and `INDEX_BASE`: the placement rule.
@@ -634,6 +668,9 @@ mod tests {
             ("DRAIN_TIMEOUT_MS", "-1"),
             ("DRAIN_GRACE_MS", "1e3"),
             ("JOIN_SETTLE_MS", "x"),
+            ("SUSPICION_MS", "soon"),
+            ("SUSPICION_MS", "30000"),
+            ("HANDOFF_INTERVAL_MS", "5"),
             ("INDEX_MODE", "modulo"),
             ("REPLICATION", "quorum"),
             ("INDEX_BASE", "-1"),
@@ -682,6 +719,16 @@ mod tests {
         assert_eq!(d.server, Some("127.0.0.1:5353".parse().unwrap()));
         assert_eq!(c.expected_replicas, Some(4));
         assert_eq!(c.timing.down_timeout, Duration::from_secs(90));
+        // Suspicion and the hand-off's pace are settings of their own, not the probe interval's.
+        let c = config(&[
+            ("PROBE_INTERVAL_MS", "100"),
+            ("SUSPICION_MS", "5000"),
+            ("HANDOFF_INTERVAL_MS", "1000"),
+        ])
+        .unwrap();
+        assert_eq!(c.timing.probe_interval, Duration::from_millis(100));
+        assert_eq!(c.timing.suspicion, Duration::from_secs(5));
+        assert_eq!(c.handoff_interval, Duration::from_secs(1));
         // Discovery off needs the member count: no silent default.
         let err = config(&[("DISCOVERY", "off")]).unwrap_err();
         assert_eq!(err.var, "REPLICAS");

@@ -12,7 +12,7 @@
 //! Answers too large for UDP come over TCP; a truncated answer is an error, never the list.
 //!
 //! What each instance found is joining, a member or leaving, and which view it holds, comes
-//! from the membership gossip ([`crate::gossip`]): one probe per round, cards swapped only when
+//! from the membership gossip ([`poc_routing_membership::gossip`]): one probe per round, cards swapped only when
 //! digests differ, changes pushed. [`Membership::update`] turns that into the view.
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +20,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use hickory_resolver::config::{NameServerConfigGroup, ResolverOpts};
 use hickory_resolver::name_server::{
     GenericConnector, NameServerPool, TokioConnectionProvider, TokioRuntimeProvider,
@@ -32,13 +33,14 @@ use poc_routing_peer::PeerClient;
 use poc_routing_placement::Placement;
 use poc_routing_wire::{PeerDigest, PeerTable};
 
-use crate::gossip::Probe;
 use crate::identity::{own_addresses, Identity, Source};
-use crate::membership::{Change, MemberState, Membership, Peer};
 use crate::metrics::Metrics;
-use crate::node::Node;
 use crate::rounds::Rounds;
 use crate::wall_us;
+use poc_routing_membership::{
+    Cards, Change, Effect, Encoding, Input, MemberState, Membership, Message, Node, Now, Peer,
+    Probe, Refused,
+};
 
 /// How the servers find each other.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,7 +307,7 @@ impl Discovery {
         metrics: Arc<Metrics>,
         peers: PeerClient,
     ) -> Self {
-        let node = Mutex::new(Node::new(Arc::clone(&membership)));
+        let node = Mutex::new(Node::new(Arc::clone(&membership), Encoding::Wire));
         Self {
             finder,
             membership,
@@ -327,19 +329,29 @@ impl Discovery {
     /// start at least 50 ms apart, so however many of these requests come (a forged epoch sent
     /// straight to a server, say), they cost at most 20 extra rounds a second; a request
     /// waits for the next one rather than being refused on an older observation. The round
-    /// swaps cards with its peer whatever the digests say: the news may be on its way.
+    /// swaps cards with its peers whatever the digests say: the news may be on its way.
     ///
     /// Returns whether the cards held here changed meanwhile: whether looking again may help.
     pub async fn refresh(&self) -> bool {
         const MIN_GAP: Duration = Duration::from_millis(50);
-        let before = lock(&self.node).gossip.digest();
+        let before = lock(&self.node).digest();
         self.rounds
             .fresh(Some(MIN_GAP), || self.one_round(true))
             .await;
-        lock(&self.node).gossip.digest() != before
+        lock(&self.node).digest() != before
     }
 
-    /// One round: ask DNS, probe one peer (plus any to check again), and recompute the view.
+    /// Hands `input` to the membership state machine, now.
+    fn handle(&self, input: Input) -> Vec<Effect> {
+        let now = Now {
+            instant: Instant::now(),
+            wall_us: wall_us(),
+        };
+        lock(&self.node).handle(input, now, &mut rand::thread_rng())
+    }
+
+    /// One round: ask DNS, then let the state machine probe (digests, and cards where they
+    /// differ) and compute the view; returns when every probe of the round has ended.
     async fn one_round(&self, force_sync: bool) {
         let candidates = match self.finder.candidates(&self.metrics).await {
             Ok(c) => c,
@@ -352,110 +364,160 @@ impl Discovery {
         let found: BTreeMap<u64, SocketAddr> =
             candidates.iter().map(|c| (c.index, c.addr)).collect();
         self.membership.set_addresses(found.clone());
-        let me = self.identity.get();
-        let targets = {
-            let mut node = lock(&self.node);
-            let mut targets = node.round(
-                me,
-                Arc::new(found.keys().copied().collect()),
-                &mut rand::thread_rng(),
-            );
-            if force_sync {
-                // Looking for a view a peer holds: swap cards with two more, at random.
-                for extra in node.gossip.pick(me, Some(2), &mut rand::thread_rng()) {
-                    if !targets.contains(&extra) {
-                        targets.push(extra);
-                    }
+        *lock(&self.found) = found.clone();
+        let effects = self.handle(Input::Round {
+            me: self.identity.get(),
+            found: Arc::new(found.keys().copied().collect()),
+            force_sync,
+        });
+        self.carry_out(effects).await;
+    }
+
+    /// Carries out what the state machine asked: pushes are sent without waiting, reports are
+    /// logged and counted, and each request is sent and its answer (or its failure) handed
+    /// back, until nothing more is asked. The reply to a peer's request, if any, is returned.
+    fn carry_out(&self, effects: Vec<Effect>) -> BoxFuture<'_, Option<Message>> {
+        let (reply, requests) = self.apply(effects);
+        async move {
+            let exchanges = requests
+                .into_iter()
+                .map(|(to, message)| self.exchange(to, message));
+            futures::future::join_all(exchanges).await;
+            reply
+        }
+        .boxed()
+    }
+
+    /// The part of [`Discovery::carry_out`] that needs no waiting: returns the reply and the
+    /// requests to send.
+    fn apply(&self, effects: Vec<Effect>) -> (Option<Message>, Vec<(u64, Message)>) {
+        let mut reply = None;
+        let mut requests = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Send {
+                    to,
+                    message: Message::Push(Cards::Wire(card)),
+                } => self.push(to, card),
+                Effect::Send { to, message } => requests.push((to, message)),
+                Effect::Reply(message) => reply = Some(message),
+                Effect::ViewChanged(change) => self.report(&change),
+                Effect::BecameMember => {
+                    tracing::info!(instance = self.identity.get(), "member")
+                }
+                Effect::Refused(refused) => self.count_refused(&refused),
+                Effect::Refuting => {
+                    self.metrics.refutations.inc();
+                    tracing::warn!("a card about this instance, newer than its own, arrived; writing a newer one (refutation)");
                 }
             }
-            targets
-        };
-        *lock(&self.found) = found.clone();
-        let probes = targets.iter().filter_map(|i| {
-            let addr = *found.get(i)?;
-            Some(self.probe(Candidate { index: *i, addr }, force_sync))
-        });
-        futures::future::join_all(probes).await;
-        if lock(&self.node).needs_recompute(me, Instant::now()) {
-            self.recompute();
         }
+        (reply, requests)
     }
 
-    /// Probes one peer: its digest, then (if the digests differ, or `force`) a swap of cards.
-    async fn probe(&self, peer: Candidate, force: bool) {
-        let outcome = self.exchange(peer, force).await;
-        let probe = match outcome {
-            Ok(()) => Probe::Answered,
-            Err(ProbeError::Unanswered) => Probe::Unanswered,
-            Err(ProbeError::NotOurs) => Probe::NotOurs,
-            Err(ProbeError::Impostor) => {
-                self.finder.forget(peer.addr.ip());
+    /// Sends one request to a peer and hands its answer (or its failure) back.
+    async fn exchange(&self, to: u64, message: Message) {
+        let input = match self.request(to, message).await {
+            Ok(answer) => Input::Answer {
+                from: to,
+                message: answer,
+            },
+            Err(probe) => Input::Failed { peer: to, probe },
+        };
+        let effects = self.handle(input);
+        self.carry_out(effects).await;
+    }
+
+    /// A digest request or a sync, over the peer plane: the peer's answer as a [`Message`].
+    async fn request(&self, to: u64, message: Message) -> Result<Message, Probe> {
+        let Some(addr) = lock(&self.found).get(&to).copied() else {
+            return Err(Probe::Unanswered);
+        };
+        let outcome = match message {
+            Message::DigestRequest => {
+                self.metrics.sent("digest");
+                let request = self
+                    .peers
+                    .get(addr.ip(), "/peer/digest")
+                    .timeout(PROBE_TIMEOUT);
+                answer_of::<PeerDigest>(request).await.and_then(|d| {
+                    if d.instance.is_some_and(|i| i != to) {
+                        return Err(ProbeError::Impostor);
+                    }
+                    // A digest that is not 16 hex digits is not an answer.
+                    u64::from_str_radix(&d.digest, 16)
+                        .map(Message::Digest)
+                        .map_err(|_| ProbeError::Unanswered)
+                })
+            }
+            Message::Sync(Cards::Wire(table)) => {
+                self.metrics.sent("sync");
+                let request = self
+                    .peers
+                    .post(addr.ip(), "/peer/sync")
+                    .timeout(PROBE_TIMEOUT)
+                    .json(&table);
+                answer_of::<PeerTable>(request).await.and_then(|t| {
+                    if t.from.is_some_and(|i| i != to) {
+                        return Err(ProbeError::Impostor);
+                    }
+                    Ok(Message::Cards(Cards::Wire(t)))
+                })
+            }
+            // Nothing else is asked of a peer over the wire.
+            _ => Err(ProbeError::Unanswered),
+        };
+        outcome.map_err(|e| match e {
+            ProbeError::Unanswered => Probe::Unanswered,
+            ProbeError::NotOurs => Probe::NotOurs,
+            ProbeError::Impostor => {
+                self.finder.forget(addr.ip());
                 Probe::Unanswered
             }
-        };
-        lock(&self.node).probed(peer.index, probe, Instant::now());
+        })
     }
 
-    async fn exchange(&self, peer: Candidate, force: bool) -> Result<(), ProbeError> {
-        let me = self.identity.get();
-        self.metrics.sent("digest");
-        let request = self
-            .peers
-            .get(peer.addr.ip(), "/peer/digest")
-            .timeout(PROBE_TIMEOUT);
-        let answer: PeerDigest = answer_of(request).await?;
-        if answer.instance.is_some_and(|i| i != peer.index) {
-            return Err(ProbeError::Impostor);
-        }
-        // The table is built only when it is sent: most rounds end here.
-        let table = {
-            let node = lock(&self.node);
-            if answer.digest == node.gossip.digest_hex() && !force {
-                return Ok(());
-            }
-            node.gossip.table(me, None, Instant::now())
+    /// Sends this instance's changed card to a peer, without waiting: a lost push is carried
+    /// by the next sync rounds.
+    fn push(&self, to: u64, card: PeerTable) {
+        let Some(addr) = lock(&self.found).get(&to).copied() else {
+            return;
         };
-        self.metrics.sent("sync");
+        self.metrics.sent("push");
         let request = self
             .peers
-            .post(peer.addr.ip(), "/peer/sync")
+            .post(addr.ip(), "/peer/push")
             .timeout(PROBE_TIMEOUT)
-            .json(&table);
-        let theirs: PeerTable = answer_of(request).await?;
-        if theirs.from.is_some_and(|i| i != peer.index) {
-            return Err(ProbeError::Impostor);
-        }
-        let news = lock(&self.node).receive(me, &theirs, Instant::now(), wall_us());
-        self.count_refused(&news);
-        Ok(())
+            .json(&card);
+        tokio::spawn(async move {
+            let _ = request.send().await;
+        });
+    }
+
+    /// A peer's request, handled at once; pushes it causes go out meanwhile.
+    fn answer(&self, request: Message) -> Option<Message> {
+        let (reply, requests) = self.apply(self.handle(Input::Request(request)));
+        debug_assert!(requests.is_empty(), "a request only ever causes pushes");
+        reply
     }
 
     /// A peer's `/peer/sync`: takes its cards, answers with every card held here.
-    pub fn on_sync(&self, table: &PeerTable) -> PeerTable {
-        let me = self.identity.get();
-        let news = lock(&self.node).receive(me, table, Instant::now(), wall_us());
-        self.count_refused(&news);
-        if news.states || news.refute {
-            self.recompute();
+    pub fn on_sync(&self, table: PeerTable) -> PeerTable {
+        match self.answer(Message::Sync(Cards::Wire(table))) {
+            Some(Message::Cards(Cards::Wire(all))) => all,
+            _ => unreachable!("a sync is answered with the cards held (wire encoding)"),
         }
-        lock(&self.node).gossip.table(me, None, Instant::now())
     }
 
     /// A peer's `/peer/push`: takes its cards.
-    pub fn on_push(&self, table: &PeerTable) -> PeerDigest {
-        let me = self.identity.get();
-        let news = lock(&self.node).receive(me, table, Instant::now(), wall_us());
-        self.count_refused(&news);
-        if news.states || news.refute {
-            self.recompute();
-        }
+    pub fn on_push(&self, table: PeerTable) -> PeerDigest {
+        self.answer(Message::Push(Cards::Wire(table)));
         self.digest()
     }
 
-    /// Counts (and logs at debug) what a peer's cards held that was refused or cut, and a
-    /// refutation to come.
-    fn count_refused(&self, news: &crate::gossip::News) {
-        for (reason, n) in news.refused.counts() {
+    /// Counts (and logs at debug) what a peer's cards held that was refused or cut.
+    fn count_refused(&self, refused: &Refused) {
+        for (reason, n) in refused.counts() {
             if n > 0 {
                 self.metrics
                     .peer_refused
@@ -464,17 +526,13 @@ impl Discovery {
                 tracing::debug!(reason, count = n, "peer cards refused or cut");
             }
         }
-        if news.refute {
-            self.metrics.refutations.inc();
-            tracing::warn!("a card about this instance, newer than its own, arrived; writing a newer one (refutation)");
-        }
     }
 
     /// `/peer/digest`: the digest of every card held here.
     pub fn digest(&self) -> PeerDigest {
         PeerDigest {
             instance: self.identity.get(),
-            digest: lock(&self.node).gossip.digest_hex(),
+            digest: format!("{:016x}", lock(&self.node).digest()),
         }
     }
 
@@ -485,53 +543,7 @@ impl Discovery {
 
     /// What this instance sees of each peer now (`/placement`'s `peers`).
     pub fn peer_states(&self) -> Vec<Peer> {
-        lock(&self.node).peers(self.identity.get(), Instant::now())
-    }
-
-    /// Recomputes the view from the cards held ([`Node::recompute`]), reports a change, and
-    /// pushes this instance's card if it changed.
-    fn recompute(&self) {
-        let me = self.identity.get();
-        let now = Instant::now();
-        let (outcome, card) = {
-            let mut node = lock(&self.node);
-            let outcome = node.recompute(me, now, wall_us(), &mut rand::thread_rng());
-            let card = outcome
-                .push
-                .as_ref()
-                .map(|_| node.gossip.table(me, me, now));
-            (outcome, card)
-        };
-        if outcome.became_member {
-            tracing::info!(instance = me, "member");
-        }
-        if let Some(change) = &outcome.change {
-            self.report(change);
-        }
-        let (Some((change, targets)), Some(card)) = (outcome.push, card) else {
-            return;
-        };
-        tracing::debug!(
-            ?change,
-            peers = targets.len(),
-            "pushing this instance's card"
-        );
-        let found = lock(&self.found).clone();
-        for target in targets {
-            let Some(addr) = found.get(&target).copied() else {
-                continue;
-            };
-            self.metrics.sent("push");
-            let request = self
-                .peers
-                .post(addr.ip(), "/peer/push")
-                .timeout(PROBE_TIMEOUT)
-                .json(&card);
-            tokio::spawn(async move {
-                // Best effort: a lost push is carried by the next sync rounds.
-                let _ = request.send().await;
-            });
-        }
+        lock(&self.node).peers(Instant::now())
     }
 
     /// Until this instance knows its index: the one candidate whose address is one of ours.
@@ -595,7 +607,9 @@ impl Discovery {
     /// joins already routed. Returns when the server may stop.
     pub async fn leave(&self) {
         let started = Instant::now();
-        self.membership.set_state(MemberState::Leaving);
+        // Leaving, said to every peer at once.
+        let effects = self.handle(Input::Leave);
+        self.carry_out(effects).await;
         let timing = self.membership.timing;
         let deadline = started + timing.drain_timeout;
         let mut agreed = false;

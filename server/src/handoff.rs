@@ -16,7 +16,8 @@
 //! - **Leaving.** A leaving instance's view no longer has itself, so everything it holds is
 //!   pending; [`HandOffs::drain`] waits for the acknowledgements before it exits, bounded, and
 //!   logs and counts what it could not deliver. An instance removed as down after
-//!   `DOWN_TIMEOUT_S` cannot hand anything off: what it held is lost (README measures it).
+//!   `DOWN_TIMEOUT_S` cannot hand anything off: what it held is lost unless its replica
+//!   holds it (docs/handoff-and-sessions.md).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -32,14 +33,14 @@ use poc_routing_wire::{
 
 use crate::discovery::Discovery;
 use crate::error::ApiError;
-use crate::gossip::MAX_CLOCK_SKEW;
 use crate::identity::Identity;
-use crate::membership::Membership;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::registry::MAX_JOIN_COUNTERS;
 use crate::sessions::Sessions;
 use crate::wall_us;
+use poc_routing_membership::gossip::MAX_CLOCK_SKEW;
+use poc_routing_membership::Membership;
 
 /// The most registrations one `POST /peer/handoff` carries.
 pub const BATCH: usize = 1000;
@@ -75,6 +76,9 @@ pub struct Pass {
     /// Acknowledged by their owner and forgotten here.
     pub delivered: u64,
 }
+
+/// How often the hand-off looks for work, unless `HANDOFF_INTERVAL_MS` says otherwise.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(250);
 
 impl HandOffs {
     pub fn new(
@@ -196,9 +200,9 @@ impl HandOffs {
         );
     }
 
-    /// Runs a pass whenever one may do something, until the process ends.
-    pub async fn run(self: Arc<Self>) {
-        let round = self.membership.timing.probe_interval;
+    /// Runs a pass whenever one may do something, looking every `round`, until the process
+    /// ends.
+    pub async fn run(self: Arc<Self>, round: Duration) {
         // Since when passes have found registrations to hand off but delivered none (an owner
         // that does not hold the view yet, or does not answer), and when the last pass ran.
         let mut fruitless_since: Option<Instant> = None;

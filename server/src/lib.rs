@@ -10,9 +10,10 @@
 //!   behind mutual TLS with the cluster's credential ([`poc_routing_peer`]), and one client
 //!   every peer request goes through ([`poc_routing_peer::PeerClient`]).
 //!
-//! Membership is discovered from the deployment by default ([`discovery`], [`membership`]): the
-//! member list and its epoch follow what is deployed and ready, and a SIGTERM makes the instance
-//! leave the member list before it stops ([`discovery::Discovery::leave`]).
+//! Membership is discovered from the deployment by default: [`discovery`] asks DNS and carries
+//! the peer messages of the membership state machine ([`poc_routing_membership`]); the member
+//! list and its epoch follow what is deployed and ready, and a SIGTERM makes the instance leave
+//! the member list before it stops ([`discovery::Discovery::leave`]).
 //!
 //! The binary is thin: [`Application::build`] binds the listeners from a [`Config`], and [`run`]
 //! serves an already-bound listener until a shutdown future completes, so tests bind port 0.
@@ -23,12 +24,9 @@ pub mod auth;
 pub mod config;
 pub mod discovery;
 pub mod error;
-pub mod gossip;
 pub mod handoff;
 pub mod identity;
-pub mod membership;
 mod metrics;
-pub mod node;
 pub mod ownership;
 pub mod registry;
 pub mod replicas;
@@ -52,7 +50,7 @@ use tokio::net::TcpListener;
 pub use config::{AppSettings, Config, ConfigError, LogFormat, PeerSettings, Replication};
 use discovery::{Discovery, Finder};
 use identity::Identity;
-use membership::Membership;
+use poc_routing_membership::Membership;
 
 /// State shared by every request.
 pub struct AppState {
@@ -334,7 +332,7 @@ impl Application {
             metrics.clone(),
             peers,
         ));
-        tokio::spawn(handoffs.clone().run());
+        tokio::spawn(handoffs.clone().run(config.handoff_interval));
         let replicas = (config.replication != config::Replication::Off).then(|| {
             Arc::new(replicas::Replicas::new(
                 config.replication,

@@ -34,7 +34,7 @@ pub fn method_label(method: &axum::http::Method) -> &'static str {
 
 /// Why the peer plane or a peer message was refused. A fixed set, since a label is a
 /// `&'static str`: the listener's ([`poc_routing_peer::Refused`]), the gossip's
-/// ([`crate::gossip::Refused`]) and the hand-off's (`handoff_not_member`, `handoff_not_sender`,
+/// ([`poc_routing_membership::Refused`]) and the hand-off's (`handoff_not_member`, `handoff_not_sender`,
 /// `handoff_invalid`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {

@@ -28,11 +28,11 @@ use serde::Deserialize;
 use crate::config::Replication;
 use crate::error::{ApiError, ErrorCode};
 use crate::handoff::HandOffs;
-use crate::membership::{MemberState, Refusal};
 use crate::metrics::{CodeLabel, RequestLabels};
 use crate::replicas::Replicas;
 use crate::wall_us;
 use crate::AppState;
+use poc_routing_membership::{MemberState, Refusal};
 
 pub async fn where_(
     State(state): State<Arc<AppState>>,
@@ -531,7 +531,7 @@ pub async fn peer_sync(
     body: Result<Json<PeerTable>, JsonRejection>,
 ) -> Result<Json<PeerTable>, ApiError> {
     let discovery = gossip_of(&state, "POST /peer/sync")?;
-    Ok(Json(discovery.on_sync(&table_from(body)?)))
+    Ok(Json(discovery.on_sync(table_from(body)?)))
 }
 
 /// `POST /peer/push`: takes a peer's changed card.
@@ -540,7 +540,7 @@ pub async fn peer_push(
     body: Result<Json<PeerTable>, JsonRejection>,
 ) -> Result<Json<PeerDigest>, ApiError> {
     let discovery = gossip_of(&state, "POST /peer/push")?;
-    Ok(Json(discovery.on_push(&table_from(body)?)))
+    Ok(Json(discovery.on_push(table_from(body)?)))
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {

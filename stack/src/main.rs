@@ -182,7 +182,7 @@ async fn k8s_dns(listen: SocketAddr, api: &str, domain: &str) -> Result<()> {
     eprintln!("k8s-dns: serving {domain} from {api} on {}", dns.addr());
     tokio::select! {
         result = poc_routing_stack::k8s_dns::follow(&dns, api, domain, Duration::from_millis(300)) => result,
-        () = poc_routing_testkit::shutdown_signal() => Ok(()),
+        () = poc_routing_server::shutdown_signal() => Ok(()),
     }
 }
 
@@ -212,7 +212,7 @@ async fn up(config: StackConfig) -> Result<()> {
     );
     std::fs::write(ready_file(&run_dir), &summary)?;
     print!("{summary}");
-    poc_routing_testkit::shutdown_signal().await;
+    poc_routing_server::shutdown_signal().await;
     drop(stack);
     let _ = std::fs::remove_file(ready_file(&run_dir));
     Ok(())

@@ -5,7 +5,6 @@
 //! - [`workspace_binary`]: a binary this workspace built, found next to the running one.
 //! - [`KillOnDrop`]: a child process that cannot outlive the test that started it.
 //! - [`wait_for`] and [`wait_until_2xx`]: poll until something holds, or fail naming it.
-//! - [`shutdown_signal`]: completes on SIGINT or SIGTERM.
 //! - [`jwt::Issuer`]: an ES256 key, its JWKS and tokens signed with it (the JWT key source).
 
 pub mod jwt;
@@ -146,24 +145,6 @@ pub async fn wait_until_2xx(http: &reqwest::Client, url: &str, timeout: Duration
         matches!(http.get(url).send().await, Ok(r) if r.status().is_success())
     })
     .await
-}
-
-/// Completes on SIGINT (Ctrl-C) or SIGTERM, whichever comes first.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            // Without a SIGTERM handler, Ctrl-C still works.
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = term => {},
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Who the members are, under which epoch, and whether this instance may serve a join.
 //!
 //! The member list is what is deployed and ready, not a constant. Each instance keeps its own
-//! view, built from what discovery ([`crate::discovery`]) observed of its peers:
+//! view, built from what its gossip ([`crate::gossip`]) observed of its peers:
 //!
 //! - a peer that says it is a `member` is one, and one that says it is `leaving` is not;
 //! - a member that can no longer be seen (crashed, restarting, unreachable, or back but still
@@ -171,11 +171,16 @@ impl Views {
     }
 }
 
-/// How long the membership rules wait.
+/// How long the membership rules wait. [`Timing::default`] holds every default, in this one
+/// place; the server's configuration overrides each from its own variable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
-    /// How often peers are probed.
+    /// How often peers are probed: one round.
     pub probe_interval: Duration,
+    /// How long a member must stay unreachable from here before a member peer's view that
+    /// dropped it is followed (SWIM's suspicion, confirmed by this instance's own probes,
+    /// which check it again every round meanwhile). Shorter than `down_timeout`.
+    pub suspicion: Duration,
     /// How long the previous view stays acceptable after a change.
     pub transition_window: Duration,
     /// How long a member that vanished without leaving (a crash) keeps its place.
@@ -193,18 +198,11 @@ pub struct Timing {
     pub join_settle: Duration,
 }
 
-impl Timing {
-    /// How long a member must stay absent from here before a peer's view that dropped it is
-    /// followed: eight probe intervals (2 s by default), each of which probes it again.
-    pub fn suspicion(&self) -> Duration {
-        self.probe_interval * 8
-    }
-}
-
 impl Default for Timing {
     fn default() -> Self {
         Self {
             probe_interval: Duration::from_millis(250),
+            suspicion: Duration::from_secs(2),
             transition_window: Duration::from_secs(5),
             down_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(7),
@@ -551,7 +549,7 @@ impl Membership {
             // confirmed here). A view that merely lacks it says nothing: its writer may not
             // have heard of it yet, as when a hundred instances start together.
             let its_card = observed.get(&index).map_or(0, |p| p.version);
-            let suspected = now.duration_since(since) >= self.timing.suspicion();
+            let suspected = now.duration_since(since) >= self.timing.suspicion;
             let removed_by_a_peer =
                 suspected && removals.get(&index).is_some_and(|v| *v >= its_card);
             if now.duration_since(since) < self.timing.down_timeout && !removed_by_a_peer {
@@ -773,7 +771,7 @@ mod tests {
         // long this instance's own probes fail (short of the down timeout).
         assert_eq!(m.update(Some(1), &[two.clone()], t0), None);
         assert_eq!(
-            m.update(Some(1), &[two.clone()], t0 + timing().suspicion()),
+            m.update(Some(1), &[two.clone()], t0 + timing().suspicion),
             None
         );
         two.removed = Arc::new(vec![(4, 1)]);
@@ -781,15 +779,15 @@ mod tests {
         // Not at once: first this instance's own probes must fail for the suspicion time (they
         // have since the round above).
         let change = m
-            .update(Some(1), &dropped, t0 + timing().suspicion())
+            .update(Some(1), &dropped, t0 + timing().suspicion)
             .unwrap();
         assert_eq!(change.members, vec![1, 2]);
         assert_eq!(change.removed_as_down, vec![4]);
         // This instance's card names the removal now, with the version of 4's card held here
         // (none: DNS no longer names 4), for the down timeout.
-        assert_eq!(m.removals(t0 + timing().suspicion()), [(4, 0)]);
+        assert_eq!(m.removals(t0 + timing().suspicion), [(4, 0)]);
         assert!(m
-            .removals(t0 + timing().suspicion() + timing().down_timeout)
+            .removals(t0 + timing().suspicion + timing().down_timeout)
             .is_empty());
     }
 
@@ -938,7 +936,7 @@ mod tests {
         let mut unreachable = three;
         unreachable.state = None;
         m.update(Some(1), &[two.clone(), unreachable.clone()], t0);
-        let later = t0 + timing().suspicion();
+        let later = t0 + timing().suspicion;
         // 2 removed 3 for an older card of it (version 5): 3 has spoken since. Not followed.
         let mut stale = two.clone();
         stale.members = Arc::new(vec![1, 2]);

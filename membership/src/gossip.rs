@@ -1,6 +1,6 @@
 //! What each instance knows of the others, kept in step at a cost per instance that does not
-//! grow with the number of instances. Pure state, no I/O: [`crate::discovery`] sends and
-//! receives the messages, and a test (or a simulation) can drive it with any clock.
+//! grow with the number of instances. Pure state, no I/O: [`crate::node`] decides what is sent
+//! and taken, its driver carries the messages, and a test (or a simulation) can use any clock.
 //!
 //! Learnt from SWIM (memberlist, Serf), Ringpop and Orleans, and fitted to what this project
 //! already has (DNS names every deployed instance; each instance decides its own view):
