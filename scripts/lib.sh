@@ -20,53 +20,26 @@ wait_for() {
 }
 
 # The WebSocket sessions' fault row (make test-compose, make test-k8s): `poc-client sessions
-# --json --progress-json` holds sessions while an owner is killed and comes back.
+# --json --progress-json` holds sessions while an owner is killed and comes back; `poc-client
+# sessions-progress` reads its progress file, `poc-client sessions-fault` judges the run.
 #
-# sessions_up PROGRESS: how many sessions are up, by the last line of the progress file.
-sessions_up() {
-  tail -n 1 "$1" 2>/dev/null | python3 -c 'import json,sys; print(json.loads(sys.stdin.read() or "{}").get("up", -1))'
-}
-sessions_up_is() { [ "$(sessions_up "$1")" = "$2" ]; }
-sessions_up_below() {
-  local up
-  up=$(sessions_up "$1")
-  [ "$up" -ge 0 ] && [ "$up" -lt "$2" ]
-}
+# sessions_up_is PROGRESS N / sessions_up_below PROGRESS N: exactly N / fewer than N sessions are
+# up, by the last line of the progress file (false while it has none).
+sessions_up_is() { "$CLIENT" sessions-progress "$1" --up "$2"; }
+sessions_up_below() { "$CLIENT" sessions-progress "$1" --up-below "$2"; }
+# sessions_dropped PROGRESS: some session has closed unexpectedly since the run started. The
+# count only grows, so a drop that is over before the next look (a restart faster than the
+# polling) is still seen, as sessions_up_below would not.
+sessions_dropped() { "$CLIENT" sessions-progress "$1" --unexpected-at-least 1; }
 
 # sessions_fault_check REPORT PROGRESS SINCE_MS VICTIM FIGURES LIMIT_MS: once the killed owner
 # (instance VICTIM) is back and the client has stopped: every session is up on its owner; the
 # sessions that broke were all on VICTIM, each broke once, and none was closed as "moved"; and
 # all were up again within LIMIT_MS of SINCE_MS (unix ms, when the owner was started again).
-# Writes the figures to FIGURES.
+# Writes the figures to FIGURES. `poc-client sessions-fault` says what failed.
 sessions_fault_check() {
-  python3 - "$@" <<'EOF'
-import json, sys
-report_file, progress_file, since_ms, victim, figures, limit_ms = sys.argv[1:7]
-since_ms, limit_ms = int(since_ms), int(limit_ms)
-report = json.load(open(report_file))
-n = report["sessions"]
-dropped = report["unexpected_closes"]
-lines = [json.loads(l) for l in open(progress_file) if l.startswith("{")]
-# All up again: the first line with every session up after the first one, once all were up,
-# with some down (the owner may be running again before its clients see their sessions break).
-first_all_up = next((i for i, l in enumerate(lines) if l["up"] == n), len(lines))
-first_down = next((i for i in range(first_all_up, len(lines)) if lines[i]["up"] < n), None)
-back = next((l["unix_ms"] for l in lines[first_down:] if l["up"] == n), None) if first_down else None
-expected = {"up": n, "on_owner": n, "moved": 0, "unexpected_by_instance": {victim: dropped},
-            "most_unexpected_per_session": 1}
-received = {k: report[k] for k in expected}
-if received != expected or not 0 < dropped < n:
-    sys.exit(f"FAIL: sessions through the kill of instance {victim}\nEXPECTED {expected} (0 < {dropped} < {n})\nRECEIVED {received}")
-if back is None or back - since_ms > limit_ms:
-    sys.exit(f"FAIL: the killed owner's sessions back\nEXPECTED within {limit_ms} ms\nRECEIVED {back and back - since_ms} ms")
-back_ms = back - since_ms
-name = figures.rsplit("/", 1)[-1].removesuffix(".json")
-json.dump({"fault": name, "figures": {"sessions": n, "dropped": dropped,
-           "refused_connects": report["refused_connects"], "back_ms": back_ms,
-           "no_session_ms": report["no_session_ms"]}}, open(figures, "w"))
-print(f"{dropped} of {n} sessions dropped with their owner (instance {victim}), each once, no other closed; all back {back_ms} ms after it was started "
-      f"({report['refused_connects']} reconnects refused meanwhile; no session for at most {report['no_session_ms']['max']} ms)")
-EOF
+  "$CLIENT" sessions-fault --report "$1" --progress "$2" --since-ms "$3" --instance "$4" \
+    --figures "$5" --within-ms "$6" || exit 1
 }
 
 # A stranger beside the servers (make test-compose step 6b, make test-k8s step 5b): the server
@@ -76,8 +49,7 @@ EOF
 # exits 1 while a stranger is in DNS (an instance reports it as a peer with no card), so its
 # status is not used here.
 member_lists() {
-  { "$CLIENT" views --url "$1" --json || true; } |
-    python3 -c 'import json,sys; print(sorted(set(tuple(v["members"]) for v in json.load(sys.stdin) if v["members"] is not None)))'
+  "$CLIENT" views --url "$1" --member-lists || true
 }
 
 # stranger_read_nothing REGISTRATIONS STRANGER: REGISTRATIONS is the stranger's own
@@ -85,16 +57,7 @@ member_lists() {
 # over the peer plane). Fails if it holds a single id from another instance, or if no instance
 # was asked; prints how many refused it.
 stranger_read_nothing() {
-  python3 - "$1" "$2" <<'PY'
-import json, sys
-answer, stranger = json.load(open(sys.argv[1])), int(sys.argv[2])
-others = [i for i in answer["instances"] if i["instance"] != stranger]
-read = sum(len(i["ids"]) for i in others)
-refused = sum(1 for i in others if i.get("error"))
-if not others or read or refused != len(others):
-    sys.exit(f"FAIL: the stranger reads client ids over the peer plane\nEXPECTED every instance refusing it, 0 ids\nRECEIVED {len(others)} instances asked, {refused} refused, {read} ids")
-print(f"the stranger asked {len(others)} instances for their registrations: all refused it, 0 ids read")
-PY
+  "$CLIENT" stranger-check "$1" --stranger "$2" || exit 1
 }
 
 # The example room service (app mode; make test-compose, make test-k8s), through Envoy at

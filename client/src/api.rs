@@ -245,6 +245,38 @@ impl Api {
         }
     }
 
+    /// One join of `id` on this client's route, answered within `timeout`: the status and the
+    /// body as they came, whatever they are (`poc-client join-expect` judges them).
+    pub async fn join_text(&self, id: &str, timeout: Duration) -> Result<(u16, String), CallError> {
+        let (url, header) = self.join_request(id)?;
+        let mut request = self.http.post(&url).timeout(timeout);
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
+        let response = request.send().await.map_err(|e| {
+            if e.is_timeout() {
+                CallError::Timeout { url: url.clone() }
+            } else {
+                CallError::Unreachable {
+                    url: url.clone(),
+                    reason: root_cause(&e),
+                }
+            }
+        })?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(|e| {
+            if e.is_timeout() {
+                CallError::Timeout { url: url.clone() }
+            } else {
+                CallError::BadAnswer {
+                    url: url.clone(),
+                    reason: root_cause(&e),
+                }
+            }
+        })?;
+        Ok((status, text))
+    }
+
     /// A GET of `path` (no query) that must answer 200 with a `T` of the wire contract.
     pub async fn get_typed<T: DeserializeOwned>(&self, path: &str) -> Result<T, CallError> {
         let url = format!("{}{path}", self.base);

@@ -238,6 +238,37 @@ pub async fn settle(
     }
 }
 
+/// Judges what a stranger gathered: `answer` is the `/registrations` answer of an instance
+/// that runs without the cluster's credential (`stranger`, asked with its own operator token),
+/// which asks every instance DNS names over the peer plane. Every other instance must have
+/// refused it and it must hold no id of theirs; at least one must have been asked. The line to
+/// print when it passes, or why it failed.
+pub fn stranger_read_nothing(
+    answer: &RegistrationsReport,
+    stranger: u64,
+) -> Result<String, String> {
+    let others: Vec<_> = answer
+        .instances
+        .iter()
+        .filter(|i| i.instance != stranger)
+        .collect();
+    let read: usize = others.iter().map(|i| i.ids.len()).sum();
+    let refused = others
+        .iter()
+        .filter(|i| i.error.as_deref().is_some_and(|e| !e.is_empty()))
+        .count();
+    if others.is_empty() || read > 0 || refused != others.len() {
+        return Err(format!(
+            "FAIL: the stranger reads client ids over the peer plane\nEXPECTED every instance refusing it, 0 ids\nRECEIVED {} instances asked, {refused} refused, {read} ids",
+            others.len()
+        ));
+    }
+    Ok(format!(
+        "the stranger asked {} instances for their registrations: all refused it, 0 ids read",
+        others.len()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,5 +405,42 @@ mod tests {
         let audit = judge(&report(off), &placement, Some(&ids));
         assert!(!audit.replicas_checked);
         assert!(audit.clean(), "{}", audit.render());
+    }
+
+    #[test]
+    fn a_stranger_is_refused_by_every_instance() {
+        let entry = |instance: u64, ids: &[&str], error: Option<&str>| InstanceRegistrations {
+            instance,
+            epoch: None,
+            pending: 0,
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+            replicas: None,
+            replication_pending: 0,
+            error: error.map(str::to_owned),
+        };
+        let answer = |instances| RegistrationsReport {
+            via: Some(77),
+            epoch: None,
+            instances,
+        };
+        let refused = answer(vec![
+            entry(0, &[], Some("HTTP 403")),
+            entry(1, &[], Some("TLS handshake")),
+            entry(77, &[], None),
+        ]);
+        assert_eq!(
+            stranger_read_nothing(&refused, 77).unwrap(),
+            "the stranger asked 2 instances for their registrations: all refused it, 0 ids read"
+        );
+        // One answered it; or nobody was asked.
+        let answered = answer(vec![entry(0, &["a", "b"], None), entry(1, &[], Some("x"))]);
+        let e = stranger_read_nothing(&answered, 77).unwrap_err();
+        assert!(
+            e.ends_with("RECEIVED 2 instances asked, 1 refused, 2 ids"),
+            "{e}"
+        );
+        let empty_but_answered = answer(vec![entry(0, &[], None)]);
+        assert!(stranger_read_nothing(&empty_but_answered, 77).is_err());
+        assert!(stranger_read_nothing(&answer(vec![entry(77, &[], None)]), 77).is_err());
     }
 }

@@ -1,5 +1,8 @@
 //! `poc-client`: where an id lives, join it, verify routing for many ids through Envoy, put
-//! steady load on it while something changes, or compare every instance's placement view.
+//! steady load on it while something changes, or compare every instance's placement view; and
+//! the checks the end-to-end scripts (`make test-compose`, `make test-k8s`) judge with: one
+//! join's answer against what is expected, a verify report read back, a sessions run's
+//! progress and fault row, what a stranger instance gathered.
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
@@ -8,9 +11,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use poc_routing_client::answer::{self, Answer};
 use poc_routing_client::api::JoinRoute;
 use poc_routing_client::ids::{self, IdKind};
-use poc_routing_client::{audit, load, scale, sessions, verify, views, Api, CallError};
+use poc_routing_client::{
+    audit, load, results, scale, session_fault, sessions, verify, views, Api, CallError,
+};
 use poc_routing_placement::KeySource;
 
 /// Envoy's public listener: /join, /where and /health.
@@ -41,11 +47,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print which instance owns ID.
+    /// Print which instance owns ID: the `/where` answer (JSON), or only the owner's index
+    /// with --index. Exits 1 unless the answer is 2xx.
     Where {
         id: String,
         #[arg(long, default_value = DEFAULT_URL)]
         url: String,
+        /// Print only the owner's index, e.g. `owner=$(poc-client where alice --index)`.
+        #[arg(long)]
+        index: bool,
     },
     /// Join ID and print the answer of the instance that took it.
     Join {
@@ -55,8 +65,18 @@ enum Command {
         #[command(flatten)]
         route: RouteArgs,
     },
+    /// Join ID once and print `<status> <instance>`: the HTTP status (`000` when no answer
+    /// came) and the instance that answered (`-` when the answer names none). With
+    /// expectations (--status, --instance, --error, --owner) it exits 1 unless the answer meets
+    /// every one, saying on stderr what was expected and what came; without, it only reports.
+    JoinExpect(JoinExpectArgs),
     /// For many ids: /where, then /join, and check that the owner answered the join.
     Verify(VerifyArgs),
+    /// A `poc-client verify --json --results` report read back: `summary` of each owner's
+    /// outcomes, `expect-down` to judge it against an instance that was down, `pick` for an id
+    /// an instance owns.
+    #[command(subcommand)]
+    Results(ResultsCommand),
     /// Steady /join traffic until SIGINT/SIGTERM or --max-seconds; then prints what clients
     /// saw (JSON with --json): answers by code, joins under the previous epoch, and the
     /// transition window. Exits 1 if any answer was not 2xx.
@@ -80,6 +100,27 @@ enum Command {
     /// reconnect times and time without a session (JSON with --json). Exits 1 unless every
     /// session is up on its owner and none closed unexpectedly.
     Sessions(SessionsArgs),
+    /// A running `poc-client sessions --progress-json`, by the last line it wrote to PROGRESS:
+    /// prints `up U of N, unexpected closes C`. Exits 1 while there is no progress line yet,
+    /// or when a condition given does not hold (--up, --up-below, --unexpected-at-least): for
+    /// a script that waits on a run while it breaks something.
+    SessionsProgress(SessionsProgressArgs),
+    /// The sessions' fault row, once a run held through one owner's kill and restart has
+    /// stopped: every session up on its owner; the sessions that broke all on the killed
+    /// instance, each broken once (more than none, fewer than all), none closed as moved; all
+    /// up again within --within-ms of --since-ms. Prints the figures (and writes them to
+    /// --figures); exits 1 with what was expected and what came otherwise.
+    SessionsFault(SessionsFaultArgs),
+    /// Whether a stranger (an instance without the cluster's credential) read any client id:
+    /// FILE is its own `/registrations` answer, asked with its own operator token. Exits 1
+    /// unless every other instance refused it and it holds none of their ids.
+    StrangerCheck {
+        /// The stranger's `/registrations` answer (JSON).
+        file: PathBuf,
+        /// The stranger's own instance index.
+        #[arg(long)]
+        stranger: u64,
+    },
     /// The example room service of app mode (examples/rooms) through Envoy: `post` adds
     /// message ROUND to rooms room-0..room-N-1, each of which must answer on its owner as the
     /// ROUND-th message; `verify` reads every room, whose history must be exactly messages
@@ -105,6 +146,103 @@ enum RoomsCommand {
         #[arg(long)]
         rounds: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum ResultsCommand {
+    /// Each owner's ids: how many were correct, misrouted, or failed and how.
+    Summary {
+        /// The report of `poc-client verify --json --results`.
+        file: PathBuf,
+    },
+    /// Judges a verify run made while --instance was down: every id it owns must have got
+    /// 503 owner_unavailable (Envoy fails closed), every other id joined on its owner, and at
+    /// least --at-least ids must be its own. Exits 1 otherwise, listing the wrong outcomes.
+    ExpectDown {
+        file: PathBuf,
+        /// The instance that was down.
+        #[arg(long)]
+        instance: u64,
+        /// Fewer of its ids than this proves nothing: a failure.
+        #[arg(long, default_value_t = 1)]
+        at_least: usize,
+    },
+    /// Prints the first id --owner owns. Exits 1 if there is none.
+    Pick {
+        file: PathBuf,
+        #[arg(long)]
+        owner: u64,
+        /// Only an id of ASCII letters and digits, which goes into a URL or a shell word as
+        /// it is.
+        #[arg(long)]
+        plain: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct JoinExpectArgs {
+    id: String,
+    #[arg(long, default_value = DEFAULT_URL)]
+    url: String,
+    #[command(flatten)]
+    route: RouteArgs,
+    /// The HTTP status the answer must have (000: none).
+    #[arg(long)]
+    status: Option<u16>,
+    /// The instance that must answer.
+    #[arg(long)]
+    instance: Option<u64>,
+    /// The error code the answer must carry (`owner_unavailable`, `misdirected`, ...).
+    #[arg(long)]
+    error: Option<String>,
+    /// The owner the answer must name: a host:port (`owner_unavailable`) or an index.
+    #[arg(long)]
+    owner: Option<String>,
+    /// Give up on the answer after this long (then the status is 000).
+    #[arg(long, default_value_t = 15.0, value_name = "SECONDS")]
+    timeout: f64,
+    /// Also print the answer's body, on a second line.
+    #[arg(long)]
+    body: bool,
+}
+
+#[derive(clap::Args)]
+struct SessionsProgressArgs {
+    /// The stderr of `poc-client sessions --progress-json`.
+    progress: PathBuf,
+    /// Exit 1 unless exactly this many sessions are up.
+    #[arg(long, value_name = "N")]
+    up: Option<usize>,
+    /// Exit 1 unless fewer than this many sessions are up.
+    #[arg(long, value_name = "N")]
+    up_below: Option<usize>,
+    /// Exit 1 unless at least this many sessions have closed unexpectedly since the run
+    /// started. The count only grows, so a drop shorter than the progress period (200 ms),
+    /// which `--up-below` can miss, is still seen.
+    #[arg(long, value_name = "N")]
+    unexpected_at_least: Option<u64>,
+}
+
+#[derive(clap::Args)]
+struct SessionsFaultArgs {
+    /// The report of `poc-client sessions --json` (its stdout), once it stopped.
+    #[arg(long, value_name = "FILE")]
+    report: PathBuf,
+    /// Its progress (`--progress-json`, its stderr).
+    #[arg(long, value_name = "FILE")]
+    progress: PathBuf,
+    /// The instance that was killed.
+    #[arg(long)]
+    instance: u64,
+    /// When it was started again, in ms since the Unix epoch.
+    #[arg(long, value_name = "UNIX_MS")]
+    since_ms: u64,
+    /// Every session must be up again within this long of --since-ms.
+    #[arg(long, value_name = "MS")]
+    within_ms: u64,
+    /// Write the figures here, as `{"fault": <file name>, "figures": {...}}`.
+    #[arg(long, value_name = "FILE")]
+    figures: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -285,6 +423,10 @@ struct ViewsArgs {
     expect: Option<usize>,
     #[arg(long)]
     json: bool,
+    /// Print only the distinct member lists the instances hold, on one line (`[1, 2, 3]`),
+    /// to compare before and after a change. The exit code is as without it.
+    #[arg(long, conflicts_with = "json")]
+    member_lists: bool,
 }
 
 /// One probe before many requests, so an unreachable URL gives one clear line, not an error
@@ -396,17 +538,9 @@ async fn run_sessions(args: SessionsArgs) -> ExitCode {
                     let unix_ms = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as u64);
-                    eprintln!(
-                        "{}",
-                        serde_json::json!({
-                            "unix_ms": unix_ms,
-                            "sessions": r.sessions,
-                            "up": r.up,
-                            "moved": r.moved,
-                            "unexpected_closes": r.unexpected_closes,
-                            "refused_connects": r.refused_connects,
-                        })
-                    );
+                    let line = serde_json::to_string(&sessions::Progress::of(&r, unix_ms))
+                        .expect("progress serializes");
+                    eprintln!("{line}");
                 }
             }
         }
@@ -459,7 +593,9 @@ async fn run_views(args: ViewsArgs, token: Option<String>) -> ExitCode {
     } else {
         views::direct(&args.instances, token).await
     };
-    if args.json {
+    if args.member_lists {
+        println!("{}", views::member_lists(&views));
+    } else if args.json {
         print_json(&views);
     } else {
         print!("{}", views::render(&views));
@@ -567,7 +703,19 @@ async fn main() -> ExitCode {
         _ => None,
     };
     match cli.command {
-        Command::Where { id, url } => print_call(&Api::new(&url), "/where", &id).await,
+        Command::Where { id, url, index } if index => match Api::new(&url).where_(&id).await {
+            Ok(answer) => {
+                println!("{}", answer.index);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Command::Where { id, url, .. } => print_call(&Api::new(&url), "/where", &id).await,
+        Command::JoinExpect(args) => run_join_expect(args).await,
+        Command::Results(command) => run_results(command),
+        Command::SessionsProgress(args) => run_sessions_progress(&args),
+        Command::SessionsFault(args) => run_sessions_fault(&args),
+        Command::StrangerCheck { file, stranger } => run_stranger_check(&file, stranger),
         Command::Join { id, url, route } => print_call(&route.api(&url), "/join", &id).await,
         Command::Load(args) => run_load(args).await,
         Command::Views(args) => run_views(args, token).await,
@@ -611,4 +759,203 @@ async fn run_rooms(command: RoomsCommand) -> ExitCode {
         print!("{}", report.render());
     }
     exit_code(report.all_correct())
+}
+
+async fn run_join_expect(args: JoinExpectArgs) -> ExitCode {
+    let api = args.route.api(&args.url);
+    if let Err(e) = api.join_request(&args.id) {
+        return fail(e);
+    }
+    let timeout = std::time::Duration::from_secs_f64(args.timeout.max(0.001));
+    let seen = match api.join_text(&args.id, timeout).await {
+        Ok((status, body)) => Answer::parse(status, body),
+        Err(e) => Answer::none(e.to_string()),
+    };
+    println!("{}", seen.line());
+    if args.body {
+        println!("{}", seen.body);
+    }
+    let expect = answer::Expect {
+        status: args.status,
+        instance: args.instance,
+        error: args.error,
+        owner: args.owner,
+    };
+    if expect.holds(&seen) {
+        ExitCode::SUCCESS
+    } else {
+        fail(format!(
+            "join of {:?}: expected {}, received {seen}",
+            args.id,
+            expect.describe()
+        ))
+    }
+}
+
+/// The text of `path`, or the error to exit with.
+fn read_text(path: &std::path::Path) -> Result<String, ExitCode> {
+    std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))
+}
+
+fn read_results(path: &std::path::Path) -> Result<Vec<verify::IdResult>, ExitCode> {
+    results::parse(&read_text(path)?).map_err(|e| fail(format!("{}: {e}", path.display())))
+}
+
+fn run_results(command: ResultsCommand) -> ExitCode {
+    match command {
+        ResultsCommand::Summary { file } => match read_results(&file) {
+            Ok(all) => {
+                print!("{}", results::summary(&all));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        ResultsCommand::ExpectDown {
+            file,
+            instance,
+            at_least,
+        } => {
+            let all = match read_results(&file) {
+                Ok(all) => all,
+                Err(code) => return code,
+            };
+            let judgement = results::judge_down(&all, instance, at_least);
+            const SHOWN: usize = 20;
+            for wrong in judgement.wrong.iter().take(SHOWN) {
+                eprintln!("{wrong}");
+            }
+            if judgement.wrong.len() > SHOWN {
+                eprintln!("... and {} more", judgement.wrong.len() - SHOWN);
+            }
+            if judgement.passed() {
+                println!("{}", judgement.summary());
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{}", judgement.summary());
+                ExitCode::from(1)
+            }
+        }
+        ResultsCommand::Pick { file, owner, plain } => {
+            let all = match read_results(&file) {
+                Ok(all) => all,
+                Err(code) => return code,
+            };
+            match results::pick(&all, owner, plain) {
+                Some(id) => {
+                    println!("{id}");
+                    ExitCode::SUCCESS
+                }
+                None => fail(format!(
+                    "{}: no {}id owned by instance {owner}",
+                    file.display(),
+                    if plain { "plain " } else { "" }
+                )),
+            }
+        }
+    }
+}
+
+fn run_sessions_progress(args: &SessionsProgressArgs) -> ExitCode {
+    let text = match read_text(&args.progress) {
+        Ok(text) => text,
+        Err(code) => return code,
+    };
+    let Some(progress) = session_fault::last_progress(&text) else {
+        return fail(format!(
+            "no progress line at the end of {} yet",
+            args.progress.display()
+        ));
+    };
+    println!(
+        "up {} of {}, unexpected closes {}",
+        progress.up, progress.sessions, progress.unexpected_closes
+    );
+    if let Some(n) = args.up.filter(|n| progress.up != *n) {
+        return fail(format!("{} sessions up, not {n}", progress.up));
+    }
+    if let Some(n) = args.up_below.filter(|n| progress.up >= *n) {
+        return fail(format!("{} sessions up, not fewer than {n}", progress.up));
+    }
+    if let Some(n) = args
+        .unexpected_at_least
+        .filter(|n| progress.unexpected_closes < *n)
+    {
+        return fail(format!(
+            "{} unexpected closes, not at least {n}",
+            progress.unexpected_closes
+        ));
+    }
+    ExitCode::SUCCESS
+}
+
+fn run_sessions_fault(args: &SessionsFaultArgs) -> ExitCode {
+    let report: sessions::Report = match read_text(&args.report).and_then(|t| {
+        serde_json::from_str(&t).map_err(|e| {
+            fail(format!(
+                "{}: not a poc-client sessions --json report: {e}",
+                args.report.display()
+            ))
+        })
+    }) {
+        Ok(report) => report,
+        Err(code) => return code,
+    };
+    let lines = match read_text(&args.progress).and_then(|t| {
+        session_fault::progress_lines(&t)
+            .map_err(|e| fail(format!("{}: {e}", args.progress.display())))
+    }) {
+        Ok(lines) => lines,
+        Err(code) => return code,
+    };
+    let expect = session_fault::FaultExpect {
+        instance: args.instance,
+        since_ms: args.since_ms,
+        within_ms: args.within_ms,
+    };
+    let figures = match session_fault::judge(&report, &lines, &expect) {
+        Ok(figures) => figures,
+        Err(failure) => {
+            eprintln!("{failure}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(path) = &args.figures {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        let name = name.strip_suffix(".json").unwrap_or(&name);
+        let text =
+            serde_json::to_string_pretty(&serde_json::json!({ "fault": name, "figures": figures }))
+                .expect("figures serialize");
+        if let Err(e) = std::fs::write(path, text + "\n") {
+            return fail(format!("cannot write {}: {e}", path.display()));
+        }
+    }
+    println!("{}", figures.summary(args.instance));
+    ExitCode::SUCCESS
+}
+
+fn run_stranger_check(file: &std::path::Path, stranger: u64) -> ExitCode {
+    let answer: poc_routing_wire::RegistrationsReport = match read_text(file).and_then(|t| {
+        serde_json::from_str(&t).map_err(|e| {
+            fail(format!(
+                "{}: not a /registrations answer: {e}",
+                file.display()
+            ))
+        })
+    }) {
+        Ok(answer) => answer,
+        Err(code) => return code,
+    };
+    match audit::stranger_read_nothing(&answer, stranger) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("{failure}");
+            ExitCode::from(1)
+        }
+    }
 }

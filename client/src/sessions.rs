@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use poc_routing_wire::{SessionMessage, SessionRequest, CLOSE_MOVED};
 use rand::Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -81,8 +81,8 @@ pub struct Run {
     started: Instant,
 }
 
-/// What a run saw.
-#[derive(Debug, Clone, Serialize)]
+/// What a run saw (what `poc-client sessions --json` prints).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub sessions: usize,
     pub up: usize,
@@ -101,7 +101,7 @@ pub struct Report {
     pub seconds: f64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Percentiles {
     pub count: usize,
     pub p50: u64,
@@ -123,6 +123,33 @@ impl Percentiles {
             p50: at(0.5),
             p99: at(0.99),
             max: values.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// One line of `poc-client sessions --progress-json` (stderr, every 200 ms): the run as of
+/// `unix_ms`. [`crate::session_fault`] reads them back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Wall clock, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    pub sessions: usize,
+    pub up: usize,
+    pub moved: u64,
+    pub unexpected_closes: u64,
+    pub refused_connects: u64,
+}
+
+impl Progress {
+    /// The progress line of `report`, at `unix_ms`.
+    pub fn of(report: &Report, unix_ms: u64) -> Self {
+        Self {
+            unix_ms,
+            sessions: report.sessions,
+            up: report.up,
+            moved: report.moved,
+            unexpected_closes: report.unexpected_closes,
+            refused_connects: report.refused_connects,
         }
     }
 }

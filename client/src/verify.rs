@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use poc_routing_wire::{JoinAnswer, Misdirected};
 
 use crate::api::{Api, CallError, Join};
 
 /// What happened to one id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// Joined on the instance `/where` named.
@@ -24,7 +24,7 @@ pub enum Outcome {
     Error { kind: String, detail: String },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdResult {
     pub client_id: String,
     /// The owner `/where` named, when it answered.

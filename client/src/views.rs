@@ -123,6 +123,27 @@ pub fn agree(views: &[InstanceView]) -> bool {
         && views.windows(2).all(|w| w[0].epoch == w[1].epoch)
 }
 
+/// The distinct member lists the views hold, sorted, on one line (`[1, 2, 3]`, or several
+/// side by side when views differ; `[]` when no view named its members). Only views read from
+/// an instance's own `/placement` carry a member list. Two calls compare equal exactly when the
+/// instances hold the same member lists.
+pub fn member_lists(views: &[InstanceView]) -> String {
+    let lists: std::collections::BTreeSet<&Vec<u64>> =
+        views.iter().filter_map(|v| v.members.as_ref()).collect();
+    let shown: Vec<String> = lists
+        .iter()
+        .map(|m| {
+            let members: Vec<String> = m.iter().map(u64::to_string).collect();
+            format!("[{}]", members.join(", "))
+        })
+        .collect();
+    if shown.is_empty() {
+        "[]".to_owned()
+    } else {
+        shown.join(" ")
+    }
+}
+
 /// A table: one row per instance, with the rows that disagree with the majority flagged.
 pub fn render(views: &[InstanceView]) -> String {
     let common = majority(views);
@@ -204,5 +225,23 @@ mod tests {
         ];
         assert!(!agree(&unknown));
         assert!(!agree(&[]));
+    }
+
+    #[test]
+    fn member_lists_are_distinct_and_sorted() {
+        let mut a = view(1, Some("aa"));
+        a.members = Some(vec![1, 2, 3]);
+        let mut b = view(2, Some("bb"));
+        b.members = Some(vec![1, 2]);
+        let peer = InstanceView {
+            members: None,
+            ..view(3, Some("aa"))
+        };
+        assert_eq!(
+            member_lists(&[a.clone(), b.clone(), a.clone(), peer.clone()]),
+            "[1, 2] [1, 2, 3]"
+        );
+        assert_eq!(member_lists(&[a, peer.clone()]), "[1, 2, 3]");
+        assert_eq!(member_lists(&[peer]), "[]");
     }
 }

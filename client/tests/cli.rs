@@ -152,3 +152,144 @@ fn unreachable_url_is_one_clear_line() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// `poc-client ARGS`: (exit code, stdout, stderr).
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = client(args);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn where_index_and_join_expect_judge_one_answer() {
+    // Instance 1 of 2: it joins its own ids and refuses instance 2's with 421.
+    let server = spawn_server(2, 1);
+    let url = server.url.as_str();
+    let owner_of = |id: &str| {
+        let (code, stdout, stderr) = run(&["where", id, "--url", url, "--index"]);
+        assert_eq!(code, Some(0), "{stderr}");
+        stdout.trim().parse::<u64>().unwrap()
+    };
+    let ids: Vec<String> = (0..20).map(|i| format!("id{i}")).collect();
+    let mine = ids.iter().find(|id| owner_of(id) == 1).unwrap();
+    let theirs = ids.iter().find(|id| owner_of(id) == 2).unwrap();
+
+    let (code, stdout, _) = run(&[
+        "join-expect",
+        mine,
+        "--url",
+        url,
+        "--status",
+        "200",
+        "--instance",
+        "1",
+    ]);
+    assert_eq!((code, stdout.as_str()), (Some(0), "200 1\n"));
+    let (code, stdout, stderr) = run(&["join-expect", theirs, "--url", url, "--status", "200"]);
+    assert_eq!((code, stdout.as_str()), (Some(1), "421 1\n"));
+    assert!(
+        stderr
+            .contains("expected HTTP 200, received HTTP 421 from instance 1 misdirected (owner 2)"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run(&[
+        "join-expect",
+        theirs,
+        "--url",
+        url,
+        "--error",
+        "misdirected",
+        "--owner",
+        "2",
+        "--body",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    // No answer: 000, which only an expectation turns into a failure.
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    let (code, stdout, _) = run(&["join-expect", "x", "--url", &nobody, "--timeout", "2"]);
+    assert_eq!((code, stdout.as_str()), (Some(0), "000 -\n"));
+    let (code, _, stderr) = run(&["join-expect", "x", "--url", &nobody, "--status", "200"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("received no answer (cannot reach"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn files_a_script_judges() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+
+    // A verify report with results, made while instance 2 was down.
+    let results = r#"{"results": [
+        {"client_id": "a b", "owner": 2, "outcome": "error", "kind": "join:http_503_owner_unavailable", "detail": "d"},
+        {"client_id": "ab1", "owner": 2, "outcome": "error", "kind": "join:http_503_owner_unavailable", "detail": "d"},
+        {"client_id": "c", "owner": 1, "outcome": "correct", "instance": 1}]}"#;
+    std::fs::write(path("killed.json"), results).unwrap();
+    let (code, stdout, stderr) = run(&[
+        "results",
+        "expect-down",
+        &path("killed.json"),
+        "--instance",
+        "2",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stdout,
+        "2 clients of the killed server got 503 owner_unavailable; the other 1 were served\n"
+    );
+    let (code, _, stderr) = run(&[
+        "results",
+        "expect-down",
+        &path("killed.json"),
+        "--instance",
+        "1",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("FAIL: 3 wrong outcomes; 1 ids owned"),
+        "{stderr}"
+    );
+    let (code, stdout, _) = run(&[
+        "results",
+        "pick",
+        &path("killed.json"),
+        "--owner",
+        "2",
+        "--plain",
+    ]);
+    assert_eq!((code, stdout.as_str()), (Some(0), "ab1\n"));
+    let (code, _, _) = run(&["results", "pick", &path("killed.json"), "--owner", "3"]);
+    assert_eq!(code, Some(1));
+
+    // A sessions run's progress.
+    std::fs::write(
+        path("progress"),
+        "{\"unix_ms\":1,\"sessions\":3,\"up\":3,\"moved\":0,\"unexpected_closes\":0,\"refused_connects\":0}\n{\"unix_ms\":2,\"sessions\":3,\"up\":2,\"moved\":0,\"unexpected_closes\":1,\"refused_connects\":0}\n",
+    )
+    .unwrap();
+    let progress = path("progress");
+    let (code, stdout, _) = run(&["sessions-progress", &progress, "--up-below", "3"]);
+    assert_eq!(
+        (code, stdout.as_str()),
+        (Some(0), "up 2 of 3, unexpected closes 1\n")
+    );
+    let (code, _, _) = run(&["sessions-progress", &progress, "--up", "3"]);
+    assert_eq!(code, Some(1));
+    let (code, _, _) = run(&["sessions-progress", &progress, "--unexpected-at-least", "1"]);
+    assert_eq!(code, Some(0));
+    let (code, _, stderr) = run(&["sessions-progress", &progress, "--unexpected-at-least", "2"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("1 unexpected closes, not at least 2"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run(&["sessions-progress", &path("missing"), "--up", "3"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.starts_with("poc-client: cannot read"), "{stderr}");
+}
