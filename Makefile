@@ -102,8 +102,8 @@ test-compose: compose-plugin images ## Build and exercise the Docker Compose sta
 	bash scripts/test-compose.sh
 	FLOW=lua bash scripts/test-compose.sh
 
-bench: envoy ## Every benchmark that fits a laptop (~15 min, < 2 GB): each scenario, placement quality and criterion, WebSocket sessions, membership cost (N = 3..100, simulation at 1,000); writes docs/BENCHMARKS*.md
-	@echo "make bench: about 15 minutes and under 2 GB of memory on 2 cores (the 10,000-instance simulation is make bench-sim-10k)"
+bench: envoy ## Every benchmark that fits a laptop (~11 min once built, 1.4 GB at most, measured here): each scenario, placement quality and criterion, WebSocket sessions, membership cost (N = 3..100, simulation at 1,000); writes docs/BENCHMARKS*.md
+	@echo "make bench: about 11 minutes after the build and at most 1.4 GB of memory, measured on 2 cores (the 10,000-instance simulation is make bench-sim-10k)"
 	$(CARGO) build --release --workspace
 	$(CARGO) bench -p poc-routing-placement --bench placement
 	target/release/poc-bench run

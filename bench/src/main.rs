@@ -51,14 +51,16 @@ enum Cmd {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
         /// Seconds of warm-up per scenario (not measured).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 2)]
         warmup: u64,
         /// Seconds measured per scenario.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 8)]
         duration: u64,
         /// Times the whole table runs; the report shows each scenario's median, so that one
-        /// round slowed by the shared machine does not decide a ratio.
-        #[arg(long, default_value_t = 3)]
+        /// round slowed by the shared machine does not decide a ratio. One by default, so that
+        /// `make bench` fits in about 15 minutes (a round is about 5 minutes here); `--rounds 3`
+        /// for steadier ratios.
+        #[arg(long, default_value_t = 1)]
         rounds: u32,
         #[arg(long, default_value_t = 3)]
         replicas: u32,
