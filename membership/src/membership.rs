@@ -179,7 +179,8 @@ pub struct Timing {
     pub probe_interval: Duration,
     /// How long a member must stay unreachable from here before a member peer's view that
     /// dropped it is followed (SWIM's suspicion, confirmed by this instance's own probes,
-    /// which check it again every round meanwhile). Shorter than `down_timeout`.
+    /// which check it again every round meanwhile). [`Timing::suspicion_for`] gives its
+    /// default for a probe interval: one timeout under load must not be enough.
     pub suspicion: Duration,
     /// How long the previous view stays acceptable after a change.
     pub transition_window: Duration,
@@ -198,11 +199,24 @@ pub struct Timing {
     pub join_settle: Duration,
 }
 
+impl Timing {
+    /// How many of this instance's own probes of a member must fail, by default, before it
+    /// follows a peer's removal of that member.
+    pub const SUSPICION_PROBES: u32 = 8;
+
+    /// The default suspicion for `probe_interval`: [`Timing::SUSPICION_PROBES`] rounds (2 s at
+    /// the default 250 ms), so that it keeps its meaning when the probe interval is tuned.
+    pub fn suspicion_for(probe_interval: Duration) -> Duration {
+        probe_interval * Self::SUSPICION_PROBES
+    }
+}
+
 impl Default for Timing {
     fn default() -> Self {
+        let probe_interval = Duration::from_millis(250);
         Self {
-            probe_interval: Duration::from_millis(250),
-            suspicion: Duration::from_secs(2),
+            probe_interval,
+            suspicion: Self::suspicion_for(probe_interval),
             transition_window: Duration::from_secs(5),
             down_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(7),

@@ -101,7 +101,7 @@ pub enum Input {
 #[derive(Debug, Clone)]
 pub enum Effect {
     /// Send `message` to `to`; feed its answer back as [`Input::Answer`], or its failure as
-    /// [`Input::Failed`]. A push's answer is not needed.
+    /// [`Input::Failed`]. A push is one way: its answer or failure is not fed back.
     Send { to: u64, message: Message },
     /// The answer to the [`Input::Request`] being handled.
     Reply(Message),
@@ -255,7 +255,7 @@ impl Node {
     }
 
     /// Starts a node as part of a cluster that has been up a while: `me`, a member, holding
-    /// `cards` (its own among them, written at version `version`), with DNS naming `found`.
+    /// `cards` (its own among them), with DNS naming `found`.
     /// For a simulation's first state, which would otherwise take a cold start to reach.
     pub fn seeded(
         membership: Arc<Membership>,

@@ -444,7 +444,7 @@ impl Discovery {
                     if d.instance.is_some_and(|i| i != to) {
                         return Err(ProbeError::Impostor);
                     }
-                    // A digest that is not 16 hex digits is not an answer.
+                    // A digest that is not hexadecimal is not an answer.
                     u64::from_str_radix(&d.digest, 16)
                         .map(Message::Digest)
                         .map_err(|_| ProbeError::Unanswered)
