@@ -167,16 +167,7 @@ impl Api {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.map_err(|e| {
-            if e.is_timeout() {
-                CallError::Timeout { url: url.clone() }
-            } else {
-                CallError::Unreachable {
-                    url: url.clone(),
-                    reason: root_cause(&e),
-                }
-            }
-        })?;
+        let response = request.send().await.map_err(|e| send_error(&url, &e))?;
         let status = response.status().as_u16();
         let text = response.text().await.map_err(|e| CallError::BadAnswer {
             url: url.clone(),
@@ -253,16 +244,7 @@ impl Api {
         if let Some((name, value)) = header {
             request = request.header(name, value);
         }
-        let response = request.send().await.map_err(|e| {
-            if e.is_timeout() {
-                CallError::Timeout { url: url.clone() }
-            } else {
-                CallError::Unreachable {
-                    url: url.clone(),
-                    reason: root_cause(&e),
-                }
-            }
-        })?;
+        let response = request.send().await.map_err(|e| send_error(&url, &e))?;
         let status = response.status().as_u16();
         let text = response.text().await.map_err(|e| {
             if e.is_timeout() {
@@ -332,3 +314,17 @@ pub fn operator_token(file: Option<&std::path::Path>) -> Result<Option<String>, 
 
 /// Where `make credential` writes the operator's token, relative to the repository.
 pub const DEFAULT_TOKEN_FILE: &str = ".secrets/operator/token";
+
+/// Why a request got no answer: it timed out, or the host could not be reached.
+fn send_error(url: &str, e: &reqwest::Error) -> CallError {
+    if e.is_timeout() {
+        CallError::Timeout {
+            url: url.to_owned(),
+        }
+    } else {
+        CallError::Unreachable {
+            url: url.to_owned(),
+            reason: root_cause(e),
+        }
+    }
+}
