@@ -17,7 +17,7 @@ use poc_routing_peer::{
 };
 use poc_routing_placement::IndexMode;
 use poc_routing_stack::{Deployment, Stack, PEER_PORT, SERVER_PORT};
-use poc_routing_wire::MemberState;
+use poc_routing_wire::{MemberState, PreviousView};
 use serde_json::json;
 
 /// The made-up id the forged hand-off carries.
@@ -47,6 +47,11 @@ fn forgeries(victim: u64) -> Vec<(reqwest::Method, &'static str, serde_json::Val
         (reqwest::Method::POST, "/peer/handoff", handoff),
         (reqwest::Method::GET, "/peer/registrations", json!(null)),
         (reqwest::Method::GET, "/peer/digest", json!(null)),
+        (
+            reqwest::Method::GET,
+            "/peer/view?epoch=0123456789abcdef",
+            json!(null),
+        ),
     ]
 }
 
@@ -429,4 +434,55 @@ async fn a_keyholders_forged_card_is_refuted_by_its_subject_within_rounds() {
     // The lie reached its subject, which refuted it.
     assert!(metric(&stack, victim, "poc_refutations_total").await >= 1.0);
     every_instance_a_member_and_correct(&stack, "after the refutation").await;
+}
+
+/// `GET /peer/view`, which an owner asks every peer when a join was routed by a view it never
+/// held (several instances leaving at once make views one peer holds for a few milliseconds):
+/// a peer with the cluster's credential gets the view for an epoch the instance holds, with
+/// what is left of its window, `null` for one it does not hold, and 400 for a malformed one.
+/// A stranger gets no answer at all ([`forgeries`]).
+#[tokio::test]
+async fn a_peer_asking_for_a_view_gets_it_only_if_held() {
+    let _turn = serial().await;
+    let c = config("view-lookup", 3, Deployment::Compose, IndexMode::Hash);
+    let stack = start(c).await;
+    every_instance_a_member_and_correct(&stack, "before").await;
+    let peer = PeerClient::new(
+        Credentials::load(
+            &secrets::peer_dir(stack.secrets()),
+            ClientOptions::default(),
+        )
+        .unwrap(),
+        PEER_PORT,
+    );
+    let ip = stack.instance_addr(1).unwrap().ip();
+    let ask = |epoch: String| {
+        poc_routing_peer::json::<Option<PreviousView>>(
+            peer.get(ip, &format!("/peer/view?epoch={epoch}")),
+            4096,
+        )
+    };
+    let current = stack.placement().epoch().to_string();
+    let held = ask(current.clone())
+        .await
+        .expect("a peer's question is answered");
+    assert_eq!(
+        held,
+        Some(PreviousView {
+            epoch: current,
+            members: vec![1, 2, 3],
+            // The current view: a full window (TRANSITION_WINDOW_MS's default), since it has
+            // not changed yet.
+            window_left_ms: 5000,
+        })
+    );
+    let never = ask("0123456789abcdef".into())
+        .await
+        .expect("a peer's question is answered");
+    assert_eq!(never, None, "a view instance 1 never held");
+    let malformed = ask("zz".into()).await;
+    assert!(
+        matches!(&malformed, Err(poc_routing_peer::PeerError::Http(e)) if e.status().map(|s| s.as_u16()) == Some(400)),
+        "EXPECTED 400 for a malformed epoch, RECEIVED {malformed:?}"
+    );
 }

@@ -362,6 +362,48 @@ impl Membership {
         self.read().views.judge(me, id, routed, now)
     }
 
+    /// The view with `epoch` if this instance holds it now or still accepts it, with how long
+    /// it will accept it at least (a current view: a full window, since it has not changed
+    /// yet). What a peer asks (`GET /peer/view`) for a join routed by a view it never held.
+    pub fn held_view(&self, epoch: Epoch, now: Instant) -> Option<(Arc<Placement>, Duration)> {
+        let inner = self.read();
+        let views = &inner.views;
+        if let Some(current) = views.current.as_ref().filter(|c| c.epoch() == epoch) {
+            return Some((current.clone(), self.timing.transition_window));
+        }
+        views
+            .recent
+            .iter()
+            .find(|(p, until)| p.epoch() == epoch && now < *until)
+            .map(|(p, until)| (p.clone(), until.saturating_duration_since(now)))
+    }
+
+    /// Accepts the view a peer says it holds or just held (`members`, with `epoch`), for `left`
+    /// at most and never longer than one transition window: what a lookup of a view this
+    /// instance never held brings back ([`Membership::held_view`] on the peer). Only a view of
+    /// this rule is taken: `epoch` must be what these members give. Returns whether joins
+    /// routed by `epoch` are now judged under that view.
+    pub fn learn_view(&self, epoch: Epoch, members: &[u64], left: Duration, now: Instant) -> bool {
+        let mut inner = self.write();
+        if inner
+            .views
+            .current
+            .as_ref()
+            .is_some_and(|c| c.epoch() == epoch)
+        {
+            return true;
+        }
+        let Ok(view) = self.rule.with_members(members.iter().copied()) else {
+            return false;
+        };
+        if view.epoch() != epoch {
+            return false;
+        }
+        let until = now + left.min(self.timing.transition_window);
+        inner.views.remember(Arc::new(view), until, now);
+        inner.views.recent(epoch, now).is_some()
+    }
+
     /// The current view, if there is one.
     pub fn current(&self) -> Option<Arc<Placement>> {
         self.read().views.current.clone()
@@ -934,6 +976,65 @@ mod tests {
         assert!(!m
             .views()
             .knows(old.epoch(), t0 + Duration::from_millis(1100)));
+    }
+
+    /// A view only a peer held (several instances left at once): a join routed by it is
+    /// refused until the view is looked up, then served by its owner under it, for the
+    /// peer's window at most; a view whose members do not give its epoch is not taken.
+    #[test]
+    fn a_view_looked_up_from_a_peer_is_served_for_its_window_only() {
+        let m = Membership::discovered(rule(), timing(), None);
+        m.set_state(MemberState::Member);
+        let t0 = Instant::now();
+        let two = peer(2, Some(MemberState::Member), &[1, 2]);
+        m.update(Some(1), &[two], t0);
+        let held = rule().with_members([1, 2, 4]).unwrap();
+        let id = (0..)
+            .map(|i| ClientId::try_from(format!("id-{i}").as_str()).unwrap())
+            .find(|id| held.index(id).unwrap() == 4)
+            .unwrap();
+        let routed = Some(held.epoch());
+        let cases: [(&str, Epoch, &[u64], bool); 4] = [
+            ("other members", held.epoch(), &[1, 2, 3], false),
+            ("no members", held.epoch(), &[], false),
+            ("another epoch", Epoch(7), &[1, 2, 4], false),
+            ("the view", held.epoch(), &[4, 2, 1], true),
+        ];
+        for (what, epoch, members, taken) in cases {
+            assert_eq!(
+                m.learn_view(epoch, members, Duration::from_secs(60), t0),
+                taken,
+                "{what}"
+            );
+        }
+        // Served by 4 under the view it was routed by; never by 1, which owns nothing there.
+        assert_eq!(
+            m.judge(4, &id, routed, t0).map(|(under, _)| under),
+            Ok(ServedUnder::Previous)
+        );
+        assert!(m.judge(1, &id, routed, t0).is_err());
+        // Held for one window at most, however long the peer says.
+        assert!(m
+            .judge(4, &id, routed, t0 + Duration::from_millis(4900))
+            .is_ok());
+        assert!(m
+            .judge(4, &id, routed, t0 + Duration::from_millis(5000))
+            .is_err());
+        // What this instance answers a peer: its current view for a full window, a recent
+        // one for what is left of it, and nothing for a view it does not hold.
+        let current = m.current().unwrap();
+        assert_eq!(
+            m.held_view(current.epoch(), t0)
+                .map(|(p, left)| (p.epoch(), left)),
+            Some((current.epoch(), timing().transition_window))
+        );
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(
+            m.held_view(held.epoch(), later)
+                .map(|(p, left)| (p.epoch(), left)),
+            Some((held.epoch(), Duration::from_secs(4)))
+        );
+        assert!(m.held_view(Epoch(7), t0).is_none());
     }
 
     #[test]

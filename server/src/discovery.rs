@@ -30,8 +30,8 @@ use hickory_resolver::proto::op::Query;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::proto::xfer::{DnsHandle, DnsRequestOptions};
 use poc_routing_peer::PeerClient;
-use poc_routing_placement::Placement;
-use poc_routing_wire::{PeerDigest, PeerTable};
+use poc_routing_placement::{Epoch, Placement};
+use poc_routing_wire::{PeerDigest, PeerTable, PreviousView};
 
 use crate::identity::{own_addresses, Identity, Source};
 use crate::metrics::Metrics;
@@ -280,7 +280,24 @@ pub struct Discovery {
     found: Mutex<BTreeMap<u64, SocketAddr>>,
     /// One round at a time; each caller waits for one that started after it asked.
     rounds: Rounds,
+    /// The view lookups under way, one per epoch, shared by every join routed by it
+    /// ([`Discovery::look_up_view`]).
+    lookups: Mutex<HashMap<Epoch, SharedLookup>>,
+    /// When the last lookup started: they start at least [`LOOKUP_GAP`] apart.
+    last_lookup: tokio::sync::Mutex<Option<Instant>>,
 }
+
+/// A lookup under way: whether it found the view.
+type SharedLookup = futures::future::Shared<BoxFuture<'static, bool>>;
+
+/// The most view lookups under way at once (distinct epochs); a join routed by yet another
+/// unknown epoch is refused without one.
+const MAX_LOOKUPS: usize = 8;
+
+/// The least time between the starts of two view lookups: however many joins routed by
+/// unknown epochs come (forged ones sent straight to a server, say), they cost at most 20
+/// lookups a second.
+const LOOKUP_GAP: Duration = Duration::from_millis(50);
 
 /// A peer's JSON answer to `request`; a failed handshake is [`ProbeError::NotOurs`], anything
 /// else short of a 2xx with a body of type `T` is [`ProbeError::Unanswered`].
@@ -317,6 +334,8 @@ impl Discovery {
             node,
             found: Mutex::default(),
             rounds: Rounds::default(),
+            lookups: Mutex::default(),
+            last_lookup: tokio::sync::Mutex::default(),
         }
     }
 
@@ -339,6 +358,85 @@ impl Discovery {
             .fresh(Some(MIN_GAP), || self.one_round(true))
             .await;
         lock(&self.node).digest() != before
+    }
+
+    /// Asks every instance found whether it holds, or just held, the view with `epoch`, for a
+    /// join routed by it that this instance cannot judge: several instances leaving at once
+    /// make views that one peer holds for a few milliseconds, which the proxy may have
+    /// fetched from that peer; the owner under such a view may never have held it, and
+    /// gossip, which carries each peer's current and previous view, may have moved on. The
+    /// first answer whose members give `epoch` is taken ([`Membership::learn_view`]), for the
+    /// rest of its window on the peer that gave it.
+    ///
+    /// Joins routed by the same epoch share one lookup. At most [`MAX_LOOKUPS`] run at once
+    /// and they start [`LOOKUP_GAP`] apart, so forged epochs cost delay and a bounded load.
+    /// Returns whether the view is now known.
+    pub async fn look_up_view(self: &Arc<Self>, epoch: Epoch) -> bool {
+        let lookup = {
+            let mut lookups = lock(&self.lookups);
+            match lookups.get(&epoch) {
+                Some(lookup) => lookup.clone(),
+                None if lookups.len() >= MAX_LOOKUPS => return false,
+                None => {
+                    let discovery = Arc::clone(self);
+                    // A task of its own: it ends, and leaves the table, even when every
+                    // request waiting for it has gone.
+                    let task = tokio::spawn(async move {
+                        let found = discovery.ask_for_view(epoch).await;
+                        lock(&discovery.lookups).remove(&epoch);
+                        found
+                    });
+                    let lookup = task.map(|r| r.unwrap_or(false)).boxed().shared();
+                    lookups.insert(epoch, lookup.clone());
+                    lookup
+                }
+            }
+        };
+        lookup.await
+    }
+
+    /// One lookup ([`Discovery::look_up_view`]): `GET /peer/view` to every peer at once, until
+    /// one answer is taken or every peer has answered or failed.
+    async fn ask_for_view(&self, epoch: Epoch) -> bool {
+        {
+            let mut last = self.last_lookup.lock().await;
+            if let Some(wait) = last.map(|at| LOOKUP_GAP.saturating_sub(at.elapsed())) {
+                tokio::time::sleep(wait).await;
+            }
+            *last = Some(Instant::now());
+        }
+        let me = self.identity.get();
+        let peers: Vec<SocketAddr> = lock(&self.found)
+            .iter()
+            .filter(|(index, _)| Some(**index) != me)
+            .map(|(_, addr)| *addr)
+            .collect();
+        let path = format!("/peer/view?epoch={epoch}");
+        let mut answers: futures::stream::FuturesUnordered<_> = peers
+            .into_iter()
+            .map(|addr| {
+                self.metrics.sent("view");
+                let request = self.peers.get(addr.ip(), &path).timeout(PROBE_TIMEOUT);
+                answer_of::<Option<PreviousView>>(request)
+            })
+            .collect();
+        while let Some(answer) = answers.next().await {
+            let Ok(Some(view)) = answer else {
+                continue;
+            };
+            if view.epoch.parse::<Epoch>().ok() != Some(epoch) {
+                continue;
+            }
+            let left = Duration::from_millis(view.window_left_ms);
+            if self
+                .membership
+                .learn_view(epoch, &view.members, left, Instant::now())
+            {
+                tracing::info!(%epoch, members = ?view.members, "learnt a view a peer held");
+                return true;
+            }
+        }
+        false
     }
 
     /// Hands `input` to the membership state machine, now.

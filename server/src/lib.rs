@@ -152,6 +152,7 @@ pub fn peer_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/peer/digest", get(routes::peer_digest))
         .route("/peer/sync", post(routes::peer_sync))
+        .route("/peer/view", get(routes::peer_view))
         .route("/peer/push", post(routes::peer_push))
         .route("/peer/handoff", post(routes::peer_handoff))
         .route("/peer/replicate", post(routes::peer_replicate))

@@ -173,21 +173,23 @@ pub(crate) async fn admit_key(
     let instance = state.identity.get().ok_or(ApiError::IdentityUnknown)?;
     let mut verdict = state.membership.judge(instance, id, routed, Instant::now());
     // Routed by a view this instance has not adopted or heard of yet: look again before
-    // refusing, so views that change at slightly different moments fail nobody. Several
-    // instances leaving at once make short-lived views a peer may have held for a few
-    // milliseconds; each look swaps cards with three peers, and while the cards keep
-    // changing, up to four looks are made. In a quiet cluster (a stale or forged epoch) one
-    // look finds nothing new and the join is refused; rounds are shared and at least 50 ms
-    // apart, so a flood of them costs delay, not load.
-    for _ in 0..4 {
-        let (Err(Refusal::UnknownEpoch { .. }), Some(discovery)) = (&verdict, &state.discovery)
-        else {
-            break;
-        };
-        let news = discovery.refresh().await;
-        verdict = state.membership.judge(instance, id, routed, Instant::now());
-        if !news {
-            break;
+    // refusing, so views that change at slightly different moments fail nobody. First one
+    // round of gossip, which swaps cards with a few peers (a view most peers hold is news
+    // there). Then, if it is still unknown, every peer is asked whether it holds or just
+    // held it: several instances leaving at once make views that one peer holds for a few
+    // milliseconds, and a proxy that fetched one routes by it. In a quiet cluster (a stale
+    // or forged epoch) both find nothing and the join is refused; rounds and lookups are
+    // shared and spaced, so a flood of them costs delay, not load.
+    if let (Err(Refusal::UnknownEpoch { .. }), Some(discovery), Some(epoch)) =
+        (&verdict, &state.discovery, routed)
+    {
+        if discovery.refresh().await {
+            verdict = state.membership.judge(instance, id, routed, Instant::now());
+        }
+        if matches!(verdict, Err(Refusal::UnknownEpoch { .. }))
+            && discovery.look_up_view(epoch).await
+        {
+            verdict = state.membership.judge(instance, id, routed, Instant::now());
         }
     }
     match verdict {
@@ -523,6 +525,32 @@ fn table_from(body: Result<Json<PeerTable>, JsonRejection>) -> Result<PeerTable,
 /// `GET /peer/digest`, a peer's probe: the digest of the cards held here.
 pub async fn peer_digest(State(state): State<Arc<AppState>>) -> Result<Json<PeerDigest>, ApiError> {
     Ok(Json(gossip_of(&state, "GET /peer/digest")?.digest()))
+}
+
+/// `GET /peer/view?epoch=E`: the view with epoch `E` if this instance holds it or still
+/// accepts it, with how long it will (`null` if not): what a peer asks when a join was routed
+/// to it by a view it never held ([`crate::discovery::Discovery::look_up_view`]).
+pub async fn peer_view(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<ViewQuery>, QueryRejection>,
+) -> Result<Json<Option<PreviousView>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::BadQuery(e.body_text()))?;
+    let epoch: Epoch = query
+        .epoch
+        .parse()
+        .map_err(|_| ApiError::BadQuery("epoch must be 16 lowercase hex digits".into()))?;
+    let held = state.membership.held_view(epoch, Instant::now());
+    Ok(Json(held.map(|(view, left)| PreviousView {
+        epoch: view.epoch().to_string(),
+        members: view.members().to_vec(),
+        window_left_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+    })))
+}
+
+/// The query of `GET /peer/view`.
+#[derive(Debug, Deserialize)]
+pub struct ViewQuery {
+    epoch: String,
 }
 
 /// `POST /peer/sync`: takes a peer's cards, answers with every card held here.

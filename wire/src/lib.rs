@@ -169,7 +169,8 @@ pub struct Fingerprints {
     pub accepted: Vec<String>,
 }
 
-/// The previous view, while joins routed by it are still served.
+/// A view and how long joins routed by it are still served: an instance's previous view (in
+/// `/placement` and its cards), and `GET /peer/view?epoch=E`'s answer (`null`: not held).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreviousView {
     pub epoch: String,
