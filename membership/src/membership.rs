@@ -1007,7 +1007,7 @@ mod tests {
                 "{what}"
             );
         }
-        // Served by 4 under the view it was routed by; never by 1, which owns nothing there.
+        // Served by 4 under the view it was routed by; never by 1, which does not own it there.
         assert_eq!(
             m.judge(4, &id, routed, t0).map(|(under, _)| under),
             Ok(ServedUnder::Previous)
@@ -1019,6 +1019,20 @@ mod tests {
             .is_ok());
         assert!(m
             .judge(4, &id, routed, t0 + Duration::from_millis(5000))
+            .is_err());
+        // And for no longer than the peer's own window has left.
+        let short = rule().with_members([1, 2, 5]).unwrap();
+        let id5 = (0..)
+            .map(|i| ClientId::try_from(format!("id-{i}").as_str()).unwrap())
+            .find(|id| short.index(id).unwrap() == 5)
+            .unwrap();
+        let routed5 = Some(short.epoch());
+        assert!(m.learn_view(short.epoch(), &[1, 2, 5], Duration::from_secs(1), t0));
+        assert!(m
+            .judge(5, &id5, routed5, t0 + Duration::from_millis(900))
+            .is_ok());
+        assert!(m
+            .judge(5, &id5, routed5, t0 + Duration::from_secs(1))
             .is_err());
         // What this instance answers a peer: its current view for a full window, a recent
         // one for what is left of it, and nothing for a view it does not hold.

@@ -179,7 +179,7 @@ pub(crate) async fn admit_key(
     // held it: several instances leaving at once make views that one peer holds for a few
     // milliseconds, and a proxy that fetched one routes by it. In a quiet cluster (a stale
     // or forged epoch) both find nothing and the join is refused; rounds and lookups are
-    // shared and spaced, so a flood of them costs delay, not load.
+    // shared, spaced and bounded ([`crate::discovery::Discovery::look_up_view`]).
     if let (Err(Refusal::UnknownEpoch { .. }), Some(discovery), Some(epoch)) =
         (&verdict, &state.discovery, routed)
     {
@@ -527,8 +527,8 @@ pub async fn peer_digest(State(state): State<Arc<AppState>>) -> Result<Json<Peer
     Ok(Json(gossip_of(&state, "GET /peer/digest")?.digest()))
 }
 
-/// `GET /peer/view?epoch=E`: the view with epoch `E` if this instance holds it or still
-/// accepts it, with how long it will (`null` if not): what a peer asks when a join was routed
+/// `GET /peer/view?epoch=E`: the view with epoch `E` if this instance, a member or leaving,
+/// holds it or still accepts it, with how long it will (`null` if not): what a peer asks when a join was routed
 /// to it by a view it never held ([`crate::discovery::Discovery::look_up_view`]).
 pub async fn peer_view(
     State(state): State<Arc<AppState>>,
@@ -539,6 +539,14 @@ pub async fn peer_view(
         .epoch
         .parse()
         .map_err(|_| ApiError::BadQuery("epoch must be 16 lowercase hex digits".into()))?;
+    // Only a member's or a leaving instance's views count, as in gossip: a joining instance's
+    // view was never routed by.
+    if !matches!(
+        state.membership.state(),
+        MemberState::Member | MemberState::Leaving
+    ) {
+        return Ok(Json(None));
+    }
     let held = state.membership.held_view(epoch, Instant::now());
     Ok(Json(held.map(|(view, left)| PreviousView {
         epoch: view.epoch().to_string(),
